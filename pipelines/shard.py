@@ -1,0 +1,236 @@
+"""Raw image corpus -> WebDataset tar shards + shard index + class-indexed lists, nothing lost.
+
+    python pipelines/shard.py --list TRAIN.txt --images-root ROOT --categories CATEGORIES.txt --out OUT
+    python pipelines/shard.py --image-folder ROOT --out OUT
+
+Every input line ends either in a shard or in OUT/quarantine.jsonl with its reason; the run prints
+``entries read = written + quarantined`` at the end.  Rerunning with the same arguments skips shards
+already written (verified by checksum).  See README.md ("Sharding") for the layout and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+if __package__ in (None, ""):  # run as `python pipelines/shard.py`: make the project importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pipelines import shard_index
+from pipelines.corpus import (UNLABELED, Categories, CorpusError, detect_labeled, image_folder_classes,
+                              image_folder_lines, parse_line, read_categories)
+from pipelines.images import ImageSettings
+from pipelines.shard_tasks import (STATE_DIR, ShardPlan, collect_group, parse_batch, resolve_duplicates,
+                                   write_group)
+from pipelines.storage import Location
+
+BUCKET_ROWS = 200_000  # list entries per duplicate-detection bucket (metadata only, ~50 MB)
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    out: str
+    list: str | None = None
+    images_root: str | None = None
+    categories: str | None = None
+    image_folder: str | None = None
+    image_size: int = 256
+    resize: str = "square"
+    shard_samples: int = 1000
+    quality: int = 90
+    seed: int = 0
+    max_pixels: int = 100_000_000
+    name: str | None = None
+
+    def image_settings(self) -> ImageSettings:
+        return ImageSettings(self.image_size, self.resize, self.quality, self.max_pixels)
+
+
+def parse_args(argv: list[str] | None = None) -> ShardConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--list", help="Places365-style list: 'path label' or bare file names per line")
+    src.add_argument("--image-folder", help="class-per-folder tree (classes = sorted subfolder names)")
+    p.add_argument("--images-root", help="folder the list's paths are relative to (with --list)")
+    p.add_argument("--categories", help="categories file: '/a/airfield 0' lines, or one name per line")
+    p.add_argument("--out", required=True, help="output folder or URI (s3://bucket/prefix)")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--resize", choices=["square", "shorter", "keep"], default="square",
+                   help="square: SxS (Places365 'small'); shorter: shorter side S; keep: no resize")
+    p.add_argument("--shard-samples", type=int, default=1000, help="target samples per shard")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality when re-encoding")
+    p.add_argument("--seed", type=int, default=0, help="seeds shard membership and in-shard order")
+    p.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse larger images (bombs)")
+    p.add_argument("--name", help="dataset name written into index.json (default: OUT's basename)")
+    a = p.parse_args(argv)
+    if a.list and not a.images_root:
+        p.error("--list needs --images-root")
+    if a.image_folder and (a.images_root or a.categories):
+        p.error("--image-folder takes its classes and paths from the tree; drop --images-root/--categories")
+    if a.shard_samples < 1:
+        p.error("--shard-samples must be >= 1")
+    return ShardConfig(out=a.out, list=a.list, images_root=a.images_root, categories=a.categories,
+                       image_folder=a.image_folder, image_size=a.image_size, resize=a.resize,
+                       shard_samples=a.shard_samples, quality=a.quality, seed=a.seed,
+                       max_pixels=a.max_pixels, name=a.name)
+
+
+@dataclass
+class Preflight:
+    """What one streaming pass over the list tells, before any image is touched."""
+
+    list_loc: Location
+    categories: Categories
+    labeled: bool
+    entries: int
+    per_label: Counter
+
+
+def preflight(cfg: ShardConfig, out: Location) -> Preflight:
+    """Check every argument and stream the list once; raise CorpusError with one clear message."""
+    try:
+        cfg.image_settings()
+    except ValueError as exc:
+        raise CorpusError(str(exc)) from exc
+    out.check_writable()
+    if cfg.image_folder:
+        root = Location.parse(cfg.image_folder)
+        classes = image_folder_classes(root)
+        categories = Categories.from_names(classes)
+        list_loc = out.child(f"{STATE_DIR}/image_folder_list.txt")
+        with out.open_atomic(f"{STATE_DIR}/image_folder_list.txt") as f:
+            for line in image_folder_lines(root, classes):
+                f.write((line + "\n").encode())
+    else:
+        list_loc = Location.parse(cfg.list)
+        if not list_loc.is_file():
+            raise CorpusError(f"list file not found: {cfg.list}")
+        root = Location.parse(cfg.images_root)
+        if not root.is_dir():
+            raise CorpusError(f"images root not found: {cfg.images_root}")
+        categories = read_categories(Location.parse(cfg.categories)) if cfg.categories else None
+
+    labeled, entries, per_label = None, 0, Counter()
+    for lineno, line in enumerate(list_loc.iter_lines(), 1):
+        line = line.lstrip("\ufeff")
+        if not line.strip():
+            continue
+        if labeled is None:
+            labeled = detect_labeled(line)
+            if labeled and categories is None:
+                raise CorpusError(f"{cfg.list} has labels: pass --categories so they can be named")
+            categories = categories or Categories.from_names([])
+        entry = parse_line(line, categories, labeled)
+        if entry.problem.startswith("unknown_class"):
+            raise CorpusError(f"{list_loc.uri()}:{lineno}: {entry.problem[len('unknown_class: '):]}"
+                              f" (categories has {len(categories)} classes)")
+        entries += 1
+        per_label[entry.label] += 1
+    if labeled is None:
+        raise CorpusError(f"list file has no entries: {list_loc.uri()}")
+    return Preflight(list_loc, categories, labeled, entries, per_label)
+
+
+def make_plan(cfg: ShardConfig, pf: Preflight, out: Location) -> ShardPlan:
+    shards = {label: max(1, math.ceil(n / cfg.shard_samples)) for label, n in pf.per_label.items() if label >= -1}
+    images_root = Location.parse(cfg.image_folder or cfg.images_root)
+    return ShardPlan(categories=pf.categories, labeled=pf.labeled, shards_per_label=shards,
+                     num_buckets=max(1, math.ceil(pf.entries / BUCKET_ROWS)), seed=cfg.seed,
+                     images_root=images_root, out=out, image=cfg.image_settings())
+
+
+def run(cfg: ShardConfig) -> dict:
+    """Shard the corpus; returns the manifest.  Uses the current Ray cluster, or starts a local one."""
+    import ray
+
+    started = time.time()
+    out = Location.parse(cfg.out)
+    pf = preflight(cfg, out)
+    plan = make_plan(cfg, pf, out)
+    _clean_previous_attempt(out)
+    if not ray.is_initialized():
+        ray.init()
+    summaries = _run_pipeline(pf, plan)
+
+    name = cfg.name or os.path.basename(out.root.rstrip("/")) or "shards"
+    reasons = shard_index.write_quarantine(out, summaries)
+    shard_index.write_classes(out, pf.categories, summaries, name)
+    shard_index.write_index(out, summaries, name)
+
+    written = sum(s["nsamples"] for s in summaries)
+    quarantined = sum(reasons.values())
+    if pf.entries != written + quarantined:
+        raise RuntimeError(f"accounting broken: read {pf.entries} != written {written} + quarantined "
+                           f"{quarantined}; outputs in {out.uri()} are incomplete")
+    fresh = [s for s in summaries if not s["reused"]]
+    elapsed = time.time() - started
+    per_class = Counter()
+    for s in summaries:
+        per_class[s["label"]] += s["nsamples"]
+    manifest = {
+        "entries_read": pf.entries, "written": written, "quarantined": quarantined,
+        "quarantine_reasons": dict(sorted(reasons.items())),
+        "per_class_written": {n: per_class[i] for i, n in enumerate(pf.categories.names)},
+        "unlabeled_written": per_class[UNLABELED],
+        "shards": sum(1 for s in summaries if s["nsamples"]), "shards_reused": len(summaries) - len(fresh),
+        "passthrough": sum(s["passthrough"] for s in summaries),
+        "images_processed_this_run": sum(s["nsamples"] + s["quarantined"] for s in fresh),
+        "elapsed_s": round(elapsed, 3),
+        "images_per_s": round(sum(s["nsamples"] + s["quarantined"] for s in fresh) / max(elapsed, 1e-9), 1),
+        "settings": {k: v for k, v in asdict(cfg).items()}, "versions": shard_index.package_versions(),
+        "cluster_cpus": ray.cluster_resources().get("CPU", 0),
+    }
+    shard_index.write_manifest(out, manifest)
+    return manifest
+
+
+def _run_pipeline(pf: Preflight, plan: ShardPlan) -> list[dict]:
+    import ray
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    num_groups = sum(plan.shards_per_label.values())
+    ds = ray.data.read_text(pf.list_loc.path(), filesystem=pf.list_loc.pyarrow_fs())
+    ds = ds.map_batches(parse_batch, fn_kwargs={"plan": plan}, batch_format="numpy")
+    ds = ds.groupby("bucket", num_partitions=plan.num_buckets).map_groups(
+        resolve_duplicates, fn_kwargs={"plan": plan}, batch_format="numpy")
+    # One row per shard.  Materialising this (metadata only) stops Ray from fusing the heavy write
+    # stage into the shuffle's reduce tasks, which would leave most CPUs idle.
+    groups = ds.groupby("group", num_partitions=min(num_groups, 4 * cpus)).map_groups(
+        collect_group, fn_kwargs={"plan": plan}, batch_format="numpy").materialize()
+    n = groups.count()
+    writes = groups.repartition(max(1, n)).map_batches(
+        write_group, fn_kwargs={"plan": plan}, batch_format="numpy", batch_size=1, num_cpus=1)
+    return [dict(row) for row in writes.iter_rows()]
+
+
+def _clean_previous_attempt(out: Location) -> None:
+    """Drop temp files of a killed run and its list-level rejects (they are recomputed every run)."""
+    out.make_dirs(STATE_DIR)
+    out.remove_temp_files()
+    out.remove_temp_files(STATE_DIR)
+    for path in out.fs.glob(out.path(f"{STATE_DIR}/rejects-*.jsonl")):
+        out.fs.rm(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    try:
+        m = run(cfg)
+    except (CorpusError, PermissionError) as exc:
+        print(f"shard.py: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: m[k] for k in ("entries_read", "written", "quarantined", "quarantine_reasons")}))
+    print(f"entries read {m['entries_read']} = written {m['written']} + quarantined {m['quarantined']}; "
+          f"{m['shards']} shards ({m['shards_reused']} reused) in {cfg.out}; "
+          f"{m['elapsed_s']:.1f} s, {m['images_per_s']:.0f} img/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

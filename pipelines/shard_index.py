@@ -1,0 +1,105 @@
+"""The files written beside the shards, assembled by the driver from the per-shard sidecars.
+
+- ``index.json``: the wids-v1 shard index (plus each shard's class, an allowed extra field);
+- ``classes.json``: per class, every sample's shard, key and byte ranges, so a reader can stream one
+  class or fetch one sample without touching other classes' bytes;
+- ``quarantine.jsonl``: one line per rejected entry (``source``, ``label``, ``reason``);
+- ``manifest.json``: the accounting (read = written + quarantined), settings, versions, speed.
+
+All but the manifest are byte-identical across reruns.  The driver reads one class's sidecars at a
+time, so its memory does not grow with the corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections import Counter, defaultdict
+from importlib import metadata
+
+from pipelines.corpus import UNLABELED, Categories
+from pipelines.shard_tasks import STATE_DIR
+from pipelines.storage import Location
+
+INDEX_FILE, CLASSES_FILE, MANIFEST_FILE, QUARANTINE_FILE = (
+    "index.json", "classes.json", "manifest.json", "quarantine.jsonl")
+CLASS_INDEX_KIND = "places-class-index-v1"
+
+
+def _dumps(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def write_quarantine(out: Location, summaries: list[dict]) -> Counter:
+    """Concatenate list-level rejects (per key bucket) and image-level rejects (per shard)."""
+    reasons: Counter = Counter()
+    reject_files = sorted(posixpath.basename(p) for p in out.fs.glob(out.path(f"{STATE_DIR}/rejects-*.jsonl")))
+    with out.open_atomic(QUARANTINE_FILE) as f:
+        for name in reject_files:
+            for line in out.read_text(f"{STATE_DIR}/{name}").splitlines():
+                record = json.loads(line)
+                reasons[record["reason"].split(":", 1)[0]] += 1
+                f.write((_dumps(record) + "\n").encode())
+        for summary in sorted(summaries, key=lambda s: s["group"]):
+            if not summary["quarantined"]:
+                continue
+            for record in _sidecar(out, summary["group"])["quarantine"]:
+                reasons[record["reason"].split(":", 1)[0]] += 1
+                f.write((_dumps(record) + "\n").encode())
+    return reasons
+
+
+def write_classes(out: Location, categories: Categories, summaries: list[dict], name: str) -> None:
+    by_label: dict[int, list[dict]] = defaultdict(list)
+    for s in summaries:
+        if s["nsamples"]:
+            by_label[s["label"]].append(s)
+    with out.open_atomic(CLASSES_FILE) as f:
+        f.write(f'{{"__kind__":"{CLASS_INDEX_KIND}","name":{json.dumps(name)},'
+                f'"num_classes":{len(categories)},"classes":[\n'.encode())
+        for cid, cname in enumerate(categories.names):
+            sep = ",\n" if cid else ""
+            f.write((sep + _dumps(_class_record(out, by_label[cid], cid, cname))).encode())
+        f.write(b"\n]")
+        if UNLABELED in by_label:
+            f.write(b',"unlabeled":\n' + _dumps(_class_record(out, by_label[UNLABELED], None, None)).encode())
+        f.write(b"}\n")
+
+
+def _class_record(out: Location, shards: list[dict], cid, cname) -> dict:
+    records = []
+    for s in sorted(shards, key=lambda s: s["url"]):
+        side = _sidecar(out, s["group"])
+        records.append({"url": s["url"], "nsamples": s["nsamples"], "samples": side["samples"]})
+    count = sum(r["nsamples"] for r in records)
+    head = {"id": cid, "name": cname} if cid is not None else {}
+    return {**head, "count": count, "shards": records}
+
+
+def write_index(out: Location, summaries: list[dict], name: str) -> None:
+    shardlist = [{"url": s["url"], "nsamples": s["nsamples"], "filesize": s["filesize"], "md5sum": s["md5sum"],
+                  "class": s["label"]}
+                 for s in sorted(summaries, key=lambda s: s["url"]) if s["nsamples"]]
+    index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": name,
+             "layout": "per-class", "total_samples": sum(s["nsamples"] for s in shardlist),
+             "shardlist": shardlist}
+    out.write_atomic(INDEX_FILE, (json.dumps(index, sort_keys=True, indent=1) + "\n").encode())
+
+
+def write_manifest(out: Location, manifest: dict) -> None:
+    out.write_atomic(MANIFEST_FILE, (json.dumps(manifest, sort_keys=True, indent=1) + "\n").encode())
+
+
+def package_versions() -> dict[str, str]:
+    names = ("ray", "webdataset", "pillow", "pyarrow", "numpy", "fsspec", "places-ray")
+    versions = {}
+    for n in names:
+        try:
+            versions[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            versions[n] = "not installed"
+    return versions
+
+
+def _sidecar(out: Location, group: str) -> dict:
+    return json.loads(out.read_bytes(f"{STATE_DIR}/{group}.json"))

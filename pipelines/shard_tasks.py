@@ -1,0 +1,221 @@
+"""The functions Ray Data runs on workers while sharding, one per pipeline stage.
+
+    list lines --parse--> entries --by key bucket: resolve_duplicates--> valid entries
+               --by shard: collect_group--> one row per shard --write_group--> tar + sidecar
+
+Only metadata crosses the shuffles; image bytes are read, converted and written inside `write_group`,
+one shard at a time, so a worker's memory is bounded by one shard.  Every function is deterministic
+given its input rows, whatever order Ray delivers them in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from pipelines.corpus import UNLABELED, Categories, parse_line, relative_image_path, sample_key, stable_hash
+from pipelines.images import ImageRejected, ImageSettings, prepare_image
+from pipelines.storage import Location
+from pipelines.tar_shard import build_shard
+
+STATE_DIR = ".state"  # per-shard sidecars and per-bucket reject lists: what makes a rerun resumable
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """Everything a worker needs to place an entry, decided by the driver's pre-flight."""
+
+    categories: Categories
+    labeled: bool
+    shards_per_label: dict[int, int]
+    num_buckets: int
+    seed: int
+    images_root: Location
+    out: Location
+    image: ImageSettings
+
+    def group_of(self, label: int, key: str) -> str:
+        index = stable_hash(self.seed, "shard", key) % self.shards_per_label[label]
+        return shard_name(label, index)
+
+
+def shard_name(label: int, index: int) -> str:
+    prefix = "unlabeled" if label == UNLABELED else f"c{label:04d}"
+    return f"{prefix}-{index:05d}"
+
+
+def order_of(seed: int, key: str) -> int:
+    """Position key of a sample inside its shard: a seeded shuffle that needs no global view."""
+    return stable_hash(seed, "order", key)
+
+
+# -- stage 1: parse ---------------------------------------------------------------------------
+def parse_batch(batch: dict[str, np.ndarray], plan: ShardPlan) -> dict[str, np.ndarray]:
+    cols: dict[str, list] = {k: [] for k in ("source", "label", "label_token", "key", "path", "problem",
+                                             "bucket", "group")}
+    for line in batch["text"]:
+        entry = parse_line(str(line), plan.categories, plan.labeled)
+        if entry is None:
+            continue
+        key = sample_key(entry.source)
+        path = relative_image_path(entry.source)
+        problem = entry.problem or ("" if path else "path_escapes_root: the listed path leaves the image root")
+        cols["source"].append(entry.source)
+        cols["label"].append(entry.label)
+        cols["label_token"].append(entry.label_token or "")
+        cols["key"].append(key)
+        cols["path"].append(path or "")
+        cols["problem"].append(problem)
+        cols["bucket"].append(stable_hash("bucket", key) % plan.num_buckets)
+        cols["group"].append("" if problem else plan.group_of(entry.label, key))
+    return {k: np.array(v, dtype=np.int64 if k in ("label", "bucket") else object) for k, v in cols.items()}
+
+
+# -- stage 2: one bucket of keys; every duplicate of a key lands in the same bucket -----------------
+def resolve_duplicates(batch: dict[str, np.ndarray], plan: ShardPlan) -> dict[str, np.ndarray]:
+    rows = sorted(_rows(batch), key=lambda r: (r["key"], r["source"], r["label"], r["problem"]))
+    rejects, keep = [], []
+    by_key: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["problem"]:
+            rejects.append(_reject(row, row["problem"]))
+        else:
+            by_key.setdefault(row["key"], []).append(row)
+    for key, same in by_key.items():
+        labels_of: dict[str, set[int]] = {}
+        for r in same:
+            labels_of.setdefault(r["source"], set()).add(r["label"])
+        usable = []
+        for r in same:
+            if len(labels_of[r["source"]]) > 1:  # one image in two classes: which is right is unknowable
+                rejects.append(_reject(r, f"conflicting_labels: listed with labels {sorted(labels_of[r['source']])}"))
+            else:
+                usable.append(r)
+        if not usable:
+            continue
+        first = usable[0]
+        keep.append(first)
+        for r in usable[1:]:
+            if r["source"] == first["source"]:
+                rejects.append(_reject(r, "duplicate_entry: listed more than once"))
+            else:
+                rejects.append(_reject(r, f"key_collision: key {key!r} already used by {first['source']}"))
+    if rejects:
+        rejects.sort(key=lambda r: (r["source"], str(r["label"]), r["reason"]))
+        body = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects)
+        plan.out.write_atomic(f"{STATE_DIR}/rejects-{int(batch['bucket'][0]):05d}.jsonl", body.encode())
+    return {
+        "group": np.array([r["group"] for r in keep], dtype=object),
+        "label": np.array([r["label"] for r in keep], dtype=np.int64),
+        "key": np.array([r["key"] for r in keep], dtype=object),
+        "source": np.array([r["source"] for r in keep], dtype=object),
+        "path": np.array([r["path"] for r in keep], dtype=object),
+    }
+
+
+# -- stage 3: one row per shard ---------------------------------------------------------------------
+def collect_group(batch: dict[str, np.ndarray], plan: ShardPlan) -> dict[str, np.ndarray]:
+    rows = sorted(_rows(batch), key=lambda r: (order_of(plan.seed, r["key"]), r["key"]))
+    members = [[r["key"], r["source"], r["path"]] for r in rows]
+    return {
+        "group": np.array([rows[0]["group"]], dtype=object),
+        "label": np.array([rows[0]["label"]], dtype=np.int64),
+        "members": np.array([json.dumps(members)], dtype=object),
+    }
+
+
+# -- stage 4: read, convert, write one shard --------------------------------------------------------
+def write_group(batch: dict[str, np.ndarray], plan: ShardPlan) -> dict[str, np.ndarray]:
+    summaries = [_write_one(str(g), int(lab), json.loads(str(m)), plan)
+                 for g, lab, m in zip(batch["group"], batch["label"], batch["members"])]
+    return {k: np.array([s[k] for s in summaries]) for k in summaries[0]}
+
+
+def _write_one(group: str, label: int, members: list[list[str]], plan: ShardPlan) -> dict:
+    started = time.perf_counter()
+    url, sidecar_rel = f"{group}.tar", f"{STATE_DIR}/{group}.json"
+    fingerprint = hashlib.sha256(json.dumps([asdict(plan.image), label, members]).encode()).hexdigest()
+    previous = _completed_sidecar(plan.out, sidecar_rel, url, fingerprint)
+    if previous is not None:
+        return _summary(previous, reused=True, seconds=time.perf_counter() - started)
+
+    samples, quarantine, passthrough = [], [], 0
+    cls_bytes = str(label).encode()
+    for key, source, path in members:
+        try:
+            prepared = prepare_image(_read_source(plan.images_root, path), plan.image)
+        except ImageRejected as exc:
+            quarantine.append({"source": source, "label": label, "reason": exc.reason})
+            continue
+        except Exception as exc:  # a decoder bug on one odd file must not take the shard down
+            quarantine.append({"source": source, "label": label,
+                               "reason": f"corrupt_image: {type(exc).__name__}: {exc}"})
+            continue
+        passthrough += prepared.passthrough
+        meta = json.dumps({"source": source, "orig_size": list(prepared.orig_size)}, sort_keys=True)
+        samples.append({"__key__": key, "cls": cls_bytes, "jpg": prepared.jpeg, "json": meta.encode()})
+
+    sidecar = {"group": group, "url": url, "label": label, "fingerprint": fingerprint,
+               "nsamples": len(samples), "filesize": 0, "md5sum": "", "passthrough": passthrough,
+               "samples": [], "quarantine": quarantine}
+    if samples:
+        built = build_shard(samples)
+        plan.out.write_atomic(url, built.data)
+        sidecar.update(filesize=len(built.data), md5sum=built.md5,
+                       samples=[s.to_json() for s in built.samples])
+    else:
+        plan.out.remove(url)  # an all-rejected shard must not leave an old tar behind
+    plan.out.write_atomic(sidecar_rel, json.dumps(sidecar, sort_keys=True).encode())
+    return _summary(sidecar, reused=False, seconds=time.perf_counter() - started)
+
+
+def _read_source(root: Location, path: str) -> bytes:
+    try:
+        return root.read_bytes(path)
+    except FileNotFoundError as exc:
+        raise ImageRejected("missing_file", f"{root.uri(path)} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise ImageRejected("missing_file", f"{root.uri(path)} is a directory") from exc
+    except OSError as exc:
+        raise ImageRejected("unreadable_file", f"{type(exc).__name__}: {exc}") from exc
+
+
+def _completed_sidecar(out: Location, sidecar_rel: str, url: str, fingerprint: str) -> dict | None:
+    """The sidecar of an identical shard finished earlier, if its tar still checks out."""
+    if not out.exists(sidecar_rel):
+        return None
+    try:
+        sidecar = json.loads(out.read_bytes(sidecar_rel))
+    except (ValueError, OSError):
+        return None
+    if sidecar.get("fingerprint") != fingerprint:
+        return None
+    if sidecar["nsamples"] == 0:
+        return sidecar
+    if not out.exists(url) or out.size(url) != sidecar["filesize"]:
+        return None
+    return sidecar if hashlib.md5(out.read_bytes(url)).hexdigest() == sidecar["md5sum"] else None
+
+
+def _summary(sidecar: dict, reused: bool, seconds: float) -> dict:
+    return {"group": sidecar["group"], "url": sidecar["url"], "label": sidecar["label"],
+            "nsamples": sidecar["nsamples"], "filesize": sidecar["filesize"], "md5sum": sidecar["md5sum"],
+            "quarantined": len(sidecar["quarantine"]), "passthrough": sidecar["passthrough"],
+            "reused": reused, "seconds": seconds}
+
+
+def _rows(batch: dict[str, np.ndarray]) -> list[dict]:
+    names = list(batch)
+    return [dict(zip(names, (v.item() if hasattr(v, "item") else v for v in values)))
+            for values in zip(*(batch[n] for n in names))]
+
+
+def _reject(row: dict, reason: str) -> dict:
+    label: int | str | None = row["label"] if row["label"] >= 0 else (row.get("label_token") or None)
+    if isinstance(label, str) and label.lstrip("+-").isdigit():
+        label = int(label)
+    return {"source": row["source"], "label": label, "reason": reason}
