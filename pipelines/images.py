@@ -76,6 +76,8 @@ def prepare_image(data: bytes, settings: ImageSettings) -> PreparedImage:
     except Image.DecompressionBombError as exc:
         raise ImageRejected("too_many_pixels", str(exc)) from exc
     except Exception as exc:
+        if "truncated" in str(exc).lower():  # cut inside the header
+            raise ImageRejected("truncated_image", str(exc)) from exc
         raise ImageRejected("not_an_image", _describe(exc, data)) from exc
 
     w, h = img.size

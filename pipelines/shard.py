@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> ShardConfig:
     p.add_argument("--quality", type=int, default=90, help="JPEG quality when re-encoding")
     p.add_argument("--seed", type=int, default=0, help="seeds shard membership and in-shard order")
     p.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse larger images (bombs)")
-    p.add_argument("--name", help="dataset name written into index.json (default: OUT's basename)")
+    p.add_argument("--name", help="dataset name written into index.json (default: the list's file name)")
     a = p.parse_args(argv)
     if a.list and not a.images_root:
         p.error("--list needs --images-root")
@@ -158,7 +158,7 @@ def run(cfg: ShardConfig) -> dict:
         ray.init()
     summaries = _run_pipeline(pf, plan)
 
-    name = cfg.name or os.path.basename(out.root.rstrip("/")) or "shards"
+    name = cfg.name or _default_name(cfg)
     reasons = shard_index.write_quarantine(out, summaries)
     shard_index.write_classes(out, pf.categories, summaries, name)
     shard_index.write_index(out, summaries, name)
@@ -207,6 +207,12 @@ def _run_pipeline(pf: Preflight, plan: ShardPlan) -> list[dict]:
     writes = groups.repartition(max(1, n)).map_batches(
         write_group, fn_kwargs={"plan": plan}, batch_format="numpy", batch_size=1, num_cpus=1)
     return [dict(row) for row in writes.iter_rows()]
+
+
+def _default_name(cfg: ShardConfig) -> str:
+    """From the input, not OUT, so the same corpus sharded anywhere gives identical index files."""
+    source = (cfg.image_folder or cfg.list or "shards").rstrip("/")
+    return os.path.splitext(os.path.basename(source))[0] or "shards"
 
 
 def _clean_previous_attempt(out: Location) -> None:

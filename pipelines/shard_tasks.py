@@ -86,13 +86,14 @@ def resolve_duplicates(batch: dict[str, np.ndarray], plan: ShardPlan) -> dict[st
         else:
             by_key.setdefault(row["key"], []).append(row)
     for key, same in by_key.items():
+        # Compare normalised paths: "a/x.jpg" and "/a/x.jpg" are the same file listed twice.
         labels_of: dict[str, set[int]] = {}
         for r in same:
-            labels_of.setdefault(r["source"], set()).add(r["label"])
+            labels_of.setdefault(r["path"], set()).add(r["label"])
         usable = []
         for r in same:
-            if len(labels_of[r["source"]]) > 1:  # one image in two classes: which is right is unknowable
-                rejects.append(_reject(r, f"conflicting_labels: listed with labels {sorted(labels_of[r['source']])}"))
+            if len(labels_of[r["path"]]) > 1:  # one image in two classes: which is right is unknowable
+                rejects.append(_reject(r, f"conflicting_labels: listed with labels {sorted(labels_of[r['path']])}"))
             else:
                 usable.append(r)
         if not usable:
@@ -100,8 +101,8 @@ def resolve_duplicates(batch: dict[str, np.ndarray], plan: ShardPlan) -> dict[st
         first = usable[0]
         keep.append(first)
         for r in usable[1:]:
-            if r["source"] == first["source"]:
-                rejects.append(_reject(r, "duplicate_entry: listed more than once"))
+            if r["path"] == first["path"]:
+                rejects.append(_reject(r, f"duplicate_entry: {first['source']} is listed more than once"))
             else:
                 rejects.append(_reject(r, f"key_collision: key {key!r} already used by {first['source']}"))
     if rejects:

@@ -30,7 +30,14 @@ class Location:
     def parse(cls, uri: str) -> "Location":
         if "://" not in uri:
             return cls(LocalFileSystem(), os.path.abspath(uri))
-        fs, path = fsspec.core.url_to_fs(uri)
+        options = {}
+        if uri.startswith(("s3://", "s3a://")):
+            # Pin the endpoint into the pickled filesystem, so Ray workers started before the variable
+            # was set still reach the same server; and never serve a stale listing across processes.
+            options["use_listings_cache"] = False
+            if os.environ.get("AWS_ENDPOINT_URL"):
+                options["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
+        fs, path = fsspec.core.url_to_fs(uri, **options)
         return cls(fs, path.rstrip("/"))
 
     @property

@@ -1,0 +1,114 @@
+"""Shared fixtures: a real local Ray cluster per module, and generated corpora with every odd kind."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+# -- image helpers -----------------------------------------------------------------------------
+def scene(seed: int, w: int = 64, h: int = 64) -> np.ndarray:
+    """A small picture with structure (so resize and JPEG have something to work on)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = rng.uniform(40, 200, 3)
+    img = base + 40 * np.sin(x[..., None] / rng.uniform(3, 9) + np.arange(3)) + 30 * (y[..., None] / h)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def encode(img: Image.Image | np.ndarray, fmt: str = "JPEG", **kw) -> bytes:
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img)
+    buf = io.BytesIO()
+    if fmt == "JPEG":
+        kw.setdefault("quality", 90)
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def odd_files(size: int = 64) -> dict[str, bytes]:
+    """Every broken and odd kind REFERENCE.md names, keyed by a descriptive file name."""
+    good = scene(1, size, size)
+    rotated = Image.fromarray(scene(2, size, size // 2)).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    gif_frames = [Image.fromarray(scene(10 + i, size, size)).quantize(32) for i in range(3)]
+    gif = io.BytesIO()
+    gif_frames[0].save(gif, format="GIF", save_all=True, append_images=gif_frames[1:], duration=50, loop=0)
+    tiff = io.BytesIO()
+    pages = [Image.fromarray(scene(20 + i, size, size)) for i in range(2)]
+    pages[0].save(tiff, format="TIFF", save_all=True, append_images=pages[1:])
+    sixteen = Image.fromarray((np.linspace(0, 65535, size * size).reshape(size, size)).astype(np.uint16))
+    rgba = np.dstack([good, np.full((size, size), 128, np.uint8)])
+    full = encode(good)
+    return {
+        "ok_baseline.jpg": full,
+        "ok_progressive.jpg": encode(good, progressive=True),
+        "ok_cmyk.jpg": encode(Image.fromarray(good).convert("CMYK")),
+        "ok_gray.jpg": encode(Image.fromarray(good).convert("L")),
+        "ok_16bit.png": encode(sixteen, "PNG"),
+        "ok_palette.png": encode(Image.fromarray(good).quantize(16), "PNG"),
+        "ok_alpha.png": encode(Image.fromarray(rgba, "RGBA"), "PNG"),
+        "ok_animated.gif": gif.getvalue(),
+        "ok_exif_rotated.jpg": encode(rotated, exif=exif.tobytes()),
+        "ok_multipage.tif": tiff.getvalue(),
+        "ok_wide.jpg": encode(scene(3, size * 2, size)),
+        "bad_empty.jpg": b"",
+        "bad_truncated.jpg": full[: len(full) // 2],
+        "bad_html.jpg": b"<!DOCTYPE html>\n<html><head><title>404</title></head><body>gone</body></html>",
+        "bad_huge.png": encode(np.zeros((300, 400), np.uint8), "PNG"),  # over the test's --max-pixels
+    }
+
+
+# -- S3-compatible server on loopback --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def s3_server():
+    """A real moto S3 server on 127.0.0.1, with the AWS variables pointing at it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                             "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                      AWS_DEFAULT_REGION="us-east-1")
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.time() > deadline:
+                proc.kill()
+                raise RuntimeError("moto server did not start")
+            time.sleep(0.2)
+    yield endpoint
+    proc.terminate()
+    proc.wait(timeout=10)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

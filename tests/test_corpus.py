@@ -1,0 +1,76 @@
+"""List and categories parsing, exactly as Places365 publishes them."""
+
+import pytest
+
+from pipelines.corpus import (UNLABELED, Categories, CorpusError, parse_line, read_categories,
+                              relative_image_path, sample_key, stable_hash)
+from pipelines.storage import Location
+
+CATS = Categories.from_names(["/a/airfield", "/a/art_school", "/b/beach"])
+
+
+def test_places_categories_file(tmp_path):
+    (tmp_path / "cats.txt").write_text("/a/airfield 0\n/b/beach 2\n/a/art_school 1\n")
+    cats = read_categories(Location.parse(str(tmp_path / "cats.txt")))
+    assert cats.names == ("/a/airfield", "/a/art_school", "/b/beach")
+    assert cats.lookup("beach") == 2 and cats.lookup("/a/art_school") == 1 and cats.lookup("7") == 7
+
+
+def test_bare_names_categories_file(tmp_path):
+    (tmp_path / "cats.txt").write_text("cat\ndog\n\n")
+    assert read_categories(Location.parse(str(tmp_path / "cats.txt"))).names == ("cat", "dog")
+
+
+@pytest.mark.parametrize("text,message", [("/a 0\n/b 0\n", "given twice"), ("/a 0\n/b 2\n", "no gaps"),
+                                          ("", "empty"), ("x\nx\n", "appears twice")])
+def test_bad_categories_are_refused_with_the_file_named(tmp_path, text, message):
+    (tmp_path / "cats.txt").write_text(text)
+    with pytest.raises(CorpusError, match=message) as info:
+        read_categories(Location.parse(str(tmp_path / "cats.txt")))
+    assert "cats.txt" in str(info.value)
+
+
+@pytest.mark.parametrize("line,source,label", [
+    ("/a/art_school/00002916.jpg 1", "/a/art_school/00002916.jpg", 1),
+    ("a/art_school/00002916.jpg 1", "a/art_school/00002916.jpg", 1),
+    ("Places365_val_00020696.jpg 2", "Places365_val_00020696.jpg", 2),
+    ("  /b/beach/1.jpg\t2\r", "/b/beach/1.jpg", 2),
+    ("/b/beach/1.jpg beach", "/b/beach/1.jpg", 2),
+])
+def test_list_lines(line, source, label):
+    entry = parse_line(line, CATS, labeled=True)
+    assert (entry.source, entry.label, entry.problem) == (source, label, "")
+
+
+def test_unlabeled_test_list_line():
+    entry = parse_line("Places365_test_00000001.jpg", CATS, labeled=False)
+    assert entry.label == UNLABELED and entry.source == "Places365_test_00000001.jpg"
+
+
+@pytest.mark.parametrize("line,problem", [("/b/beach/1.jpg 3", "label_out_of_range"),
+                                          ("/b/beach/1.jpg -1", "label_out_of_range"),
+                                          ("/b/beach/1.jpg", "missing_label"),
+                                          ("/b/beach/1.jpg volcano", "unknown_class")])
+def test_problem_lines(line, problem):
+    assert parse_line(line, CATS, labeled=True).problem.startswith(problem)
+
+
+def test_blank_lines_are_not_entries():
+    assert parse_line("   ", CATS, labeled=True) is None
+
+
+def test_paths_escaping_the_root_are_caught():
+    assert relative_image_path("/a/b.jpg") == "a/b.jpg"
+    assert relative_image_path("../../etc/passwd") is None
+    assert relative_image_path("/a/../../x.jpg") is None
+
+
+def test_keys_have_no_dots_and_keep_the_path():
+    assert sample_key("/a/art_school/00002916.jpg") == "a_art_school_00002916"
+    assert sample_key("Places365_val_00020696.jpg") == "Places365_val_00020696"
+    assert "." not in sample_key("/x/some.file.name v2.jpeg")
+
+
+def test_stable_hash_is_stable():
+    assert stable_hash(0, "order", "k") == stable_hash(0, "order", "k") != stable_hash(1, "order", "k")
+    assert stable_hash("a") == 0x40F89E395B66422F  # pinned: shard membership must never drift

@@ -1,0 +1,280 @@
+"""pipelines/shard.py end to end on real files and a real local Ray cluster."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections import Counter
+
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from conftest import encode, odd_files, scene
+from pipelines import shard
+
+CLASSES = ["/a/alpha", "/b/beta", "/c/gamma"]
+COUNTS = [12, 6, 3]
+ARGS = ["--image-size", "64", "--shard-samples", "4", "--max-pixels", "100000"]
+
+# source as listed -> expected reason code (everything else listed is written)
+EXPECTED_REJECTS = {
+    "/odd/bad_empty.jpg": "empty_file",
+    "/odd/bad_truncated.jpg": "truncated_image",
+    "/odd/bad_html.jpg": "not_an_image",
+    "/odd/bad_huge.png": "too_many_pixels",
+    "/a/alpha/missing.jpg": "missing_file",
+    "/a/alpha/000.jpg": "label_out_of_range",  # listed again with label 7
+    "../outside.jpg": "path_escapes_root",
+    "a/alpha/001.jpg": "duplicate_entry",  # also listed as /a/alpha/001.jpg: one copy is kept
+    "/b/beta/000.jpg": "conflicting_labels",  # listed with labels 1 and 2: both rejected
+    "/a/alpha_x/1.jpg": "key_collision",  # flattens to the same key as /a/alpha/x_1.jpg
+    "/c/gamma/nolabel.jpg": "missing_label",
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    images = root / "images"
+    lines, written = [], Counter()
+    for cid, (name, n) in enumerate(zip(CLASSES, COUNTS)):
+        folder = images / name.strip("/")
+        folder.mkdir(parents=True)
+        for i in range(n):
+            (folder / f"{i:03d}.jpg").write_bytes(encode(scene(cid * 100 + i, 64, 64)))
+            prefix = name if i % 2 == 0 else name.lstrip("/")  # with and without the leading "/"
+            lines.append(f"{prefix}/{i:03d}.jpg {cid}")
+            written[cid] += 1
+    (images / "odd").mkdir()
+    for fname, data in odd_files(64).items():
+        (images / "odd" / fname).write_bytes(data)
+        lines.append(f"/odd/{fname} 0")
+        written[0] += fname.startswith("ok_")
+    (images / "a/alpha/x_1.jpg").write_bytes(encode(scene(900, 64, 64)))
+    (images / "a/alpha_x").mkdir()
+    (images / "a/alpha_x/1.jpg").write_bytes(encode(scene(901, 64, 64)))
+    lines += ["/a/alpha/x_1.jpg 0", "/a/alpha_x/1.jpg 0"]
+    written[0] += 1
+    lines += ["/a/alpha/missing.jpg 0", "/a/alpha/000.jpg 7", "../outside.jpg 0", "", "/a/alpha/001.jpg 0",
+              "/b/beta/000.jpg 2", "/c/gamma/nolabel.jpg"]
+    written[1] -= 1  # /b/beta/000.jpg is listed under two labels
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    (root / "categories.txt").write_text("".join(f"{c} {i}\n" for i, c in enumerate(CLASSES)))
+    entries = sum(1 for ln in lines if ln.strip())
+    return {"root": root, "images": images, "entries": entries, "written": written}
+
+
+def run_shard(corpus, out, *extra):
+    argv = ["--list", str(corpus["root"] / "train.txt"), "--images-root", str(corpus["images"]),
+            "--categories", str(corpus["root"] / "categories.txt"), "--out", str(out), *ARGS, *extra]
+    assert shard.main(argv) == 0
+    return json.loads((out / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def sharded(ray_cluster, corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    return out, run_shard(corpus, out)
+
+
+def read_json(path):
+    return json.loads(path.read_text())
+
+
+def test_every_entry_is_written_or_quarantined_with_its_reason(sharded, corpus):
+    out, manifest = sharded
+    assert manifest["entries_read"] == corpus["entries"]
+    assert manifest["written"] == sum(corpus["written"].values())
+    assert manifest["entries_read"] == manifest["written"] + manifest["quarantined"]
+    quarantine = [json.loads(ln) for ln in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert {tuple(sorted(q)) for q in quarantine} == {("label", "reason", "source")}
+    codes = Counter((q["source"], q["reason"].split(":")[0]) for q in quarantine)
+    expected = Counter(EXPECTED_REJECTS.items())
+    expected[("/b/beta/000.jpg", "conflicting_labels")] = 2
+    assert codes == expected
+    assert manifest["per_class_written"] == {c: corpus["written"][i] for i, c in enumerate(CLASSES)}
+    assert sum(manifest["quarantine_reasons"].values()) == manifest["quarantined"] == len(quarantine)
+
+
+def test_shards_read_back_with_webdataset(sharded, corpus):
+    out, manifest = sharded
+    index = read_json(out / "index.json")
+    urls = [str(out / s["url"]) for s in index["shardlist"]]
+    seen = Counter()
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+        assert "." not in sample["__key__"]
+        assert set(sample) >= {"__key__", "jpg", "cls", "json"}
+        label = int(sample["cls"].decode("ascii"))
+        meta = json.loads(sample["json"])
+        assert set(meta) == {"source", "orig_size"} and len(meta["orig_size"]) == 2
+        img = Image.open(io.BytesIO(sample["jpg"]))
+        assert (img.format, img.mode, img.size) == ("JPEG", "RGB", (64, 64))
+        assert not img.info.get("progressive")
+        seen[label] += 1
+    assert seen == corpus["written"]
+
+
+def test_shards_read_back_with_ray_data(sharded, corpus, ray_cluster):
+    out, _ = sharded
+    index = read_json(out / "index.json")
+    ds = ray_cluster.data.read_webdataset([str(out / s["url"]) for s in index["shardlist"]], decoder=None)
+    rows = ds.take_all()
+    keys = sorted(r["__key__"] for r in rows)
+    assert len(keys) == len(set(keys)) == sum(corpus["written"].values())
+    assert Counter(int(bytes(r["cls"]).decode()) for r in rows) == corpus["written"]
+
+
+def test_passthrough_keeps_source_bytes(sharded, corpus):
+    out, manifest = sharded
+    source = (corpus["images"] / "a/alpha/003.jpg").read_bytes()
+    found = [s["jpg"] for s in wds.WebDataset(sorted(str(p) for p in out.glob("c0000-*.tar")),
+                                              shardshuffle=False, empty_check=False)
+             if s["__key__"] == "a_alpha_003"]
+    assert found == [source]
+    assert manifest["passthrough"] >= sum(COUNTS) - 2  # every plain 64x64 baseline JPEG
+
+
+def test_index_is_wids_v1_and_checksums_match(sharded):
+    out, manifest = sharded
+    index = read_json(out / "index.json")
+    assert index["__kind__"] == "wids-shard-index-v1" and index["wids_version"] == 1 and index["name"]
+    assert len(index["shardlist"]) == manifest["shards"]
+    for s in index["shardlist"]:
+        data = (out / s["url"]).read_bytes()
+        assert s["filesize"] == len(data) and s["md5sum"] == hashlib.md5(data).hexdigest()
+        with tarfile.open(out / s["url"]) as tar:
+            infos = tar.getmembers()
+        assert len(infos) == 3 * s["nsamples"]
+        assert {(i.mtime, i.uid, i.gid, i.uname) for i in infos} == {(0, 0, 0, "places")}
+    # Per-class shards: every sample of a shard carries the shard's class, and --shard-samples 4
+    # splits beta's 6 listed entries over 2 shards and gamma's 4 into 1.
+    for s in index["shardlist"]:
+        labels = {int(x["cls"]) for x in wds.WebDataset(str(out / s["url"]), shardshuffle=False, empty_check=False)}
+        assert labels == {s["class"]}
+    per_class = Counter(s["class"] for s in index["shardlist"])
+    assert per_class[1] == 2 and per_class[2] == 1 and per_class[0] >= 6
+
+
+def test_class_index_offsets_fetch_exactly_the_members(sharded, corpus):
+    out, manifest = sharded
+    classes = read_json(out / "classes.json")
+    assert [c["id"] for c in classes["classes"]] == [0, 1, 2]
+    assert [c["name"] for c in classes["classes"]] == CLASSES
+    by_key = {}
+    for url in {s["url"] for c in classes["classes"] for s in c["shards"]}:
+        for sample in wds.WebDataset(str(out / url), shardshuffle=False, empty_check=False):
+            by_key[sample["__key__"]] = sample
+    total = 0
+    for c in classes["classes"]:
+        assert c["count"] == corpus["written"][c["id"]] == sum(s["nsamples"] for s in c["shards"])
+        for s in c["shards"]:
+            blob = (out / s["url"]).read_bytes()
+            for rec in s["samples"]:
+                total += 1
+                chunk = blob[rec["offset"]: rec["offset"] + rec["size"]]
+                with tarfile.open(fileobj=io.BytesIO(chunk), mode="r:") as tar:  # a self-contained fragment
+                    names = sorted(m.name for m in tar.getmembers())
+                assert names == [f"{rec['key']}.{ext}" for ext in ("cls", "jpg", "json")]
+                for ext, (off, size) in rec["members"].items():
+                    assert blob[off: off + size] == by_key[rec["key"]][ext]
+    assert total == manifest["written"]
+
+
+def test_rerun_elsewhere_is_byte_identical(sharded, corpus, tmp_path):
+    out, _ = sharded
+    run_shard(corpus, tmp_path)
+    first = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "manifest.json")
+    assert first == sorted(p.name for p in tmp_path.iterdir() if p.is_file() and p.name != "manifest.json")
+    for name in first:
+        assert (out / name).read_bytes() == (tmp_path / name).read_bytes(), name
+
+
+def test_rerun_in_place_reuses_verified_shards_and_rebuilds_tampered_ones(sharded, corpus):
+    out, manifest = sharded
+    before = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    victim = sorted(before)[0]
+    (out / victim).write_bytes(before[victim][:-1024])  # e.g. a copy cut short
+    again = run_shard(corpus, out)
+    assert again["shards_reused"] == manifest["shards"] - 1
+    assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == before
+
+
+def test_seed_changes_order_but_not_content(sharded, corpus, tmp_path):
+    out, manifest = sharded
+    other = run_shard(corpus, tmp_path, "--seed", "1")
+    assert other["written"] == manifest["written"]
+    keys = lambda d: [s["__key__"] for s in wds.WebDataset(sorted(str(p) for p in d.glob("c0000-*.tar")),
+                                                             shardshuffle=False, empty_check=False)]
+    assert sorted(keys(out)) == sorted(keys(tmp_path)) and keys(out) != keys(tmp_path)
+
+
+def test_image_folder_tree(ray_cluster, corpus, tmp_path):
+    tree = tmp_path / "tree"
+    for name, n in (("cat", 5), ("dog", 3)):
+        (tree / name / "sub").mkdir(parents=True)
+        for i in range(n):
+            (tree / name / "sub" / f"{i}.jpg").write_bytes(encode(scene(i, 48, 40)))
+    (tree / "dog" / "notes.txt").write_text("not an image")  # an input too: it must be accounted for
+    (tree / "dog" / ".DS_Store").write_bytes(b"\0")
+    out = tmp_path / "out"
+    assert shard.main(["--image-folder", str(tree), "--out", str(out), "--image-size", "32",
+                       "--resize", "shorter"]) == 0
+    manifest = read_json(out / "manifest.json")
+    assert (manifest["entries_read"], manifest["written"], manifest["quarantined"]) == (9, 8, 1)
+    assert manifest["per_class_written"] == {"cat": 5, "dog": 3}
+    sizes = {Image.open(io.BytesIO(s["jpg"])).size
+             for s in wds.WebDataset(str(out / "c0000-00000.tar"), shardshuffle=False, empty_check=False)}
+    assert sizes == {(38, 32)}
+
+
+def test_val_list_with_bare_names_and_unlabeled_test_list(ray_cluster, corpus, tmp_path):
+    flat = tmp_path / "val_256"
+    flat.mkdir()
+    for i in range(4):
+        (flat / f"Places365_val_{i:08d}.jpg").write_bytes(encode(scene(i, 64, 64)))
+    (tmp_path / "val.txt").write_text("".join(f"Places365_val_{i:08d}.jpg {i % 3}\n" for i in range(4)))
+    (tmp_path / "test.txt").write_text("".join(f"Places365_val_{i:08d}.jpg\n" for i in range(4)))
+    cats = str(corpus["root"] / "categories.txt")
+    assert shard.main(["--list", str(tmp_path / "val.txt"), "--images-root", str(flat), "--categories", cats,
+                       "--out", str(tmp_path / "val"), *ARGS]) == 0
+    assert read_json(tmp_path / "val" / "manifest.json")["per_class_written"] == dict(zip(CLASSES, [2, 1, 1]))
+    assert shard.main(["--list", str(tmp_path / "test.txt"), "--images-root", str(flat),
+                       "--out", str(tmp_path / "test"), *ARGS]) == 0
+    classes = read_json(tmp_path / "test" / "classes.json")
+    assert classes["unlabeled"]["count"] == 4 and classes["num_classes"] == 0
+    labels = {s["cls"] for s in wds.WebDataset(str(tmp_path / "test" / "unlabeled-00000.tar"),
+                                               shardshuffle=False, empty_check=False)}
+    assert labels == {b"-1"}
+
+
+@pytest.mark.parametrize("case", ["missing_list", "unknown_class", "unwritable_out", "missing_root",
+                                  "bad_quality"])
+def test_bad_arguments_fail_before_any_work(ray_cluster, corpus, tmp_path, capsys, case):
+    lst, root, cats = corpus["root"] / "train.txt", corpus["images"], corpus["root"] / "categories.txt"
+    out = tmp_path / "out"
+    extra = []
+    if case == "missing_list":
+        lst = tmp_path / "nope.txt"
+    elif case == "unknown_class":
+        lst = tmp_path / "named.txt"
+        lst.write_text("/a/alpha/000.jpg alpha\n/a/alpha/001.jpg volcano\n")
+    elif case == "unwritable_out":
+        (tmp_path / "a_file").write_text("x")
+        out = tmp_path / "a_file" / "out"
+    elif case == "missing_root":
+        root = tmp_path / "no_images"
+    elif case == "bad_quality":
+        extra = ["--quality", "0"]
+    argv = ["--list", str(lst), "--images-root", str(root), "--categories", str(cats), "--out", str(out), *extra]
+    assert shard.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("shard.py: error:")
+    expected_word = {"missing_list": "nope.txt", "unknown_class": "volcano", "unwritable_out": "not writable",
+                     "missing_root": "no_images", "bad_quality": "quality"}[case]
+    assert expected_word in err[0]
+    leftovers = [p.name for p in out.glob("*")] if out.is_dir() else []
+    assert not [n for n in leftovers if not n.startswith(".")]
