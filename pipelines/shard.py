@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 if __package__ in (None, ""):  # run as `python pipelines/shard.py`: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -52,33 +52,54 @@ class ShardConfig:
         return ImageSettings(self.image_size, self.resize, self.quality, self.max_pixels)
 
 
+def load_config_file(path: str) -> dict:
+    """A YAML recipe of ShardConfig fields; unknown keys are refused by name."""
+    import yaml
+
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise CorpusError(f"{path}: expected a mapping of settings")
+    known = {f.name for f in fields(ShardConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise CorpusError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    return data
+
+
 def parse_args(argv: list[str] | None = None) -> ShardConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--list", help="Places365-style list: 'path label' or bare file names per line")
-    src.add_argument("--image-folder", help="class-per-folder tree (classes = sorted subfolder names)")
+    p.add_argument("--config", help="YAML recipe (configs/shard_*.yaml); flags given here override it")
+    p.add_argument("--list", help="Places365-style list: 'path label' or bare file names per line")
+    p.add_argument("--image-folder", help="class-per-folder tree (classes = sorted subfolder names)")
     p.add_argument("--images-root", help="folder the list's paths are relative to (with --list)")
     p.add_argument("--categories", help="categories file: '/a/airfield 0' lines, or one name per line")
-    p.add_argument("--out", required=True, help="output folder or URI (s3://bucket/prefix)")
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--resize", choices=["square", "shorter", "keep"], default="square",
-                   help="square: SxS (Places365 'small'); shorter: shorter side S; keep: no resize")
-    p.add_argument("--shard-samples", type=int, default=1000, help="target samples per shard")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality when re-encoding")
-    p.add_argument("--seed", type=int, default=0, help="seeds shard membership and in-shard order")
-    p.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse larger images (bombs)")
+    p.add_argument("--out", help="output folder or URI (s3://bucket/prefix)")
+    p.add_argument("--image-size", type=int, help="S, in pixels (default 256)")
+    p.add_argument("--resize", choices=["square", "shorter", "keep"],
+                   help="square: SxS (Places365 'small', the default); shorter: shorter side S; keep: no resize")
+    p.add_argument("--shard-samples", type=int, help="target samples per shard (default 1000)")
+    p.add_argument("--quality", type=int, help="JPEG quality when re-encoding (default 90)")
+    p.add_argument("--seed", type=int, help="seeds shard membership and in-shard order (default 0)")
+    p.add_argument("--max-pixels", type=int, help="refuse larger images, e.g. bombs (default 1e8)")
     p.add_argument("--name", help="dataset name written into index.json (default: the list's file name)")
-    a = p.parse_args(argv)
-    if a.list and not a.images_root:
+    a = vars(p.parse_args(argv))
+    try:
+        settings = load_config_file(a.pop("config")) if a.get("config") else {}
+    except (OSError, CorpusError) as exc:
+        p.error(str(exc))
+    settings.update({k: v for k, v in a.items() if v is not None and k != "config"})
+    if bool(settings.get("list")) == bool(settings.get("image_folder")):
+        p.error("give exactly one of --list or --image-folder")
+    if not settings.get("out"):
+        p.error("--out is required")
+    if settings.get("list") and not settings.get("images_root"):
         p.error("--list needs --images-root")
-    if a.image_folder and (a.images_root or a.categories):
+    if settings.get("image_folder") and (settings.get("images_root") or settings.get("categories")):
         p.error("--image-folder takes its classes and paths from the tree; drop --images-root/--categories")
-    if a.shard_samples < 1:
+    if settings.get("shard_samples", 1) < 1:
         p.error("--shard-samples must be >= 1")
-    return ShardConfig(out=a.out, list=a.list, images_root=a.images_root, categories=a.categories,
-                       image_folder=a.image_folder, image_size=a.image_size, resize=a.resize,
-                       shard_samples=a.shard_samples, quality=a.quality, seed=a.seed,
-                       max_pixels=a.max_pixels, name=a.name)
+    return ShardConfig(**settings)
 
 
 @dataclass
@@ -182,6 +203,7 @@ def run(cfg: ShardConfig) -> dict:
         "passthrough": sum(s["passthrough"] for s in summaries),
         "images_processed_this_run": sum(s["nsamples"] + s["quarantined"] for s in fresh),
         "elapsed_s": round(elapsed, 3),
+        "worker_seconds": round(sum(s["seconds"] for s in fresh), 3),
         "images_per_s": round(sum(s["nsamples"] + s["quarantined"] for s in fresh) / max(elapsed, 1e-9), 1),
         "settings": {k: v for k, v in asdict(cfg).items()}, "versions": shard_index.package_versions(),
         "cluster_cpus": ray.cluster_resources().get("CPU", 0),

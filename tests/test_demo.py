@@ -1,0 +1,74 @@
+"""The built-in demo corpus and its shards."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from pipelines import demo_corpus
+from pipelines.demo import prepare_demo
+
+
+def tree_digest(root) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    demo_corpus.make_demo_corpus(str(root), seed=0)
+    return root
+
+
+def test_corpus_is_deterministic_per_seed(corpus, tmp_path):
+    demo_corpus.make_demo_corpus(str(tmp_path), seed=0)
+    assert tree_digest(corpus) == tree_digest(tmp_path)
+    same = demo_corpus._draw_job((0, "train", 5, 3, 256, 256))
+    assert same == demo_corpus._draw_job((0, "train", 5, 3, 256, 256)) != demo_corpus._draw_job((1, "train", 5, 3, 256, 256))
+
+
+def test_corpus_layout_and_balance(corpus):
+    cats = (corpus / "categories.txt").read_text().split("\n")[:-1]
+    assert len(cats) >= 8 and cats[0].split() == ["/b/beach", "0"]
+    train = Counter(int(ln.rsplit(None, 1)[1]) for ln in (corpus / "train.txt").read_text().splitlines())
+    val = Counter(int(ln.split()[1]) for ln in (corpus / "val.txt").read_text().splitlines())
+    in_range = {k: v for k, v in train.items() if k < len(cats)}
+    assert max(in_range.values()) >= 10 * min(in_range.values())
+    assert len(set(val.values())) == 1 and len(val) == len(cats)
+    assert all("/" not in ln.split()[0] for ln in (corpus / "val.txt").read_text().splitlines())
+    assert all(len(ln.split()) == 1 for ln in (corpus / "test.txt").read_text().splitlines())
+    assert 2000 <= sum(train.values()) + sum(val.values()) <= 5000
+
+
+def test_classes_differ_in_what_they_show(corpus):
+    """Learnable: per-class mean colours differ; not trivial: within-class spread is comparable."""
+    from PIL import Image
+    means = {}
+    for line in (corpus / "val.txt").read_text().splitlines():
+        name, label = line.split()
+        arr = np.asarray(Image.open(corpus / "val_256" / name).convert("RGB"), dtype=float)
+        means.setdefault(int(label), []).append(arr.reshape(-1, 3).mean(0))
+    centroids = np.array([np.mean(v, 0) for _, v in sorted(means.items())])
+    spread = np.mean([np.std(v, 0).mean() for v in means.values()])
+    gaps = [np.linalg.norm(a - b) for i, a in enumerate(centroids) for b in centroids[i + 1:]]
+    assert min(gaps) < 2 * spread < max(gaps)  # some classes overlap in colour, others do not
+
+
+@pytest.mark.slow
+def test_demo_shards_show_the_quarantine(ray_cluster, corpus):
+    manifests = prepare_demo(str(corpus))
+    train = manifests["train"]
+    assert train["quarantine_reasons"] == {"empty_file": 1, "label_out_of_range": 1, "missing_file": 1,
+                                           "not_an_image": 1, "truncated_image": 1}
+    assert train["entries_read"] == train["written"] + train["quarantined"]
+    assert len(set(manifests["val"]["per_class_written"].values())) == 1
+    assert manifests["test"]["unlabeled_written"] == manifests["test"]["entries_read"]
+    classes = json.loads((corpus / "shards" / "train" / "classes.json").read_text())
+    assert [c["count"] for c in classes["classes"]] == list(train["per_class_written"].values())
+    # a second call finds everything present and does nothing
+    assert prepare_demo(str(corpus))["train"]["elapsed_s"] == train["elapsed_s"]
