@@ -1,0 +1,60 @@
+"""AlexNet (Krizhevsky et al. 2012) and ZFNet (Zeiler & Fergus 2013).
+
+AlexNet: C(96,11,4)-LRN-P-C(256,5,1)-LRN-P-C(384,3,1)-C(384,3,1)-C(256,3,1)-P-FC4096-FC4096-FC, with
+overlapping 3x3/2 max-pooling.  The two-GPU split is kept as grouped convolutions (groups=2) in
+conv2, conv4 and conv5, where the paper's GPUs did not talk to each other.  ZFNet replaces the first
+layer by 7x7 stride 2 and conv2's stride by 2, with dense (ungrouped) convolutions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn as nn
+
+from training.models.base import StagedNet
+from training.models.heads import FCHead
+from training.models.registry import register_model
+from training.models.vgg import lrn
+
+
+def _out(size: int, kernel: int, stride: int, pad: int = 0, ceil: bool = False) -> int:
+    f = math.ceil if ceil else math.floor
+    return f((size + 2 * pad - kernel) / stride) + 1
+
+
+def _conv(cin, cout, k, s=1, p=0, groups=1):
+    return [nn.Conv2d(cin, cout, k, s, p, groups=groups), nn.ReLU(inplace=True)]
+
+
+class AlexNet(StagedNet):
+    def __init__(self, num_classes: int = 1000, input_size: int = 224, dropout: float = 0.5,
+                 groups: int = 2, init: str = "gaussian"):
+        stages = [
+            ("conv1", nn.Sequential(*_conv(3, 96, 11, 4, 2), lrn(), nn.MaxPool2d(3, 2))),
+            ("conv2", nn.Sequential(*_conv(96, 256, 5, 1, 2, groups), lrn(), nn.MaxPool2d(3, 2))),
+            ("conv3", nn.Sequential(*_conv(256, 384, 3, 1, 1), *_conv(384, 384, 3, 1, 1, groups),
+                                    *_conv(384, 256, 3, 1, 1, groups), nn.MaxPool2d(3, 2))),
+        ]
+        s = _out(_out(input_size, 11, 4, 2), 3, 2)
+        s = _out(_out(s, 3, 2), 3, 2)
+        super().__init__(stages, FCHead((256, s, s), (4096, 4096), num_classes, dropout), num_classes, init=init)
+
+
+class ZFNet(StagedNet):
+    def __init__(self, num_classes: int = 1000, input_size: int = 224, dropout: float = 0.5,
+                 init: str = "gaussian"):
+        stages = [
+            ("conv1", nn.Sequential(*_conv(3, 96, 7, 2, 1), lrn(), nn.MaxPool2d(3, 2, ceil_mode=True))),
+            ("conv2", nn.Sequential(*_conv(96, 256, 5, 2, 0), lrn(), nn.MaxPool2d(3, 2, ceil_mode=True))),
+            ("conv3", nn.Sequential(*_conv(256, 384, 3, 1, 1), *_conv(384, 384, 3, 1, 1),
+                                    *_conv(384, 256, 3, 1, 1), nn.MaxPool2d(3, 2, ceil_mode=True))),
+        ]
+        s = _out(_out(input_size, 7, 2, 1), 3, 2, ceil=True)  # 224 -> 110 -> 55
+        s = _out(_out(s, 5, 2), 3, 2, ceil=True)  # -> 26 -> 13
+        s = _out(s, 3, 2, ceil=True)  # -> 6
+        super().__init__(stages, FCHead((256, s, s), (4096, 4096), num_classes, dropout), num_classes, init=init)
+
+
+register_model("alexnet")(lambda num_classes=1000, **options: AlexNet(num_classes, **options))
+register_model("zfnet")(lambda num_classes=1000, **options: ZFNet(num_classes, **options))

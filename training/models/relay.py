@@ -1,0 +1,151 @@
+"""Auxiliary heads and relay back-propagation, for any `StagedNet`, with no per-model code.
+
+Modes, named as in the WM seed's table:
+- ``bp``: the top loss only; no auxiliary head is built.
+- ``loss12_bp``: deep supervision (GoogLeNet): every loss reaches every layer below its head.
+- ``relay``: loss2 (the auxiliary head at the branch) trains its head and everything below the
+  branch; loss1 (the top) trains everything above the branch plus `overlap` stages below it, and
+  nothing lower.
+
+Relay is one forward and one backward: the overlap stages run twice with shared weights, once on
+the detached trunk output (loss1's path, so its gradient stops there) and once attached (loss2's
+path).  One backward of ``loss1 + w * loss2`` then routes each gradient exactly, every parameter
+gets a gradient (so DDP needs no unused-parameter search), and the cost is the overlap's recompute.
+At eval time only the top output is computed; `export()` gives the backbone without any aux head.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from training.models.base import BranchSpec, StagedNet, initialize
+from training.models.heads import SmallAuxHead
+
+MODES = ("bp", "loss12_bp", "relay")
+DEFAULT_AUX_WEIGHT = {"bp": 0.0, "loss12_bp": 0.3, "relay": 1.0}  # GoogLeNet's 0.3; relay: the seed's 1:1
+
+
+class AuxOutputs(NamedTuple):
+    """What a training forward returns: the top logits, then one entry per auxiliary head."""
+
+    logits: torch.Tensor
+    aux_logits: tuple[torch.Tensor, ...]
+
+
+class RelayNet(nn.Module):
+    def __init__(self, backbone: StagedNet, mode: str, branches: list[BranchSpec], aux_weight: float,
+                 overlap: int = 1):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "relay" and len(branches) != 1:
+            raise ValueError(f"relay needs exactly one branch, got {len(branches)}")
+        if overlap < 0:
+            raise ValueError("overlap must be >= 0 stages")
+        self.backbone, self.mode, self.aux_weight, self.overlap = backbone, mode, float(aux_weight), overlap
+        self.branches = [] if mode == "bp" else list(branches)
+        self.branch_index = [backbone.stage_index(b.after) for b in self.branches]
+        last = len(backbone.stage_names) - 1
+        if any(i >= last for i in self.branch_index):
+            raise ValueError(f"a branch must sit below the last stage ({backbone.stage_names[-1]!r})")
+        self.aux_heads = nn.ModuleList(self._make_head(b, i) for b, i in zip(self.branches, self.branch_index))
+
+    # -- the StagedNet interface, forwarded -------------------------------------------------------
+    @property
+    def stages(self) -> nn.ModuleDict:
+        return self.backbone.stages
+
+    def forward_features(self, x):
+        return self.backbone.forward_features(x)
+
+    def forward_head(self, x):
+        return self.backbone.forward_head(x)
+
+    def export(self) -> StagedNet:
+        """The deployable network: the backbone alone (its state_dict has no auxiliary keys)."""
+        return self.backbone
+
+    # -- training ---------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor):
+        if not self.training:
+            return self.backbone(x)
+        if self.mode == "bp":
+            return AuxOutputs(self.backbone(x), ())
+        if self.mode == "loss12_bp":
+            return self._forward_deep_supervision(x)
+        return self._forward_relay(x)
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
+        """``{"loss": total to back-propagate, "loss1": top, "loss2"...: auxiliary, "logits": top}``."""
+        out = self(x)
+        logits, aux = (out.logits, out.aux_logits) if isinstance(out, AuxOutputs) else (out, ())
+        result = {"loss1": F.cross_entropy(logits, y, label_smoothing=label_smoothing)}
+        total = result["loss1"]
+        for k, a in enumerate(aux, start=2):
+            result[f"loss{k}"] = F.cross_entropy(a, y, label_smoothing=label_smoothing)
+            total = total + self.aux_weight * result[f"loss{k}"]
+        result["loss"] = total
+        result["logits"] = logits
+        return result
+
+    def _forward_deep_supervision(self, x):
+        aux, h = [], x
+        for i, stage in enumerate(self.backbone.stages.values()):
+            h = stage(h)
+            if i in self.branch_index:
+                aux.append(self.aux_heads[self.branch_index.index(i)](h))
+        return AuxOutputs(self.backbone.forward_head(h), tuple(aux))
+
+    def _forward_relay(self, x):
+        b = self.branch_index[0]
+        first_overlap = max(0, b - self.overlap + 1)
+        trunk = self.backbone.run_stages(x, 0, first_overlap)  # reached by loss2 only
+        branch = self.backbone.run_stages(trunk, first_overlap, b + 1)  # loss2's path through the overlap
+        if first_overlap <= b:
+            top = self.backbone.run_stages(trunk.detach(), first_overlap, b + 1)  # loss1's: stops at the overlap
+        else:
+            top = branch.detach()
+        logits = self.backbone.forward_head(self.backbone.run_stages(top, b + 1))
+        return AuxOutputs(logits, (self.aux_heads[0](branch),))
+
+    def _make_head(self, spec: BranchSpec, index: int) -> nn.Module:
+        if spec.head == "copy":  # the layers above the branch, duplicated with fresh weights (WM A/B)
+            head = nn.Sequential(*copy.deepcopy(list(self.backbone.stages.values())[index + 1:]),
+                                 copy.deepcopy(self.backbone.head))
+            initialize(head, self.backbone.init_scheme)
+            return head
+        if spec.head == "small":
+            return SmallAuxHead(self._channels_after(index), self.backbone.num_classes)
+        raise ValueError(f"aux head must be 'copy' or 'small', got {spec.head!r}")
+
+    def _channels_after(self, index: int) -> int:
+        was_training = self.backbone.training
+        self.backbone.eval()  # a probe must not touch batch-norm statistics
+        with torch.no_grad():
+            channels = self.backbone.run_stages(torch.zeros(1, 3, 64, 64), 0, index + 1).shape[1]
+        self.backbone.train(was_training)
+        return channels
+
+
+def wrap(backbone: StagedNet, mode: str | None = None, branch: str | list[str] | None = None,
+         aux_head: str | None = None, aux_weight: float | None = None, overlap: int = 1) -> RelayNet:
+    """The family's defaults (WM: relay after the 28x28 stage; GoogLeNet: two small heads) unless overridden.
+
+    A model with no declared branch gets one below its last stage, a copy of what is above it.
+    """
+    defaults = backbone.aux_defaults
+    mode = mode or defaults.mode
+    if branch is not None:
+        names = [branch] if isinstance(branch, str) else list(branch)
+        branches = [BranchSpec(n, aux_head or "copy") for n in names]
+    elif defaults.branches:
+        branches = [BranchSpec(b.after, aux_head or b.head) for b in defaults.branches]
+    else:
+        branches = [BranchSpec(backbone.stage_names[-2], aux_head or "copy")]
+    weight = DEFAULT_AUX_WEIGHT[mode] if aux_weight is None else aux_weight
+    return RelayNet(backbone, mode, branches, weight, overlap)

@@ -1,0 +1,27 @@
+"""`simple_net`: a small from-scratch network for CPU demos (the course project's "simple network",
+in RGB, with batch-norm so it trains in minutes): three conv/BN/ReLU/pool stages, then pool + fc."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from training.models.base import StagedNet
+from training.models.heads import PoolLinearHead
+from training.models.registry import register_model
+
+STAGES = [("block1", 32, 5), ("block2", 64, 3), ("block3", 128, 3)]  # (name, channels, kernel)
+
+
+class SimpleNet(StagedNet):
+    def __init__(self, num_classes: int = 15, width: float = 1.0, dropout: float = 0.3, init: str = "he",
+                 input_size: int = 64):  # any input size works (global pooling)
+        stages, cin = [], 3
+        for name, c, k in STAGES:
+            c = max(4, int(c * width))
+            stages.append((name, nn.Sequential(nn.Conv2d(cin, c, k, padding=k // 2, bias=False), nn.BatchNorm2d(c),
+                                               nn.ReLU(inplace=True), nn.MaxPool2d(2, 2))))
+            cin = c
+        super().__init__(stages, PoolLinearHead(cin, num_classes, dropout), num_classes, init=init)
+
+
+register_model("simple_net")(lambda num_classes=15, **options: SimpleNet(num_classes, **options))
