@@ -2,7 +2,7 @@
 
     model = create_model("wm_model_a", num_classes=365)            # relay BP, the seed's branch
     model = create_model("vgg_d", num_classes=365, mode="loss12_bp")
-    losses = model.losses(images, labels)   # {"loss", "loss1", "loss2", ..., "logits"}
+    losses = model(images, labels)          # {"loss", "loss1", "loss2", ..., "logits"}
     deploy = model.export()                 # the network without auxiliary heads
 
 `list_models()` names them all.  Options beyond the auxiliary ones go to the family's builder
@@ -18,9 +18,10 @@ from training.models.vgg import init_from_shallower
 
 def create_model(name: str, num_classes: int = 1000, *, mode: str | None = None,
                  branch: str | list[str] | None = None, aux_head: str | None = None,
-                 aux_weight: float | None = None, overlap: int = 1, **options) -> RelayNet:
+                 aux_weight: float | None = None, overlap: int = 1, label_smoothing: float = 0.0,
+                 **options) -> RelayNet:
     return wrap(build_backbone(name, num_classes, **options), mode=mode, branch=branch, aux_head=aux_head,
-                aux_weight=aux_weight, overlap=overlap)
+                aux_weight=aux_weight, overlap=overlap, label_smoothing=label_smoothing)
 
 
 __all__ = ["create_model", "list_models", "register_model", "build_backbone", "RelayNet", "AuxOutputs",

@@ -35,7 +35,8 @@ class FCHead(nn.Module):
             if isinstance(layer, nn.Linear):
                 kernel = (h, w) if first else (1, 1)
                 # A Linear over (C, H, W)-flattened input is a convolution with the same weights.
-                conv = nn.Conv2d(layer.in_features // (kernel[0] * kernel[1]), layer.out_features, kernel)
+                conv = nn.Conv2d(layer.in_features // (kernel[0] * kernel[1]), layer.out_features, kernel,
+                                 device=layer.weight.device, dtype=layer.weight.dtype)
                 conv.weight.data.copy_(layer.weight.data.view(conv.weight.shape))
                 conv.bias.data.copy_(layer.bias.data)
                 convs.append(conv)

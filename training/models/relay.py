@@ -39,7 +39,7 @@ class AuxOutputs(NamedTuple):
 
 class RelayNet(nn.Module):
     def __init__(self, backbone: StagedNet, mode: str, branches: list[BranchSpec], aux_weight: float,
-                 overlap: int = 1):
+                 overlap: int = 1, label_smoothing: float = 0.0):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -48,6 +48,7 @@ class RelayNet(nn.Module):
         if overlap < 0:
             raise ValueError("overlap must be >= 0 stages")
         self.backbone, self.mode, self.aux_weight, self.overlap = backbone, mode, float(aux_weight), overlap
+        self.label_smoothing = label_smoothing
         self.branches = [] if mode == "bp" else list(branches)
         self.branch_index = [backbone.stage_index(b.after) for b in self.branches]
         last = len(backbone.stage_names) - 1
@@ -71,7 +72,14 @@ class RelayNet(nn.Module):
         return self.backbone
 
     # -- training ---------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
+        """Logits at eval; `AuxOutputs` in training; with labels `y`, the dict of named losses.
+
+        Taking `y` here (not in a separate method) lets the train loop call the DDP wrapper itself,
+        `ddp_model(x, y)`, which is what arms DDP's gradient all-reduce.
+        """
+        if y is not None:
+            return self._losses(x, y)
         if not self.training:
             return self.backbone(x)
         if self.mode == "bp":
@@ -80,14 +88,15 @@ class RelayNet(nn.Module):
             return self._forward_deep_supervision(x)
         return self._forward_relay(x)
 
-    def losses(self, x: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
+    def _losses(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"loss": total to back-propagate, "loss1": top, "loss2"...: auxiliary, "logits": top}``."""
         out = self(x)
         logits, aux = (out.logits, out.aux_logits) if isinstance(out, AuxOutputs) else (out, ())
-        result = {"loss1": F.cross_entropy(logits, y, label_smoothing=label_smoothing)}
+        smoothing = self.label_smoothing
+        result = {"loss1": F.cross_entropy(logits, y, label_smoothing=smoothing)}
         total = result["loss1"]
         for k, a in enumerate(aux, start=2):
-            result[f"loss{k}"] = F.cross_entropy(a, y, label_smoothing=label_smoothing)
+            result[f"loss{k}"] = F.cross_entropy(a, y, label_smoothing=smoothing)
             total = total + self.aux_weight * result[f"loss{k}"]
         result["loss"] = total
         result["logits"] = logits
@@ -133,13 +142,16 @@ class RelayNet(nn.Module):
 
 
 def wrap(backbone: StagedNet, mode: str | None = None, branch: str | list[str] | None = None,
-         aux_head: str | None = None, aux_weight: float | None = None, overlap: int = 1) -> RelayNet:
+         aux_head: str | None = None, aux_weight: float | None = None, overlap: int = 1,
+         label_smoothing: float = 0.0) -> RelayNet:
     """The family's defaults (WM: relay after the 28x28 stage; GoogLeNet: two small heads) unless overridden.
 
     A model with no declared branch gets one below its last stage, a copy of what is above it.
     """
     defaults = backbone.aux_defaults
     mode = mode or defaults.mode
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if branch is not None:
         names = [branch] if isinstance(branch, str) else list(branch)
         branches = [BranchSpec(n, aux_head or "copy") for n in names]
@@ -148,4 +160,4 @@ def wrap(backbone: StagedNet, mode: str | None = None, branch: str | list[str] |
     else:
         branches = [BranchSpec(backbone.stage_names[-2], aux_head or "copy")]
     weight = DEFAULT_AUX_WEIGHT[mode] if aux_weight is None else aux_weight
-    return RelayNet(backbone, mode, branches, weight, overlap)
+    return RelayNet(backbone, mode, branches, weight, overlap, label_smoothing)
