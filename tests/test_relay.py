@@ -145,3 +145,13 @@ def test_bad_relay_settings_are_refused():
         create_model("simple_net", 4, mode="relay", branch="nope")
     with pytest.raises(ValueError, match="below the last stage"):
         create_model("simple_net", 4, mode="relay", branch="block3")
+
+
+def test_relay_runs_each_overlap_stage_forward_once():
+    model = wm_a(overlap=2)
+    calls = {name: 0 for name in model.backbone.stage_names}
+    for name, stage in model.backbone.stages.items():
+        stage.register_forward_hook(lambda *a, n=name: calls.__setitem__(n, calls[n] + 1))
+    x, y = batch()
+    model(x, y)["loss"].backward()
+    assert calls == {name: 1 for name in model.backbone.stage_names}

@@ -7,10 +7,10 @@ Modes, named as in the WM seed's table:
   branch; loss1 (the top) trains everything above the branch plus `overlap` stages below it, and
   nothing lower.
 
-Relay is one forward and one backward: the overlap stages run twice with shared weights, once on
-the detached trunk output (loss1's path, so its gradient stops there) and once attached (loss2's
-path).  One backward of ``loss1 + w * loss2`` then routes each gradient exactly, every parameter
-gets a gradient (so DDP needs no unused-parameter search), and the cost is the overlap's recompute.
+Relay is one forward and one backward of ``loss1 + w * loss2``.  The result is that of running
+the overlap stages twice with shared weights, once on the detached trunk output (loss1's path, so
+its gradient stops there) and once attached (loss2's path); `_OverlapRelay` gets it running them
+once.  Every parameter gets a gradient, so DDP needs no unused-parameter search.
 At eval time only the top output is computed; `export()` gives the backbone without any aux head.
 """
 
@@ -114,11 +114,14 @@ class RelayNet(nn.Module):
         b = self.branch_index[0]
         first_overlap = max(0, b - self.overlap + 1)
         trunk = self.backbone.run_stages(x, 0, first_overlap)  # reached by loss2 only
-        branch = self.backbone.run_stages(trunk, first_overlap, b + 1)  # loss2's path through the overlap
         if first_overlap <= b:
-            top = self.backbone.run_stages(trunk.detach(), first_overlap, b + 1)  # loss1's: stops at the overlap
+            stages = list(self.backbone.stages.values())[first_overlap:b + 1]
+            params = [p for s in stages for p in s.parameters()]
+            top, branch = _OverlapRelay.apply(lambda h: self.backbone.run_stages(h, first_overlap, b + 1),
+                                              trunk, *params)
         else:
-            top = branch.detach()
+            branch = trunk
+            top = trunk.detach()
         logits = self.backbone.forward_head(self.backbone.run_stages(top, b + 1))
         return AuxOutputs(logits, (self.aux_heads[0](branch),))
 
@@ -139,6 +142,37 @@ class RelayNet(nn.Module):
             channels = self.backbone.run_stages(torch.zeros(1, 3, 64, 64), 0, index + 1).shape[1]
         self.backbone.train(was_training)
         return channels
+
+
+class _OverlapRelay(torch.autograd.Function):
+    """The overlap stages, run once, with the gradients two weight-sharing copies would get.
+
+    Outputs two equal tensors: `top` (loss1's path) and `branch` (loss2's path).  Backward receives
+    their gradients g1, g2 separately: the overlap's parameters get the gradient of g1 + g2, its
+    input only that of g2, so loss1 stops here.  Same result as running the overlap twice (once on
+    a detached input), at the cost of one extra input-gradient pass instead of a forward and a
+    backward.
+    """
+
+    @staticmethod
+    def forward(ctx, run, trunk, *params):
+        with torch.enable_grad():
+            start = trunk.detach().requires_grad_(trunk.requires_grad)
+            out = run(start)
+        ctx.graph = (start, out, params)
+        value = out.detach()
+        return value, value.clone()
+
+    @staticmethod
+    def backward(ctx, g_top, g_branch):  # autograd materialises a missing gradient as zeros
+        start, out, params = ctx.graph
+        del ctx.graph
+        trainable = [p for p in params if p.requires_grad]
+        grads = torch.autograd.grad(out, trainable, g_top + g_branch, retain_graph=start.requires_grad,
+                                    allow_unused=True)
+        by_param = {id(p): g for p, g in zip(trainable, grads)}
+        input_grad = torch.autograd.grad(out, start, g_branch)[0] if start.requires_grad else None
+        return (None, input_grad, *[by_param.get(id(p)) for p in params])
 
 
 def wrap(backbone: StagedNet, mode: str | None = None, branch: str | list[str] | None = None,
