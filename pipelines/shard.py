@@ -182,7 +182,7 @@ def run(cfg: ShardConfig) -> dict:
     name = cfg.name or _default_name(cfg)
     reasons = shard_index.write_quarantine(out, summaries)
     shard_index.write_classes(out, pf.categories, summaries, name)
-    shard_index.write_index(out, summaries, name)
+    shard_index.write_index(out, summaries, name, len(pf.categories))
 
     written = sum(s["nsamples"] for s in summaries)
     quarantined = sum(reasons.values())

@@ -76,12 +76,13 @@ def _class_record(out: Location, shards: list[dict], cid, cname) -> dict:
     return {**head, "count": count, "shards": records}
 
 
-def write_index(out: Location, summaries: list[dict], name: str) -> None:
+def write_index(out: Location, summaries: list[dict], name: str, num_classes: int) -> None:
     shardlist = [{"url": s["url"], "nsamples": s["nsamples"], "filesize": s["filesize"], "md5sum": s["md5sum"],
                   "class": s["label"]}
                  for s in sorted(summaries, key=lambda s: s["url"]) if s["nsamples"]]
     index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": name,
-             "layout": "per-class", "total_samples": sum(s["nsamples"] for s in shardlist),
+             "layout": "per-class", "num_classes": num_classes,
+             "total_samples": sum(s["nsamples"] for s in shardlist),
              "shardlist": shardlist}
     out.write_atomic(INDEX_FILE, (json.dumps(index, sort_keys=True, indent=1) + "\n").encode())
 

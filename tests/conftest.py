@@ -112,3 +112,27 @@ def s3_server():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+# -- synthetic shards in shard.py's format, without running Ray ----------------------------------
+def write_shards(out, counts: list[int], shard_samples: int, size: int = 16) -> dict[int, list[str]]:
+    """Per-class shards + index.json as pipelines/shard.py lays them out; returns keys per class."""
+    from pipelines import shard_index
+    from pipelines.storage import Location
+    from pipelines.tar_shard import build_shard
+
+    loc = Location.parse(str(out))
+    loc.make_dirs()
+    summaries, keys = [], {}
+    for cls, n in enumerate(counts):
+        keys[cls] = [f"c{cls}_{i:05d}" for i in range(n)]
+        for s, start in enumerate(range(0, n, shard_samples)):
+            samples = [{"__key__": k, "cls": str(cls).encode(), "jpg": encode(scene(cls * 1000 + i, size, size)),
+                        "json": b"{}"} for i, k in enumerate(keys[cls][start:start + shard_samples], start)]
+            built = build_shard(samples)
+            url = f"c{cls:04d}-{s:05d}.tar"
+            loc.write_atomic(url, built.data)
+            summaries.append({"url": url, "nsamples": len(samples), "filesize": len(built.data),
+                              "md5sum": built.md5, "label": cls, "group": url[:-4]})
+    shard_index.write_index(loc, summaries, "synthetic", len(counts))
+    return keys

@@ -1,0 +1,135 @@
+"""What a sharded dataset holds, from its small `index.json` alone, and bounded access to its shards.
+
+`Catalog` lists the shards (url, sample count, class).  `ReaderPool` keeps at most `max_open` shard
+files open; a `Cursor` remembers its byte position, so a stream whose file was closed reopens it
+with one seek.  Neither ever loads `classes.json` (a gigabyte at Places2 scale).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tarfile
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+
+from pipelines.storage import Location
+from pipelines.tar_stream import RawSample, ShardReader
+
+log = logging.getLogger(__name__)
+READ_ERRORS = (tarfile.TarError, OSError, EOFError, ValueError)
+
+
+@dataclass(frozen=True)
+class Shard:
+    url: str
+    nsamples: int
+    cls: int
+
+
+class Catalog:
+    def __init__(self, loc: Location, shards: list[Shard], num_classes: int, name: str):
+        self.loc, self.shards, self.num_classes, self.name = loc, shards, num_classes, name
+        self.by_url = {s.url: s for s in shards}
+        self.by_class: dict[int, list[Shard]] = {}
+        for s in shards:
+            self.by_class.setdefault(s.cls, []).append(s)
+        self.total = sum(s.nsamples for s in shards)
+
+    @classmethod
+    def load(cls, uri: str) -> "Catalog":
+        loc = Location.parse(uri)
+        if not loc.is_file("index.json"):
+            raise FileNotFoundError(f"no index.json in {loc.uri()}: is it a directory written by pipelines/shard.py?")
+        index = json.loads(loc.read_bytes("index.json"))
+        if index.get("__kind__") != "wids-shard-index-v1":
+            raise ValueError(f"{loc.uri('index.json')}: not a wids-shard-index-v1 file")
+        shards = [Shard(s["url"], int(s["nsamples"]), int(s.get("class", -1))) for s in index["shardlist"]]
+        if not shards:
+            raise ValueError(f"{loc.uri('index.json')} lists no shards")
+        num_classes = int(index.get("num_classes", max(s.cls for s in shards) + 1))
+        return cls(loc, shards, num_classes, index.get("name", ""))
+
+
+@dataclass
+class Cursor:
+    """Where a stream is in one shard: next sample `index` (< `end`) at byte `pos` (None: not yet known)."""
+
+    url: str
+    index: int
+    end: int
+    pos: int | None = 0
+
+    @property
+    def done(self) -> bool:
+        return self.index >= self.end
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class ReaderPool:
+    """Open shard files, least recently used closed first; counts what had to be skipped."""
+
+    def __init__(self, loc: Location, max_open: int):
+        self.loc, self.max_open = loc, max(1, max_open)
+        self._open: OrderedDict[int, ShardReader] = OrderedDict()  # keyed by id(cursor)
+        self.skipped = 0
+        self._reported: set[str] = set()
+
+    def read(self, cursor: Cursor) -> RawSample | None:
+        """The cursor's next sample (advancing it), or None when its shard is done or cannot be read."""
+        if cursor.done:
+            return None
+        try:
+            reader = self._reader(cursor)
+            sample = reader.next()
+            if sample is None:
+                raise EOFError(f"{cursor.url} ended at sample {cursor.index} of {cursor.end}")
+        except READ_ERRORS as exc:
+            self._give_up(cursor, exc)
+            return None
+        cursor.index += 1
+        cursor.pos = reader.position
+        return sample
+
+    def _reader(self, cursor: Cursor) -> ShardReader:
+        key = id(cursor)
+        reader = self._open.get(key)
+        if reader is not None and reader.url == cursor.url and reader.position == cursor.pos:
+            self._open.move_to_end(key)
+            return reader
+        if reader is not None:
+            reader.close()
+            del self._open[key]
+        while len(self._open) >= self.max_open:
+            self._open.popitem(last=False)[1].close()
+        if cursor.pos is None:  # a segment that starts mid-shard: read from the top, drop what precedes
+            reader = ShardReader(self.loc, cursor.url, 0)
+            for _ in range(cursor.index):
+                if reader.next() is None:
+                    raise EOFError(f"{cursor.url} has fewer than {cursor.index} samples")
+            cursor.pos = reader.position
+        else:
+            reader = ShardReader(self.loc, cursor.url, cursor.pos)
+        self._open[key] = reader
+        return reader
+
+    def _give_up(self, cursor: Cursor, exc: Exception) -> None:
+        lost = cursor.end - cursor.index
+        self.skipped += lost
+        if cursor.url not in self._reported:  # once per shard, not once per sample
+            self._reported.add(cursor.url)
+            log.warning("skipping the rest of shard %s (%d samples): %s: %s", self.loc.uri(cursor.url), lost,
+                        type(exc).__name__, exc)
+        cursor.index = cursor.end
+
+    def release(self, cursor: Cursor) -> None:
+        reader = self._open.pop(id(cursor), None)
+        if reader is not None:
+            reader.close()
+
+    def close(self) -> None:
+        for reader in self._open.values():
+            reader.close()
+        self._open.clear()

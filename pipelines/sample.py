@@ -1,0 +1,66 @@
+"""Print what a training stream would draw, without decoding images: a tool to inspect the samplers.
+
+    python pipelines/sample.py --shards OUT --mode uniform|class-aware --num N [--seed S] \
+        [--rank R --world-size W] [--epoch E] --out draws.jsonl
+
+Writes one line per draw, ``{"key": ..., "cls": ...}``, in the order the stream of rank R (one data
+worker) yields them.  Uniform: epoch E's draws, continuing into E+1... if N is larger.  Class-aware:
+an endless stream; epoch E starts after E x (samples per rank per epoch) draws.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pipelines.catalog import Catalog
+from pipelines.storage import Location
+from pipelines.streams import ClassAwareStream, UniformStream
+
+
+def draws(catalog: Catalog, mode: str, seed: int, rank: int, world_size: int, epoch: int):
+    if mode == "uniform":
+        for e in itertools.count(epoch):
+            yield from UniformStream(catalog, seed=seed, epoch=e, rank=rank, world_size=world_size)
+    else:
+        per_epoch = UniformStream.rank_length(catalog, rank, world_size)
+        stream = ClassAwareStream(catalog, seed=seed, rank=rank)
+        yield from itertools.islice(stream, epoch * per_epoch, None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shards", required=True, help="folder or URI written by pipelines/shard.py")
+    p.add_argument("--mode", choices=["uniform", "class-aware"], required=True)
+    p.add_argument("--num", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rank", type=int, default=0)
+    p.add_argument("--world-size", type=int, default=1)
+    p.add_argument("--epoch", type=int, default=0)
+    p.add_argument("--out", required=True, help="draws.jsonl (local path or URI)")
+    a = p.parse_args(argv)
+    if not 0 <= a.rank < a.world_size:
+        p.error(f"--rank must be in [0, --world-size), got {a.rank} of {a.world_size}")
+    try:
+        catalog = Catalog.load(a.shards)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"sample.py: error: {exc}", file=sys.stderr)
+        return 2
+    lines = [json.dumps({"key": d.key, "cls": d.cls})
+             for d in itertools.islice(draws(catalog, a.mode, a.seed, a.rank, a.world_size, a.epoch), a.num)]
+    out = Location.parse(a.out)
+    out.fs.makedirs(os.path.dirname(out.root), exist_ok=True)
+    Location(out.fs, os.path.dirname(out.root)).write_atomic(os.path.basename(out.root),
+                                                               ("\n".join(lines) + "\n").encode())
+    print(f"{len(lines)} draws ({a.mode}, rank {a.rank}/{a.world_size}, seed {a.seed}, epoch {a.epoch}) -> {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""The papers' augmentation and testing protocols, on decoded images.
+
+Train (one image -> one CHW float tensor): `random_resized_crop` (timm/Inception style),
+`scale_jitter` (VGG: shorter side S ~ U[Smin, Smax], random crop), `random_crop` (AlexNet: a random
+224 crop of the 256 image); then horizontal flip, AlexNet's PCA colour noise, mean/std normalisation.
+Eval (one image -> a stack of views): `center` (resize + center crop), `ten_crop` (4 corners + center,
+and their flips), `full` (the whole image at scale Q, for dense evaluation), `multi_view` (WM: several
+scales x the ten crops).
+
+Decoding uses Pillow's reduced-size JPEG decoding (`draft`) when the output is at most half the
+stored size.  `decode_batch_on_device` is the GPU path: nvJPEG through `torchvision.io.decode_jpeg`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EVAL_PROTOCOLS = ("center", "ten_crop", "full", "multi_view")
+
+
+def decode(jpeg: bytes, min_side: int | None = None) -> Image.Image:
+    """RGB image; with `min_side`, decoded at the smallest DCT scale whose shorter side stays >= it."""
+    img = Image.open(io.BytesIO(jpeg))
+    if min_side and img.format == "JPEG":
+        w, h = img.size
+        scale = min(w, h) / min_side
+        if scale >= 2:
+            img.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
+    return img.convert("RGB")
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """uint8 HWC -> float CHW in [0, 1]."""
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+
+
+def resize_shorter(img: Image.Image, side: int) -> Image.Image:
+    w, h = img.size
+    if min(w, h) == side:
+        return img
+    if w <= h:
+        return img.resize((side, max(1, round(h * side / w))), Image.Resampling.BILINEAR)
+    return img.resize((max(1, round(w * side / h)), side), Image.Resampling.BILINEAR)
+
+
+@dataclass(frozen=True)
+class ColorPCA:
+    """AlexNet's colour noise: add sum_i alpha_i * sqrt(lambda_i) * v_i to every pixel, alpha_i ~ N(0, std).
+
+    lambda_i, v_i: eigenvalues/eigenvectors of the RGB covariance of training pixels in [0, 1]
+    (`pipelines/color_pca.py`).  The paper scales by lambda_i without saying in which pixel units;
+    scaling by its square root, as fb.resnet.torch's ImageNet constants do, makes the noise a
+    fraction of each component's spread whatever the units.
+    """
+
+    eigenvalues: tuple[float, float, float]
+    eigenvectors: tuple[tuple[float, float, float], ...]  # rows: eigenvectors
+    std: float = 0.1
+
+    def __call__(self, x: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        alpha = torch.tensor([rng.gauss(0.0, self.std) for _ in range(3)])
+        vecs = torch.tensor(self.eigenvectors)  # (3 vectors, 3 channels)
+        shift = (alpha * torch.tensor(self.eigenvalues).clamp(min=0).sqrt()) @ vecs
+        return x + shift.view(3, 1, 1)
+
+
+@dataclass(frozen=True)
+class TrainTransform:
+    """crop: "rrc" (random resized crop), "scale_jitter" (VGG), "random_crop" (AlexNet)."""
+
+    crop: str = "rrc"
+    size: int = 224
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    jitter: tuple[int, int] = (256, 512)
+    flip: bool = True
+    pca: ColorPCA | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self):
+        if self.crop not in ("rrc", "scale_jitter", "random_crop"):
+            raise ValueError(f"crop must be rrc | scale_jitter | random_crop, got {self.crop!r}")
+
+    def __call__(self, jpeg: bytes, rng: random.Random) -> torch.Tensor:
+        if self.crop == "rrc":
+            img = decode(jpeg)
+            img = random_resized_crop(img, self.size, self.scale, self.ratio, rng)
+        elif self.crop == "scale_jitter":
+            side = rng.randint(*self.jitter)
+            img = random_crop(resize_shorter(decode(jpeg, side), side), self.size, rng)
+        else:
+            img = random_crop(decode(jpeg, self.size), self.size, rng)
+        if self.flip and rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        x = to_tensor(img)
+        if self.pca is not None:
+            x = self.pca(x, rng)
+        return normalize(x, self.mean, self.std)
+
+
+def random_resized_crop(img: Image.Image, size: int, scale, ratio, rng: random.Random) -> Image.Image:
+    """torchvision/timm RandomResizedCrop: area fraction in `scale`, aspect in `ratio` (log-uniform)."""
+    w, h = img.size
+    area = w * h
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
+            return img.resize((size, size), Image.Resampling.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+    side = min(w, h)  # fallback: center crop of the whole image, as torchvision does
+    x0, y0 = (w - side) // 2, (h - side) // 2
+    return img.resize((size, size), Image.Resampling.BILINEAR, box=(x0, y0, x0 + side, y0 + side))
+
+
+def random_crop(img: Image.Image, size: int, rng: random.Random) -> Image.Image:
+    w, h = img.size
+    if w < size or h < size:
+        img = resize_shorter(img, size)
+        w, h = img.size
+    x0, y0 = rng.randint(0, w - size), rng.randint(0, h - size)
+    return img.crop((x0, y0, x0 + size, y0 + size))
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """protocol: center | ten_crop | full | multi_view.  Returns (views, C, H, W)."""
+
+    protocol: str = "center"
+    size: int = 224
+    resize: int = 256
+    scales: tuple[int, ...] = (256,)  # full: shorter side Q; multi_view: shorter sides
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self):
+        if self.protocol not in EVAL_PROTOCOLS:
+            raise ValueError(f"protocol must be one of {EVAL_PROTOCOLS}, got {self.protocol!r}")
+
+    def __call__(self, jpeg: bytes) -> torch.Tensor:
+        if self.protocol == "center":
+            img = resize_shorter(decode(jpeg, self.resize), self.resize)
+            views = [center_crop(img, self.size)]
+        elif self.protocol == "ten_crop":
+            views = ten_crop(resize_shorter(decode(jpeg, self.resize), self.resize), self.size)
+        elif self.protocol == "full":
+            img = decode(jpeg, self.scales[0])
+            views = [resize_shorter(img, self.scales[0])]
+        else:
+            img = decode(jpeg, min(self.scales))
+            views = [v for q in self.scales for v in ten_crop(resize_shorter(img, q), self.size)]
+        return torch.stack([normalize(to_tensor(v), self.mean, self.std) for v in views])
+
+
+def center_crop(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    x0, y0 = (w - size) // 2, (h - size) // 2
+    return img.crop((x0, y0, x0 + size, y0 + size))
+
+
+def ten_crop(img: Image.Image, size: int) -> list[Image.Image]:
+    w, h = img.size
+    boxes = [(0, 0), (w - size, 0), (0, h - size), (w - size, h - size), ((w - size) // 2, (h - size) // 2)]
+    crops = [img.crop((x, y, x + size, y + size)) for x, y in boxes]
+    return crops + [c.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for c in crops]
+
+
+def decode_batch_on_device(jpegs: list[bytes], size: int, device: str, rng: random.Random,
+                           mean=IMAGENET_MEAN, std=IMAGENET_STD, flip: bool = True) -> torch.Tensor:
+    """GPU path: batched decode (nvJPEG on CUDA), then random crop + flip + normalise on the device.
+
+    Every image must be at least `size` on each side (shards made with --resize square/shorter are).
+    """
+    from torchvision.io import decode_jpeg
+
+    data = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
+    images = decode_jpeg(data, device=device)
+    out = torch.empty(len(images), 3, size, size, device=device)
+    mean_t = torch.tensor(mean, device=device).view(3, 1, 1)
+    std_t = torch.tensor(std, device=device).view(3, 1, 1)
+    for i, img in enumerate(images):
+        _, h, w = img.shape
+        y0, x0 = rng.randint(0, h - size), rng.randint(0, w - size)
+        crop = img[:, y0:y0 + size, x0:x0 + size]
+        if flip and rng.random() < 0.5:
+            crop = crop.flip(-1)
+        out[i] = (crop.float() / 255 - mean_t) / std_t
+    return out
