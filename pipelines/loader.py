@@ -1,0 +1,174 @@
+"""Batches for one training rank, from a uniform or class-aware stream, resumable to the exact batch.
+
+    loader = ShardLoader(LoaderConfig(shards="data/demo/shards/train", mode="class-aware"), transform,
+                         rank=ctx.get_world_rank(), world_size=ctx.get_world_size())
+    for epoch in range(start, epochs):
+        for images, labels in loader.epoch(epoch): ...
+        checkpoint["stream"] = loader.state_dict()      # and later: loader.load_state_dict(...)
+
+Each DataLoader worker runs its own stream (seeded by rank and worker) and batches inside it; every
+batch carries its worker's stream state, so the main process always knows where each worker is
+*as consumed*, whatever was prefetched.  On restore, worker roles are rotated so that DataLoader's
+round-robin resumes with the worker that was next.  Augmentation randomness is drawn per sample from
+(seed, rank, worker, draw number), so it needs no state of its own.
+
+Uniform epochs are finite (the rank's exact share, last batch partial, no padding); class-aware
+streams are endless and continue across epochs, `steps_per_epoch` batches each.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pipelines.catalog import Catalog
+from pipelines.corpus import stable_hash
+from pipelines.streams import ClassAwareStream, UniformStream, split_range
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    shards: str
+    mode: str = "class-aware"  # or "uniform"
+    batch_size: int = 32
+    num_workers: int = 2
+    seed: int = 0
+    buffer_size: int = 1000  # uniform: shuffle buffer, in samples
+    interleave: int = 16  # uniform: shards read at once (per-class shards must be mixed)
+    class_buffer: int = 4  # class-aware: buffered samples per class
+    max_open: int = 64  # class-aware: open shard files per worker
+
+    def __post_init__(self):
+        if self.mode not in ("uniform", "class-aware"):
+            raise ValueError(f"mode must be uniform or class-aware, got {self.mode!r}")
+
+
+class _RankBatches(IterableDataset):
+    def __init__(self, cfg: LoaderConfig, transform: Callable, rank: int, world_size: int, epoch: int,
+                 states: dict[int, dict], rotation: int):
+        self.cfg, self.transform, self.rank, self.world_size, self.epoch = cfg, transform, rank, world_size, epoch
+        self.states, self.rotation = states, rotation
+
+    def __iter__(self):
+        info = get_worker_info()
+        workers = info.num_workers if info else 1
+        worker = ((info.id if info else 0) + self.rotation) % workers
+        catalog = Catalog.load(self.cfg.shards)
+        state = self.states.get(worker)
+        if self.cfg.mode == "uniform":
+            stream = UniformStream(catalog, self.cfg.seed, self.epoch, self.rank, self.world_size, worker, workers,
+                                   self.cfg.buffer_size, self.cfg.interleave, state=state)
+        else:
+            stream = ClassAwareStream(catalog, self.cfg.seed, self.rank, worker, self.cfg.class_buffer,
+                                      self.cfg.max_open, state=state)
+        bad = (state or {}).get("bad_samples", 0)
+        images, labels = [], []
+        for draw in stream:
+            rng = random.Random(stable_hash(self.cfg.seed, "augment", self.epoch, self.rank, worker, stream.yielded))
+            # (class-aware loaders are built with epoch 0 and number their draws across epochs)
+            try:
+                images.append(self.transform(draw.members["jpg"], rng))
+            except Exception as exc:  # a corrupt sample: skipped, counted, reported once per worker
+                if not bad:
+                    log.warning("skipping undecodable sample %s in %s: %s", draw.key, draw.url, exc)
+                bad += 1
+                continue
+            labels.append(draw.cls)
+            if len(images) == self.cfg.batch_size:
+                yield self._batch(images, labels, worker, stream, bad)
+                images, labels = [], []
+        if images:
+            yield self._batch(images, labels, worker, stream, bad)
+
+    @staticmethod
+    def _batch(images, labels, worker, stream, bad):
+        state = {**stream.state_dict(), "bad_samples": bad}
+        return torch.stack(images), torch.tensor(labels), {"worker": worker, "state": state,
+                                                           "skipped": stream.skipped + bad}
+
+
+class ShardLoader:
+    def __init__(self, cfg: LoaderConfig, transform: Callable, rank: int = 0, world_size: int = 1):
+        self.cfg, self.transform, self.rank, self.world_size = cfg, transform, rank, world_size
+        self.catalog = Catalog.load(cfg.shards)
+        self.workers = max(1, cfg.num_workers)
+        self._states: dict[int, dict] = {}  # per worker, as consumed
+        self._skipped: dict[int, int] = {}
+        self._next_worker = 0
+        self._in_epoch = 0  # batches of the current epoch already consumed
+        self._epoch: int | None = None  # the epoch a restored state belongs to, until epoch() runs
+        self._iterator: Iterator | None = None  # class-aware: one endless DataLoader across epochs
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """This rank's samples per epoch: its exact uniform share (class-aware epochs are that long too)."""
+        return UniformStream.rank_length(self.catalog, self.rank, self.world_size)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        if self.cfg.mode == "class-aware":
+            return max(1, self.samples_per_epoch // self.cfg.batch_size)
+        n = self.samples_per_epoch
+        return sum(math.ceil((b - a) / self.cfg.batch_size)
+                   for a, b in (split_range(n, self.workers, w) for w in range(self.workers)))
+
+    @property
+    def skipped(self) -> int:
+        """Samples skipped so far (unreadable shards, undecodable images), over all workers."""
+        return sum(self._skipped.values())
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's batches of `epoch`; after `load_state_dict`, the rest of the saved epoch."""
+        resuming = self._epoch == epoch
+        if self.cfg.mode == "uniform":
+            if not resuming:
+                self._states, self._skipped, self._next_worker, self._in_epoch = {}, {}, 0, 0
+            iterator = iter(self._data_loader(epoch))
+        else:
+            if not resuming:
+                self._in_epoch = 0
+            if self._iterator is None:
+                self._iterator = iter(self._data_loader(0))
+            iterator = self._iterator
+        self._epoch = epoch
+        while self._in_epoch < self.steps_per_epoch:
+            try:
+                images, labels, meta = next(iterator)
+            except StopIteration:
+                break
+            self._states[meta["worker"]] = meta["state"]
+            self._skipped[meta["worker"]] = meta["skipped"]
+            self._next_worker = (meta["worker"] + 1) % self.workers
+            self._in_epoch += 1
+            yield images, labels
+        self._epoch = None
+        self._in_epoch = 0
+
+    def _data_loader(self, epoch: int) -> DataLoader:
+        dataset = _RankBatches(self.cfg, self.transform, self.rank, self.world_size, epoch, dict(self._states),
+                               self._next_worker)
+        return DataLoader(dataset, batch_size=None, num_workers=self.cfg.num_workers,
+                          persistent_workers=False, prefetch_factor=2 if self.cfg.num_workers else None)
+
+    def state_dict(self) -> dict:
+        """Where this rank's input is, as consumed: JSON, for the training checkpoint."""
+        return {"mode": self.cfg.mode, "workers": self.workers, "epoch": self._epoch, "in_epoch": self._in_epoch,
+                "next_worker": self._next_worker, "states": {str(k): v for k, v in self._states.items()},
+                "skipped": {str(k): v for k, v in self._skipped.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["mode"] != self.cfg.mode or state["workers"] != self.workers:
+            raise ValueError(f"stream state is for {state['mode']} with {state['workers']} workers; this loader "
+                             f"is {self.cfg.mode} with {self.workers}")
+        self._states = {int(k): v for k, v in state["states"].items()}
+        self._skipped = {int(k): v for k, v in state["skipped"].items()}
+        self._next_worker, self._in_epoch, self._epoch = state["next_worker"], state["in_epoch"], state["epoch"]
+        self._iterator = None

@@ -1,0 +1,125 @@
+"""The rank-level loader: exact epochs through DataLoader workers, exact resume, and the transforms."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import encode, scene, write_shards
+from pipelines import color_pca
+from pipelines.catalog import Catalog
+from pipelines.loader import LoaderConfig, ShardLoader
+from pipelines.transforms import ColorPCA, EvalTransform, TrainTransform, decode, decode_batch_on_device
+
+COUNTS = [40, 25, 12, 4]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("loader_shards")
+    write_shards(out, COUNTS, shard_samples=8, size=20)
+    return str(out)
+
+
+def loader(shards, mode, state=None, workers=2, rank=0, world=1):
+    cfg = LoaderConfig(shards=shards, mode=mode, batch_size=7, num_workers=workers, seed=11, buffer_size=10,
+                       interleave=3)
+    ld = ShardLoader(cfg, TrainTransform(crop="random_crop", size=16), rank=rank, world_size=world)
+    if state is not None:
+        ld.load_state_dict(json.loads(json.dumps(state)))
+    return ld
+
+
+def signature(images, labels):
+    return labels.tolist(), [round(float(x), 4) for x in images.flatten(1).sum(1)]
+
+
+def test_uniform_epoch_is_exact_over_two_ranks_with_two_workers(shards):
+    total = []
+    for rank in range(2):
+        ld = loader(shards, "uniform", rank=rank, world=2)
+        batches = list(ld.epoch(0))
+        assert len(batches) == ld.steps_per_epoch
+        assert sum(len(lab) for _, lab in batches) == ld.samples_per_epoch
+        total += [int(c) for _, lab in batches for c in lab]
+    assert sorted(total) == sorted(c for c, n in enumerate(COUNTS) for _ in range(n))
+
+
+@pytest.mark.parametrize("mode,cut", [("uniform", 3), ("uniform", 8), ("class-aware", 5), ("class-aware", 14)])
+def test_resume_gives_exactly_the_uninterrupted_batches(shards, mode, cut):
+    ref = loader(shards, mode)
+    reference = [signature(*b) for e in range(2) for b in ref.epoch(e)]
+    first = loader(shards, mode)
+    got, state = [], None
+    for e in range(2):
+        for b in first.epoch(e):
+            got.append(signature(*b))
+            if len(got) == cut:
+                state = first.state_dict()
+                break
+        if state is not None:
+            break
+    resumed = loader(shards, mode, state=state)
+    start_epoch = cut // first.steps_per_epoch if state["epoch"] is None else state["epoch"]
+    for e in range(start_epoch, 2):
+        got += [signature(*b) for b in resumed.epoch(e)]
+    assert got == reference
+
+
+def test_class_aware_loader_balances_classes(shards):
+    ld = loader(shards, "class-aware", workers=1)
+    labels = [int(c) for e in range(6) for _, lab in ld.epoch(e) for c in lab]
+    counts = np.bincount(labels, minlength=4)
+    assert counts.max() - counts.min() <= 1 + len(labels) // 100  # the class list is cycled
+
+
+def test_train_transforms():
+    jpeg = encode(scene(0, 300, 200))
+    rng = random.Random(0)
+    for crop in ("rrc", "scale_jitter", "random_crop"):
+        t = TrainTransform(crop=crop, size=64, jitter=(96, 128))
+        x = t(jpeg, rng)
+        assert x.shape == (3, 64, 64) and x.dtype == torch.float32
+    flipless = TrainTransform(crop="random_crop", size=200, flip=False)
+    a, b = flipless(jpeg, random.Random(1)), flipless(jpeg, random.Random(1))
+    assert torch.equal(a, b)
+    pca = ColorPCA((0.04, 0.01, 0.001), ((0.58, 0.58, 0.58), (0.7, 0.0, -0.7), (0.4, -0.8, 0.4)))
+    noisy = TrainTransform(crop="random_crop", size=200, flip=False, pca=pca)(jpeg, random.Random(1))
+    shift = (noisy - a).flatten(1)
+    assert torch.allclose(shift, shift[:, :1].expand_as(shift), atol=1e-5) and shift.abs().max() > 0
+
+
+@pytest.mark.parametrize("protocol,views,shape", [("center", 1, (224, 224)), ("ten_crop", 10, (224, 224)),
+                                                  ("full", 1, (256, 384)), ("multi_view", 20, (224, 224))])
+def test_eval_protocols(protocol, views, shape):
+    t = EvalTransform(protocol=protocol, scales=(256, 320) if protocol == "multi_view" else (256,))
+    out = t(encode(scene(1, 384, 256)))
+    assert out.shape == (views, 3, *shape)
+    if protocol == "ten_crop":
+        assert torch.allclose(out[5], out[0].flip(-1))  # the flipped top-left corner
+
+
+def test_reduced_size_decoding():
+    big = encode(scene(2, 1024, 768))
+    assert decode(big).size == (1024, 768)
+    assert decode(big, min_side=256).size == (512, 384)  # 1/2 is the smallest DCT scale keeping 768 >= 256
+
+
+def test_batched_device_decode_path_on_cpu():
+    jpegs = [encode(scene(i, 40, 32)) for i in range(3)]
+    out = decode_batch_on_device(jpegs, 24, "cpu", random.Random(0))
+    assert out.shape == (3, 3, 24, 24) and torch.isfinite(out).all()
+
+
+def test_color_pca_step(shards):
+    assert color_pca.main(["--shards", shards, "--samples", "50"]) == 0
+    pca = color_pca.load(shards)
+    values = np.array(pca.eigenvalues)
+    vectors = np.array(pca.eigenvectors)
+    assert (np.diff(values) <= 0).all() and values[-1] >= 0
+    assert np.allclose(vectors @ vectors.T, np.eye(3), atol=1e-9)
+    assert json.loads((Catalog.load(shards).loc.read_bytes("color_pca.json")))["images"] == 50
