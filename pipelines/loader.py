@@ -22,7 +22,7 @@ import logging
 import math
 import random
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pipelines.catalog import Catalog
 from pipelines.corpus import stable_hash
 from pipelines.streams import ClassAwareStream, UniformStream, split_range
+from pipelines.transforms import TrainTransform
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class LoaderConfig:
 
 
 class _RankBatches(IterableDataset):
-    def __init__(self, cfg: LoaderConfig, transform: Callable, rank: int, world_size: int, epoch: int,
+    def __init__(self, cfg: LoaderConfig, transform: TrainTransform, rank: int, world_size: int, epoch: int,
                  states: dict[int, dict], rotation: int):
         self.cfg, self.transform, self.rank, self.world_size, self.epoch = cfg, transform, rank, world_size, epoch
         self.states, self.rotation = states, rotation
@@ -70,34 +71,42 @@ class _RankBatches(IterableDataset):
             stream = ClassAwareStream(catalog, self.cfg.seed, self.rank, worker, self.cfg.class_buffer,
                                       self.cfg.max_open, state=state)
         bad = (state or {}).get("bad_samples", 0)
-        images, labels = [], []
+        images, alphas, labels = [], [], []
         for draw in stream:
             rng = random.Random(stable_hash(self.cfg.seed, "augment", self.epoch, self.rank, worker, stream.yielded))
             # (class-aware loaders are built with epoch 0 and number their draws across epochs)
             try:
-                images.append(self.transform(draw.members["jpg"], rng))
+                image, alpha = self.transform(draw.members["jpg"], rng)
             except Exception as exc:  # a corrupt sample: skipped, counted, reported once per worker
                 if not bad:
                     log.warning("skipping undecodable sample %s in %s: %s", draw.key, draw.url, exc)
                 bad += 1
                 continue
+            images.append(image)
+            alphas.append(alpha)
             labels.append(draw.cls)
             if len(images) == self.cfg.batch_size:
-                yield self._batch(images, labels, worker, stream, bad)
-                images, labels = [], []
+                yield self._batch(images, alphas, labels, worker, stream, bad)
+                images, alphas, labels = [], [], []
         if images:
-            yield self._batch(images, labels, worker, stream, bad)
+            yield self._batch(images, alphas, labels, worker, stream, bad)
 
     @staticmethod
-    def _batch(images, labels, worker, stream, bad):
+    def _batch(images, alphas, labels, worker, stream, bad):
         state = {**stream.state_dict(), "bad_samples": bad}
-        return torch.stack(images), torch.tensor(labels), {"worker": worker, "state": state,
-                                                           "skipped": stream.skipped + bad}
+        return (torch.stack(images), torch.tensor(alphas, dtype=torch.float32), torch.tensor(labels),
+                {"worker": worker, "state": state, "skipped": stream.skipped + bad})
 
 
 class ShardLoader:
-    def __init__(self, cfg: LoaderConfig, transform: Callable, rank: int = 0, world_size: int = 1):
+    """`transform(jpeg, rng) -> (uint8 CHW, pca alphas)` runs in the workers (a `TrainTransform`);
+    its `batch_normalizer()` finishes each batch on `device` (float, colour noise, mean/std)."""
+
+    def __init__(self, cfg: LoaderConfig, transform: TrainTransform, rank: int = 0, world_size: int = 1,
+                 device: str | torch.device = "cpu"):
         self.cfg, self.transform, self.rank, self.world_size = cfg, transform, rank, world_size
+        self.device = torch.device(device)
+        self.normalize = transform.batch_normalizer()
         self.catalog = Catalog.load(cfg.shards)
         self.workers = max(1, cfg.num_workers)
         self._states: dict[int, dict] = {}  # per worker, as consumed
@@ -141,14 +150,16 @@ class ShardLoader:
         self._epoch = epoch
         while self._in_epoch < self.steps_per_epoch:
             try:
-                images, labels, meta = next(iterator)
+                images, alphas, labels, meta = next(iterator)
             except StopIteration:
                 break
             self._states[meta["worker"]] = meta["state"]
             self._skipped[meta["worker"]] = meta["skipped"]
             self._next_worker = (meta["worker"] + 1) % self.workers
             self._in_epoch += 1
-            yield images, labels
+            non_blocking = self.device.type == "cuda"
+            yield (self.normalize(images.to(self.device, non_blocking=non_blocking), alphas),
+                   labels.to(self.device, non_blocking=non_blocking))
         self._epoch = None
         self._in_epoch = 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
 
@@ -82,15 +83,23 @@ def test_train_transforms():
     rng = random.Random(0)
     for crop in ("rrc", "scale_jitter", "random_crop"):
         t = TrainTransform(crop=crop, size=64, jitter=(96, 128))
-        x = t(jpeg, rng)
-        assert x.shape == (3, 64, 64) and x.dtype == torch.float32
+        x, alphas = t(jpeg, rng)
+        assert x.shape == (3, 64, 64) and x.dtype == torch.uint8 and alphas == []
     flipless = TrainTransform(crop="random_crop", size=200, flip=False)
-    a, b = flipless(jpeg, random.Random(1)), flipless(jpeg, random.Random(1))
+    a, b = flipless(jpeg, random.Random(1))[0], flipless(jpeg, random.Random(1))[0]
     assert torch.equal(a, b)
+    plain = flipless.batch_normalizer()(a[None])
+    expected = (a.float() / 255 - torch.tensor(flipless.mean).view(3, 1, 1)) / torch.tensor(flipless.std).view(3, 1, 1)
+    assert torch.allclose(plain[0], expected, atol=1e-6)
     pca = ColorPCA((0.04, 0.01, 0.001), ((0.58, 0.58, 0.58), (0.7, 0.0, -0.7), (0.4, -0.8, 0.4)))
-    noisy = TrainTransform(crop="random_crop", size=200, flip=False, pca=pca)(jpeg, random.Random(1))
-    shift = (noisy - a).flatten(1)
+    noisy_t = TrainTransform(crop="random_crop", size=200, flip=False, pca=pca)
+    crop, alphas = noisy_t(jpeg, random.Random(1))
+    assert torch.equal(crop, a) and len(alphas) == 3
+    noisy = noisy_t.batch_normalizer()(crop[None], torch.tensor([alphas]))
+    shift = ((noisy - plain)[0] * torch.tensor(flipless.std).view(3, 1, 1)).flatten(1)  # back to [0, 1] units
     assert torch.allclose(shift, shift[:, :1].expand_as(shift), atol=1e-5) and shift.abs().max() > 0
+    expected_shift = (torch.tensor(alphas) * torch.tensor(pca.eigenvalues).sqrt()) @ torch.tensor(pca.eigenvectors)
+    assert torch.allclose(shift[:, 0], expected_shift, atol=1e-5)
 
 
 @pytest.mark.parametrize("protocol,views,shape", [("center", 1, (224, 224)), ("ten_crop", 10, (224, 224)),
@@ -123,3 +132,21 @@ def test_color_pca_step(shards):
     assert (np.diff(values) <= 0).all() and values[-1] >= 0
     assert np.allclose(vectors @ vectors.T, np.eye(3), atol=1e-9)
     assert json.loads((Catalog.load(shards).loc.read_bytes("color_pca.json")))["images"] == 50
+
+
+def test_decode_paths_agree():
+    from PIL import Image as PILImage
+
+    from pipelines.transforms import decode_uint8, jpeg_size
+
+    arr = scene(3, 96, 64)
+    jpeg = encode(arr)
+    assert jpeg_size(jpeg) == (96, 64) and jpeg_size(encode(arr, "PNG")) is None
+    fast = decode_uint8(jpeg)  # libjpeg-turbo through torchvision
+    slow = torch.from_numpy(np.array(PILImage.open(io.BytesIO(jpeg)).convert("RGB"))).permute(2, 0, 1)
+    assert fast.shape == (3, 64, 96) and (fast.int() - slow.int()).abs().max() <= 2
+    assert decode_uint8(encode(arr, "PNG")).shape == (3, 64, 96)  # not a JPEG: Pillow
+    cmyk = encode(PILImage.fromarray(arr).convert("CMYK"))
+    assert decode_uint8(cmyk).shape == (3, 64, 96)  # CMYK: Pillow too
+    big = encode(scene(4, 800, 600))
+    assert decode_uint8(big, min_side=256).shape == (3, 300, 400)  # reduced-DCT decode

@@ -1,0 +1,114 @@
+"""Training-input throughput: our uniform and class-aware streams vs torchvision ImageFolder + DataLoader.
+
+    python benchmarks/loader_throughput.py [--images 3000] [--workers 2] [--batch 64] [--crop rrc]
+
+Prints JSON.  The same 256x256 JPEGs are written once as an ImageFolder tree and sharded from it by
+pipelines/shard.py (which passes them through byte for byte).  Every contender does decode + the
+same train transform (random-resized crop to 224, flip, normalise) + collate, with the same number
+of DataLoader workers and batch size, for one pass over the images after a warm-up; "per core" =
+images/s / workers.  On a GPU machine, also the batched nvJPEG decode path (decode + crop + flip +
+normalise on the GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
+
+from pipelines.catalog import Catalog
+from pipelines.loader import LoaderConfig, ShardLoader
+from pipelines.streams import UniformStream
+from pipelines.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform, decode_batch_on_device
+
+
+def make_tree(root: str, n: int, classes: int = 10) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        folder = os.path.join(root, f"class{i % classes:02d}")
+        os.makedirs(folder, exist_ok=True)
+        base = rng.uniform(0, 255, (16, 16, 3)).astype(np.uint8)
+        Image.fromarray(base).resize((256, 256), Image.Resampling.BILINEAR).save(
+            os.path.join(folder, f"{i:06d}.jpg"), quality=90)
+
+
+def rate(batches, warmup: int) -> float:
+    it = iter(batches)
+    for _ in range(warmup):
+        next(it)
+    count, start = 0, time.perf_counter()
+    for images, _ in it:
+        count += len(images)
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=3000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch", type=int, default=64)
+    a = p.parse_args()
+    import ray
+
+    from pipelines.shard import ShardConfig, run
+
+    result = {"images": a.images, "workers": a.workers, "batch": a.batch, "transform": "rrc224+flip+normalize",
+              "cpu_count": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        tree, shards = os.path.join(tmp, "tree"), os.path.join(tmp, "shards")
+        make_tree(tree, a.images)
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        run(ShardConfig(out=shards, image_folder=tree, shard_samples=500))
+        ray.shutdown()
+        torch.set_num_threads(1)
+        warmup = 2
+
+        tv = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
+                        T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        folder = DataLoader(ImageFolder(tree, transform=tv), batch_size=a.batch, shuffle=True,
+                            num_workers=a.workers, persistent_workers=False)
+        ours = TrainTransform(crop="rrc", size=224)
+        figures = {}
+        for _ in range(2):  # alternate, keep each one's best
+            figures["imagefolder"] = max(figures.get("imagefolder", 0), rate(folder, warmup))
+            for mode in ("uniform", "class-aware"):
+                loader = ShardLoader(LoaderConfig(shards=shards, mode=mode, batch_size=a.batch,
+                                                  num_workers=a.workers, buffer_size=500, interleave=8), ours)
+                figures[mode] = max(figures.get(mode, 0), rate(loader.epoch(0), warmup))
+        for name, value in figures.items():
+            result[f"{name}_img_s"] = round(value, 1)
+            result[f"{name}_img_s_per_core"] = round(value / a.workers, 1)
+        result["uniform_over_imagefolder"] = round(figures["uniform"] / figures["imagefolder"], 3)
+        result["class_aware_over_imagefolder"] = round(figures["class-aware"] / figures["imagefolder"], 3)
+        result["class_aware_over_uniform"] = round(figures["class-aware"] / figures["uniform"], 3)
+
+        if torch.cuda.is_available():
+            catalog = Catalog.load(shards)
+            jpegs = [d.members["jpg"] for d in UniformStream(catalog)][: a.batch * 20]
+            rng = random.Random(0)
+            decode_batch_on_device(jpegs[: a.batch], 224, "cuda", rng)
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for i in range(0, len(jpegs), a.batch):
+                decode_batch_on_device(jpegs[i:i + a.batch], 224, "cuda", rng)
+            torch.cuda.synchronize()
+            result["gpu_decode_img_s"] = round(len(jpegs) / (time.perf_counter() - start), 1)
+            result["gpu"] = torch.cuda.get_device_name()
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
