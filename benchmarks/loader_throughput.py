@@ -7,12 +7,16 @@ pipelines/shard.py (which passes them through byte for byte).  Every contender d
 same train transform (random-resized crop to 224, flip, normalise) + collate, with the same number
 of DataLoader workers and batch size, for one pass over the images after a warm-up; "per core" =
 images/s / workers.  On a GPU machine, also the batched nvJPEG decode path (decode + crop + flip +
-normalise on the GPU).
+normalise on the GPU).  Finally, the bounds of a class-aware stream over 365 classes: peak open
+shard files, peak buffered samples and bytes (classes x class_buffer at most), and how much the
+process's resident memory grew while streaming.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import itertools
 import json
 import os
 import random
@@ -31,7 +35,7 @@ from torchvision.datasets import ImageFolder
 
 from pipelines.catalog import Catalog
 from pipelines.loader import LoaderConfig, ShardLoader
-from pipelines.streams import UniformStream
+from pipelines.streams import ClassAwareStream, UniformStream
 from pipelines.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform, decode_batch_on_device
 
 
@@ -43,6 +47,53 @@ def make_tree(root: str, n: int, classes: int = 10) -> None:
         base = rng.uniform(0, 255, (16, 16, 3)).astype(np.uint8)
         Image.fromarray(base).resize((256, 256), Image.Resampling.BILINEAR).save(
             os.path.join(folder, f"{i:06d}.jpg"), quality=90)
+
+
+def bounded_at_365_classes(tmp: str, draws: int = 20000, class_buffer: int = 4, max_open: int = 64) -> dict:
+    """Open shard files and buffered bytes of one class-aware stream over 365 classes (3 shards each)."""
+    from pipelines import shard_index
+    from pipelines.storage import Location
+    from pipelines.tar_shard import build_shard
+
+    loc = Location.parse(os.path.join(tmp, "places365_like"))
+    loc.make_dirs()
+    rng = np.random.default_rng(1)
+    summaries = []
+    for cls in range(365):
+        for s in range(3):
+            samples = []
+            for i in range(8):
+                buf = io.BytesIO()
+                Image.fromarray(rng.uniform(0, 255, (8, 8, 3)).astype(np.uint8)).resize((96, 96)).save(
+                    buf, format="JPEG", quality=90)
+                samples.append({"__key__": f"c{cls}_{s}_{i}", "cls": str(cls).encode(), "jpg": buf.getvalue(),
+                                "json": b"{}"})
+            built = build_shard(samples)
+            url = f"c{cls:04d}-{s:05d}.tar"
+            loc.write_atomic(url, built.data)
+            summaries.append({"url": url, "nsamples": 8, "filesize": len(built.data), "md5sum": built.md5,
+                              "label": cls, "group": url})
+    shard_index.write_index(loc, summaries, "places365-like", 365)
+    stream = ClassAwareStream(Catalog.load(loc.root), class_buffer=class_buffer, max_open=max_open)
+    fds_before, rss_before = len(os.listdir("/proc/self/fd")), rss_mb()
+    peak_open = peak_fds = peak_buffered = peak_bytes = peak_rss = 0
+    for n, _ in enumerate(itertools.islice(stream, draws)):
+        if n % 50 == 0:
+            held = stream.buffered
+            peak_open = max(peak_open, stream.pool.open_files)
+            peak_fds = max(peak_fds, len(os.listdir("/proc/self/fd")) - fds_before)
+            peak_buffered = max(peak_buffered, len(held))
+            peak_bytes = max(peak_bytes, sum(len(v) for d in held for v in d.members.values()))
+            peak_rss = max(peak_rss, rss_mb())
+    return {"classes": 365, "shards": 365 * 3, "draws": draws, "class_buffer": class_buffer, "max_open": max_open,
+            "peak_open_shard_files": peak_open, "peak_extra_fds": peak_fds, "peak_buffered_samples": peak_buffered,
+            "buffered_samples_bound": 365 * class_buffer, "peak_buffered_bytes": peak_bytes,
+            "rss_growth_mb": round(peak_rss - rss_before, 1)}
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def rate(batches, warmup: int) -> float:
@@ -94,6 +145,8 @@ def main() -> None:
         result["uniform_over_imagefolder"] = round(figures["uniform"] / figures["imagefolder"], 3)
         result["class_aware_over_imagefolder"] = round(figures["class-aware"] / figures["imagefolder"], 3)
         result["class_aware_over_uniform"] = round(figures["class-aware"] / figures["uniform"], 3)
+
+        result["class_aware_365_classes"] = bounded_at_365_classes(tmp)
 
         if torch.cuda.is_available():
             catalog = Catalog.load(shards)

@@ -77,6 +77,10 @@ class ReaderPool:
         self.skipped = 0
         self._reported: set[str] = set()
 
+    @property
+    def open_files(self) -> int:
+        return len(self._open)
+
     def read(self, cursor: Cursor) -> RawSample | None:
         """The cursor's next sample (advancing it), or None when its shard is done or cannot be read."""
         if cursor.done:

@@ -222,11 +222,14 @@ class ClassAwareStream:
             cls = self._next_class()
             p = self.passes.get(cls) or self._new_pass(cls)
             for attempt in range(2):
-                while len(p.buffer) < self.class_buffer:
-                    item = self._pull(p)
-                    if item is None:
-                        break
-                    p.buffer.append(item)
+                # Refill only when empty, `class_buffer` samples at once: with more classes than open
+                # files, one reopen + seek (one ranged request on object stores) per `class_buffer` draws.
+                if not p.buffer:
+                    for _ in range(self.class_buffer):
+                        item = self._pull(p)
+                        if item is None:
+                            break
+                        p.buffer.append(item)
                 if p.buffer or attempt:
                     break
                 p = self._new_pass(cls)  # every sample of the class has been drawn: a new shuffled pass
@@ -242,6 +245,11 @@ class ClassAwareStream:
     @property
     def skipped(self) -> int:
         return self.pool.skipped
+
+    @property
+    def buffered(self) -> list[Draw]:
+        """Samples held in memory right now: at most classes x `class_buffer`."""
+        return [d for p in self.passes.values() for d in p.buffer]
 
     def state_dict(self) -> dict:
         return {"mode": "class-aware", "rng": _rng_state(self.rng), "classes": self.classes,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import boto3
@@ -46,24 +47,33 @@ def upload_corpus(client, bucket: str, local_dir) -> int:
     return len(lines)
 
 
-def test_s3_round_trip_matches_a_local_run(cluster_with_s3, tmp_path):
-    client = boto3.client("s3")
-    entries = upload_corpus(client, "corpus", tmp_path)
-    client.create_bucket(Bucket="shards")
-    common = ["--image-size", "64", "--resize", "shorter", "--shard-samples", "4"]
-    assert shard.main(["--list", "s3://corpus/train.txt", "--images-root", "s3://corpus/images",
-                       "--categories", "s3://corpus/categories.txt", "--out", "s3://shards/train", *common]) == 0
-    assert shard.main(["--list", str(tmp_path / "train.txt"), "--images-root", str(tmp_path / "images"),
-                       "--categories", str(tmp_path / "categories.txt"), "--out", str(tmp_path / "out"),
-                       *common]) == 0
+COMMON = ["--image-size", "64", "--resize", "shorter", "--shard-samples", "4"]
+S3_ARGS = ["--list", "s3://corpus/train.txt", "--images-root", "s3://corpus/images",
+           "--categories", "s3://corpus/categories.txt", "--out", "s3://shards/train", *COMMON]
 
+
+@pytest.fixture(scope="module")
+def sharded(cluster_with_s3, tmp_path_factory):
+    """The corpus uploaded and sharded twice: bucket to bucket, and from a local copy to a local folder."""
+    local = tmp_path_factory.mktemp("s3corpus")
+    client = boto3.client("s3")
+    entries = upload_corpus(client, "corpus", local)
+    client.create_bucket(Bucket="shards")
+    assert shard.main(S3_ARGS) == 0
+    assert shard.main(["--list", str(local / "train.txt"), "--images-root", str(local / "images"),
+                       "--categories", str(local / "categories.txt"), "--out", str(local / "out"), *COMMON]) == 0
+    return entries, local / "out"
+
+
+def test_s3_round_trip_matches_a_local_run(sharded):
+    entries, local_out = sharded
     remote = Location.parse("s3://shards/train")
     manifest = json.loads(remote.read_bytes("manifest.json"))
     assert (manifest["entries_read"], manifest["written"], manifest["quarantined"]) == (entries, entries - 1, 1)
     index = json.loads(remote.read_bytes("index.json"))
     # The same bytes as the local run, shard for shard, and the same index files.
     for name in ["index.json", "classes.json", *[s["url"] for s in index["shardlist"]]]:
-        assert remote.read_bytes(name) == (tmp_path / "out" / name).read_bytes(), name
+        assert remote.read_bytes(name) == (local_out / name).read_bytes(), name
     quarantine = [json.loads(ln) for ln in remote.read_text("quarantine.jsonl").splitlines()]
     assert [(q["source"], q["reason"].split(":")[0]) for q in quarantine] == [("/p/park/missing.jpg",
                                                                               "missing_file")]
@@ -74,10 +84,26 @@ def test_s3_round_trip_matches_a_local_run(cluster_with_s3, tmp_path):
     assert len(keys) == index["shardlist"][0]["nsamples"]
 
     # A rerun against the bucket verifies the checksums of what is there and reuses every shard.
-    assert shard.main(["--list", "s3://corpus/train.txt", "--images-root", "s3://corpus/images",
-                       "--categories", "s3://corpus/categories.txt", "--out", "s3://shards/train", *common]) == 0
+    assert shard.main(S3_ARGS) == 0
     again = json.loads(remote.read_bytes("manifest.json"))
     assert again["shards_reused"] == again["shards"] == manifest["shards"]
+
+
+def test_streams_read_shards_straight_from_s3(sharded, tmp_path):
+    """Both samplers over s3:// give exactly what they give over a local copy of the same shards."""
+    from pipelines.catalog import Catalog
+    from pipelines.streams import ClassAwareStream, UniformStream
+
+    remote = Location.parse("s3://shards/train")
+    index = json.loads(remote.read_bytes("index.json"))
+    for name in ["index.json", *[s["url"] for s in index["shardlist"]]]:
+        (tmp_path / name).write_bytes(remote.read_bytes(name))
+    s3, local = Catalog.load("s3://shards/train"), Catalog.load(str(tmp_path))
+    keys = lambda stream, n=None: [(d.key, d.cls, d.members["jpg"]) for d in itertools.islice(stream, n)]
+    assert keys(UniformStream(s3, seed=2, buffer_size=5, interleave=2)) == keys(
+        UniformStream(local, seed=2, buffer_size=5, interleave=2))
+    drawn = keys(ClassAwareStream(s3, seed=2, max_open=1), 40)
+    assert drawn == keys(ClassAwareStream(local, seed=2, max_open=1), 40) and len(drawn) == 40
 
 
 def test_unreachable_bucket_fails_before_any_work(cluster_with_s3, capsys):
