@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pipelines.catalog import Catalog
 from pipelines.corpus import stable_hash
 from pipelines.streams import ClassAwareStream, UniformStream, split_range
-from pipelines.transforms import TrainTransform
+from pipelines.transforms import TrainTransform, decode_batch_on_device
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,13 @@ class LoaderConfig:
     interleave: int = 16  # uniform: shards read at once (per-class shards must be mixed)
     class_buffer: int = 4  # class-aware: buffered samples per class
     max_open: int = 64  # class-aware: open shard files per worker
+    decode: str = "workers"  # or "device": workers ship JPEG bytes, the batch is decoded on the device
 
     def __post_init__(self):
         if self.mode not in ("uniform", "class-aware"):
             raise ValueError(f"mode must be uniform or class-aware, got {self.mode!r}")
+        if self.decode not in ("workers", "device"):
+            raise ValueError(f"decode must be workers or device, got {self.decode!r}")
 
 
 class _RankBatches(IterableDataset):
@@ -71,36 +74,44 @@ class _RankBatches(IterableDataset):
             stream = ClassAwareStream(catalog, self.cfg.seed, self.rank, worker, self.cfg.class_buffer,
                                       self.cfg.max_open, state=state)
         bad = (state or {}).get("bad_samples", 0)
-        images, alphas, labels = [], [], []
+        images, extras, labels = [], [], []
         for draw in stream:
             rng = random.Random(stable_hash(self.cfg.seed, "augment", self.epoch, self.rank, worker, stream.yielded))
             # (class-aware loaders are built with epoch 0 and number their draws across epochs)
             try:
-                image, alpha = self.transform(draw.members["jpg"], rng)
+                # extra: what the device finishes the sample with, drawn here where randomness is tracked:
+                # PCA alphas, or (decode="device") the crop offsets and flip
+                if self.cfg.decode == "device":
+                    image, extra = draw.members["jpg"], [rng.random(), rng.random(), rng.random()]
+                else:
+                    image, extra = self.transform(draw.members["jpg"], rng)
             except Exception as exc:  # a corrupt sample: skipped, counted, reported once per worker
                 if not bad:
                     log.warning("skipping undecodable sample %s in %s: %s", draw.key, draw.url, exc)
                 bad += 1
                 continue
             images.append(image)
-            alphas.append(alpha)
+            extras.append(extra)
             labels.append(draw.cls)
             if len(images) == self.cfg.batch_size:
                 yield self._batch(images, alphas, labels, worker, stream, bad)
-                images, alphas, labels = [], [], []
+                images, extras, labels = [], [], []
         if images:
             yield self._batch(images, alphas, labels, worker, stream, bad)
 
     @staticmethod
     def _batch(images, alphas, labels, worker, stream, bad):
         state = {**stream.state_dict(), "bad_samples": bad}
-        return (torch.stack(images), torch.tensor(alphas, dtype=torch.float32), torch.tensor(labels),
+        images = images if isinstance(images[0], bytes) else torch.stack(images)
+        return (images, torch.tensor(extras, dtype=torch.float32), torch.tensor(labels),
                 {"worker": worker, "state": state, "skipped": stream.skipped + bad})
 
 
 class ShardLoader:
     """`transform(jpeg, rng) -> (uint8 CHW, pca alphas)` runs in the workers (a `TrainTransform`);
-    its `batch_normalizer()` finishes each batch on `device` (float, colour noise, mean/std)."""
+    its `batch_normalizer()` finishes each batch on `device` (float, colour noise, mean/std).
+    With `decode="device"` the workers only read and draw crop offsets/flips, and each batch is
+    decoded on `device` (nvJPEG on CUDA) with a random `transform.size` crop, flip and mean/std there."""
 
     def __init__(self, cfg: LoaderConfig, transform: TrainTransform, rank: int = 0, world_size: int = 1,
                  device: str | torch.device = "cpu"):
@@ -150,7 +161,7 @@ class ShardLoader:
         self._epoch = epoch
         while self._in_epoch < self.steps_per_epoch:
             try:
-                images, alphas, labels, meta = next(iterator)
+                images, extras, labels, meta = next(iterator)
             except StopIteration:
                 break
             self._states[meta["worker"]] = meta["state"]
@@ -158,8 +169,12 @@ class ShardLoader:
             self._next_worker = (meta["worker"] + 1) % self.workers
             self._in_epoch += 1
             non_blocking = self.device.type == "cuda"
-            yield (self.normalize(images.to(self.device, non_blocking=non_blocking), alphas),
-                   labels.to(self.device, non_blocking=non_blocking))
+            labels = labels.to(self.device, non_blocking=non_blocking)
+            if self.cfg.decode == "device":
+                yield decode_batch_on_device(images, self.transform.size, self.device, extras,
+                                             self.transform.mean, self.transform.std, self.transform.flip), labels
+            else:
+                yield self.normalize(images.to(self.device, non_blocking=non_blocking), extras), labels
         self._epoch = None
         self._in_epoch = 0
 

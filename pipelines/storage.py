@@ -111,23 +111,11 @@ class Location:
         Local: temp file in the same folder, fsync, rename.  Object stores: a single PUT of the whole
         object, which becomes visible only once complete.
         """
-        target = self.path(rel)
         if not self.is_local:
-            self.fs.pipe_file(target, data)
+            self.fs.pipe_file(self.path(rel), data)
             return
-        folder = posixpath.dirname(target)
-        os.makedirs(folder, exist_ok=True)
-        tmp = posixpath.join(folder, f".{posixpath.basename(target)}.tmp-{uuid.uuid4().hex}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with self.open_atomic(rel) as f:
+            f.write(data)
 
     @contextmanager
     def open_atomic(self, rel: str) -> Iterator[BinaryIO]:

@@ -253,22 +253,20 @@ def ten_crop(img: Image.Image, size: int) -> list[Image.Image]:
     return crops + [c.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for c in crops]
 
 
-def decode_batch_on_device(jpegs: list[bytes], size: int, device: str, rng: random.Random,
+def decode_batch_on_device(jpegs: list[bytes], size: int, device, draws: torch.Tensor,
                            mean=IMAGENET_MEAN, std=IMAGENET_STD, flip: bool = True) -> torch.Tensor:
-    """GPU path: batched decode (nvJPEG on CUDA), then random crop + flip + normalise on the device.
+    """GPU path: batched decode (nvJPEG on CUDA), then a random crop + flip + normalise on the device.
 
-    Every image must be at least `size` on each side (shards made with --resize square/shorter are).
+    `draws`: (N, 3) uniforms in [0, 1) per image (crop x, crop y, flip), drawn where the randomness
+    is tracked (the data workers).  Every image must be at least `size` on each side (shards made
+    with --resize square/shorter are).
     """
     data = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
-    images = decode_jpeg(data, device=device)
-    out = torch.empty(len(images), 3, size, size, device=device)
-    mean_t = torch.tensor(mean, device=device).view(3, 1, 1)
-    std_t = torch.tensor(std, device=device).view(3, 1, 1)
-    for i, img in enumerate(images):
+    images = decode_jpeg(data, device=device, mode=ImageReadMode.RGB)
+    out = torch.empty(len(images), 3, size, size, dtype=torch.uint8, device=device)
+    for i, (img, (u, v, f)) in enumerate(zip(images, draws.tolist())):
         _, h, w = img.shape
-        y0, x0 = rng.randint(0, h - size), rng.randint(0, w - size)
+        y0, x0 = int(v * (h - size + 1)), int(u * (w - size + 1))
         crop = img[:, y0:y0 + size, x0:x0 + size]
-        if flip and rng.random() < 0.5:
-            crop = crop.flip(-1)
-        out[i] = (crop.float() / 255 - mean_t) / std_t
-    return out
+        out[i] = crop.flip(-1) if flip and f < 0.5 else crop
+    return BatchNormalize(mean, std)(out)

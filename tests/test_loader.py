@@ -14,7 +14,8 @@ from conftest import encode, scene, write_shards
 from pipelines import color_pca
 from pipelines.catalog import Catalog
 from pipelines.loader import LoaderConfig, ShardLoader
-from pipelines.transforms import ColorPCA, EvalTransform, TrainTransform, decode, decode_batch_on_device
+from pipelines.transforms import (ColorPCA, EvalTransform, TrainTransform, decode, decode_batch_on_device,
+                                  decode_uint8)
 
 COUNTS = [40, 25, 12, 4]
 
@@ -120,8 +121,19 @@ def test_reduced_size_decoding():
 
 def test_batched_device_decode_path_on_cpu():
     jpegs = [encode(scene(i, 40, 32)) for i in range(3)]
-    out = decode_batch_on_device(jpegs, 24, "cpu", random.Random(0))
+    out = decode_batch_on_device(jpegs, 24, "cpu", torch.tensor([[0.0, 0.0, 0.9], [0.99, 0.99, 0.1], [0.5, 0.5, 0.9]]))
     assert out.shape == (3, 3, 24, 24) and torch.isfinite(out).all()
+    full = TrainTransform(size=24).batch_normalizer()(decode_uint8(jpegs[1])[None])[0]
+    assert torch.allclose(out[1], full[:, 8:32, 16:40].flip(-1), atol=1e-5)  # bottom-right crop, flipped
+
+
+@pytest.mark.parametrize("decode", ["workers", "device"])
+def test_loader_decoding_on_the_device_covers_the_same_epoch(shards, decode):
+    cfg = LoaderConfig(shards=shards, mode="uniform", batch_size=7, num_workers=2, seed=11, decode=decode)
+    ld = ShardLoader(cfg, TrainTransform(crop="random_crop", size=16), device="cpu")
+    batches = list(ld.epoch(0))
+    assert all(x.shape[1:] == (3, 16, 16) and x.dtype == torch.float32 for x, _ in batches)
+    assert sorted(int(c) for _, lab in batches for c in lab) == sorted(c for c, n in enumerate(COUNTS) for _ in range(n))
 
 
 def test_color_pca_step(shards):
