@@ -94,13 +94,13 @@ class _RankBatches(IterableDataset):
             extras.append(extra)
             labels.append(draw.cls)
             if len(images) == self.cfg.batch_size:
-                yield self._batch(images, alphas, labels, worker, stream, bad)
+                yield self._batch(images, extras, labels, worker, stream, bad)
                 images, extras, labels = [], [], []
         if images:
-            yield self._batch(images, alphas, labels, worker, stream, bad)
+            yield self._batch(images, extras, labels, worker, stream, bad)
 
     @staticmethod
-    def _batch(images, alphas, labels, worker, stream, bad):
+    def _batch(images, extras, labels, worker, stream, bad):
         state = {**stream.state_dict(), "bad_samples": bad}
         images = images if isinstance(images[0], bytes) else torch.stack(images)
         return (images, torch.tensor(extras, dtype=torch.float32), torch.tensor(labels),
@@ -108,7 +108,7 @@ class _RankBatches(IterableDataset):
 
 
 class ShardLoader:
-    """`transform(jpeg, rng) -> (uint8 CHW, pca alphas)` runs in the workers (a `TrainTransform`);
+    """`transform(jpeg, rng) -> (uint8 CHW, PCA alphas)` runs in the workers (a `TrainTransform`);
     its `batch_normalizer()` finishes each batch on `device` (float, colour noise, mean/std).
     With `decode="device"` the workers only read and draw crop offsets/flips, and each batch is
     decoded on `device` (nvJPEG on CUDA) with a random `transform.size` crop, flip and mean/std there."""
