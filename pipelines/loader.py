@@ -134,8 +134,10 @@ class ShardLoader:
 
     @property
     def steps_per_epoch(self) -> int:
+        """Uniform: this rank's batches.  Class-aware: the same on every rank (DDP steps in lockstep)."""
         if self.cfg.mode == "class-aware":
-            return max(1, self.samples_per_epoch // self.cfg.batch_size)
+            shortest = min(UniformStream.rank_length(self.catalog, r, self.world_size) for r in range(self.world_size))
+            return max(1, shortest // self.cfg.batch_size)
         n = self.samples_per_epoch
         return sum(math.ceil((b - a) / self.cfg.batch_size)
                    for a, b in (split_range(n, self.workers, w) for w in range(self.workers)))

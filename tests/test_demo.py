@@ -59,9 +59,14 @@ def test_classes_differ_in_what_they_show(corpus):
     assert min(gaps) < 2 * spread < max(gaps)  # some classes overlap in colour, others do not
 
 
+@pytest.fixture(scope="module")
+def demo_shards(ray_cluster, corpus):
+    return prepare_demo(str(corpus))
+
+
 @pytest.mark.slow
-def test_demo_shards_show_the_quarantine(ray_cluster, corpus):
-    manifests = prepare_demo(str(corpus))
+def test_demo_shards_show_the_quarantine(demo_shards, corpus):
+    manifests = demo_shards
     train = manifests["train"]
     assert train["quarantine_reasons"] == {"empty_file": 1, "label_out_of_range": 1, "missing_file": 1,
                                            "not_an_image": 1, "truncated_image": 1}
@@ -72,3 +77,39 @@ def test_demo_shards_show_the_quarantine(ray_cluster, corpus):
     assert [c["count"] for c in classes["classes"]] == list(train["per_class_written"].values())
     # a second call finds everything present and does nothing
     assert prepare_demo(str(corpus))["train"]["elapsed_s"] == train["elapsed_s"]
+
+
+@pytest.mark.slow
+def test_training_reports_checkpoints_and_resumes(demo_shards, corpus, tmp_path):
+    import torch
+
+    from training import run
+
+    common = ["--set", f"data.train_shards={corpus}/shards/train", "--set", f"data.val_shards={corpus}/shards/val",
+              "--set", f"run.storage_path={tmp_path}", "--set", "run.name=demo-test"]
+    assert run.main([*common, "--set", "run.epochs=2"]) == 0
+    report = json.loads((tmp_path / "demo-test" / "report.json").read_text())
+    assert [h["epoch"] for h in report["history"]] == [0, 1]
+    final = report["final"]
+    assert final["val_images"] == 400 and final["top1_error"] < 0.6 and final["skipped_samples"] == 0
+    assert {"loss", "loss1", "loss2", "images_per_s", "data_wait_fraction", "lr"} <= set(final)
+    state = torch.load(f"{report['best_checkpoint']}/state.pt", weights_only=False)
+    assert {"model", "optimizer", "scheduler", "epoch", "step", "streams", "history"} <= set(state)
+    assert len(state["streams"]) == 2 and all(s["mode"] == "class-aware" for s in state["streams"])
+    assert any(k.startswith("aux_heads") for k in state["model"])  # relay: the auxiliary head is saved too
+
+    assert run.main([*common, "--set", "run.epochs=3", "--resume", "demo-test"]) == 0
+    resumed = json.loads((tmp_path / "demo-test" / "report.json").read_text())
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
+    assert resumed["history"][:2] == report["history"]
+    assert resumed["final"]["step"] == 3 * report["final"]["step"] // 2
+
+
+def test_bad_training_arguments_fail_before_any_work(tmp_path, capsys):
+    from training import run
+
+    assert run.main(["--set", "optim.lrr=1"]) == 2
+    assert run.main(["--set", f"run.storage_path={tmp_path}", "--resume", "nope"]) == 2
+    assert run.main(["--set", f"data.train_shards={tmp_path}/none"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lrr" in err and "nope" in err and "no shards" in err

@@ -1,0 +1,58 @@
+"""Training configuration and learning-rate schedules."""
+
+import os
+
+import pytest
+import torch
+
+from training.config import ConfigError, load
+from training.optim import make_optimizer, make_scheduler
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_demo_recipe_with_overrides():
+    cfg = load(os.path.join(ROOT, "configs", "demo.yaml"), ["optim.lr=0.2", "run.workers=1", "model.options={width: 0.5}",
+                                                           "data.jitter=[300, 400]"])
+    assert (cfg.optim.lr, cfg.run.workers, cfg.model.options, cfg.data.jitter) == (0.2, 1, {"width": 0.5}, (300, 400))
+    assert cfg.model.name == "simple_net" and cfg.data.sampling == "class-aware" and cfg.model.mode == "relay"
+
+
+@pytest.mark.parametrize("override,name", [("optim.lrr=1", "optim.lrr"), ("modle.name=x", "modle"),
+                                           ("run.epochs.x=1", "run.epochs")])
+def test_unknown_keys_are_refused_by_name(override, name):
+    with pytest.raises(ConfigError, match=name.replace(".", r"\.")):
+        load(None, [override])
+
+
+def schedule(kind, **kw):
+    cfg = load(None, [f"optim.schedule={kind}", *[f"optim.{k}={v}" for k, v in kw.items()]]).optim
+    model = torch.nn.Linear(2, 2)
+    opt = make_optimizer(model, cfg)
+    return opt, make_scheduler(opt, cfg, steps_per_epoch=10, epochs=5)
+
+
+def test_cosine_with_warmup():
+    opt, sched = schedule("cosine", lr=1.0, warmup_epochs=1)
+    lrs = []
+    for _ in range(50):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step_batch()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0) and lrs[-1] < 0.01
+    assert all(a <= b for a, b in zip(lrs[:10], lrs[1:10])) and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_plateau_divides_by_ten_when_accuracy_stalls():
+    opt, sched = schedule("plateau", lr=0.01, patience=1)
+    for acc in (0.5, 0.6, 0.6, 0.6):
+        sched.step_epoch(acc)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.001)
+
+
+def test_multistep_and_no_decay_on_norms_and_biases():
+    opt, sched = schedule("multistep", lr=1.0, milestones="[2, 4]", decay_norm_and_bias=False)
+    for _ in range(4):
+        sched.step_epoch(0.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
+    assert [g["weight_decay"] for g in opt.param_groups] == [5e-4, 0.0]
+    assert [p.ndim for p in opt.param_groups[1]["params"]] == [1]

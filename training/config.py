@@ -1,0 +1,147 @@
+"""Typed training configuration, loaded from YAML, with `--set section.key=value` overrides.
+
+Unknown keys are refused with their dotted name, so a typo never silently trains the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+import types
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+@dataclass
+class DataConfig:
+    train_shards: str = "data/demo/shards/train"
+    val_shards: str = "data/demo/shards/val"
+    sampling: str = "class-aware"  # or "uniform"
+    batch_size: int = 64  # per worker
+    loader_workers: int = 1  # DataLoader processes per training worker
+    crop: str = "rrc"  # rrc | scale_jitter | random_crop
+    size: int = 224
+    jitter: tuple[int, int] = (256, 512)
+    color_pca: bool = False  # AlexNet's colour noise from TRAIN_SHARDS/color_pca.json
+    eval_resize: int = 256
+    decode: str = "workers"  # or "device" (nvJPEG on the GPU)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "simple_net"
+    num_classes: int = 10
+    mode: str | None = None  # bp | loss12_bp | relay; None: the family's default
+    branch: str | None = None
+    aux_head: str | None = None
+    aux_weight: float | None = None
+    overlap: int = 1
+    options: dict[str, Any] = field(default_factory=dict)  # builder options: input_size, width, fc, ...
+    init_from: str | None = None  # checkpoint of a shallower VGG to start from (VGG's trick)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    decay_norm_and_bias: bool = True  # False: no weight decay on norm weights and biases
+    schedule: str = "plateau"  # plateau (divide when val accuracy stalls) | multistep | cosine
+    factor: float = 0.1
+    patience: int = 2
+    milestones: tuple[int, ...] = ()
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class RunSettings:
+    epochs: int = 10
+    seed: int = 0
+    workers: int = 2  # Ray Train workers (DDP ranks)
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    min_workers: int | None = None  # elastic range, when set
+    storage_path: str = "runs"
+    name: str | None = None  # None: a fresh unique name
+    max_failures: int = 2
+    num_to_keep: int = 2
+    amp: bool = True  # bf16 autocast on GPU
+    channels_last: bool = True  # on GPU
+    compile: bool = False
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunSettings = field(default_factory=RunSettings)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load(path: str | None = None, overrides: list[str] = ()) -> TrainConfig:
+    raw: dict = {}
+    if path:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set takes key=value, got {item!r}")
+        *parents, leaf = key.strip().split(".")
+        node = raw
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return _build(TrainConfig, raw, "")
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict) -> TrainConfig:
+    return _build(TrainConfig, data, "")
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; known in {prefix.rstrip('.') or 'top level'}: "
+                          f"{', '.join(sorted(names))}")
+    values = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            values[name] = _check(value, hint, f"{prefix}{name}")
+    return cls(**values)
+
+
+def _check(value, hint, dotted: str):
+    """`value` if it fits the field's type (lists become tuples for tuple fields), else a ConfigError."""
+    options = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+    for option in options:
+        base = get_origin(option) or option
+        if option is type(None) and value is None:
+            return None
+        if base is tuple and isinstance(value, (list, tuple)):
+            return tuple(value)
+        if base is dict and isinstance(value, dict):
+            return value
+        if base is Any or (base is float and isinstance(value, (int, float)) and not isinstance(value, bool)):
+            return value
+        if base in (int, str, bool) and isinstance(value, base) and not (base is int and isinstance(value, bool)):
+            return value
+    raise ConfigError(f"config key '{dotted}' expects {hint}, got {value!r}")

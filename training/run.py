@@ -1,0 +1,123 @@
+"""Train a scene-recognition CNN with Ray Train (DDP), class-aware sampling and relay BP.
+
+    python training/run.py [--config configs/X.yaml] [--set key=value ...] [--resume RUN_NAME]
+
+With no arguments: the built-in demo (demo corpus and shards are created if absent, `simple_net`
+with relay BP and class-aware sampling on a local Ray, CPU).  Ends by printing top-1/top-5 error
+and where the report is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from training.config import ConfigError, TrainConfig, load, to_dict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_CONFIG = os.path.join(ROOT, "configs", "demo.yaml")
+
+
+def absolute(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
+
+
+def prepare_data(cfg: TrainConfig) -> None:
+    """Create the demo corpus and shards when the config points at the demo's and they are absent."""
+    for shards in (cfg.data.train_shards, cfg.data.val_shards):
+        if "://" in shards or os.path.exists(os.path.join(shards, "index.json")):
+            continue
+        demo_root = os.path.dirname(os.path.dirname(shards))
+        if os.path.basename(os.path.dirname(shards)) == "shards" and "demo" in os.path.basename(demo_root):
+            from pipelines.demo import prepare_demo
+            prepare_demo(demo_root, seed=cfg.run.seed)
+        else:
+            raise ConfigError(f"no shards at {shards}: run pipelines/shard.py first")
+
+
+def make_trainer(cfg: TrainConfig, name: str):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from training.train_loop import train_fn_per_worker
+
+    r = cfg.run
+    workers = (r.min_workers, r.workers) if r.min_workers else r.workers
+    return TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config={"train": to_dict(cfg)},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=r.use_gpu,
+                                     resources_per_worker={"CPU": r.cpus_per_worker}),
+        run_config=RunConfig(name=name, storage_path=r.storage_path,
+                             failure_config=FailureConfig(max_failures=r.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=r.num_to_keep,
+                                                                checkpoint_score_attribute="top1_error",
+                                                                checkpoint_score_order="min")))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=DEMO_CONFIG, help="YAML recipe (configs/*.yaml); default: the demo")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set optim.lr=0.02 --set run.workers=4")
+    p.add_argument("--resume", metavar="RUN_NAME", help="continue this run from its latest checkpoint")
+    a = p.parse_args(argv)
+    try:
+        cfg = load(a.config, a.set)
+        cfg.data.train_shards, cfg.data.val_shards = absolute(cfg.data.train_shards), absolute(cfg.data.val_shards)
+        cfg.run.storage_path = absolute(cfg.run.storage_path)
+        name = a.resume or cfg.run.name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        if a.resume and "://" not in cfg.run.storage_path and not os.path.isdir(
+                os.path.join(cfg.run.storage_path, a.resume)):
+            raise ConfigError(f"--resume: no run named {a.resume!r} under {cfg.run.storage_path}")
+        prepare_data(cfg)
+    except (ConfigError, OSError) as exc:
+        print(f"run.py: error: {exc}", file=sys.stderr)
+        return 2
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    result = make_trainer(cfg, name).fit()
+    if result.error:
+        print(f"run.py: training failed: {result.error}", file=sys.stderr)
+        return 1
+    metrics = result.metrics
+    report = {"run": name, "path": result.path, "config": to_dict(cfg), "final": metrics,
+              "best_checkpoint": result.best_checkpoints[0][0].path if result.best_checkpoints else None,
+              "history": _history(result)}
+    report_path = write_report(result.path, report)
+    print(f"top-1 error {metrics['top1_error']:.4f}, top-5 error {metrics['top5_error']:.4f} "
+          f"after {metrics['epoch'] + 1} epochs ({metrics['val_images']} val images)")
+    print(f"report: {report_path}")
+    return 0
+
+
+def _history(result) -> list[dict]:
+    """Every epoch's metrics: each checkpoint carries the history up to its epoch."""
+    import torch
+
+    from training.train_loop import CHECKPOINT_FILE
+
+    with result.checkpoint.as_directory() as folder:
+        return torch.load(f"{folder}/{CHECKPOINT_FILE}", map_location="cpu", weights_only=False)["history"]
+
+
+def write_report(run_path: str, report: dict) -> str:
+    from pipelines.storage import Location
+
+    loc = Location.parse(run_path)
+    loc.write_atomic("report.json", (json.dumps(report, indent=1, default=str) + "\n").encode())
+    return loc.uri("report.json")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

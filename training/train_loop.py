@@ -1,0 +1,156 @@
+"""`train_fn_per_worker`: what every Ray Train worker runs.  Data and model come from factories; the
+loop calls `model(x, y)` for a dict of losses, so it never branches on architecture or relay mode."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import nullcontext
+import time
+from collections import defaultdict
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from pipelines.catalog import Catalog
+from pipelines.loader import LoaderConfig, ShardLoader
+from pipelines.streams import UniformStream
+from pipelines.transforms import EvalTransform, TrainTransform
+from training.config import TrainConfig, from_dict
+from training.models import create_model
+from training.optim import make_optimizer, make_scheduler
+
+CHECKPOINT_FILE = "state.pt"
+
+
+def build_model(cfg: TrainConfig):
+    m = cfg.model
+    return create_model(m.name, m.num_classes, mode=m.mode, branch=m.branch, aux_head=m.aux_head,
+                        aux_weight=m.aux_weight, overlap=m.overlap, label_smoothing=cfg.optim.label_smoothing,
+                        **m.options)
+
+
+def build_train_loader(cfg: TrainConfig, rank: int, world: int, device) -> ShardLoader:
+    d = cfg.data
+    pca = None
+    if d.color_pca:
+        from pipelines import color_pca
+        pca = color_pca.load(d.train_shards)
+    transform = TrainTransform(crop=d.crop, size=d.size, jitter=tuple(d.jitter), pca=pca)
+    return ShardLoader(LoaderConfig(shards=d.train_shards, mode=d.sampling, batch_size=d.batch_size,
+                                    num_workers=d.loader_workers, seed=cfg.run.seed, decode=d.decode),
+                       transform, rank=rank, world_size=world, device=device)
+
+
+def evaluate_rank(model, cfg: TrainConfig, rank: int, world: int, device) -> torch.Tensor:
+    """[top-1 correct, top-5 correct, seen] over this rank's exact share of the val set (no padding)."""
+    transform = EvalTransform("center", size=cfg.data.size, resize=cfg.data.eval_resize)
+    counts = torch.zeros(3, dtype=torch.float64, device=device)
+    batch, labels = [], []
+
+    def flush():
+        x, y = torch.cat(batch).to(device), torch.tensor(labels, device=device)
+        top5 = model(x).topk(min(5, model.backbone.num_classes), dim=1).indices
+        counts[0] += (top5[:, 0] == y).sum()
+        counts[1] += (top5 == y[:, None]).any(1).sum()
+        counts[2] += len(y)
+        batch.clear()
+        labels.clear()
+
+    model.eval()
+    with torch.no_grad():
+        for draw in UniformStream(Catalog.load(cfg.data.val_shards), seed=0, rank=rank, world_size=world,
+                                  buffer_size=1, interleave=1):
+            batch.append(transform(draw.members["jpg"]))
+            labels.append(draw.cls)
+            if len(batch) == cfg.data.batch_size:
+                flush()
+        if batch:
+            flush()
+    return counts
+
+
+def train_fn_per_worker(config: dict) -> None:
+    cfg = from_dict(config["train"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    gpu = device.type == "cuda"
+    torch.manual_seed(cfg.run.seed)
+    model = build_model(cfg)
+    if gpu and cfg.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ddp = ray.train.torch.prepare_model(model)  # DDP on several workers; the model itself on one
+    net = model  # the un-wrapped model: eval, checkpoints
+    loader = build_train_loader(cfg, rank, world, device)
+    optimizer = make_optimizer(net, cfg.optim)
+    scheduler = make_scheduler(optimizer, cfg.optim, loader.steps_per_epoch, cfg.run.epochs)
+    step_fn = torch.compile(ddp) if cfg.run.compile else ddp
+    start_epoch, step, history = 0, 0, []
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location=device, weights_only=False)
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, step, history = state["epoch"] + 1, state["step"], state["history"]
+        if len(state["streams"]) == world:  # same world size: continue each rank's exact stream
+            loader.load_state_dict(state["streams"][rank])
+
+    for epoch in range(start_epoch, cfg.run.epochs):
+        net.train()
+        sums, seen, waited = defaultdict(float), 0, 0.0
+        started = time.perf_counter()
+        batches = loader.epoch(epoch)
+        with ddp.join() if world > 1 and cfg.data.sampling == "uniform" else nullcontext():  # uneven last batches
+            while True:
+                t = time.perf_counter()
+                try:
+                    x, y = next(batches)
+                except StopIteration:
+                    break
+                waited += time.perf_counter() - t
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=gpu and cfg.run.amp):
+                    losses = step_fn(x, y)
+                optimizer.zero_grad(set_to_none=True)
+                losses["loss"].backward()
+                optimizer.step()
+                scheduler.step_batch()
+                step += 1
+                for k, v in losses.items():
+                    if k.startswith("loss"):
+                        sums[k] += float(v.detach()) * len(y)
+                seen += len(y)
+        elapsed = time.perf_counter() - started
+        counts = evaluate_rank(net, cfg, rank, world, device)
+        totals = torch.tensor([seen, elapsed, waited, loader.skipped], dtype=torch.float64, device=device)
+        loss_sums = torch.tensor([sums[k] for k in sorted(sums)], dtype=torch.float64, device=device)
+        if world > 1:
+            for tensor in (counts, totals, loss_sums):
+                dist.all_reduce(tensor)
+        top1_err, top5_err = 1 - float(counts[0] / counts[2]), 1 - float(counts[1] / counts[2])
+        scheduler.step_epoch(1 - top1_err)
+        metrics = {"epoch": epoch, "step": step, "top1_error": top1_err, "top5_error": top5_err,
+                   "val_images": int(counts[2]), "images_per_s": float(totals[0] / (totals[1] / world)),
+                   "data_wait_fraction": float(totals[2] / totals[1]), "skipped_samples": int(totals[3]),
+                   "lr": optimizer.param_groups[0]["lr"],
+                   **{k: float(v / max(totals[0], 1)) for k, v in zip(sorted(sums), loss_sums)}}
+        history.append(metrics)
+        streams = [None] * world
+        if world > 1:
+            dist.all_gather_object(streams, loader.state_dict())
+        else:
+            streams = [loader.state_dict()]
+        with tempfile.TemporaryDirectory() as folder:
+            saved = None
+            if rank == 0:
+                torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "streams": streams,
+                            "config": config["train"], "history": history},
+                           os.path.join(folder, CHECKPOINT_FILE))
+                saved = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=saved)
