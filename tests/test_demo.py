@@ -96,6 +96,8 @@ def test_training_reports_checkpoints_and_resumes(demo_shards, corpus, tmp_path)
     state = torch.load(f"{report['best_checkpoint']}/state.pt", weights_only=False)
     assert {"model", "optimizer", "scheduler", "epoch", "step", "streams", "history"} <= set(state)
     assert len(state["streams"]) == 2 and all(s["mode"] == "class-aware" for s in state["streams"])
+    events = list((tmp_path / "demo-test" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
     assert any(k.startswith("aux_heads") for k in state["model"])  # relay: the auxiliary head is saved too
 
     assert run.main([*common, "--set", "run.epochs=3", "--resume", "demo-test"]) == 0

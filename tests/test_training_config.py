@@ -56,3 +56,28 @@ def test_multistep_and_no_decay_on_norms_and_biases():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
     assert [g["weight_decay"] for g in opt.param_groups] == [5e-4, 0.0]
     assert [p.ndim for p in opt.param_groups[1]["params"]] == [1]
+
+
+@pytest.mark.parametrize("name", sorted(n[:-5] for n in os.listdir(os.path.join(ROOT, "configs"))
+                                        if n.endswith(".yaml") and not n.startswith("shard_")))
+def test_every_recipe_loads_and_builds_its_model(name):
+    from training.train_loop import build_model
+
+    cfg = load(os.path.join(ROOT, "configs", f"{name}.yaml"))
+    model = build_model(cfg)
+    assert model.backbone.num_classes == cfg.model.num_classes
+    if name.startswith("wm_model"):
+        assert model.mode == "relay" and cfg.data.sampling == "class-aware"
+
+
+def test_vgg_d_warm_starts_from_a_saved_vgg_a(tmp_path):
+    from training.config import to_dict
+    from training.train_loop import build_model
+
+    small = ["model.num_classes=5", "model.options={input_size: 64}"]
+    a_cfg = load(None, ["model.name=vgg_a", *small])
+    a = build_model(a_cfg)
+    torch.save({"model": a.state_dict(), "config": to_dict(a_cfg)}, tmp_path / "state.pt")
+    d = build_model(load(None, ["model.name=vgg_d", *small, f"model.init_from={tmp_path}/state.pt"]))
+    assert torch.equal(d.backbone.stages["conv3"][2].weight, a.backbone.stages["conv3"][2].weight)
+    assert torch.equal(d.backbone.head.fc[0].weight, a.backbone.head.fc[0].weight)

@@ -52,7 +52,9 @@ def make_trainer(cfg: TrainConfig, name: str):
     workers = (r.min_workers, r.workers) if r.min_workers else r.workers
     return TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={"train": to_dict(cfg)},
+        train_loop_config={"train": to_dict(cfg), "run_name": name,
+                           "tensorboard_dir": None if "://" in r.storage_path
+                           else os.path.join(r.storage_path, name, "tensorboard")},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=r.use_gpu,
                                      resources_per_worker={"CPU": r.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=r.storage_path,

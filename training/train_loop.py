@@ -19,17 +19,35 @@ from pipelines.loader import LoaderConfig, ShardLoader
 from pipelines.streams import UniformStream
 from pipelines.transforms import EvalTransform, TrainTransform
 from training.config import TrainConfig, from_dict
-from training.models import create_model
+from training.models import create_model, init_from_shallower
+from training.metrics_sink import MetricsSink
 from training.optim import make_optimizer, make_scheduler
 
 CHECKPOINT_FILE = "state.pt"
 
 
-def build_model(cfg: TrainConfig):
+def build_model(cfg: TrainConfig, warm_start: bool = True):
+    """The configured model; with `model.init_from`, started from a trained shallower VGG (VGG's trick)."""
     m = cfg.model
-    return create_model(m.name, m.num_classes, mode=m.mode, branch=m.branch, aux_head=m.aux_head,
-                        aux_weight=m.aux_weight, overlap=m.overlap, label_smoothing=cfg.optim.label_smoothing,
-                        **m.options)
+    model = create_model(m.name, m.num_classes, mode=m.mode, branch=m.branch, aux_head=m.aux_head,
+                         aux_weight=m.aux_weight, overlap=m.overlap, label_smoothing=cfg.optim.label_smoothing,
+                         **m.options)
+    if m.init_from and warm_start:
+        state = load_checkpoint_file(m.init_from)
+        shallow = build_model(from_dict(state["config"]), warm_start=False)
+        shallow.load_state_dict(state["model"])
+        init_from_shallower(model.backbone, shallow.backbone)
+    return model
+
+
+def load_checkpoint_file(uri: str) -> dict:
+    """A `state.pt` written by this loop, from a local path or any fsspec URI."""
+    import io
+
+    from pipelines.storage import Location
+
+    loc = Location.parse(uri)
+    return torch.load(io.BytesIO(loc.read_bytes()), map_location="cpu", weights_only=False)
 
 
 def build_train_loader(cfg: TrainConfig, rank: int, world: int, device) -> ShardLoader:
@@ -79,7 +97,8 @@ def train_fn_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     gpu = device.type == "cuda"
     torch.manual_seed(cfg.run.seed)
-    model = build_model(cfg)
+    checkpoint = ray.train.get_checkpoint()
+    model = build_model(cfg, warm_start=checkpoint is None)
     if gpu and cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ddp = ray.train.torch.prepare_model(model)  # DDP on several workers; the model itself on one
@@ -89,8 +108,8 @@ def train_fn_per_worker(config: dict) -> None:
     scheduler = make_scheduler(optimizer, cfg.optim, loader.steps_per_epoch, cfg.run.epochs)
     step_fn = torch.compile(ddp) if cfg.run.compile else ddp
     start_epoch, step, history = 0, 0, []
+    sink = MetricsSink(config["run_name"], config.get("tensorboard_dir")) if rank == 0 else None
 
-    checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
             state = torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location=device, weights_only=False)
@@ -140,6 +159,8 @@ def train_fn_per_worker(config: dict) -> None:
                    "lr": optimizer.param_groups[0]["lr"],
                    **{k: float(v / max(totals[0], 1)) for k, v in zip(sorted(sums), loss_sums)}}
         history.append(metrics)
+        if sink is not None:
+            sink.epoch(metrics)
         streams = [None] * world
         if world > 1:
             dist.all_gather_object(streams, loader.state_dict())
@@ -154,3 +175,5 @@ def train_fn_per_worker(config: dict) -> None:
                            os.path.join(folder, CHECKPOINT_FILE))
                 saved = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=saved)
+    if sink is not None:
+        sink.close()
