@@ -120,9 +120,10 @@ def train_fn_per_worker(config: dict) -> None:
         if len(state["streams"]) == world:  # same world size: continue each rank's exact stream
             loader.load_state_dict(state["streams"][rank])
 
+    attempt_start = start_epoch
     for epoch in range(start_epoch, cfg.run.epochs):
         net.train()
-        sums, seen, waited = defaultdict(float), 0, 0.0
+        sums, seen, waited, digest = defaultdict(float), 0, 0.0, 0.0
         started = time.perf_counter()
         batches = loader.epoch(epoch)
         with ddp.join() if world > 1 and cfg.data.sampling == "uniform" else nullcontext():  # uneven last batches
@@ -143,10 +144,12 @@ def train_fn_per_worker(config: dict) -> None:
                 for k, v in losses.items():
                     if k.startswith("loss"):
                         sums[k] += float(v.detach()) * len(y)
+                positions = torch.arange(seen + 1, seen + len(y) + 1, dtype=torch.float64)
+                digest = (digest + float((positions * (y.cpu().double() + 1)).sum()) * (rank + 1)) % 1e12
                 seen += len(y)
         elapsed = time.perf_counter() - started
         counts = evaluate_rank(net, cfg, rank, world, device)
-        totals = torch.tensor([seen, elapsed, waited, loader.skipped], dtype=torch.float64, device=device)
+        totals = torch.tensor([seen, elapsed, waited, loader.skipped, digest], dtype=torch.float64, device=device)
         loss_sums = torch.tensor([sums[k] for k in sorted(sums)], dtype=torch.float64, device=device)
         if world > 1:
             for tensor in (counts, totals, loss_sums):
@@ -156,6 +159,8 @@ def train_fn_per_worker(config: dict) -> None:
         metrics = {"epoch": epoch, "step": step, "top1_error": top1_err, "top5_error": top5_err,
                    "val_images": int(counts[2]), "images_per_s": float(totals[0] / (totals[1] / world)),
                    "data_wait_fraction": float(totals[2] / totals[1]), "skipped_samples": int(totals[3]),
+                   "input_checksum": float(totals[4]),  # which labels, in which order: equal runs, equal sums
+                   "attempt_start_epoch": attempt_start,  # > 0: this epoch ran after a restore
                    "lr": optimizer.param_groups[0]["lr"],
                    **{k: float(v / max(totals[0], 1)) for k, v in zip(sorted(sums), loss_sums)}}
         history.append(metrics)

@@ -1,0 +1,66 @@
+"""SIGKILL a Ray Train worker mid-epoch: the run recovers through FailureConfig from its last checkpoint,
+and every epoch's input stream is the one an uninterrupted run sees."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from conftest import write_shards
+from training import run
+
+pytestmark = pytest.mark.slow
+
+
+def train_worker_pids() -> list[int]:
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"RayTrainWorker" in f.read():
+                    pids.append(int(pid))
+        except OSError:
+            continue
+    return sorted(pids)
+
+
+def kill_one_worker_after_first_checkpoint(run_dir, killed: list) -> None:
+    deadline = time.time() + 300
+    while time.time() < deadline and not killed:
+        if list(run_dir.glob("checkpoint_*/state.pt")):
+            time.sleep(1.0)  # into the next epoch
+            pids = train_worker_pids()
+            if pids:
+                os.kill(pids[-1], signal.SIGKILL)
+                killed.append(pids[-1])
+                return
+        time.sleep(0.1)
+
+
+def test_killed_worker_recovers_and_the_stream_matches(ray_cluster, tmp_path):
+    write_shards(tmp_path / "train", [60, 40, 25, 12], shard_samples=10, size=40)
+    write_shards(tmp_path / "val", [8, 8, 8, 8], shard_samples=8, size=40)
+    common = ["--set", f"data.train_shards={tmp_path}/train", "--set", f"data.val_shards={tmp_path}/val",
+              "--set", f"run.storage_path={tmp_path}/runs", "--set", "run.epochs=4", "--set", "model.num_classes=4",
+              "--set", "data.size=32", "--set", "data.eval_resize=36", "--set", "data.batch_size=8"]
+    assert run.main([*common, "--set", "run.name=clean"]) == 0
+    clean = json.loads((tmp_path / "runs" / "clean" / "report.json").read_text())["history"]
+
+    killed: list[int] = []
+    watcher = threading.Thread(target=kill_one_worker_after_first_checkpoint,
+                               args=(tmp_path / "runs" / "killed", killed), daemon=True)
+    watcher.start()
+    assert run.main([*common, "--set", "run.name=killed", "--set", "run.max_failures=2"]) == 0
+    watcher.join(timeout=5)
+    assert killed, "no worker was killed"
+    recovered = json.loads((tmp_path / "runs" / "killed" / "report.json").read_text())["history"]
+    assert [h["epoch"] for h in recovered] == [0, 1, 2, 3]
+    assert all(h["attempt_start_epoch"] == 0 for h in clean)
+    assert any(h["attempt_start_epoch"] > 0 for h in recovered)  # a new worker group restored a checkpoint
+    assert [h["input_checksum"] for h in recovered] == [h["input_checksum"] for h in clean]
+    assert [h["step"] for h in recovered] == [h["step"] for h in clean]
