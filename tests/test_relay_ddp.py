@@ -30,6 +30,7 @@ def worker(rank: int, world: int, store: str, out: str) -> None:
     model(x[shard], y[shard])["loss"].backward()  # through DDP's forward, one backward per step
     if rank == 0:
         torch.save({n: p.grad for n, p in model.module.named_parameters()}, out)
+    dist.barrier()  # tear down together: a rank leaving while the other still works aborts gloo
     dist.destroy_process_group()
 
 

@@ -37,6 +37,7 @@ def test_cosine_with_warmup():
     lrs = []
     for _ in range(50):
         lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
         sched.step_batch()
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0) and lrs[-1] < 0.01
     assert all(a <= b for a, b in zip(lrs[:10], lrs[1:10])) and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
@@ -45,6 +46,7 @@ def test_cosine_with_warmup():
 def test_plateau_divides_by_ten_when_accuracy_stalls():
     opt, sched = schedule("plateau", lr=0.01, patience=1)
     for acc in (0.5, 0.6, 0.6, 0.6):
+        opt.step()
         sched.step_epoch(acc)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.001)
 
@@ -52,6 +54,7 @@ def test_plateau_divides_by_ten_when_accuracy_stalls():
 def test_multistep_and_no_decay_on_norms_and_biases():
     opt, sched = schedule("multistep", lr=1.0, milestones="[2, 4]", decay_norm_and_bias=False)
     for _ in range(4):
+        opt.step()
         sched.step_epoch(0.0)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
     assert [g["weight_decay"] for g in opt.param_groups] == [5e-4, 0.0]
