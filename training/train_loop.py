@@ -41,12 +41,14 @@ def build_model(cfg: TrainConfig, warm_start: bool = True):
 
 
 def load_checkpoint_file(uri: str) -> dict:
-    """A `state.pt` written by this loop, from a local path or any fsspec URI."""
+    """A `state.pt` written by this loop (or the checkpoint folder holding it), local or any fsspec URI."""
     import io
 
     from pipelines.storage import Location
 
     loc = Location.parse(uri)
+    if loc.is_dir():
+        loc = loc.child(CHECKPOINT_FILE)
     return torch.load(io.BytesIO(loc.read_bytes()), map_location="cpu", weights_only=False)
 
 

@@ -1,0 +1,89 @@
+"""training/evaluate.py: protocols, exact metrics, fusion without leakage, the three outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_shards
+from pipelines.catalog import Catalog
+from pipelines.streams import UniformStream
+from pipelines.transforms import EvalTransform
+from training import evaluate
+from training.config import load, to_dict
+from training.train_loop import build_model
+
+pytestmark = pytest.mark.slow
+COUNTS = [7, 6, 5, 6]
+
+
+@pytest.fixture(scope="module")
+def setup(ray_cluster, tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    write_shards(root / "val", COUNTS, shard_samples=4, size=48)
+    paths = []
+    for seed in range(2):
+        cfg = load(None, ["model.num_classes=4", f"run.seed={seed}", "model.mode=bp"])
+        torch.manual_seed(seed)
+        model = build_model(cfg)
+        path = root / f"model{seed}.pt"
+        torch.save({"model": model.state_dict(), "config": to_dict(cfg)}, path)
+        paths.append((str(path), model))
+    return root, paths
+
+
+def run(root, checkpoints, *extra):
+    out = root / f"out-{abs(hash(extra)) % 10**8}-{len(checkpoints)}"
+    argv = [arg for c in checkpoints for arg in ("--checkpoint", c)]
+    assert evaluate.main([*argv, "--shards", str(root / "val"), "--size", "32", "--out", str(out), *extra]) == 0
+    return out, json.loads((out / "metrics.json").read_text())
+
+
+def test_center_crop_metrics_equal_a_direct_computation(setup):
+    root, paths = setup
+    out, metrics = run(root, [paths[0][0]], "--protocol", "center", "--scales", "36")
+    model = paths[0][1].export().eval()
+    transform = EvalTransform("center", size=32, resize=36)
+    hits, n = 0, 0
+    with torch.no_grad():
+        for draw in UniformStream(Catalog.load(str(root / "val")), buffer_size=1):
+            hits += int(model(transform(draw.members["jpg"])).argmax(1).item() == draw.cls)
+            n += 1
+    got = metrics["models"][paths[0][0]]
+    assert n == got["images"] == sum(COUNTS) and got["top1_error"] == pytest.approx(1 - hits / n)
+    assert {c: v["count"] for c, v in got["per_class"].items()} == {str(i): n for i, n in enumerate(COUNTS)}
+    lines = (out / "predictions.csv").read_text().splitlines()
+    assert len(lines) == n and all(len(ln.split()) == 1 + min(5, len(COUNTS)) for ln in lines)
+    assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("protocol,views", [("ten_crop", "36"), ("dense", "40 48"), ("multi_view", "36 44")])
+def test_every_protocol_runs(setup, protocol, views):
+    root, paths = setup
+    _, metrics = run(root, [paths[0][0]], "--protocol", protocol, "--scales", *views.split())
+    assert metrics["fused"]["images"] == sum(COUNTS) and 0 <= metrics["fused"]["top1_error"] <= 1
+
+
+def test_fusions_and_learned_weights_are_fit_only_on_the_heldout_slice(setup):
+    root, paths = setup
+    both = [p for p, _ in paths]
+    _, average = run(root, both, "--fusion", "average", "--scales", "36")
+    _, product = run(root, both, "--fusion", "product", "--scales", "36")
+    _, learned = run(root, both, "--fusion", "learned", "--heldout", "0.3", "--scales", "36")
+    assert average["fusion_weights"] == product["fusion_weights"] == [0.5, 0.5]
+    assert average["heldout_for_fusion"] == 0 and average["fused"]["images"] == sum(COUNTS)
+    held = learned["heldout_for_fusion"]
+    assert 0 < held < sum(COUNTS) and learned["fused"]["images"] == sum(COUNTS) - held
+    assert all(m["images"] == sum(COUNTS) - held for m in learned["models"].values())
+    assert sum(learned["fusion_weights"]) == pytest.approx(1.0) and len(learned["fusion_weights"]) == 2
+
+
+def test_fuse_functions():
+    probs = np.array([[[0.7, 0.3], [0.2, 0.8]], [[0.6, 0.4], [0.5, 0.5]]])
+    avg, _ = evaluate.fuse(probs, "average", np.zeros(2, bool), np.array([0, 1]))
+    assert np.allclose(avg, [[0.45, 0.55], [0.55, 0.45]])
+    prod, _ = evaluate.fuse(probs, "product", np.zeros(2, bool), np.array([0, 1]))
+    assert prod.argmax(1).tolist() == [1, 0]

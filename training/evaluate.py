@@ -1,0 +1,225 @@
+"""Evaluate checkpoints on sharded images under the papers' test protocols, alone and fused.
+
+    python training/evaluate.py --checkpoint PATH [--checkpoint PATH ...] --shards VAL_SHARDS \
+        --protocol center|ten_crop|dense|multi_view [--fusion average|product|learned] --out DIR
+
+Runs as Ray Data batch inference (an actor pool, on GPUs when asked), so a 328k-image test set scales
+out.  Writes DIR/metrics.json (top-1/top-5 error overall and per class, per model and fused),
+DIR/confusion.png (the most-confused class pairs and the worst classes), DIR/predictions.csv (the
+challenge's format: image id, then five labels, space-separated).  Learned fusion weights are fit on
+a held-out slice of the images (`--heldout`, chosen by key hash) and scored only on the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+import torch
+
+from pipelines.catalog import Catalog
+from pipelines.corpus import stable_hash
+from pipelines.transforms import EvalTransform
+
+DEFAULT_SCALES = {"center": (256,), "ten_crop": (256,), "dense": (256, 384, 512), "multi_view": (256, 320)}
+
+
+class Predictor:
+    """Ray Data actor: every model's class probabilities per image, averaged over the protocol's views."""
+
+    def __init__(self, checkpoints: list[str], protocol: str, scales: tuple[int, ...], size: int, use_gpu: bool):
+        from training.config import from_dict
+        from training.train_loop import build_model, load_checkpoint_file
+
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.models = []
+        for path in checkpoints:
+            state = load_checkpoint_file(path)
+            model = build_model(from_dict(state["config"]), warm_start=False)
+            model.load_state_dict(state["model"])
+            self.models.append(model.export().to(self.device).eval())
+        self.protocol, self.scales = protocol, scales
+        if protocol == "dense":
+            self.views = [EvalTransform("full", size=size, scales=(q,)) for q in scales]
+        else:
+            self.views = [EvalTransform(protocol, size=size, resize=scales[0], scales=scales)]
+
+    def probabilities(self, model, jpeg: bytes) -> torch.Tensor:
+        outs = []
+        for transform in self.views:
+            x = transform(jpeg).to(self.device)
+            if self.protocol == "dense":  # the whole image and its mirror, as class-score maps
+                x = torch.cat([x, x.flip(-1)])
+                scores = model.forward_dense(x) if hasattr(model.head, "to_dense") else model(x)
+                probs = scores.softmax(1)
+                outs.append(probs.mean((2, 3)) if probs.dim() == 4 else probs)
+            else:
+                outs.append(model(x).softmax(1))
+        return torch.cat(outs).mean(0)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        probs = []
+        with torch.no_grad():
+            for jpeg in batch["jpg"]:
+                probs.append(torch.stack([self.probabilities(m, bytes(jpeg)) for m in self.models]).cpu().numpy())
+        # the image id: the path as listed when sharding (shard.py always records it), else the key
+        sources = [json.loads(bytes(j)).get("source", str(k)) for j, k in zip(batch["json"], batch["__key__"])]
+        return {"key": batch["__key__"], "cls": np.array([int(bytes(c)) for c in batch["cls"]]),
+                "source": np.array(sources, dtype=object), "probs": np.stack(probs).astype(np.float32)}
+
+
+def predict(checkpoints, shards: str, protocol: str, scales, size: int, workers: int, use_gpu: bool,
+            batch_size: int) -> dict[str, np.ndarray]:
+    import ray
+
+    catalog = Catalog.load(shards)
+    ds = ray.data.read_webdataset([catalog.loc.path(s.url) for s in catalog.shards], decoder=None,
+                                  filesystem=catalog.loc.pyarrow_fs())
+    ds = ds.map_batches(Predictor, fn_constructor_kwargs=dict(checkpoints=checkpoints, protocol=protocol,
+                                                              scales=scales, size=size, use_gpu=use_gpu),
+                        batch_size=batch_size, concurrency=workers, num_gpus=1 if use_gpu else 0)
+    parts = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in ("key", "cls", "source", "probs")}
+    order = np.argsort(merged["key"])  # a stable order, whatever Ray's scheduling
+    return {k: v[order] for k, v in merged.items()}
+
+
+def top_errors(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+    top5 = np.argsort(-probs, axis=1)[:, :5]
+    hit1, hit5 = top5[:, 0] == labels, (top5 == labels[:, None]).any(1)
+    per_class = {}
+    for c in range(num_classes):
+        mask = labels == c
+        if mask.any():
+            per_class[str(c)] = {"count": int(mask.sum()), "top1_error": float(1 - hit1[mask].mean()),
+                                 "top5_error": float(1 - hit5[mask].mean())}
+    return {"images": int(len(labels)), "top1_error": float(1 - hit1.mean()), "top5_error": float(1 - hit5.mean()),
+            "per_class": per_class}
+
+
+def fuse(probs: np.ndarray, kind: str, fit_mask: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    """(N, M, K) per-model probabilities -> (N, K) fused scores, and the model weights used."""
+    m = probs.shape[1]
+    logp = np.log(np.clip(probs, 1e-12, 1.0))
+    if kind == "average":
+        return probs.mean(1), [1 / m] * m
+    if kind == "product":
+        return logp.mean(1), [1 / m] * m
+    if kind != "learned":
+        raise ValueError(f"fusion must be average, product or learned, got {kind!r}")
+    if not fit_mask.any():
+        raise ValueError("learned fusion needs labeled held-out images (--heldout > 0 on a labeled set)")
+    x = torch.from_numpy(logp[fit_mask]).double()
+    y = torch.from_numpy(labels[fit_mask]).long()
+    raw = torch.zeros(m, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([raw], max_iter=100)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy((raw.softmax(0)[None, :, None] * x).sum(1), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    weights = raw.detach().softmax(0).numpy()
+    return (weights[None, :, None] * logp).sum(1), weights.tolist()
+
+
+def class_names(shards: str) -> list[str]:
+    catalog = Catalog.load(shards)
+    if catalog.loc.is_file("classes.json"):
+        return [c["name"] for c in json.loads(catalog.loc.read_bytes("classes.json"))["classes"]]
+    return [str(i) for i in range(catalog.num_classes)]
+
+
+def plot_confusion(fused: np.ndarray, labels: np.ndarray, names: list[str], path: str, pairs: int = 20) -> None:
+    """Readable at 365 classes: the most-confused (true -> predicted) pairs, and the worst classes."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    predicted = fused.argmax(1)
+    k = len(names)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    off = confusion.copy()
+    np.fill_diagonal(off, 0)
+    flat = np.argsort(-off, axis=None)[:pairs]
+    top = [(int(i // k), int(i % k), int(off.flat[i])) for i in flat if off.flat[i] > 0]
+    totals = confusion.sum(1)
+    error = 1 - np.diag(confusion) / np.maximum(totals, 1)
+    worst = np.argsort(-error)[:pairs]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(14, 0.35 * max(len(top), len(worst), 4) + 1.5))
+    a.barh([f"{names[t]} -> {names[p]}" for t, p, _ in top][::-1], [n for *_, n in top][::-1], color="tab:red")
+    a.set_title("most-confused pairs (true -> predicted), images")
+    b.barh([names[i] for i in worst][::-1], error[worst][::-1] * 100, color="tab:blue")
+    b.set_title("worst classes: top-1 error (%)")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    _write(path, buf.getvalue())
+
+
+def _write(path: str, data: bytes) -> None:
+    from pipelines.storage import Location
+
+    folder = Location.parse(os.path.dirname(path) or ".")
+    folder.make_dirs()
+    folder.write_atomic(os.path.basename(path), data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", action="append", required=True, help="state.pt written by training (repeat)")
+    p.add_argument("--shards", required=True)
+    p.add_argument("--protocol", choices=list(DEFAULT_SCALES), default="center")
+    p.add_argument("--scales", type=int, nargs="+", help="shorter sides (default: protocol's, e.g. dense 256 384 512)")
+    p.add_argument("--size", type=int, default=224, help="crop size")
+    p.add_argument("--fusion", choices=["average", "product", "learned"], default="average")
+    p.add_argument("--heldout", type=float, default=0.2, help="learned fusion: fraction fit on, never scored")
+    p.add_argument("--workers", type=int, default=1, help="inference actors")
+    p.add_argument("--gpu", action="store_true", help="one GPU per actor")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    scales = tuple(a.scales or DEFAULT_SCALES[a.protocol])
+    result = predict(a.checkpoint, a.shards, a.protocol, scales, a.size, a.workers, a.gpu, a.batch_size)
+    probs, labels = result["probs"], result["cls"]
+    labeled = bool((labels >= 0).all())
+    heldout = np.array([stable_hash("heldout", k) % 10_000 < a.heldout * 10_000 for k in result["key"]])
+    fit_mask = heldout & labeled if a.fusion == "learned" else np.zeros(len(labels), bool)
+    fused, weights = fuse(probs, a.fusion, fit_mask, labels)
+    scored = ~fit_mask
+    metrics = {"protocol": a.protocol, "scales": list(scales), "fusion": a.fusion, "fusion_weights": weights,
+               "checkpoints": a.checkpoint, "images": int(len(labels)), "heldout_for_fusion": int(fit_mask.sum())}
+    names = class_names(a.shards)
+    if labeled:
+        metrics["models"] = {path: top_errors(probs[scored, i], labels[scored], len(names))
+                             for i, path in enumerate(a.checkpoint)}
+        metrics["fused"] = top_errors(fused[scored], labels[scored], len(names))
+        plot_confusion(fused[scored], labels[scored], names, os.path.join(a.out, "confusion.png"))
+    top5 = np.argsort(-fused, axis=1)[:, :5]
+    lines = [f"{os.path.basename(src)} {' '.join(map(str, row))}" for src, row in zip(result["source"], top5)]
+    _write(os.path.join(a.out, "predictions.csv"), ("\n".join(lines) + "\n").encode())
+    _write(os.path.join(a.out, "metrics.json"), (json.dumps(metrics, indent=1) + "\n").encode())
+    if labeled:
+        print(f"fused ({a.fusion}, {a.protocol}): top-1 error {metrics['fused']['top1_error']:.4f}, "
+              f"top-5 error {metrics['fused']['top5_error']:.4f} on {int(scored.sum())} images")
+    print(f"wrote {os.path.join(a.out, 'metrics.json')}, predictions.csv" + (", confusion.png" if labeled else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
