@@ -1,0 +1,133 @@
+"""Training throughput, per architecture, all in one run:
+(a) torchvision's model in a plain loop on synthetic batches already on the device (eager; compiled on GPU);
+(b) our training step (`model(x, y)["loss"]`, relay-capable model) on the same synthetic batches;
+(c) our whole pipeline from shards: class-aware `ShardLoader` (CPU decode; also nvJPEG decode on a GPU)
+    feeding the same training step.
+
+    python benchmarks/train_throughput.py [--archs resnet50 ...] [--batch N] [--size S] [--steps N]
+
+Prints JSON.  On a GPU: bf16 autocast, channels_last, 224x224.  On the CPU (this machine): fp32 at a
+small input, where (c) shares the two cores between data workers and the model.  The shards are
+generated 256x256 JPEGs (pipelines/shard.py passes them through), 10 classes, imbalanced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import torch
+
+from model_step import PEERS, peer, step_rate
+from pipelines.loader import LoaderConfig, ShardLoader
+from pipelines.transforms import TrainTransform
+from training.models import create_model
+
+ARCHS = ["resnet50", "resnet18", "vgg_d", "alexnet", "googlenet", "wm_model_a", "wm_model_b"]
+
+
+def make_shards(root: str, images: int) -> str:
+    import numpy as np
+    import ray
+    from PIL import Image
+
+    from pipelines.shard import ShardConfig, run
+
+    rng = np.random.default_rng(0)
+    tree = os.path.join(root, "tree")
+    for i in range(images):
+        cls = min(9, int(rng.exponential(3)))  # imbalanced, as Places2
+        folder = os.path.join(tree, f"class{cls}")
+        os.makedirs(folder, exist_ok=True)
+        Image.fromarray(rng.uniform(0, 255, (16, 16, 3)).astype(np.uint8)).resize((256, 256)).save(
+            os.path.join(folder, f"{i:06d}.jpg"), quality=90)
+    out = os.path.join(root, "shards")
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    run(ShardConfig(out=out, image_folder=tree, shard_samples=200))
+    ray.shutdown()
+    return out
+
+
+def pipeline_rate(name: str, shards: str, batch: int, size: int, steps: int, device: str, decode: str,
+                  loader_workers: int) -> float:
+    options = {"input_size": size} if name in ("vgg_d", "alexnet") else {}
+    model = create_model(name, 10, mode="bp", **options).to(device).train()
+    on_gpu = device == "cuda"
+    if on_gpu:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loader = ShardLoader(LoaderConfig(shards=shards, mode="class-aware", batch_size=batch,
+                                      num_workers=loader_workers, decode=decode),
+                         TrainTransform(crop="rrc", size=size), device=device)
+    batches = loader.epoch(0)
+    count, start = 0, None
+    for i in range(steps + 2):
+        x, y = next(batches)
+        if on_gpu:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=on_gpu):
+            loss = model(x, y)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i == 1:  # after warm-up
+            if on_gpu:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        elif i > 1:
+            count += len(y)
+    if on_gpu:
+        torch.cuda.synchronize()
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    gpu = torch.cuda.is_available()
+    p.add_argument("--archs", nargs="+", default=ARCHS)
+    p.add_argument("--batch", type=int, default=256 if gpu else 16)
+    p.add_argument("--size", type=int, default=224 if gpu else 64)
+    p.add_argument("--steps", type=int, default=30 if gpu else 4)
+    p.add_argument("--images", type=int, default=20000 if gpu else 1500)
+    p.add_argument("--loader-workers", type=int, default=12 if gpu else 2)
+    a = p.parse_args()
+    device = "cuda" if gpu else "cpu"
+    result = {"device": torch.cuda.get_device_name() if gpu else f"cpu ({os.cpu_count()} cores)",
+              "torch": torch.__version__, "batch": a.batch, "size": a.size, "models": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = make_shards(tmp, a.images)
+        for name in a.archs:
+            entry = {}
+            options = {"input_size": a.size} if name in ("vgg_d", "alexnet") else {}
+            for compiled in ([False, True] if gpu else [False]):
+                tag = "compiled" if compiled else "eager"
+                if name in PEERS:
+                    entry[f"a_torchvision_{tag}_img_s"] = round(
+                        step_rate(peer(name, 10, a.size)[0], a.batch, a.size, a.steps, device, False, compiled), 1)
+                entry[f"b_ours_synthetic_{tag}_img_s"] = round(step_rate(
+                    create_model(name, 10, mode="bp", **options), a.batch, a.size, a.steps, device, True, compiled), 1)
+            entry["c_ours_from_shards_cpu_decode_img_s"] = round(
+                pipeline_rate(name, shards, a.batch, a.size, a.steps, device, "workers", a.loader_workers), 1)
+            if gpu:
+                entry["c_ours_from_shards_gpu_decode_img_s"] = round(
+                    pipeline_rate(name, shards, a.batch, a.size, a.steps, device, "device", a.loader_workers), 1)
+            if "a_torchvision_eager_img_s" in entry:
+                entry["b_over_a_eager"] = round(entry["b_ours_synthetic_eager_img_s"]
+                                                / entry["a_torchvision_eager_img_s"], 3)
+                entry["c_over_a_eager"] = round(entry["c_ours_from_shards_cpu_decode_img_s"]
+                                                / entry["a_torchvision_eager_img_s"], 3)
+            result["models"][name] = entry
+            print(json.dumps({name: entry}), file=sys.stderr)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
