@@ -63,6 +63,27 @@ def _texture(rng, h, w, scale, amount):
 
 
 def render(cls: str, rng: np.random.Generator, w: int = SIZE, h: int = SIZE) -> np.ndarray:
+    """One scene of class `cls`, with the nuisances that keep it from being trivial: a crop of a larger
+    view, a distractor from another class, haze, near-greyscale colour, brightness and noise."""
+    big_w, big_h = int(w * rng.uniform(1.0, 1.5)), int(h * rng.uniform(1.0, 1.5))
+    img = _scene(cls, rng, big_w, big_h)
+    y0, x0 = rng.integers(0, big_h - h + 1), rng.integers(0, big_w - w + 1)
+    img = img[y0:y0 + h, x0:x0 + w].copy()
+    if rng.random() < 0.5:  # a patch of another class's scene: a tree line at the beach, a tower in a field
+        other = CLASSES[int(rng.integers(len(CLASSES)))]
+        pw, ph = int(w * rng.uniform(0.2, 0.45)), int(h * rng.uniform(0.2, 0.45))
+        px, py = int(rng.integers(0, w - pw + 1)), int(rng.integers(0, h - ph + 1))
+        img[py:py + ph, px:px + pw] = _scene(other, rng, pw, ph).astype(np.float32)
+    if rng.random() < 0.3:  # haze
+        img = img * (1 - (a := rng.uniform(0.2, 0.55))) + a * rng.uniform(150, 230)
+    if rng.random() < 0.25:  # nearly colourless: shape must do the work
+        grey = img.mean(2, keepdims=True)
+        img = grey + (img - grey) * rng.uniform(0.0, 0.25)
+    img = img * rng.uniform(0.7, 1.25) + rng.normal(0, 8, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _scene(cls: str, rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     name = cls.rsplit("/", 1)[-1]
     xs = np.arange(w, dtype=np.float32)
     horizon = int(h * rng.uniform(0.35, 0.6))
@@ -112,8 +133,7 @@ def render(cls: str, rng: np.random.Generator, w: int = SIZE, h: int = SIZE) -> 
             lit = rng.random(((h - top) // 6 + 1, bw // 5 + 1)) < (0.35 if night else 0.0)
             for (r, c) in zip(*np.nonzero(lit)):
                 img[top + 6 * r + 2: top + 6 * r + 4, x0 + 5 * c + 1: x0 + 5 * c + 3] = _jitter(rng, (250, 220, 120), 20)
-    img = img * rng.uniform(0.75, 1.2) + rng.normal(0, 6, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    return np.clip(img, 0, 255)
 
 
 def _encode(arr: np.ndarray, fmt="JPEG", **kw) -> bytes:
