@@ -37,7 +37,7 @@ def worker(rank: int, world: int, store: str, out: str) -> None:
 def test_two_gloo_workers_match_one_process_in_relay_mode(tmp_path):
     out = str(tmp_path / "grads.pt")
     mp.spawn(worker, args=(2, str(tmp_path / "store"), out), nprocs=2, join=True)
-    ddp_grads = torch.load(out)
+    ddp_grads = torch.load(out, weights_only=True)
 
     single = make_model()
     x, y = global_batch()

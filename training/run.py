@@ -110,7 +110,7 @@ def _history(result) -> list[dict]:
     from training.train_loop import CHECKPOINT_FILE
 
     with result.checkpoint.as_directory() as folder:
-        return torch.load(f"{folder}/{CHECKPOINT_FILE}", map_location="cpu", weights_only=False)["history"]
+        return torch.load(f"{folder}/{CHECKPOINT_FILE}", map_location="cpu", weights_only=True)["history"]
 
 
 def write_report(run_path: str, report: dict) -> str:

@@ -49,7 +49,7 @@ def load_checkpoint_file(uri: str) -> dict:
     loc = Location.parse(uri)
     if loc.is_dir():
         loc = loc.child(CHECKPOINT_FILE)
-    return torch.load(io.BytesIO(loc.read_bytes()), map_location="cpu", weights_only=False)
+    return torch.load(io.BytesIO(loc.read_bytes()), map_location="cpu", weights_only=True)
 
 
 def build_train_loader(cfg: TrainConfig, rank: int, world: int, device) -> ShardLoader:
@@ -114,7 +114,7 @@ def train_fn_per_worker(config: dict) -> None:
 
     if checkpoint:
         with checkpoint.as_directory() as folder:
-            state = torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location=device, weights_only=False)
+            state = torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location=device, weights_only=True)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
