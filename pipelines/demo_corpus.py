@@ -22,6 +22,11 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from PIL import Image
 
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pipelines.storage import Location
+
 CLASSES = ["/b/beach", "/c/city_night", "/d/desert", "/f/field", "/f/forest", "/l/lake",
            "/m/mountain", "/o/ocean", "/s/skyscraper", "/s/snowfield"]
 TRAIN_MAX, TRAIN_MIN, VAL_PER_CLASS, TEST_PER_CLASS = 400, 40, 40, 10
@@ -224,18 +229,11 @@ def make_demo_corpus(out: str, seed: int = 0, workers: int | None = None) -> dic
     train += _oddities(seed, out)
     val = [f"{os.path.basename(rel)} {c}" for s, _, c, _, _, rel in jobs if s == "val"]
     test = [os.path.basename(rel) for s, _, _, _, _, rel in jobs if s == "test"]
-    _write_lines(os.path.join(out, "categories.txt"), [f"{c} {i}" for i, c in enumerate(CLASSES)])
-    _write_lines(os.path.join(out, "train.txt"), train)
-    _write_lines(os.path.join(out, "val.txt"), val)
-    _write_lines(os.path.join(out, "test.txt"), test)
+    lists = {"categories.txt": [f"{c} {i}" for i, c in enumerate(CLASSES)], "train.txt": train, "val.txt": val,
+             "test.txt": test}  # test.txt last: its presence means the corpus is complete (pipelines/demo.py)
+    for name, lines in lists.items():
+        Location.write_file(os.path.join(out, name), ("\n".join(lines) + "\n").encode())
     return {"out": out, "classes": len(CLASSES), "train": len(train), "val": len(val), "test": len(test)}
-
-
-def _write_lines(path: str, lines: list[str]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,10 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     lines = [json.dumps({"key": d.key, "cls": d.cls})
              for d in itertools.islice(draws(catalog, a.mode, a.seed, a.rank, a.world_size, a.epoch), a.num)]
-    out = Location.parse(a.out)
-    out.fs.makedirs(os.path.dirname(out.root), exist_ok=True)
-    Location(out.fs, os.path.dirname(out.root)).write_atomic(os.path.basename(out.root),
-                                                               ("\n".join(lines) + "\n").encode())
+    Location.write_file(a.out, ("\n".join(lines) + "\n").encode())
     print(f"{len(lines)} draws ({a.mode}, rank {a.rank}/{a.world_size}, seed {a.seed}, epoch {a.epoch}) -> {a.out}")
     return 0
 

@@ -27,6 +27,15 @@ class Location:
     root: str
 
     @classmethod
+    def write_file(cls, uri: str, data: bytes) -> str:
+        """Atomically write one file given by its own path or URI (parent folders made); returns its URI."""
+        parent, name = posixpath.split(uri.rstrip("/"))
+        folder = cls.parse(parent or ".")
+        folder.make_dirs()
+        folder.write_atomic(name, data)
+        return folder.uri(name)
+
+    @classmethod
     def parse(cls, uri: str) -> "Location":
         if "://" not in uri:
             return cls(LocalFileSystem(), os.path.abspath(uri))

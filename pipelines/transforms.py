@@ -88,11 +88,6 @@ def resize_box(x: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int,
     return F.interpolate(region, size=size, mode="bilinear", antialias=True)[0]
 
 
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """uint8 HWC -> float CHW in [0, 1]."""
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
-
-
 def resize_shorter(img: Image.Image, side: int) -> Image.Image:
     w, h = img.size
     if min(w, h) == side:
@@ -206,10 +201,6 @@ def rrc_box(w: int, h: int, scale, ratio, rng: random.Random) -> tuple[int, int,
     return x0, y0, x0 + side, y0 + side
 
 
-def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
-    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
-
-
 @dataclass(frozen=True)
 class EvalTransform:
     """protocol: center | ten_crop | full | multi_view.  Returns (views, C, H, W)."""
@@ -237,7 +228,7 @@ class EvalTransform:
         else:
             img = decode(jpeg, min(self.scales))
             views = [v for q in self.scales for v in ten_crop(resize_shorter(img, q), self.size)]
-        return torch.stack([normalize(to_tensor(v), self.mean, self.std) for v in views])
+        return BatchNormalize(self.mean, self.std)(torch.stack([to_uint8(v) for v in views]))
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:

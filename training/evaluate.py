@@ -26,6 +26,7 @@ import torch
 
 from pipelines.catalog import Catalog
 from pipelines.corpus import stable_hash
+from pipelines.storage import Location
 from pipelines.transforms import EvalTransform
 
 DEFAULT_SCALES = {"center": (256,), "ten_crop": (256,), "dense": (256, 384, 512), "multi_view": (256, 320)}
@@ -165,15 +166,7 @@ def plot_confusion(fused: np.ndarray, labels: np.ndarray, names: list[str], path
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    _write(path, buf.getvalue())
-
-
-def _write(path: str, data: bytes) -> None:
-    from pipelines.storage import Location
-
-    folder = Location.parse(os.path.dirname(path) or ".")
-    folder.make_dirs()
-    folder.write_atomic(os.path.basename(path), data)
+    Location.write_file(path, buf.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         plot_confusion(fused[scored], labels[scored], names, os.path.join(a.out, "confusion.png"))
     top5 = np.argsort(-fused, axis=1)[:, :5]
     lines = [f"{os.path.basename(src)} {' '.join(map(str, row))}" for src, row in zip(result["source"], top5)]
-    _write(os.path.join(a.out, "predictions.csv"), ("\n".join(lines) + "\n").encode())
-    _write(os.path.join(a.out, "metrics.json"), (json.dumps(metrics, indent=1) + "\n").encode())
+    Location.write_file(os.path.join(a.out, "predictions.csv"), ("\n".join(lines) + "\n").encode())
+    Location.write_file(os.path.join(a.out, "metrics.json"), (json.dumps(metrics, indent=1) + "\n").encode())
     if labeled:
         print(f"fused ({a.fusion}, {a.protocol}): top-1 error {metrics['fused']['top1_error']:.4f}, "
               f"top-5 error {metrics['fused']['top5_error']:.4f} on {int(scored.sum())} images")

@@ -96,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     report = {"run": name, "path": result.path, "config": to_dict(cfg), "final": metrics,
               "best_checkpoint": result.best_checkpoints[0][0].path if result.best_checkpoints else None,
               "history": _history(result)}
-    report_path = write_report(result.path, report)
+    from pipelines.storage import Location
+
+    report_path = Location.write_file(f"{result.path.rstrip('/')}/report.json",
+                                      (json.dumps(report, indent=1, default=str) + "\n").encode())
     print(f"top-1 error {metrics['top1_error']:.4f}, top-5 error {metrics['top5_error']:.4f} "
           f"after {metrics['epoch'] + 1} epochs ({metrics['val_images']} val images)")
     print(f"report: {report_path}")
@@ -111,14 +114,6 @@ def _history(result) -> list[dict]:
 
     with result.checkpoint.as_directory() as folder:
         return torch.load(f"{folder}/{CHECKPOINT_FILE}", map_location="cpu", weights_only=True)["history"]
-
-
-def write_report(run_path: str, report: dict) -> str:
-    from pipelines.storage import Location
-
-    loc = Location.parse(run_path)
-    loc.write_atomic("report.json", (json.dumps(report, indent=1, default=str) + "\n").encode())
-    return loc.uri("report.json")
 
 
 if __name__ == "__main__":
