@@ -5,8 +5,9 @@
 Prints JSON.  The same 256x256 JPEGs are written once as an ImageFolder tree and sharded from it by
 pipelines/shard.py (which passes them through byte for byte).  Every contender does decode + the
 same train transform (random-resized crop to 224, flip, normalise) + collate, with the same number
-of DataLoader workers and batch size, for one pass over the images after a warm-up; "per core" =
-images/s / workers.  On a GPU machine, also the batched nvJPEG decode path (decode + crop + flip +
+of DataLoader workers and batch size, for one pass over the images after a warm-up (one batch per worker), delivered as normalised float batches on the training
+device (the GPU when there is one: ours ship uint8 and normalise there, ImageFolder pins its float
+batches and copies them); "per core" = images/s / workers.  On a GPU machine, also the batched nvJPEG decode path (decode + crop + flip +
 normalise on the GPU).  Finally, the bounds of a class-aware stream over 365 classes: peak open
 shard files, peak buffered samples and bytes (classes x class_buffer at most), and how much the
 process's resident memory grew while streaming.
@@ -95,13 +96,17 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def rate(batches, warmup: int) -> float:
+def rate(batches, warmup: int, device: torch.device) -> float:
+    """Images/s of normalised float batches delivered on `device` (where training would use them)."""
     it = iter(batches)
     for _ in range(warmup):
         next(it)
     count, start = 0, time.perf_counter()
     for images, _ in it:
+        images = images.to(device, non_blocking=True)
         count += len(images)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return count / (time.perf_counter() - start)
 
 
@@ -124,20 +129,23 @@ def main() -> None:
         run(ShardConfig(out=shards, image_folder=tree, shard_samples=500))
         ray.shutdown()
         torch.set_num_threads(1)
-        warmup = 2
+        warmup = max(2, a.workers)  # every worker has delivered its first batch: steady state
 
         tv = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
                         T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        result["delivered_to"] = device.type
         folder = DataLoader(ImageFolder(tree, transform=tv), batch_size=a.batch, shuffle=True,
-                            num_workers=a.workers, persistent_workers=False)
+                            num_workers=a.workers, persistent_workers=False, pin_memory=device.type == "cuda")
         ours = TrainTransform(crop="rrc", size=224)
         figures = {}
         for _ in range(2):  # alternate, keep each one's best
-            figures["imagefolder"] = max(figures.get("imagefolder", 0), rate(folder, warmup))
+            figures["imagefolder"] = max(figures.get("imagefolder", 0), rate(folder, warmup, device))
             for mode in ("uniform", "class-aware"):
                 loader = ShardLoader(LoaderConfig(shards=shards, mode=mode, batch_size=a.batch,
-                                                  num_workers=a.workers, buffer_size=500, interleave=8), ours)
-                figures[mode] = max(figures.get(mode, 0), rate(loader.epoch(0), warmup))
+                                                  num_workers=a.workers, buffer_size=500, interleave=8), ours,
+                                     device=device)
+                figures[mode] = max(figures.get(mode, 0), rate(loader.epoch(0), warmup, device))
         for name, value in figures.items():
             result[f"{name}_img_s"] = round(value, 1)
             result[f"{name}_img_s_per_core"] = round(value / a.workers, 1)

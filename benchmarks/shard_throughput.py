@@ -94,6 +94,7 @@ def main() -> None:
                     "per_core_speedup_vs_naive": round(per_core / naive_rate[kind], 2),
                     "end_to_end_speedup_vs_naive": round(m["written"] / m["elapsed_s"] / naive_rate[kind], 2),
                 })
+                print(json.dumps(results["runs"][-1]), file=sys.stderr, flush=True)  # progress
             ray.shutdown()
     print(json.dumps(results, indent=1))
 

@@ -5,6 +5,7 @@
     feeding the same training step.
 
     python benchmarks/train_throughput.py [--archs resnet50 ...] [--batch N] [--size S] [--steps N]
+        [--pipeline-steps N] [--compile both|off|on] [--skip-pipeline]
 
 Prints JSON.  On a GPU: bf16 autocast, channels_last, 224x224.  On the CPU (this machine): fp32 at a
 small input, where (c) shares the two cores between data workers and the model.  The shards are
@@ -14,6 +15,7 @@ generated 256x256 JPEGs (pipelines/shard.py passes them through), 10 classes, im
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -67,9 +69,12 @@ def pipeline_rate(name: str, shards: str, batch: int, size: int, steps: int, dev
     loader = ShardLoader(LoaderConfig(shards=shards, mode="class-aware", batch_size=batch,
                                       num_workers=loader_workers, decode=decode),
                          TrainTransform(crop="rrc", size=size), device=device)
-    batches = loader.epoch(0)
+    batches = (batch for epoch in itertools.count() for batch in loader.epoch(epoch))
+    # Warm up past the batches DataLoader prefetches (2 per worker), so that a loader slower than the
+    # model cannot look fast by serving its initial queue inside the timed window.
+    warmup = 2 * loader_workers + 2
     count, start = 0, None
-    for i in range(steps + 2):
+    for i in range(steps + warmup):
         x, y = next(batches)
         if on_gpu:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -78,11 +83,11 @@ def pipeline_rate(name: str, shards: str, batch: int, size: int, steps: int, dev
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if i == 1:  # after warm-up
+        if i == warmup - 1:
             if on_gpu:
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        elif i > 1:
+        elif i >= warmup:
             count += len(y)
     if on_gpu:
         torch.cuda.synchronize()
@@ -95,35 +100,44 @@ def main() -> None:
     p.add_argument("--archs", nargs="+", default=ARCHS)
     p.add_argument("--batch", type=int, default=256 if gpu else 16)
     p.add_argument("--size", type=int, default=224 if gpu else 64)
-    p.add_argument("--steps", type=int, default=30 if gpu else 4)
+    p.add_argument("--steps", type=int, default=30 if gpu else 4, help="timed steps of (a) and (b)")
+    p.add_argument("--pipeline-steps", type=int, default=100 if gpu else 4, help="timed steps of (c)")
     p.add_argument("--images", type=int, default=20000 if gpu else 1500)
     p.add_argument("--loader-workers", type=int, default=12 if gpu else 2)
+    p.add_argument("--compile", choices=["both", "off", "on"], default="both" if gpu else "off",
+                   help="(a) and (b) eager, compiled or both; (c) is always eager")
+    p.add_argument("--skip-pipeline", action="store_true", help="only (a) and (b)")
     a = p.parse_args()
     device = "cuda" if gpu else "cpu"
     result = {"device": torch.cuda.get_device_name() if gpu else f"cpu ({os.cpu_count()} cores)",
               "torch": torch.__version__, "batch": a.batch, "size": a.size, "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        shards = make_shards(tmp, a.images)
+        shards = None if a.skip_pipeline else make_shards(tmp, a.images)
         for name in a.archs:
             entry = {}
             options = {"input_size": a.size} if name in ("vgg_d", "alexnet") else {}
-            for compiled in ([False, True] if gpu else [False]):
+            for compiled in {"both": [False, True], "off": [False], "on": [True]}[a.compile]:
                 tag = "compiled" if compiled else "eager"
                 if name in PEERS:
                     entry[f"a_torchvision_{tag}_img_s"] = round(
                         step_rate(peer(name, 10, a.size)[0], a.batch, a.size, a.steps, device, False, compiled), 1)
                 entry[f"b_ours_synthetic_{tag}_img_s"] = round(step_rate(
                     create_model(name, 10, mode="bp", **options), a.batch, a.size, a.steps, device, True, compiled), 1)
-            entry["c_ours_from_shards_cpu_decode_img_s"] = round(
-                pipeline_rate(name, shards, a.batch, a.size, a.steps, device, "workers", a.loader_workers), 1)
-            if gpu:
-                entry["c_ours_from_shards_gpu_decode_img_s"] = round(
-                    pipeline_rate(name, shards, a.batch, a.size, a.steps, device, "device", a.loader_workers), 1)
-            if "a_torchvision_eager_img_s" in entry:
-                entry["b_over_a_eager"] = round(entry["b_ours_synthetic_eager_img_s"]
-                                                / entry["a_torchvision_eager_img_s"], 3)
-                entry["c_over_a_eager"] = round(entry["c_ours_from_shards_cpu_decode_img_s"]
-                                                / entry["a_torchvision_eager_img_s"], 3)
+            print(json.dumps({name: entry}), file=sys.stderr)  # progress: (a) and (b)
+            if not a.skip_pipeline:
+                entry["c_ours_from_shards_cpu_decode_img_s"] = round(
+                    pipeline_rate(name, shards, a.batch, a.size, a.pipeline_steps, device, "workers", a.loader_workers), 1)
+                if gpu:
+                    entry["c_ours_from_shards_gpu_decode_img_s"] = round(
+                        pipeline_rate(name, shards, a.batch, a.size, a.pipeline_steps, device, "device", a.loader_workers), 1)
+            for tag in ("eager", "compiled"):
+                peer_rate = entry.get(f"a_torchvision_{tag}_img_s")
+                if peer_rate and f"b_ours_synthetic_{tag}_img_s" in entry:
+                    entry[f"b_over_a_{tag}"] = round(entry[f"b_ours_synthetic_{tag}_img_s"] / peer_rate, 3)
+                for decode in ("cpu", "gpu"):
+                    if peer_rate and f"c_ours_from_shards_{decode}_decode_img_s" in entry:
+                        entry[f"c_{decode}_decode_over_a_{tag}"] = round(
+                            entry[f"c_ours_from_shards_{decode}_decode_img_s"] / peer_rate, 3)
             result["models"][name] = entry
             print(json.dumps({name: entry}), file=sys.stderr)
     print(json.dumps(result, indent=1))

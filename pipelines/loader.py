@@ -184,7 +184,8 @@ class ShardLoader:
         dataset = _RankBatches(self.cfg, self.transform, self.rank, self.world_size, epoch, dict(self._states),
                                self._next_worker)
         return DataLoader(dataset, batch_size=None, num_workers=self.cfg.num_workers,
-                          persistent_workers=False, prefetch_factor=2 if self.cfg.num_workers else None)
+                          persistent_workers=False, prefetch_factor=2 if self.cfg.num_workers else None,
+                          pin_memory=self.device.type == "cuda")  # so non_blocking copies overlap
 
     def state_dict(self) -> dict:
         """Where this rank's input is, as consumed: JSON, for the training checkpoint."""
