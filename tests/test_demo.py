@@ -86,7 +86,7 @@ def test_training_reports_checkpoints_and_resumes(demo_shards, corpus, tmp_path)
     from training import run
 
     common = ["--set", f"data.train_shards={corpus}/shards/train", "--set", f"data.val_shards={corpus}/shards/val",
-              "--set", f"run.storage_path={tmp_path}", "--set", "run.name=demo-test"]
+              "--set", f"run.storage_path={tmp_path}", "--set", "run.name=demo-test", "--set", "optim.ema_decay=0.9"]
     assert run.main([*common, "--set", "run.epochs=2"]) == 0
     report = json.loads((tmp_path / "demo-test" / "report.json").read_text())
     assert [h["epoch"] for h in report["history"]] == [0, 1]
@@ -94,7 +94,8 @@ def test_training_reports_checkpoints_and_resumes(demo_shards, corpus, tmp_path)
     assert final["val_images"] == 400 and final["top1_error"] < 0.6 and final["skipped_samples"] == 0
     assert {"loss", "loss1", "loss2", "images_per_s", "data_wait_fraction", "lr"} <= set(final)
     state = torch.load(f"{report['best_checkpoint']}/state.pt", weights_only=True)
-    assert {"model", "optimizer", "scheduler", "epoch", "step", "streams", "history"} <= set(state)
+    assert {"model", "ema", "optimizer", "scheduler", "epoch", "step", "streams", "history"} <= set(state)
+    assert int(state["ema"]["n_averaged"]) == state["step"]
     assert len(state["streams"]) == 2 and all(s["mode"] == "class-aware" for s in state["streams"])
     events = list((tmp_path / "demo-test" / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
@@ -105,6 +106,10 @@ def test_training_reports_checkpoints_and_resumes(demo_shards, corpus, tmp_path)
     assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
     assert resumed["history"][:2] == report["history"]
     assert resumed["final"]["step"] == 3 * report["final"]["step"] // 2
+    # the moving average was restored and kept going: one update per optimiser step, over both attempts
+    state = torch.load(f"{resumed['best_checkpoint']}/state.pt", weights_only=True)
+    if state["epoch"] == 2:
+        assert int(state["ema"]["n_averaged"]) == resumed["final"]["step"]
 
 
 def test_bad_training_arguments_fail_before_any_work(tmp_path, capsys):

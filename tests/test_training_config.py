@@ -84,3 +84,25 @@ def test_vgg_d_warm_starts_from_a_saved_vgg_a(tmp_path):
     d = build_model(load(None, ["model.name=vgg_d", *small, f"model.init_from={tmp_path}/state.pt"]))
     assert torch.equal(d.backbone.stages["conv3"][2].weight, a.backbone.stages["conv3"][2].weight)
     assert torch.equal(d.backbone.head.fc[0].weight, a.backbone.head.fc[0].weight)
+
+
+def test_ema_averages_weights_and_is_what_checkpoints_export():
+    from training.optim import make_ema
+    from training.train_loop import inference_weights
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    ema = make_ema(model, 0.9)
+    seen = []
+    for value in (1.0, 2.0, 4.0):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.update_parameters(model)
+        seen.append(ema.module.weight[0, 0].item())
+    # first update copies; then ema = 0.9 * ema + 0.1 * w
+    assert seen == pytest.approx([1.0, 0.9 * 1.0 + 0.1 * 2.0, 0.9 * 1.1 + 0.1 * 4.0])
+    state = {"model": model.state_dict(), "ema": ema.state_dict()}
+    assert float(inference_weights(state)["weight"][0, 0]) == pytest.approx(seen[-1])
+    assert float(inference_weights({"model": model.state_dict(), "ema": None})["weight"][0, 0]) == 4.0
+    assert make_ema(model, 0.0) is None
+    with pytest.raises(ValueError, match="ema_decay"):
+        make_ema(model, 1.5)

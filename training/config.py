@@ -54,6 +54,7 @@ class OptimConfig:
     milestones: tuple[int, ...] = ()
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
+    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights; validate and export it
 
 
 @dataclass

@@ -37,14 +37,14 @@ class Predictor:
 
     def __init__(self, checkpoints: list[str], protocol: str, scales: tuple[int, ...], size: int, use_gpu: bool):
         from training.config import from_dict
-        from training.train_loop import build_model, load_checkpoint_file
+        from training.train_loop import build_model, inference_weights, load_checkpoint_file
 
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.models = []
         for path in checkpoints:
             state = load_checkpoint_file(path)
             model = build_model(from_dict(state["config"]), warm_start=False)
-            model.load_state_dict(state["model"])
+            model.load_state_dict(inference_weights(state))
             self.models.append(model.export().to(self.device).eval())
         self.protocol, self.scales = protocol, scales
         if protocol == "dense":

@@ -66,3 +66,17 @@ class Schedule:
 
 def make_scheduler(optimizer, cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> Schedule:
     return Schedule(optimizer, cfg, steps_per_epoch, epochs)
+
+
+def make_ema(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of `model`'s weights and buffers (None when `decay` is 0).
+
+    After `update_parameters(model)`: ema = decay * ema + (1 - decay) * weights; the first update
+    copies the weights.  Buffers (batch-norm statistics) are averaged too, so the average is
+    directly usable for evaluation without re-estimating them."""
+    if decay == 0:
+        return None
+    if not 0 < decay < 1:
+        raise ValueError(f"optim.ema_decay must be in [0, 1), got {decay}")
+    return torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True)

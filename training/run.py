@@ -42,6 +42,19 @@ def prepare_data(cfg: TrainConfig) -> None:
             raise ConfigError(f"no shards at {shards}: run pipelines/shard.py first")
 
 
+def storage(path: str):
+    """(storage_path, storage_filesystem) for RunConfig.  Remote paths go through the same fsspec
+    filesystem as the shards (s3fs, endpoint from AWS_ENDPOINT_URL), so MinIO-style servers work."""
+    if "://" not in path:
+        return path, None
+    import pyarrow.fs
+
+    from pipelines.storage import Location
+
+    loc = Location.parse(path)
+    return loc.root, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(loc.fs))
+
+
 def make_trainer(cfg: TrainConfig, name: str):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -50,6 +63,7 @@ def make_trainer(cfg: TrainConfig, name: str):
 
     r = cfg.run
     workers = (r.min_workers, r.workers) if r.min_workers else r.workers
+    storage_path, storage_filesystem = storage(r.storage_path)
     return TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"train": to_dict(cfg), "run_name": name,
@@ -57,7 +71,7 @@ def make_trainer(cfg: TrainConfig, name: str):
                            else os.path.join(r.storage_path, name, "tensorboard")},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=r.use_gpu,
                                      resources_per_worker={"CPU": r.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=r.storage_path,
+        run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
                              failure_config=FailureConfig(max_failures=r.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=r.num_to_keep,
                                                                 checkpoint_score_attribute="top1_error",
@@ -93,12 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run.py: training failed: {result.error}", file=sys.stderr)
         return 1
     metrics = result.metrics
-    report = {"run": name, "path": result.path, "config": to_dict(cfg), "final": metrics,
-              "best_checkpoint": result.best_checkpoints[0][0].path if result.best_checkpoints else None,
+    # Ray's paths are relative to the storage filesystem: give them their scheme back (s3://...)
+    scheme = cfg.run.storage_path.split("://")[0] + "://" if "://" in cfg.run.storage_path else ""
+    report = {"run": name, "path": scheme + result.path, "config": to_dict(cfg), "final": metrics,
+              "best_checkpoint": scheme + result.best_checkpoints[0][0].path if result.best_checkpoints else None,
               "history": _history(result)}
     from pipelines.storage import Location
 
-    report_path = Location.write_file(f"{result.path.rstrip('/')}/report.json",
+    report_path = Location.write_file(f"{cfg.run.storage_path.rstrip('/')}/{name}/report.json",
                                       (json.dumps(report, indent=1, default=str) + "\n").encode())
     print(f"top-1 error {metrics['top1_error']:.4f}, top-5 error {metrics['top5_error']:.4f} "
           f"after {metrics['epoch'] + 1} epochs ({metrics['val_images']} val images)")

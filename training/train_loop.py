@@ -21,7 +21,7 @@ from pipelines.transforms import EvalTransform, TrainTransform
 from training.config import TrainConfig, from_dict
 from training.models import create_model, init_from_shallower
 from training.metrics_sink import MetricsSink
-from training.optim import make_optimizer, make_scheduler
+from training.optim import make_ema, make_optimizer, make_scheduler
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -35,7 +35,7 @@ def build_model(cfg: TrainConfig, warm_start: bool = True):
     if m.init_from and warm_start:
         state = load_checkpoint_file(m.init_from)
         shallow = build_model(from_dict(state["config"]), warm_start=False)
-        shallow.load_state_dict(state["model"])
+        shallow.load_state_dict(inference_weights(state))
         init_from_shallower(model.backbone, shallow.backbone)
     return model
 
@@ -50,6 +50,13 @@ def load_checkpoint_file(uri: str) -> dict:
     if loc.is_dir():
         loc = loc.child(CHECKPOINT_FILE)
     return torch.load(io.BytesIO(loc.read_bytes()), map_location="cpu", weights_only=True)
+
+
+def inference_weights(state: dict) -> dict:
+    """The weights a checkpoint is validated and exported with: the moving average when EMA was on."""
+    if state.get("ema"):
+        return {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    return state["model"]
 
 
 def build_train_loader(cfg: TrainConfig, rank: int, world: int, device) -> ShardLoader:
@@ -108,6 +115,7 @@ def train_fn_per_worker(config: dict) -> None:
     loader = build_train_loader(cfg, rank, world, device)
     optimizer = make_optimizer(net, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, loader.steps_per_epoch, cfg.run.epochs)
+    ema = make_ema(net, cfg.optim.ema_decay)  # every rank keeps one: their weights are identical under DDP
     step_fn = torch.compile(ddp) if cfg.run.compile else ddp
     start_epoch, step, history = 0, 0, []
     sink = MetricsSink(config["run_name"], config.get("tensorboard_dir")) if rank == 0 else None
@@ -118,6 +126,8 @@ def train_fn_per_worker(config: dict) -> None:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state.get("ema"):
+            ema.load_state_dict(state["ema"])
         start_epoch, step, history = state["epoch"] + 1, state["step"], state["history"]
         if len(state["streams"]) == world:  # same world size: continue each rank's exact stream
             loader.load_state_dict(state["streams"][rank])
@@ -141,6 +151,8 @@ def train_fn_per_worker(config: dict) -> None:
                 optimizer.zero_grad(set_to_none=True)
                 losses["loss"].backward()
                 optimizer.step()
+                if ema is not None:
+                    ema.update_parameters(net)
                 scheduler.step_batch()
                 step += 1
                 for k, v in losses.items():
@@ -150,7 +162,7 @@ def train_fn_per_worker(config: dict) -> None:
                 digest = (digest + float((positions * (y.cpu().double() + 1)).sum()) * (rank + 1)) % 1e12
                 seen += len(y)
         elapsed = time.perf_counter() - started
-        counts = evaluate_rank(net, cfg, rank, world, device)
+        counts = evaluate_rank(net if ema is None else ema.module, cfg, rank, world, device)
         totals = torch.tensor([seen, elapsed, waited, loader.skipped, digest], dtype=torch.float64, device=device)
         loss_sums = torch.tensor([sums[k] for k in sorted(sums)], dtype=torch.float64, device=device)
         if world > 1:
@@ -159,7 +171,7 @@ def train_fn_per_worker(config: dict) -> None:
         top1_err, top5_err = 1 - float(counts[0] / counts[2]), 1 - float(counts[1] / counts[2])
         scheduler.step_epoch(1 - top1_err)
         metrics = {"epoch": epoch, "step": step, "top1_error": top1_err, "top5_error": top5_err,
-                   "val_images": int(counts[2]), "images_per_s": float(totals[0] / (totals[1] / world)),
+                   "val_images": int(counts[2]), "workers": world, "images_per_s": float(totals[0] / (totals[1] / world)),
                    "data_wait_fraction": float(totals[2] / totals[1]), "skipped_samples": int(totals[3]),
                    "input_checksum": float(totals[4]),  # which labels, in which order: equal runs, equal sums
                    "attempt_start_epoch": attempt_start,  # > 0: this epoch ran after a restore
@@ -177,6 +189,7 @@ def train_fn_per_worker(config: dict) -> None:
             saved = None
             if rank == 0:
                 torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                            "ema": ema.state_dict() if ema is not None else None,
                             "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "streams": streams,
                             "config": config["train"], "history": history},
                            os.path.join(folder, CHECKPOINT_FILE))
