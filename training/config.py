@@ -5,6 +5,7 @@ Unknown keys are refused with their dotted name, so a typo never silently trains
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 import types
@@ -91,6 +92,12 @@ def load(path: str | None = None, overrides: list[str] = ()) -> TrainConfig:
     if path:
         with open(path) as f:
             raw = yaml.safe_load(f) or {}
+    return with_overrides(raw, overrides)
+
+
+def with_overrides(raw: dict, overrides: list[str] = ()) -> TrainConfig:
+    """`raw` (a config mapping, left unchanged) with `key=value` overrides applied, type-checked."""
+    raw = copy.deepcopy(raw)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:

@@ -47,15 +47,14 @@ def storage(path: str):
     filesystem as the shards (s3fs, endpoint from AWS_ENDPOINT_URL), so MinIO-style servers work."""
     if "://" not in path:
         return path, None
-    import pyarrow.fs
-
     from pipelines.storage import Location
 
     loc = Location.parse(path)
-    return loc.root, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(loc.fs))
+    return loc.root, loc.pyarrow_fs()
 
 
-def make_trainer(cfg: TrainConfig, name: str):
+def make_trainer(cfg: TrainConfig, name: str, callbacks: list | None = None):
+    """The run's TorchTrainer; `callbacks` are Ray Train callbacks (tuning passes TuneReportCallback)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -72,6 +71,7 @@ def make_trainer(cfg: TrainConfig, name: str):
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=r.use_gpu,
                                      resources_per_worker={"CPU": r.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
+                             callbacks=callbacks,
                              failure_config=FailureConfig(max_failures=r.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=r.num_to_keep,
                                                                 checkpoint_score_attribute="top1_error",

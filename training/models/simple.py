@@ -13,13 +13,21 @@ STAGES = [("block1", 32, 5), ("block2", 64, 3), ("block3", 128, 3)]  # (name, ch
 
 
 class SimpleNet(StagedNet):
+    """`convs`: conv/BN/ReLU layers per stage (default one each): the depth the demo tuning space varies."""
+
     def __init__(self, num_classes: int = 15, width: float = 1.0, dropout: float = 0.3, init: str = "he",
-                 input_size: int = 64):  # any input size works (global pooling)
+                 input_size: int = 64,  # any input size works (global pooling)
+                 convs: tuple[int, ...] = (1, 1, 1)):
+        if len(convs) != len(STAGES) or min(convs) < 1:
+            raise ValueError(f"simple_net: convs must be {len(STAGES)} counts >= 1 (one per stage), got {convs}")
         stages, cin = [], 3
-        for name, c, k in STAGES:
+        for (name, c, k), n in zip(STAGES, convs):
             c = max(4, int(c * width))
-            stages.append((name, nn.Sequential(nn.Conv2d(cin, c, k, padding=k // 2, bias=False), nn.BatchNorm2d(c),
-                                               nn.ReLU(inplace=True), nn.MaxPool2d(2, 2))))
+            layers: list[nn.Module] = []
+            for j in range(n):
+                layers += [nn.Conv2d(cin if j == 0 else c, c, k, padding=k // 2, bias=False), nn.BatchNorm2d(c),
+                           nn.ReLU(inplace=True)]
+            stages.append((name, nn.Sequential(*layers, nn.MaxPool2d(2, 2))))
             cin = c
         super().__init__(stages, PoolLinearHead(cin, num_classes, dropout), num_classes, init=init)
 

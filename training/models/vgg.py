@@ -81,7 +81,8 @@ def init_from_shallower(deep: StagedNet, shallow: StagedNet, conv_layers: int = 
         if dst is None or dst[1].weight.shape != src[1].weight.shape:
             raise ValueError(f"{type(deep).__name__} has no convolution shaped like {src[0]} at {position}")
         dst[1].weight.data.copy_(src[1].weight.data)
-        dst[1].bias.data.copy_(src[1].bias.data)
+        if src[1].bias is not None and dst[1].bias is not None:  # batch-norm nets have none
+            dst[1].bias.data.copy_(src[1].bias.data)
         copied.append(dst[0])
     src_fc = [m for m in shallow.head.modules() if isinstance(m, nn.Linear)]
     dst_fc = [(n, m) for n, m in deep.head.named_modules() if isinstance(m, nn.Linear)]

@@ -34,10 +34,16 @@ def _scaled(c: int, width: float) -> int:
 
 
 class WMModelA(StagedNet):
+    """`convs`: convolutions per stage (the paper's 2, 2, 5, 5, 5): the depth a tuning run varies."""
+
     def __init__(self, num_classes: int = 401, width: float = 1.0, fc: int = 4096, batch_norm: bool = False,
-                 dropout: float = 0.5, init: str = "he", input_size: int = 224):  # SPP takes any size
+                 dropout: float = 0.5, init: str = "he", input_size: int = 224,  # SPP takes any size
+                 convs: tuple[int, ...] | None = None):
+        counts = tuple(convs) if convs is not None else tuple(n for _, _, n in MODEL_A)
+        if len(counts) != len(MODEL_A) or min(counts) < 1:
+            raise ValueError(f"wm_model_a: convs must be {len(MODEL_A)} counts >= 1 (one per stage), got {convs}")
         stages, cin = [], 3
-        for i, (name, c, n) in enumerate(MODEL_A):
+        for i, ((name, c, _), n) in enumerate(zip(MODEL_A, counts)):
             c = _scaled(c, width)
             layers = [layer for j in range(n) for layer in conv(cin if j == 0 else c, c, 3, batch_norm)]
             if i < len(MODEL_A) - 1:

@@ -1,0 +1,198 @@
+"""Ray Tune over learning-rate and depth schedules: every trial is a whole Ray Train run.
+
+    python tuning/search.py --config configs/BASE.yaml --space tuning/spaces/X.yaml
+        [--scheduler asha|fifo] [--search random|optuna] [--samples N] [--name NAME] [--resume]
+
+Each trial runs `train_driver`, which builds the same `TorchTrainer` as training/run.py (with the
+trial's sampled settings as `--set` overrides) and reports every epoch to Tune through
+`TuneReportCallback`.  ASHA stops trials early on validation top-1 error.  Trials run
+`max_concurrent_trials` at a time, derived from the cluster's GPUs (or CPUs) and the workers per
+trial, so queued trials never hold resources that running ones wait for.  The experiment lives in
+`run.storage_path/NAME` (local or s3://): Tune's state, each trial's Train run (`train/`), and
+`search.json` (the resolved base config and space, for `--resume` and tuning/analyze.py).
+`--resume --name NAME` continues an interrupted experiment: finished trials stay finished,
+interrupted ones resume from their last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pipelines.storage import Location
+from training.config import ConfigError, TrainConfig, load, to_dict, with_overrides
+from training.run import absolute, make_trainer, prepare_data, storage
+from tuning.space import Space, load_space, space_from_dict, space_to_dict
+
+METRIC, MODE = "top1_error", "min"
+SETUP_FILE = "search.json"
+DRIVER_MEMORY = 256 * 2**20
+FINISHED = "finished"  # per-trial markers {depth, top1_error, checkpoint}: what warm starts pick from
+
+
+def trial_config(setup: dict, sampled: dict) -> TrainConfig:
+    return with_overrides(setup["base"], space_from_dict(setup["space"]).overrides(sampled))
+
+
+def warm_start_checkpoint(setup: dict, depth: str) -> str | None:
+    """The best finished trial among the deepest ones shallower than `depth`, if any."""
+    order = space_from_dict(setup["space"]).depth_order
+    folder = Location.parse(setup["experiment"]).child(FINISHED)
+    done = [json.loads(folder.read_bytes(n)) for n, _ in folder.list_dir()] if folder.exists() else []
+    shallower = [d for d in done if d["checkpoint"] and order.index(d["depth"]) < order.index(depth)]
+    if not shallower:
+        return None
+    deepest = max(order.index(d["depth"]) for d in shallower)
+    return min((d for d in shallower if order.index(d["depth"]) == deepest), key=lambda d: d[METRIC])["checkpoint"]
+
+
+def train_driver(config: dict, setup: dict) -> None:
+    """One Tune trial: a Ray Train run named after the trial, so a restarted trial resumes it."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    cfg = trial_config(setup, config)
+    space = space_from_dict(setup["space"])
+    cfg.run.storage_path, cfg.run.name = f"{setup['experiment']}/train", None
+    if space.warm_start and not cfg.model.init_from:
+        cfg.model.init_from = warm_start_checkpoint(setup, config[space.depth])
+        if cfg.model.init_from:
+            print(f"trial {trial_id}: warm start from {cfg.model.init_from}")
+    result = make_trainer(cfg, f"trial-{trial_id}", callbacks=[TuneReportCallback()]).fit()
+    if result.error:
+        raise result.error
+    best = result.best_checkpoints[0] if result.best_checkpoints else None
+    scheme = setup["experiment"].split("://")[0] + "://" if "://" in setup["experiment"] else ""
+    marker = {"trial_id": trial_id, "depth": config.get(space.depth) if space.depth else None,
+              METRIC: best[1][METRIC] if best else None, "checkpoint": scheme + best[0].path if best else None}
+    folder = Location.parse(setup["experiment"]).child(FINISHED)
+    folder.make_dirs()
+    folder.write_atomic(f"{trial_id}.json", json.dumps(marker).encode())
+
+
+def max_concurrent(cfg: TrainConfig) -> int:
+    """How many trials fit at once: cluster GPUs (or CPUs) // what one trial's workers reserve."""
+    import ray
+
+    total = ray.cluster_resources()
+    r = cfg.run
+    need = r.workers * (1 if r.use_gpu else r.cpus_per_worker)
+    have = total.get("GPU" if r.use_gpu else "CPU", 0)
+    if have < need:
+        raise ConfigError(f"one trial needs {need:g} {'GPU' if r.use_gpu else 'CPU'} ({r.workers} workers); "
+                          f"the cluster has {have:g}")
+    return int(have // need)
+
+
+def make_tuner(setup: dict, scheduler: str, search: str, samples: int, restore: bool):
+    import ray
+    from ray import tune
+
+    base = trial_config(setup, {})
+    space = space_from_dict(setup["space"])
+    # The trial's driver only waits on its Train run: it reserves memory, not a CPU its workers need.
+    trainable = tune.with_resources(tune.with_parameters(train_driver, setup=setup),
+                                    {"cpu": 0, "memory": DRIVER_MEMORY})
+    storage_path, filesystem = storage(setup["storage_path"])
+    if restore:
+        return tune.Tuner.restore(f"{storage_path}/{setup['name']}", trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True, storage_filesystem=filesystem)
+    if scheduler == "asha":
+        sched = tune.schedulers.ASHAScheduler(time_attr="training_iteration", max_t=base.run.epochs,
+                                              grace_period=space.grace_period,
+                                              reduction_factor=space.reduction_factor)
+    else:
+        sched = tune.schedulers.FIFOScheduler()
+    if search == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=base.run.seed))
+    else:
+        searcher = tune.search.BasicVariantGenerator(random_state=base.run.seed)
+    concurrent = max_concurrent(base)
+    print(f"search.py: {samples} trials, at most {concurrent} at a time "
+          f"({ray.cluster_resources().get('GPU' if base.run.use_gpu else 'CPU', 0):g} "
+          f"{'GPUs' if base.run.use_gpu else 'CPUs'}, {base.run.workers} workers per trial)")
+    return tune.Tuner(
+        trainable, param_space=space.tune_space(),
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=samples, scheduler=sched,
+                                    search_alg=searcher, max_concurrent_trials=concurrent),
+        run_config=tune.RunConfig(name=setup["name"], storage_path=storage_path, storage_filesystem=filesystem,
+                                  failure_config=tune.FailureConfig(max_failures=base.run.max_failures)))
+
+
+def new_setup(config_path: str, space: Space, name: str, overrides: list[str]) -> dict:
+    cfg = load(config_path, overrides)
+    cfg.data.train_shards, cfg.data.val_shards = absolute(cfg.data.train_shards), absolute(cfg.data.val_shards)
+    if cfg.model.init_from:
+        cfg.model.init_from = absolute(cfg.model.init_from)
+    cfg.run.storage_path = absolute(cfg.run.storage_path)
+    experiment = f"{cfg.run.storage_path.rstrip('/')}/{name}"
+    return {"name": name, "storage_path": cfg.run.storage_path, "experiment": experiment,
+            "base_config": os.path.abspath(config_path), "base": to_dict(cfg), "space": space_to_dict(space)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="base training recipe (configs/*.yaml)")
+    p.add_argument("--space", help="search space (tuning/spaces/*.yaml)")
+    p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha")
+    p.add_argument("--search", choices=["random", "optuna"], default="random")
+    p.add_argument("--samples", type=int, default=8, help="trials to run")
+    p.add_argument("--name", help="experiment name (default: SPACE-TIMESTAMP); required with --resume")
+    p.add_argument("--storage-path", help="where experiments live (default: the base config's run.storage_path)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted experiment --name")
+    a = p.parse_args(argv)
+    try:
+        if a.resume:
+            if not a.name:
+                raise ConfigError("--resume needs --name")
+            root = absolute(a.storage_path or "runs")
+            setup_file = Location.parse(f"{root.rstrip('/')}/{a.name}").child(SETUP_FILE)
+            if not setup_file.exists():
+                raise ConfigError(f"--resume: no experiment {a.name!r} under {root} (no {SETUP_FILE})")
+            setup = json.loads(setup_file.read_bytes())
+        else:
+            if not (a.config and a.space):
+                raise ConfigError("--config and --space are required (or --resume --name NAME)")
+            space = load_space(a.space, a.config)
+            name = a.name or f"{os.path.splitext(os.path.basename(a.space))[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
+            overrides = [*a.set, *([f"run.storage_path={a.storage_path}"] if a.storage_path else [])]
+            setup = new_setup(a.config, space, name, overrides)
+            experiment = Location.parse(setup["experiment"])
+            if experiment.exists(SETUP_FILE):
+                raise ConfigError(f"experiment {name!r} exists: pass --resume to continue it, or another --name")
+            prepare_data(trial_config(setup, {}))
+            experiment.make_dirs()
+            experiment.write_atomic(SETUP_FILE, (json.dumps(setup, indent=1) + "\n").encode())
+    except (ConfigError, OSError, ValueError) as exc:
+        print(f"search.py: error: {exc}", file=sys.stderr)
+        return 2
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    results = make_tuner(setup, a.scheduler, a.search, a.samples, a.resume).fit()
+    errors = [r for r in results if r.error]
+    best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
+    print(f"best trial: {METRIC} {best.metrics_dataframe[METRIC].min():.4f} with "
+          + ", ".join(f"{k}={v}" for k, v in best.config.items()))
+    print(f"experiment: {setup['experiment']}  (analyse: python tuning/analyze.py {setup['experiment']})")
+    if errors:
+        print(f"search.py: {len(errors)} trial(s) failed: {errors[0].error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

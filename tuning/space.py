@@ -1,0 +1,118 @@
+"""Search spaces as YAML: which training-config keys a Tune experiment samples, and how.
+
+    description: what this space searches
+    params:                                   # dotted training-config keys (as `--set` takes them)
+      optim.lr: {loguniform: [0.001, 0.1]}
+      optim.schedule: {choice: [plateau, multistep, cosine]}
+      optim.milestones: {choice: [[10, 20], [15, 25]]}
+      model.name: {choice: [vgg_a, vgg_b, vgg_c, vgg_d, vgg_e]}
+    set:                                      # fixed overrides for every trial
+      run.epochs: 30
+    depth: model.name                         # the depth parameter, its choices listed shallow -> deep
+    warm_start: true                          # start each trial from the best finished shallower one
+    asha: {grace_period: 1, reduction_factor: 3}
+
+Distributions: `loguniform: [lo, hi]`, `uniform: [lo, hi]`, `randint: [lo, hi]` (hi excluded),
+`choice: [...]`.  Every sampled value reaches the trial as YAML text, exactly what `--set key=value`
+takes, so choices may be lists or mappings (milestones, convolutions per stage) and searchers that
+only handle scalars (Optuna) still work.  A schedule's parameters are sampled for every trial and
+simply unused by the other schedules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from training.config import ConfigError, load
+
+DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
+SPACE_KEYS = {"description", "params", "set", "depth", "warm_start", "asha"}
+
+
+@dataclass
+class Space:
+    path: str
+    params: dict[str, tuple[str, list]]  # key -> (distribution, arguments; choice options as YAML text)
+    fixed: dict[str, Any] = field(default_factory=dict)
+    depth: str | None = None
+    warm_start: bool = False
+    grace_period: int = 1
+    reduction_factor: int = 3
+    description: str = ""
+
+    @property
+    def depth_order(self) -> list[str]:
+        """The depth parameter's choices, shallow -> deep (YAML text, as trials receive them)."""
+        return list(self.params[self.depth][1]) if self.depth else []
+
+    def tune_space(self) -> dict:
+        from ray import tune
+
+        make = {"loguniform": tune.loguniform, "uniform": tune.uniform, "randint": tune.randint}
+        return {key: tune.choice(args) if kind == "choice" else make[kind](*args)
+                for key, (kind, args) in self.params.items()}
+
+    def overrides(self, sampled: dict) -> list[str]:
+        """`--set` items: the fixed ones, then the trial's sampled ones."""
+        return [f"{k}={as_yaml(v)}" for k, v in self.fixed.items()] + \
+               [f"{k}={v if isinstance(v, str) else as_yaml(v)}" for k, v in sampled.items() if k in self.params]
+
+
+def as_yaml(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+
+
+def load_space(path: str, base_config: str | None = None) -> Space:
+    """Parse and check a space file; with `base_config`, also check every key against the training
+    config (one trial's worth of overrides must load), so a typo fails before any trial starts."""
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    name = os.path.basename(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: expected a mapping")
+    unknown = sorted(set(raw) - SPACE_KEYS)
+    if unknown:
+        raise ConfigError(f"{name}: unknown key '{unknown[0]}'; known: {', '.join(sorted(SPACE_KEYS))}")
+    params = {}
+    for key, spec in (raw.get("params") or {}).items():
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+            raise ConfigError(f"{name}: params.{key} must be one of {{{', '.join(DISTRIBUTIONS)}: ...}}, got {spec!r}")
+        kind, args = next(iter(spec.items()))
+        if kind == "choice":
+            if not isinstance(args, list) or not args:
+                raise ConfigError(f"{name}: params.{key}.choice must be a non-empty list")
+            args = [as_yaml(a) for a in args]
+        elif not (isinstance(args, list) and len(args) == 2 and all(isinstance(a, (int, float)) for a in args)
+                  and args[0] < args[1]):
+            raise ConfigError(f"{name}: params.{key}.{kind} must be [low, high] with low < high, got {args!r}")
+        params[key] = (kind, args)
+    if not params:
+        raise ConfigError(f"{name}: no params to search")
+    asha = raw.get("asha") or {}
+    space = Space(path=os.path.abspath(path), params=params, fixed=dict(raw.get("set") or {}),
+                  depth=raw.get("depth"), warm_start=bool(raw.get("warm_start", False)),
+                  grace_period=int(asha.get("grace_period", 1)), reduction_factor=int(asha.get("reduction_factor", 3)),
+                  description=str(raw.get("description", "")))
+    if space.depth is not None and (space.depth not in params or params[space.depth][0] != "choice"):
+        raise ConfigError(f"{name}: depth must name a `choice` parameter, got {space.depth!r}")
+    if space.warm_start and space.depth is None:
+        raise ConfigError(f"{name}: warm_start needs a depth parameter")
+    if base_config is not None:
+        first = {k: args[0] for k, (kind, args) in params.items()}
+        load(base_config, space.overrides(first))  # raises ConfigError naming a bad key
+    return space
+
+
+def space_to_dict(space: Space) -> dict:
+    return dataclasses.asdict(space)
+
+
+def space_from_dict(data: dict) -> Space:
+    data = dict(data)
+    data["params"] = {k: (v[0], list(v[1])) for k, v in data["params"].items()}
+    return Space(**data)
