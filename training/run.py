@@ -53,8 +53,9 @@ def storage(path: str):
     return loc.root, loc.pyarrow_fs()
 
 
-def make_trainer(cfg: TrainConfig, name: str, callbacks: list | None = None):
-    """The run's TorchTrainer; `callbacks` are Ray Train callbacks (tuning passes TuneReportCallback)."""
+def make_trainer(cfg: TrainConfig, name: str, callbacks: list | None = None, replay_history: bool = False):
+    """The run's TorchTrainer.  `callbacks` are Ray Train callbacks; tuning passes TuneReportCallback and
+    `replay_history`, so that a restarted trial re-reports the epochs its checkpoint already holds."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -65,7 +66,7 @@ def make_trainer(cfg: TrainConfig, name: str, callbacks: list | None = None):
     storage_path, storage_filesystem = storage(r.storage_path)
     return TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={"train": to_dict(cfg), "run_name": name,
+        train_loop_config={"train": to_dict(cfg), "run_name": name, "replay_history": replay_history,
                            "tensorboard_dir": None if "://" in r.storage_path
                            else os.path.join(r.storage_path, name, "tensorboard")},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=r.use_gpu,
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     # Ray's paths are relative to the storage filesystem: give them their scheme back (s3://...)
     scheme = cfg.run.storage_path.split("://")[0] + "://" if "://" in cfg.run.storage_path else ""
     report = {"run": name, "path": scheme + result.path, "config": to_dict(cfg), "final": metrics,
-              "best_checkpoint": scheme + result.best_checkpoints[0][0].path if result.best_checkpoints else None,
+              "best_checkpoint": scheme + min(result.best_checkpoints, key=lambda c: c[1]["top1_error"])[0].path
+              if result.best_checkpoints else None,
               "history": _history(result)}
     from pipelines.storage import Location
 

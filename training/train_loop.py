@@ -131,6 +131,9 @@ def train_fn_per_worker(config: dict) -> None:
         start_epoch, step, history = state["epoch"] + 1, state["step"], state["history"]
         if len(state["streams"]) == world:  # same world size: continue each rank's exact stream
             loader.load_state_dict(state["streams"][rank])
+        if config.get("replay_history"):  # a restarted Tune trial starts its result history from scratch
+            for metrics in history:
+                ray.train.report(metrics, checkpoint=None)
 
     attempt_start = start_epoch
     for epoch in range(start_epoch, cfg.run.epochs):

@@ -22,6 +22,8 @@ import os
 import sys
 import time
 
+import yaml
+
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -34,6 +36,12 @@ METRIC, MODE = "top1_error", "min"
 SETUP_FILE = "search.json"
 DRIVER_MEMORY = 256 * 2**20
 FINISHED = "finished"  # per-trial markers {depth, top1_error, checkpoint}: what warm starts pick from
+TRIAL_CONFIGS = "trial_configs"  # each trial's whole training config, as it ran (warm start included)
+
+
+def config_yaml(cfg: TrainConfig) -> str:
+    """A training YAML that `training/run.py --config` takes (tuples as lists)."""
+    return yaml.safe_dump(json.loads(json.dumps(to_dict(cfg))), sort_keys=False)
 
 
 def trial_config(setup: dict, sampled: dict) -> TrainConfig:
@@ -58,21 +66,28 @@ def train_driver(config: dict, setup: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = tune.get_context().get_trial_id()
-    cfg = trial_config(setup, config)
     space = space_from_dict(setup["space"])
-    cfg.run.storage_path, cfg.run.name = f"{setup['experiment']}/train", None
-    if space.warm_start and not cfg.model.init_from:
-        cfg.model.init_from = warm_start_checkpoint(setup, config[space.depth])
-        if cfg.model.init_from:
-            print(f"trial {trial_id}: warm start from {cfg.model.init_from}")
-    result = make_trainer(cfg, f"trial-{trial_id}", callbacks=[TuneReportCallback()]).fit()
+    experiment = Location.parse(setup["experiment"])
+    recorded = f"{TRIAL_CONFIGS}/{trial_id}.yaml"
+    if experiment.exists(recorded):  # a restarted trial runs exactly what it started with
+        cfg = with_overrides(yaml.safe_load(experiment.read_bytes(recorded)))
+    else:
+        cfg = trial_config(setup, config)
+        cfg.run.storage_path, cfg.run.name = f"{setup['experiment']}/train", None
+        if space.warm_start and not cfg.model.init_from:
+            cfg.model.init_from = warm_start_checkpoint(setup, config[space.depth])
+            if cfg.model.init_from:
+                print(f"trial {trial_id}: warm start from {cfg.model.init_from}")
+        experiment.make_dirs(TRIAL_CONFIGS)
+        experiment.write_atomic(recorded, config_yaml(cfg).encode())
+    result = make_trainer(cfg, f"trial-{trial_id}", callbacks=[TuneReportCallback()], replay_history=True).fit()
     if result.error:
         raise result.error
-    best = result.best_checkpoints[0] if result.best_checkpoints else None
+    best = min(result.best_checkpoints, key=lambda c: c[1][METRIC]) if result.best_checkpoints else None
     scheme = setup["experiment"].split("://")[0] + "://" if "://" in setup["experiment"] else ""
     marker = {"trial_id": trial_id, "depth": config.get(space.depth) if space.depth else None,
               METRIC: best[1][METRIC] if best else None, "checkpoint": scheme + best[0].path if best else None}
-    folder = Location.parse(setup["experiment"]).child(FINISHED)
+    folder = experiment.child(FINISHED)
     folder.make_dirs()
     folder.write_atomic(f"{trial_id}.json", json.dumps(marker).encode())
 
@@ -110,21 +125,21 @@ def make_tuner(setup: dict, scheduler: str, search: str, samples: int, restore: 
                                               reduction_factor=space.reduction_factor)
     else:
         sched = tune.schedulers.FIFOScheduler()
+    concurrent = max_concurrent(base)
     if search == "optuna":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=base.run.seed))
-    else:
-        searcher = tune.search.BasicVariantGenerator(random_state=base.run.seed)
-    concurrent = max_concurrent(base)
+        searcher, limit = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=base.run.seed)), concurrent
+    else:  # the random generator takes its own limit (Tune ignores max_concurrent_trials for it)
+        searcher, limit = tune.search.BasicVariantGenerator(random_state=base.run.seed, max_concurrent=concurrent), None
     print(f"search.py: {samples} trials, at most {concurrent} at a time "
           f"({ray.cluster_resources().get('GPU' if base.run.use_gpu else 'CPU', 0):g} "
           f"{'GPUs' if base.run.use_gpu else 'CPUs'}, {base.run.workers} workers per trial)")
     return tune.Tuner(
         trainable, param_space=space.tune_space(),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=samples, scheduler=sched,
-                                    search_alg=searcher, max_concurrent_trials=concurrent),
+                                    search_alg=searcher, max_concurrent_trials=limit),
         run_config=tune.RunConfig(name=setup["name"], storage_path=storage_path, storage_filesystem=filesystem,
                                   failure_config=tune.FailureConfig(max_failures=base.run.max_failures)))
 

@@ -102,9 +102,11 @@ def load_space(path: str, base_config: str | None = None) -> Space:
         raise ConfigError(f"{name}: depth must name a `choice` parameter, got {space.depth!r}")
     if space.warm_start and space.depth is None:
         raise ConfigError(f"{name}: warm_start needs a depth parameter")
-    if base_config is not None:
+    if base_config is not None:  # every key, and every choice, must load: ConfigError names the bad one
         first = {k: args[0] for k, (kind, args) in params.items()}
-        load(base_config, space.overrides(first))  # raises ConfigError naming a bad key
+        for key, (kind, args) in params.items():
+            for option in args if kind == "choice" else args[:1]:
+                load(base_config, space.overrides({**first, key: option}))
     return space
 
 
