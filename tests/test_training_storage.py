@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from conftest import write_shards
 
 pytestmark = pytest.mark.slow
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +47,34 @@ def test_elastic_run_checkpoints_to_s3_and_reports_there(cluster_with_s3, tmp_pa
     assert report["best_checkpoint"].startswith("s3://runs/experiments/elastic/checkpoint_")
     state = load_checkpoint_file(report["best_checkpoint"])  # straight from s3
     assert len(state["streams"]) == 2 and state["epoch"] in (0, 1)
+
+
+def test_tune_experiment_on_s3_runs_and_analyzes(cluster_with_s3, tmp_path):
+    import boto3
+    import yaml
+
+    from pipelines.storage import Location
+    from tuning import analyze, search
+
+    boto3.client("s3", endpoint_url=cluster_with_s3).create_bucket(Bucket="tune")
+    write_shards(tmp_path / "train", [16, 8], shard_samples=8)
+    write_shards(tmp_path / "val", [4, 4], shard_samples=4)
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump({"params": {"optim.lr": {"loguniform": [0.01, 0.1]}}}))
+    argv = ["--config", "configs/demo.yaml", "--space", str(tmp_path / "space.yaml"), "--scheduler", "fifo",
+            "--samples", "2", "--name", "on-s3", "--storage-path", "s3://tune/experiments",
+            "--set", f"data.train_shards={tmp_path}/train", "--set", f"data.val_shards={tmp_path}/val",
+            "--set", "model.num_classes=2", "--set", "data.batch_size=8", "--set", "data.loader_workers=0",
+            "--set", "data.size=32", "--set", "data.eval_resize=36", "--set", "run.epochs=2",
+            "--set", "run.workers=1"]
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        assert search.main(argv) == 0
+        assert search.main(["--resume", "--name", "on-s3", "--storage-path", "s3://tune/experiments"]) == 0
+    finally:
+        os.chdir(cwd)
+    experiment = Location.parse("s3://tune/experiments/on-s3")
+    assert len(experiment.child("finished").list_dir()) == 2  # the resume of a finished experiment adds none
+    assert analyze.main(["s3://tune/experiments/on-s3", "--out", str(tmp_path / "analysis")]) == 0
+    assert (tmp_path / "analysis" / "best.yaml").exists() and (tmp_path / "analysis" / "curves.png").exists()
+    assert len((tmp_path / "analysis" / "trials.csv").read_text().splitlines()) == 3
