@@ -157,3 +157,18 @@ def test_initialisation_schemes(scheme):
     expected = {"he": (2 / fan_out) ** 0.5, "glorot": (2 / (fan_in + fan_out)) ** 0.5, "gaussian": 0.01}[scheme]
     assert abs(conv.weight.std().item() - expected) / expected < 0.05
     assert torch.count_nonzero(conv.bias) == 0
+
+
+@pytest.mark.parametrize("size,channels", [(5, 96), (5, 3), (4, 16)])
+def test_lrn_as_a_convolution_equals_pytorchs(size, channels):
+    from training.models.lrn import LocalResponseNorm
+
+    torch.manual_seed(0)
+    x = (torch.randn(2, channels, 7, 5, dtype=torch.float64) * 30).requires_grad_(True)
+    ours, ref = LocalResponseNorm(size, 1e-4, 0.75, 2.0), torch.nn.LocalResponseNorm(size, 1e-4, 0.75, 2.0)
+    torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=1e-12)
+    g_ours, = torch.autograd.grad((ours(x) ** 2).sum(), x)
+    g_ref, = torch.autograd.grad((ref(x) ** 2).sum(), x)
+    torch.testing.assert_close(g_ours, g_ref, rtol=0, atol=1e-12)
+    last = x.detach().float().contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ours(last), ref(last), rtol=1e-5, atol=1e-5)
