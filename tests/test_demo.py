@@ -94,7 +94,7 @@ def test_training_reports_checkpoints_and_resumes(demo_shards, corpus, tmp_path)
     assert final["val_images"] == 400 and final["top1_error"] < 0.6 and final["skipped_samples"] == 0
     assert {"loss", "loss1", "loss2", "images_per_s", "data_wait_fraction", "lr"} <= set(final)
     state = torch.load(f"{report['best_checkpoint']}/state.pt", weights_only=True)
-    assert {"model", "ema", "optimizer", "scheduler", "epoch", "step", "streams", "history"} <= set(state)
+    assert {"model", "ema", "optimizer", "scheduler", "scaler", "epoch", "step", "streams", "history"} <= set(state)
     assert int(state["ema"]["n_averaged"]) == state["step"]
     assert len(state["streams"]) == 2 and all(s["mode"] == "class-aware" for s in state["streams"])
     events = list((tmp_path / "demo-test" / "tensorboard").glob("events.out.tfevents.*"))

@@ -106,3 +106,9 @@ def test_ema_averages_weights_and_is_what_checkpoints_export():
     assert make_ema(model, 0.0) is None
     with pytest.raises(ValueError, match="ema_decay"):
         make_ema(model, 1.5)
+
+
+def test_amp_dtype_is_checked_when_the_config_loads():
+    assert load(None, ["run.amp_dtype=float16"]).run.amp_dtype == "float16"
+    with pytest.raises(ConfigError, match="run.amp_dtype must be bfloat16 or float16"):
+        load(None, ["run.amp_dtype=fp8"])

@@ -70,9 +70,14 @@ class RunSettings:
     name: str | None = None  # None: a fresh unique name
     max_failures: int = 2
     num_to_keep: int = 2
-    amp: bool = True  # bf16 autocast on GPU
+    amp: bool = True  # autocast on GPU
+    amp_dtype: str = "bfloat16"  # or "float16" (GPUs without bf16), with a dynamic loss scaler
     channels_last: bool = True  # on GPU
     compile: bool = False
+
+    def __post_init__(self):
+        if self.amp_dtype not in ("bfloat16", "float16"):
+            raise ConfigError(f"run.amp_dtype must be bfloat16 or float16, got {self.amp_dtype!r}")
 
 
 @dataclass

@@ -116,6 +116,9 @@ def train_fn_per_worker(config: dict) -> None:
     optimizer = make_optimizer(net, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, loader.steps_per_epoch, cfg.run.epochs)
     ema = make_ema(net, cfg.optim.ema_decay)  # every rank keeps one: their weights are identical under DDP
+    amp_dtype = getattr(torch, cfg.run.amp_dtype)
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
+    scaler = torch.amp.GradScaler(device.type, enabled=gpu and cfg.run.amp and amp_dtype == torch.float16)
     step_fn = torch.compile(ddp) if cfg.run.compile else ddp
     start_epoch, step, history = 0, 0, []
     sink = MetricsSink(config["run_name"], config.get("tensorboard_dir")) if rank == 0 else None
@@ -126,6 +129,8 @@ def train_fn_per_worker(config: dict) -> None:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         if ema is not None and state.get("ema"):
             ema.load_state_dict(state["ema"])
         start_epoch, step, history = state["epoch"] + 1, state["step"], state["history"]
@@ -149,11 +154,12 @@ def train_fn_per_worker(config: dict) -> None:
                 except StopIteration:
                     break
                 waited += time.perf_counter() - t
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=gpu and cfg.run.amp):
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=gpu and cfg.run.amp):
                     losses = step_fn(x, y)
                 optimizer.zero_grad(set_to_none=True)
-                losses["loss"].backward()
-                optimizer.step()
+                scaler.scale(losses["loss"]).backward()
+                scaler.step(optimizer)  # skips the step when fp16 gradients overflowed
+                scaler.update()
                 if ema is not None:
                     ema.update_parameters(net)
                 scheduler.step_batch()
@@ -192,7 +198,7 @@ def train_fn_per_worker(config: dict) -> None:
             saved = None
             if rank == 0:
                 torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                            "ema": ema.state_dict() if ema is not None else None,
+                            "ema": ema.state_dict() if ema is not None else None, "scaler": scaler.state_dict(),
                             "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "streams": streams,
                             "config": config["train"], "history": history},
                            os.path.join(folder, CHECKPOINT_FILE))
