@@ -5,9 +5,10 @@
 Prints JSON.  The same 256x256 JPEGs are written once as an ImageFolder tree and sharded from it by
 pipelines/shard.py (which passes them through byte for byte).  Every contender does decode + the
 same train transform (random-resized crop to 224, flip, normalise) + collate, with the same number
-of DataLoader workers and batch size, for one pass over the images after a warm-up (one batch per worker), delivered as normalised float batches on the training
-device (the GPU when there is one: ours ship uint8 and normalise there, ImageFolder pins its float
-batches and copies them); "per core" = images/s / workers.  On a GPU machine, also the batched nvJPEG decode path (decode + crop + flip +
+of DataLoader workers and batch size, for one pass over the images after a warm-up (one batch per
+worker), delivered as normalised float batches on the training device (the GPU when there is one:
+ours ship uint8 and normalise there, ImageFolder pins its float batches and copies them); "per core"
+= images/s / workers.  On a GPU machine, also the batched nvJPEG decode path (decode + crop + flip +
 normalise on the GPU).  Finally, the bounds of a class-aware stream over 365 classes: peak open
 shard files, peak buffered samples and bytes (classes x class_buffer at most), and how much the
 process's resident memory grew while streaming.

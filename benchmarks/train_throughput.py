@@ -124,12 +124,10 @@ def main() -> None:
                 entry[f"b_ours_synthetic_{tag}_img_s"] = round(step_rate(
                     create_model(name, 10, mode="bp", **options), a.batch, a.size, a.steps, device, True, compiled), 1)
             print(json.dumps({name: entry}), file=sys.stderr)  # progress: (a) and (b)
-            if not a.skip_pipeline:
-                entry["c_ours_from_shards_cpu_decode_img_s"] = round(
-                    pipeline_rate(name, shards, a.batch, a.size, a.pipeline_steps, device, "workers", a.loader_workers), 1)
-                if gpu:
-                    entry["c_ours_from_shards_gpu_decode_img_s"] = round(
-                        pipeline_rate(name, shards, a.batch, a.size, a.pipeline_steps, device, "device", a.loader_workers), 1)
+            for decode in ([] if a.skip_pipeline else ["workers", "device"] if gpu else ["workers"]):
+                where = "cpu" if decode == "workers" else "gpu"
+                entry[f"c_ours_from_shards_{where}_decode_img_s"] = round(pipeline_rate(
+                    name, shards, a.batch, a.size, a.pipeline_steps, device, decode, a.loader_workers), 1)
             for tag in ("eager", "compiled"):
                 peer_rate = entry.get(f"a_torchvision_{tag}_img_s")
                 if peer_rate and f"b_ours_synthetic_{tag}_img_s" in entry:

@@ -43,8 +43,8 @@ def test_killed_experiment_resumes_to_completion_and_analyzes(tmp_path):
         "depth": "model.options.convs", "warm_start": True}))
     search = [sys.executable, f"{ROOT}/tuning/search.py", "--scheduler", "fifo", "--name", "exp1"]
     log = open(tmp_path / "first.log", "wb")
-    driver = subprocess.Popen([*search, "--config", str(tmp_path / "base.yaml"), "--space", str(tmp_path / "space.yaml"),
-                               "--samples", "3"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+    first = [*search, "--config", str(tmp_path / "base.yaml"), "--space", str(tmp_path / "space.yaml"), "--samples", "3"]
+    driver = subprocess.Popen(first, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)  # its own process group: the driver and its Ray
     experiment = tmp_path / "exp" / "exp1"
     deadline = time.time() + 300

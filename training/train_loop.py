@@ -180,7 +180,8 @@ def train_fn_per_worker(config: dict) -> None:
         top1_err, top5_err = 1 - float(counts[0] / counts[2]), 1 - float(counts[1] / counts[2])
         scheduler.step_epoch(1 - top1_err)
         metrics = {"epoch": epoch, "step": step, "top1_error": top1_err, "top5_error": top5_err,
-                   "val_images": int(counts[2]), "workers": world, "images_per_s": float(totals[0] / (totals[1] / world)),
+                   "val_images": int(counts[2]), "workers": world,
+                   "images_per_s": float(totals[0] / (totals[1] / world)),
                    "data_wait_fraction": float(totals[2] / totals[1]), "skipped_samples": int(totals[3]),
                    "input_checksum": float(totals[4]),  # which labels, in which order: equal runs, equal sums
                    "attempt_start_epoch": attempt_start,  # > 0: this epoch ran after a restore

@@ -145,7 +145,8 @@ def plot(setup: dict, trials: list[dict], rows: list[dict], out: Location) -> li
                        label=f"schedule: {kind}" if kind else None)
             annotate_epochs(ax, [(r["optim.lr"], r[f"best_{METRIC}"], r["epochs"]) for r in pts])
         ax.set_xscale("log")
-        ax.set(xlabel="initial learning rate", ylabel="best validation top-1 error", title="error vs learning rate (labels: epochs run)")
+        ax.set(xlabel="initial learning rate", ylabel="best validation top-1 error",
+               title="error vs learning rate (labels: epochs run)")
         ax.grid(alpha=0.3)
         if kinds != [""]:
             ax.legend()
