@@ -29,6 +29,25 @@ def absolute(path: str) -> str:
     return path if "://" in path else os.path.abspath(path)
 
 
+def resolve_paths(cfg: TrainConfig) -> TrainConfig:
+    """Local paths made absolute: Ray Train workers run in a run folder of their own."""
+    cfg.data.train_shards, cfg.data.val_shards = absolute(cfg.data.train_shards), absolute(cfg.data.val_shards)
+    if cfg.model.init_from:
+        cfg.model.init_from = absolute(cfg.model.init_from)
+    cfg.run.storage_path = absolute(cfg.run.storage_path)
+    return cfg
+
+
+def best_checkpoint(result, storage_path: str) -> tuple[str, dict] | None:
+    """(URI, metrics) of a finished run's kept checkpoint with the lowest top-1 error.  Ray's paths
+    are relative to the storage filesystem: the URI gets storage_path's scheme (s3://...) back."""
+    if not result.best_checkpoints:
+        return None
+    checkpoint, metrics = min(result.best_checkpoints, key=lambda c: c[1]["top1_error"])
+    scheme = storage_path.split("://")[0] + "://" if "://" in storage_path else ""
+    return scheme + checkpoint.path, metrics
+
+
 def prepare_data(cfg: TrainConfig) -> None:
     """Create the demo corpus and shards when the config points at the demo's and they are absent."""
     for shards in (cfg.data.train_shards, cfg.data.val_shards):
@@ -87,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", metavar="RUN_NAME", help="continue this run from its latest checkpoint")
     a = p.parse_args(argv)
     try:
-        cfg = load(a.config, a.set)
-        cfg.data.train_shards, cfg.data.val_shards = absolute(cfg.data.train_shards), absolute(cfg.data.val_shards)
-        cfg.run.storage_path = absolute(cfg.run.storage_path)
+        cfg = resolve_paths(load(a.config, a.set))
         name = a.resume or cfg.run.name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         if a.resume and "://" not in cfg.run.storage_path and not os.path.isdir(
                 os.path.join(cfg.run.storage_path, a.resume)):
@@ -108,12 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run.py: training failed: {result.error}", file=sys.stderr)
         return 1
     metrics = result.metrics
-    # Ray's paths are relative to the storage filesystem: give them their scheme back (s3://...)
-    scheme = cfg.run.storage_path.split("://")[0] + "://" if "://" in cfg.run.storage_path else ""
-    report = {"run": name, "path": scheme + result.path, "config": to_dict(cfg), "final": metrics,
-              "best_checkpoint": scheme + min(result.best_checkpoints, key=lambda c: c[1]["top1_error"])[0].path
-              if result.best_checkpoints else None,
-              "history": _history(result)}
+    best = best_checkpoint(result, cfg.run.storage_path)
+    report = {"run": name, "path": f"{cfg.run.storage_path.rstrip('/')}/{name}", "config": to_dict(cfg),
+              "final": metrics, "best_checkpoint": best[0] if best else None, "history": _history(result)}
     from pipelines.storage import Location
 
     report_path = Location.write_file(f"{cfg.run.storage_path.rstrip('/')}/{name}/report.json",

@@ -29,7 +29,7 @@ if __package__ in (None, ""):
 
 from pipelines.storage import Location
 from training.config import ConfigError, TrainConfig, load, to_dict, with_overrides
-from training.run import absolute, make_trainer, prepare_data, storage
+from training.run import absolute, best_checkpoint, make_trainer, prepare_data, resolve_paths, storage
 from tuning.space import Space, load_space, space_from_dict, space_to_dict
 
 METRIC, MODE = "top1_error", "min"
@@ -83,10 +83,9 @@ def train_driver(config: dict, setup: dict) -> None:
     result = make_trainer(cfg, f"trial-{trial_id}", callbacks=[TuneReportCallback()], replay_history=True).fit()
     if result.error:
         raise result.error
-    best = min(result.best_checkpoints, key=lambda c: c[1][METRIC]) if result.best_checkpoints else None
-    scheme = setup["experiment"].split("://")[0] + "://" if "://" in setup["experiment"] else ""
+    best = best_checkpoint(result, cfg.run.storage_path)
     marker = {"trial_id": trial_id, "depth": config.get(space.depth) if space.depth else None,
-              METRIC: best[1][METRIC] if best else None, "checkpoint": scheme + best[0].path if best else None}
+              METRIC: best[1][METRIC] if best else None, "checkpoint": best[0] if best else None}
     folder = experiment.child(FINISHED)
     folder.make_dirs()
     folder.write_atomic(f"{trial_id}.json", json.dumps(marker).encode())
@@ -145,11 +144,7 @@ def make_tuner(setup: dict, scheduler: str, search: str, samples: int, restore: 
 
 
 def new_setup(config_path: str, space: Space, name: str, overrides: list[str]) -> dict:
-    cfg = load(config_path, overrides)
-    cfg.data.train_shards, cfg.data.val_shards = absolute(cfg.data.train_shards), absolute(cfg.data.val_shards)
-    if cfg.model.init_from:
-        cfg.model.init_from = absolute(cfg.model.init_from)
-    cfg.run.storage_path = absolute(cfg.run.storage_path)
+    cfg = resolve_paths(load(config_path, overrides))
     experiment = f"{cfg.run.storage_path.rstrip('/')}/{name}"
     return {"name": name, "storage_path": cfg.run.storage_path, "experiment": experiment,
             "base_config": os.path.abspath(config_path), "base": to_dict(cfg), "space": space_to_dict(space)}
