@@ -68,7 +68,7 @@ def pipeline_rate(name: str, shards: str, batch: int, size: int, steps: int, dev
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loader = ShardLoader(LoaderConfig(shards=shards, mode="class-aware", batch_size=batch,
                                       num_workers=loader_workers, decode=decode),
-                         TrainTransform(crop="rrc", size=size), device=device)
+                         TrainTransform(crop="rrc", size=size), device=device, channels_last=on_gpu)
     batches = (batch for epoch in itertools.count() for batch in loader.epoch(epoch))
     # Warm up past the batches DataLoader prefetches (2 per worker), so that a loader slower than the
     # model cannot look fast by serving its initial queue inside the timed window.

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from pipelines.catalog import Catalog
 from pipelines.corpus import stable_hash
@@ -57,9 +57,9 @@ class LoaderConfig:
 
 class _RankBatches(IterableDataset):
     def __init__(self, cfg: LoaderConfig, transform: TrainTransform, rank: int, world_size: int, epoch: int,
-                 states: dict[int, dict], rotation: int):
+                 states: dict[int, dict], rotation: int, channels_last: bool):
         self.cfg, self.transform, self.rank, self.world_size, self.epoch = cfg, transform, rank, world_size, epoch
-        self.states, self.rotation = states, rotation
+        self.states, self.rotation, self.channels_last = states, rotation, channels_last
 
     def __iter__(self):
         info = get_worker_info()
@@ -99,24 +99,37 @@ class _RankBatches(IterableDataset):
         if images:
             yield self._batch(images, extras, labels, worker, stream, bad)
 
-    @staticmethod
-    def _batch(images, extras, labels, worker, stream, bad):
+    def _batch(self, images, extras, labels, worker, stream, bad):
         state = {**stream.state_dict(), "bad_samples": bad}
-        images = images if isinstance(images[0], bytes) else torch.stack(images)
+        # default_collate stacks straight into shared memory, so the batch is not copied again to reach
+        # the training process
+        if isinstance(images[0], bytes):
+            pass
+        elif self.channels_last:  # crops are HWC in memory (as decoded): stacking them so is a plain copy
+            images = default_collate([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+        else:
+            images = default_collate(images)
         return (images, torch.tensor(extras, dtype=torch.float32), torch.tensor(labels),
                 {"worker": worker, "state": state, "skipped": stream.skipped + bad})
+
+
+def _as_is(batch):
+    """Batches are made in the workers; DataLoader's default would walk every stream-state field."""
+    return batch
 
 
 class ShardLoader:
     """`transform(jpeg, rng) -> (uint8 CHW, PCA alphas)` runs in the workers (a `TrainTransform`);
     its `batch_normalizer()` finishes each batch on `device` (float, colour noise, mean/std).
     With `decode="device"` the workers only read and draw crop offsets/flips, and each batch is
-    decoded on `device` (nvJPEG on CUDA) with a random `transform.size` crop, flip and mean/std there."""
+    decoded on `device` (nvJPEG on CUDA) with a random `transform.size` crop, flip and mean/std there.
+    Batches come channels-last with `channels_last` (for a channels-last model), else NCHW-contiguous."""
 
     def __init__(self, cfg: LoaderConfig, transform: TrainTransform, rank: int = 0, world_size: int = 1,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", channels_last: bool = False):
         self.cfg, self.transform, self.rank, self.world_size = cfg, transform, rank, world_size
         self.device = torch.device(device)
+        self.channels_last = channels_last
         self.normalize = transform.batch_normalizer()
         self.catalog = Catalog.load(cfg.shards)
         self.workers = max(1, cfg.num_workers)
@@ -173,8 +186,9 @@ class ShardLoader:
             non_blocking = self.device.type == "cuda"
             labels = labels.to(self.device, non_blocking=non_blocking)
             if self.cfg.decode == "device":
-                yield decode_batch_on_device(images, self.transform.size, self.device, extras,
-                                             self.transform.mean, self.transform.std, self.transform.flip), labels
+                layout = torch.channels_last if self.channels_last else torch.contiguous_format
+                yield decode_batch_on_device(images, self.transform.size, self.device, extras, self.transform.mean,
+                                             self.transform.std, self.transform.flip, layout), labels
             else:
                 yield self.normalize(images.to(self.device, non_blocking=non_blocking), extras), labels
         self._epoch = None
@@ -182,8 +196,8 @@ class ShardLoader:
 
     def _data_loader(self, epoch: int) -> DataLoader:
         dataset = _RankBatches(self.cfg, self.transform, self.rank, self.world_size, epoch, dict(self._states),
-                               self._next_worker)
-        return DataLoader(dataset, batch_size=None, num_workers=self.cfg.num_workers,
+                               self._next_worker, self.channels_last)
+        return DataLoader(dataset, batch_size=None, collate_fn=_as_is, num_workers=self.cfg.num_workers,
                           persistent_workers=False, prefetch_factor=2 if self.cfg.num_workers else None,
                           pin_memory=self.device.type == "cuda")  # so non_blocking copies overlap
 

@@ -162,3 +162,28 @@ def test_decode_paths_agree():
     assert decode_uint8(cmyk).shape == (3, 64, 96)  # CMYK: Pillow too
     big = encode(scene(4, 800, 600))
     assert decode_uint8(big, min_side=256).shape == (3, 300, 400)  # reduced-DCT decode
+
+
+def test_resize_box_is_the_plain_antialiased_resize_of_the_box():
+    from pipelines.transforms import resize_box
+
+    x = decode_uint8(encode(scene(5, 90, 70)))
+    for box in [(0, 0, 90, 70), (7, 3, 50, 61), (40, 10, 41, 12)]:
+        x0, y0, x1, y1 = box
+        reference = torch.nn.functional.interpolate(x[None, :, y0:y1, x0:x1].contiguous(), size=(32, 24),
+                                                    mode="bilinear", antialias=True)[0]
+        assert torch.equal(resize_box(x, box, (32, 24)), reference)
+    assert torch.equal(resize_box(x, (10, 20, 34, 52), (32, 24)), x[:, 20:52, 10:34])  # already the size
+
+
+@pytest.mark.parametrize("decode", ["workers", "device"])
+def test_channels_last_batches_hold_the_same_values(shards, decode):
+    def batches(channels_last):
+        cfg = LoaderConfig(shards=shards, mode="uniform", batch_size=7, num_workers=2, seed=11, decode=decode)
+        return list(ShardLoader(cfg, TrainTransform(crop="rrc", size=16), channels_last=channels_last).epoch(0))
+
+    plain, last = batches(False), batches(True)
+    assert len(plain) == len(last)
+    for (a, la), (b, lb) in zip(plain, last):
+        assert a.is_contiguous() and b.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous()
+        assert torch.equal(a, b) and torch.equal(la, lb)
