@@ -87,3 +87,17 @@ def test_fuse_functions():
     assert np.allclose(avg, [[0.45, 0.55], [0.55, 0.45]])
     prod, _ = evaluate.fuse(probs, "product", np.zeros(2, bool), np.array([0, 1]))
     assert prod.argmax(1).tolist() == [1, 0]
+
+
+def test_bad_paths_are_refused_by_name_before_any_work(setup, tmp_path, capsys):
+    root, paths = setup
+    good = paths[0][0]
+    cases = [([good, str(tmp_path / "missing.pt")], str(root / "val"), "missing.pt: neither a state.pt"),
+             ([str(tmp_path)], str(root / "val"), f"--checkpoint {tmp_path}: neither"),
+             ([good], str(tmp_path / "noshards"), "no index.json in")]
+    for checkpoints, shards, message in cases:
+        argv = [arg for c in checkpoints for arg in ("--checkpoint", c)]
+        out = tmp_path / "out"
+        assert evaluate.main([*argv, "--shards", shards, "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+        assert not (out / "metrics.json").exists()

@@ -169,6 +169,17 @@ def plot_confusion(fused: np.ndarray, labels: np.ndarray, names: list[str], path
     Location.write_file(path, buf.getvalue())
 
 
+def check_inputs(checkpoints: list[str], shards: str) -> None:
+    """Every checkpoint is a state.pt or a folder holding one; the shards have an index."""
+    from training.train_loop import CHECKPOINT_FILE
+
+    for path in checkpoints:
+        loc = Location.parse(path)
+        if not (loc.is_file() or loc.is_file(CHECKPOINT_FILE)):
+            raise FileNotFoundError(f"--checkpoint {path}: neither a {CHECKPOINT_FILE} nor a folder holding one")
+    Catalog.load(shards)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", action="append", required=True, help="state.pt written by training (repeat)")
@@ -183,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
+    try:  # before Ray starts: a wrong path is a one-line error, not a traceback from an actor
+        check_inputs(a.checkpoint, a.shards)
+        Location.parse(a.out).check_writable()
+    except (OSError, ValueError) as exc:
+        print(f"evaluate.py: error: {exc}", file=sys.stderr)
+        return 2
     import ray
 
     if not ray.is_initialized():
