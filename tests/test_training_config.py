@@ -112,3 +112,14 @@ def test_amp_dtype_is_checked_when_the_config_loads():
     assert load(None, ["run.amp_dtype=float16"]).run.amp_dtype == "float16"
     with pytest.raises(ConfigError, match="run.amp_dtype must be bfloat16 or float16"):
         load(None, ["run.amp_dtype=fp8"])
+
+
+def test_console_lines():
+    from training.metrics_sink import epoch_line, progress_line
+
+    assert progress_line(2, 90, 1200, 5004, 3980.4, 4.21349, 0.031) == \
+        "epoch 3/90 step 1200/5004 (24%): 3,980 img/s, loss 4.2135, data wait 3%"
+    metrics = {"epoch": 0, "top1_error": 0.5025, "top5_error": 0.0775, "val_images": 400, "loss": 3.61214,
+               "images_per_s": 362.2, "data_wait_fraction": 0.04, "lr": 0.05}
+    assert epoch_line(metrics, 8) == ("epoch 1/8 done: top-1 error 50.25%, top-5 error 7.75% (400 val images), "
+                                      "loss 3.6121, 362 img/s, data wait 4%, lr 0.05")

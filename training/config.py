@@ -74,6 +74,7 @@ class RunSettings:
     amp_dtype: str = "bfloat16"  # or "float16" (GPUs without bf16), with a dynamic loss scaler
     channels_last: bool = True  # on GPU
     compile: bool = False
+    progress_every_s: float = 60.0  # rank 0's in-epoch console line; 0: after every step
 
     def __post_init__(self):
         if self.amp_dtype not in ("bfloat16", "float16"):

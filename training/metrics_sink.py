@@ -1,9 +1,15 @@
-"""Where each epoch's metrics go besides `ray.train.report`: TensorBoard event files and Ray custom
-metrics (`ray.util.metrics`), which the Ray dashboard's metrics view and Prometheus pick up."""
+"""Where rank 0's metrics go besides `ray.train.report`: one console line per epoch (and one every
+`run.progress_every_s` inside it), TensorBoard event files, and Ray custom metrics
+(`ray.util.metrics`), which the Ray dashboard's metrics view and Prometheus pick up."""
 
 from __future__ import annotations
 
+import logging
+
 from ray.util.metrics import Gauge
+
+# Ray Train sends worker logs to the driver's console; a print() there appears twice (Ray 2.60)
+log = logging.getLogger(__name__)
 
 # metric key -> (Ray metric name, description)
 GAUGES = {
@@ -26,7 +32,12 @@ class MetricsSink:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(tensorboard_dir)
 
-    def epoch(self, metrics: dict) -> None:
+    def progress(self, epoch: int, epochs: int, step: int, steps: int, images_per_s: float, loss: float,
+                 data_wait: float) -> None:
+        log.info(progress_line(epoch, epochs, step, steps, images_per_s, loss, data_wait))
+
+    def epoch(self, metrics: dict, epochs: int) -> None:
+        log.info(epoch_line(metrics, epochs))
         for key, gauge in self.gauges.items():
             if key in metrics:
                 gauge.set(float(metrics[key]), tags=self.tags)
@@ -39,3 +50,15 @@ class MetricsSink:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def progress_line(epoch: int, epochs: int, step: int, steps: int, images_per_s: float, loss: float,
+                  data_wait: float) -> str:
+    return (f"epoch {epoch + 1}/{epochs} step {step}/{steps} ({step / max(steps, 1):.0%}): "
+            f"{images_per_s:,.0f} img/s, loss {loss:.4f}, data wait {data_wait:.0%}")
+
+
+def epoch_line(m: dict, epochs: int) -> str:
+    return (f"epoch {m['epoch'] + 1}/{epochs} done: top-1 error {m['top1_error']:.2%}, "
+            f"top-5 error {m['top5_error']:.2%} ({m['val_images']} val images), loss {m.get('loss', float('nan')):.4f}, "
+            f"{m['images_per_s']:,.0f} img/s, data wait {m['data_wait_fraction']:.0%}, lr {m['lr']:.3g}")

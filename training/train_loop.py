@@ -144,8 +144,11 @@ def train_fn_per_worker(config: dict) -> None:
     attempt_start = start_epoch
     for epoch in range(start_epoch, cfg.run.epochs):
         net.train()
-        sums, seen, waited, digest = defaultdict(float), 0, 0.0, 0.0
-        started = time.perf_counter()
+        # running sums stay on the device: reading them every step would stall the GPU queue
+        sums = defaultdict(lambda: torch.zeros((), dtype=torch.float64, device=device))
+        digest = torch.zeros((), dtype=torch.float64, device=device)
+        seen, waited, done = 0, 0.0, 0
+        started = last_note = time.perf_counter()
         batches = loader.epoch(epoch)
         with ddp.join() if world > 1 and cfg.data.sampling == "uniform" else nullcontext():  # uneven last batches
             while True:
@@ -165,16 +168,25 @@ def train_fn_per_worker(config: dict) -> None:
                     ema.update_parameters(net)
                 scheduler.step_batch()
                 step += 1
+                done += 1
                 for k, v in losses.items():
                     if k.startswith("loss"):
-                        sums[k] += float(v.detach()) * len(y)
-                positions = torch.arange(seen + 1, seen + len(y) + 1, dtype=torch.float64)
-                digest = (digest + float((positions * (y.cpu().double() + 1)).sum()) * (rank + 1)) % 1e12
+                        sums[k] += v.detach().double() * len(y)
+                positions = torch.arange(seen + 1, seen + len(y) + 1, dtype=torch.float64, device=device)
+                digest = torch.fmod(digest + (positions * (y.double() + 1)).sum() * (rank + 1), 1e12)
                 seen += len(y)
+                now = time.perf_counter()
+                if sink is not None and now - last_note >= cfg.run.progress_every_s:
+                    last_note = now
+                    sink.progress(epoch, cfg.run.epochs, done, loader.steps_per_epoch, seen * world / (now - started),
+                                  float(sums["loss"]) / seen, waited / (now - started))
+        if gpu:
+            torch.cuda.synchronize(device)  # the epoch's time includes the queued GPU work
         elapsed = time.perf_counter() - started
         counts = evaluate_rank(net if ema is None else ema.module, cfg, rank, world, device)
-        totals = torch.tensor([seen, elapsed, waited, loader.skipped, digest], dtype=torch.float64, device=device)
-        loss_sums = torch.tensor([sums[k] for k in sorted(sums)], dtype=torch.float64, device=device)
+        totals = torch.tensor([seen, elapsed, waited, loader.skipped, float(digest)], dtype=torch.float64,
+                              device=device)
+        loss_sums = torch.stack([sums[k] for k in sorted(sums)]) if sums else totals[:0]
         if world > 1:
             for tensor in (counts, totals, loss_sums):
                 dist.all_reduce(tensor)
@@ -190,7 +202,7 @@ def train_fn_per_worker(config: dict) -> None:
                    **{k: float(v / max(totals[0], 1)) for k, v in zip(sorted(sums), loss_sums)}}
         history.append(metrics)
         if sink is not None:
-            sink.epoch(metrics)
+            sink.epoch(metrics, cfg.run.epochs)
         streams = [None] * world
         if world > 1:
             dist.all_gather_object(streams, loader.state_dict())
