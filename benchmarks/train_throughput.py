@@ -2,10 +2,12 @@
 (a) torchvision's model in a plain loop on synthetic batches already on the device (eager; compiled on GPU);
 (b) our training step (`model(x, y)["loss"]`, relay-capable model) on the same synthetic batches;
 (c) our whole pipeline from shards: class-aware `ShardLoader` (CPU decode; also nvJPEG decode on a GPU)
-    feeding the same training step.
+    feeding the same training step;
+(d) the product: `training/run.py`'s TorchTrainer (one Ray Train worker, CPU decode) training from the
+    same shards for `--trainer-epochs` epochs; its `images_per_s` metric of the last epoch.
 
     python benchmarks/train_throughput.py [--archs resnet50 ...] [--batch N] [--size S] [--steps N]
-        [--pipeline-steps N] [--compile both|off|on] [--skip-pipeline]
+        [--pipeline-steps N] [--trainer-epochs N] [--compile both|off|on] [--skip-pipeline]
 
 Prints JSON.  On a GPU: bf16 autocast, channels_last, 224x224.  On the CPU (this machine): fp32 at a
 small input, where (c) shares the two cores between data workers and the model.  The shards are
@@ -36,7 +38,7 @@ from training.models import create_model
 ARCHS = ["resnet50", "resnet18", "vgg_d", "alexnet", "googlenet", "wm_model_a", "wm_model_b"]
 
 
-def make_shards(root: str, images: int) -> str:
+def make_shards(root: str, images: int, name: str = "shards") -> str:
     import numpy as np
     import ray
     from PIL import Image
@@ -44,14 +46,14 @@ def make_shards(root: str, images: int) -> str:
     from pipelines.shard import ShardConfig, run
 
     rng = np.random.default_rng(0)
-    tree = os.path.join(root, "tree")
+    tree = os.path.join(root, f"{name}-tree")
     for i in range(images):
         cls = min(9, int(rng.exponential(3)))  # imbalanced, as Places2
         folder = os.path.join(tree, f"class{cls}")
         os.makedirs(folder, exist_ok=True)
         Image.fromarray(rng.uniform(0, 255, (16, 16, 3)).astype(np.uint8)).resize((256, 256)).save(
             os.path.join(folder, f"{i:06d}.jpg"), quality=90)
-    out = os.path.join(root, "shards")
+    out = os.path.join(root, name)
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     run(ShardConfig(out=out, image_folder=tree, shard_samples=200))
     ray.shutdown()
@@ -94,6 +96,24 @@ def pipeline_rate(name: str, shards: str, batch: int, size: int, steps: int, dev
     return count / (time.perf_counter() - start)
 
 
+def trainer_rate(name: str, shards: str, val_shards: str, a: argparse.Namespace, storage: str, gpu: bool) -> float:
+    from training.config import load
+    from training.run import make_trainer
+
+    options = {"input_size": a.size} if name in ("vgg_d", "alexnet") else {}
+    cfg = load(None, [f"model.name={name}", "model.num_classes=10", "model.mode=bp",
+                      f"model.options={json.dumps(options)}", f"data.train_shards={shards}",
+                      f"data.val_shards={val_shards}", f"data.batch_size={a.batch}", f"data.size={a.size}",
+                      f"data.eval_resize={round(a.size * 8 / 7)}", f"data.loader_workers={a.loader_workers}",
+                      f"run.epochs={a.trainer_epochs}", "run.workers=1", f"run.use_gpu={str(gpu).lower()}",
+                      f"run.cpus_per_worker={min(os.cpu_count(), a.loader_workers + 1)}",
+                      f"run.storage_path={storage}", "run.num_to_keep=1"])
+    result = make_trainer(cfg, f"{name}-{time.strftime('%H%M%S')}").fit()
+    if result.error:
+        raise result.error
+    return result.metrics["images_per_s"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     gpu = torch.cuda.is_available()
@@ -106,6 +126,7 @@ def main() -> None:
     p.add_argument("--loader-workers", type=int, default=12 if gpu else 2)
     p.add_argument("--compile", choices=["both", "off", "on"], default="both" if gpu else "off",
                    help="(a) and (b) eager, compiled or both; (c) is always eager")
+    p.add_argument("--trainer-epochs", type=int, default=2, help="epochs of (d), the last one timed; 0: no (d)")
     p.add_argument("--skip-pipeline", action="store_true", help="only (a) and (b)")
     a = p.parse_args()
     device = "cuda" if gpu else "cpu"
@@ -113,6 +134,12 @@ def main() -> None:
               "torch": torch.__version__, "batch": a.batch, "size": a.size, "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         shards = None if a.skip_pipeline else make_shards(tmp, a.images)
+        trainer = not a.skip_pipeline and a.trainer_epochs > 0
+        if trainer:
+            import ray
+
+            val_shards = make_shards(tmp, 4 * a.batch, "val")
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         for name in a.archs:
             entry = {}
             options = {"input_size": a.size} if name in ("vgg_d", "alexnet") else {}
@@ -128,6 +155,9 @@ def main() -> None:
                 where = "cpu" if decode == "workers" else "gpu"
                 entry[f"c_ours_from_shards_{where}_decode_img_s"] = round(pipeline_rate(
                     name, shards, a.batch, a.size, a.pipeline_steps, device, decode, a.loader_workers), 1)
+            if trainer:
+                entry["d_trainer_img_s"] = round(trainer_rate(name, shards, val_shards, a, os.path.join(tmp, "runs"),
+                                                              gpu), 1)
             for tag in ("eager", "compiled"):
                 peer_rate = entry.get(f"a_torchvision_{tag}_img_s")
                 if peer_rate and f"b_ours_synthetic_{tag}_img_s" in entry:
@@ -136,6 +166,8 @@ def main() -> None:
                     if peer_rate and f"c_ours_from_shards_{decode}_decode_img_s" in entry:
                         entry[f"c_{decode}_decode_over_a_{tag}"] = round(
                             entry[f"c_ours_from_shards_{decode}_decode_img_s"] / peer_rate, 3)
+                if peer_rate and "d_trainer_img_s" in entry:
+                    entry[f"d_over_a_{tag}"] = round(entry["d_trainer_img_s"] / peer_rate, 3)
             result["models"][name] = entry
             print(json.dumps({name: entry}), file=sys.stderr)
     print(json.dumps(result, indent=1))
