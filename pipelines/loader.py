@@ -113,6 +113,33 @@ class _RankBatches(IterableDataset):
                 {"worker": worker, "state": state, "skipped": stream.skipped + bad})
 
 
+class _EvalSamples(IterableDataset):
+    """This rank's exact share of a split, in stored order, divided between the DataLoader workers."""
+
+    def __init__(self, shards: str, transform, rank: int, world_size: int):
+        self.shards, self.transform, self.rank, self.world_size = shards, transform, rank, world_size
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        for draw in UniformStream(Catalog.load(self.shards), rank=self.rank, world_size=self.world_size,
+                                  worker=worker, num_workers=workers, buffer_size=1, interleave=1):
+            yield self.transform(draw.members["jpg"]), draw.cls
+
+
+def eval_batches(shards: str, transform, rank: int = 0, world_size: int = 1, batch_size: int = 64,
+                 num_workers: int = 1) -> DataLoader:
+    """(views, labels) batches of this rank's exact share of a split (no padding, no duplicates; the
+    ranks together cover it once), decoded by `num_workers` processes.  `transform(jpeg)` returns an
+    image's (V, C, H, W) views; each batch is (batch x V, C, H, W)."""
+    return DataLoader(_EvalSamples(shards, transform, rank, world_size), batch_size=batch_size,
+                      num_workers=num_workers, collate_fn=_stack_views)
+
+
+def _stack_views(samples):
+    return torch.cat([views for views, _ in samples]), torch.tensor([cls for _, cls in samples])
+
+
 def _as_is(batch):
     """Batches are made in the workers; DataLoader's default would walk every stream-state field."""
     return batch

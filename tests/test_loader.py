@@ -14,6 +14,7 @@ from conftest import encode, scene, write_shards
 from pipelines import color_pca
 from pipelines.catalog import Catalog
 from pipelines.loader import LoaderConfig, ShardLoader
+from pipelines.streams import UniformStream
 from pipelines.transforms import (ColorPCA, EvalTransform, TrainTransform, decode, decode_batch_on_device,
                                   decode_uint8)
 
@@ -187,3 +188,27 @@ def test_channels_last_batches_hold_the_same_values(shards, decode):
     for (a, la), (b, lb) in zip(plain, last):
         assert a.is_contiguous() and b.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous()
         assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+@pytest.mark.parametrize("world,workers", [(1, 0), (2, 2), (3, 2)])
+def test_eval_batches_cover_the_split_once_over_ranks_and_workers(shards, world, workers):
+    from pipelines.loader import eval_batches
+
+    transform = EvalTransform("center", size=16, resize=18)
+    labels, sums = [], []
+    for rank in range(world):
+        for x, y in eval_batches(shards, transform, rank, world, batch_size=5, num_workers=workers):
+            assert x.shape == (len(y), 3, 16, 16) and len(y) <= 5
+            labels += y.tolist()
+            sums += x.flatten(1).sum(1).tolist()
+    assert sorted(labels) == sorted(c for c, n in enumerate(COUNTS) for _ in range(n))
+    direct = [float(transform(d.members["jpg"]).sum()) for d in UniformStream(Catalog.load(shards), buffer_size=1)]
+    assert sorted(round(v, 2) for v in sums) == sorted(round(v, 2) for v in direct)  # every image exactly once
+
+
+def test_eval_batches_flatten_each_images_views(shards):
+    from pipelines.loader import eval_batches
+
+    x, y = next(iter(eval_batches(shards, EvalTransform("ten_crop", size=16, resize=18), batch_size=3,
+                                  num_workers=0)))
+    assert x.shape == (30, 3, 16, 16) and len(y) == 3

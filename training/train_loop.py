@@ -14,9 +14,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from pipelines.catalog import Catalog
-from pipelines.loader import LoaderConfig, ShardLoader
-from pipelines.streams import UniformStream
+from pipelines.loader import LoaderConfig, ShardLoader, eval_batches
 from pipelines.transforms import EvalTransform, TrainTransform
 from training.config import TrainConfig, from_dict
 from training.models import create_model, init_from_shallower
@@ -76,27 +74,15 @@ def evaluate_rank(model, cfg: TrainConfig, rank: int, world: int, device) -> tor
     """[top-1 correct, top-5 correct, seen] over this rank's exact share of the val set (no padding)."""
     transform = EvalTransform("center", size=cfg.data.size, resize=cfg.data.eval_resize)
     counts = torch.zeros(3, dtype=torch.float64, device=device)
-    batch, labels = [], []
-
-    def flush():
-        x, y = torch.cat(batch).to(device), torch.tensor(labels, device=device)
-        top5 = model(x).topk(min(5, model.backbone.num_classes), dim=1).indices
-        counts[0] += (top5[:, 0] == y).sum()
-        counts[1] += (top5 == y[:, None]).any(1).sum()
-        counts[2] += len(y)
-        batch.clear()
-        labels.clear()
-
     model.eval()
     with torch.no_grad():
-        for draw in UniformStream(Catalog.load(cfg.data.val_shards), seed=0, rank=rank, world_size=world,
-                                  buffer_size=1, interleave=1):
-            batch.append(transform(draw.members["jpg"]))
-            labels.append(draw.cls)
-            if len(batch) == cfg.data.batch_size:
-                flush()
-        if batch:
-            flush()
+        for x, y in eval_batches(cfg.data.val_shards, transform, rank, world, cfg.data.batch_size,
+                                 cfg.data.loader_workers):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            top5 = model(x).topk(min(5, model.backbone.num_classes), dim=1).indices
+            counts[0] += (top5[:, 0] == y).sum()
+            counts[1] += (top5 == y[:, None]).any(1).sum()
+            counts[2] += len(y)
     return counts
 
 
