@@ -101,14 +101,12 @@ class _RankBatches(IterableDataset):
 
     def _batch(self, images, extras, labels, worker, stream, bad):
         state = {**stream.state_dict(), "bad_samples": bad}
-        # default_collate stacks straight into shared memory, so the batch is not copied again to reach
-        # the training process
-        if isinstance(images[0], bytes):
-            pass
-        elif self.channels_last:  # crops are HWC in memory (as decoded): stacking them so is a plain copy
-            images = default_collate([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
-        else:
-            images = default_collate(images)
+        # (decode="device" ships the JPEG bytes as they are.)  default_collate stacks straight into shared
+        # memory, so the batch is not copied again to reach the training process.  Crops are HWC in memory
+        # (as decoded), so stacking them channels-last is a plain copy.
+        if not isinstance(images[0], bytes):
+            images = (default_collate([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+                      if self.channels_last else default_collate(images))
         return (images, torch.tensor(extras, dtype=torch.float32), torch.tensor(labels),
                 {"worker": worker, "state": state, "skipped": stream.skipped + bad})
 

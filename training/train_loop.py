@@ -71,11 +71,14 @@ def build_train_loader(cfg: TrainConfig, rank: int, world: int, device) -> Shard
 
 
 def evaluate_rank(model, cfg: TrainConfig, rank: int, world: int, device) -> torch.Tensor:
-    """[top-1 correct, top-5 correct, seen] over this rank's exact share of the val set (no padding)."""
+    """[top-1 correct, top-5 correct, seen] over this rank's exact share of the val set (no padding),
+    under the training's autocast (as timm validates); `evaluate.py` scores checkpoints in fp32."""
     transform = EvalTransform("center", size=cfg.data.size, resize=cfg.data.eval_resize)
     counts = torch.zeros(3, dtype=torch.float64, device=device)
     model.eval()
-    with torch.no_grad():
+    autocast = torch.autocast(device.type, dtype=getattr(torch, cfg.run.amp_dtype),
+                              enabled=device.type == "cuda" and cfg.run.amp)
+    with torch.no_grad(), autocast:
         for x, y in eval_batches(cfg.data.val_shards, transform, rank, world, cfg.data.batch_size,
                                  cfg.data.loader_workers):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
