@@ -9,7 +9,8 @@ of DataLoader workers and batch size, for one pass over the images after a warm-
 worker), delivered as normalised float batches on the training device (the GPU when there is one:
 ours ship uint8 and normalise there, ImageFolder pins its float batches and copies them); "per core"
 = images/s / workers.  On a GPU machine, also the batched nvJPEG decode path (decode + crop + flip +
-normalise on the GPU).  Finally, the bounds of a class-aware stream over 365 classes: peak open
+normalise on the GPU).  Then the per-image cost, on one core, of what each data worker does
+(`worker_us_per_image_*`).  Finally, the bounds of a class-aware stream over 365 classes: peak open
 shard files, peak buffered samples and bytes (classes x class_buffer at most), and how much the
 process's resident memory grew while streaming.
 """
@@ -92,6 +93,28 @@ def bounded_at_365_classes(tmp: str, draws: int = 20000, class_buffer: int = 4, 
             "rss_growth_mb": round(peak_rss - rss_before, 1)}
 
 
+def worker_cost_per_image(tree: str, tv, ours: TrainTransform, n: int = 500) -> dict:
+    """Microseconds per image, one core, of what each data worker does per sample: torchvision's
+    Pillow open + transforms (to a normalised float tensor) vs ours (bytes -> uint8 crop); best of 3."""
+    import random
+
+    paths = sorted(os.path.join(d, f) for d, _, files in os.walk(tree) for f in files)[:n]
+    jpegs = [open(p, "rb").read() for p in paths]
+    rng = random.Random(0)
+    contenders = {"torchvision": lambda i: tv(Image.open(io.BytesIO(jpegs[i])).convert("RGB")),
+                  "ours": lambda i: ours(jpegs[i], rng)}
+    best = {}
+    for _ in range(3):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            for i in range(len(jpegs)):
+                fn(i)
+            best[name] = min(best.get(name, float("inf")), (time.perf_counter() - start) / len(jpegs) * 1e6)
+    return {"worker_us_per_image_torchvision": round(best["torchvision"], 1),
+            "worker_us_per_image_ours": round(best["ours"], 1),
+            "worker_cost_ours_over_torchvision": round(best["ours"] / best["torchvision"], 3)}
+
+
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -154,6 +177,7 @@ def main() -> None:
         result["class_aware_over_imagefolder"] = round(figures["class-aware"] / figures["imagefolder"], 3)
         result["class_aware_over_uniform"] = round(figures["class-aware"] / figures["uniform"], 3)
 
+        result.update(worker_cost_per_image(tree, tv, ours))
         result["class_aware_365_classes"] = bounded_at_365_classes(tmp)
 
         if torch.cuda.is_available():
