@@ -120,3 +120,21 @@ def test_bad_training_arguments_fail_before_any_work(tmp_path, capsys):
     assert run.main(["--set", f"data.train_shards={tmp_path}/none"]) == 2
     err = capsys.readouterr().err
     assert "optim.lrr" in err and "nope" in err and "no shards" in err
+
+
+@pytest.mark.slow
+def test_compiled_training_checkpoints_the_plain_model(demo_shards, corpus, tmp_path):
+    import torch
+
+    from training import run
+    from training.config import from_dict
+    from training.train_loop import build_model
+
+    assert run.main(["--set", f"data.train_shards={corpus}/shards/train", "--set",
+                     f"data.val_shards={corpus}/shards/val", "--set", f"run.storage_path={tmp_path}",
+                     "--set", "run.name=compiled", "--set", "run.epochs=1", "--set", "run.compile=true"]) == 0
+    report = json.loads((tmp_path / "compiled" / "report.json").read_text())
+    assert report["final"]["val_images"] == 400 and report["final"]["top1_error"] < 0.8
+    state = torch.load(f"{report['best_checkpoint']}/state.pt", weights_only=True)
+    model = build_model(from_dict(state["config"]), warm_start=False)
+    model.load_state_dict(state["model"])  # strict: no torch.compile wrapper prefixes in the saved names
