@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 from pipelines.catalog import Catalog
 from pipelines.corpus import stable_hash
 from pipelines.streams import ClassAwareStream, UniformStream, split_range
-from pipelines.transforms import TrainTransform, decode_batch_on_device
+from pipelines.transforms import EvalTransform, TrainTransform, decode_batch_on_device
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class _RankBatches(IterableDataset):
 class _EvalSamples(IterableDataset):
     """This rank's exact share of a split, in stored order, divided between the DataLoader workers."""
 
-    def __init__(self, shards: str, transform, rank: int, world_size: int):
+    def __init__(self, shards: str, transform: EvalTransform, rank: int, world_size: int):
         self.shards, self.transform, self.rank, self.world_size = shards, transform, rank, world_size
 
     def __iter__(self):
@@ -122,14 +122,14 @@ class _EvalSamples(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         for draw in UniformStream(Catalog.load(self.shards), rank=self.rank, world_size=self.world_size,
                                   worker=worker, num_workers=workers, buffer_size=1, interleave=1):
-            yield self.transform(draw.members["jpg"]), draw.cls
+            yield self.transform.views(draw.members["jpg"]), draw.cls
 
 
-def eval_batches(shards: str, transform, rank: int = 0, world_size: int = 1, batch_size: int = 64,
+def eval_batches(shards: str, transform: EvalTransform, rank: int = 0, world_size: int = 1, batch_size: int = 64,
                  num_workers: int = 1) -> DataLoader:
     """(views, labels) batches of this rank's exact share of a split (no padding, no duplicates; the
-    ranks together cover it once), decoded by `num_workers` processes.  `transform(jpeg)` returns an
-    image's (V, C, H, W) views; each batch is (batch x V, C, H, W)."""
+    ranks together cover it once), decoded by `num_workers` processes: uint8 (batch x V, C, H, W), the
+    V views of each image in turn (`transform.normalizer()` finishes them on the device)."""
     return DataLoader(_EvalSamples(shards, transform, rank, world_size), batch_size=batch_size,
                       num_workers=num_workers, collate_fn=_stack_views)
 

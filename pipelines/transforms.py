@@ -206,7 +206,8 @@ def rrc_box(w: int, h: int, scale, ratio, rng: random.Random) -> tuple[int, int,
 
 @dataclass(frozen=True)
 class EvalTransform:
-    """protocol: center | ten_crop | full | multi_view.  Returns (views, C, H, W)."""
+    """protocol: center | ten_crop | full | multi_view.  `views(jpeg)`: uint8 (V, C, H, W), what data
+    workers ship; `normalizer()` finishes them on the device; calling it does both: float (V, C, H, W)."""
 
     protocol: str = "center"
     size: int = 224
@@ -220,6 +221,12 @@ class EvalTransform:
             raise ValueError(f"protocol must be one of {EVAL_PROTOCOLS}, got {self.protocol!r}")
 
     def __call__(self, jpeg: bytes) -> torch.Tensor:
+        return self.normalizer()(self.views(jpeg))
+
+    def normalizer(self) -> "BatchNormalize":
+        return BatchNormalize(self.mean, self.std)
+
+    def views(self, jpeg: bytes) -> torch.Tensor:
         if self.protocol == "center":
             img = resize_shorter(decode(jpeg, self.resize), self.resize)
             views = [center_crop(img, self.size)]
@@ -231,7 +238,7 @@ class EvalTransform:
         else:
             img = decode(jpeg, min(self.scales))
             views = [v for q in self.scales for v in ten_crop(resize_shorter(img, q), self.size)]
-        return BatchNormalize(self.mean, self.std)(torch.stack([to_uint8(v) for v in views]))
+        return torch.stack([to_uint8(v) for v in views])
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:

@@ -74,6 +74,7 @@ def evaluate_rank(model, cfg: TrainConfig, rank: int, world: int, device) -> tor
     """[top-1 correct, top-5 correct, seen] over this rank's exact share of the val set (no padding),
     under the training's autocast (as timm validates); `evaluate.py` scores checkpoints in fp32."""
     transform = EvalTransform("center", size=cfg.data.size, resize=cfg.data.eval_resize)
+    normalize = transform.normalizer()
     counts = torch.zeros(3, dtype=torch.float64, device=device)
     model.eval()
     autocast = torch.autocast(device.type, dtype=getattr(torch, cfg.run.amp_dtype),
@@ -81,7 +82,7 @@ def evaluate_rank(model, cfg: TrainConfig, rank: int, world: int, device) -> tor
     with torch.no_grad(), autocast:
         for x, y in eval_batches(cfg.data.val_shards, transform, rank, world, cfg.data.batch_size,
                                  cfg.data.loader_workers):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = normalize(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
             top5 = model(x).topk(min(5, model.backbone.num_classes), dim=1).indices
             counts[0] += (top5[:, 0] == y).sum()
             counts[1] += (top5 == y[:, None]).any(1).sum()
