@@ -2,13 +2,13 @@
 
     python benchmarks/model_step.py [--archs resnet18 vgg_d ...] [--batch N] [--size S] [--steps N]
 
-Prints JSON.  On a GPU: bf16 autocast, channels_last, 224x224, with torch.compile off and on.  On
-the CPU (this machine): fp32 at a small input (default 64x64), compile off.  Each figure is a plain
-loop of forward + cross-entropy + backward + SGD(momentum) step on synthetic batches already on the
-device, timed after warm-up steps; ours and the peer alternate for --rounds rounds and each keeps its
-best, so neither gains from running first.  torchvision's VGG/AlexNet pool their last feature map to 7x7/6x6
-whatever the input; at a small input we give them the same classifier input as ours so that the two
-networks compared are the same network ("classifier_resized": true).
+Prints JSON.  On a GPU: bf16 autocast, channels_last, cuDNN autotuning, 224x224, with torch.compile off
+and on.  On the CPU (this machine): fp32 at a small input (default 64x64), compile off.  Each figure is
+a plain loop of forward + cross-entropy + backward + SGD(momentum) step on synthetic batches already
+on the device, timed after warm-up steps; ours and the peer alternate for --rounds rounds and each
+keeps its best, so neither gains from running first.  torchvision's VGG/AlexNet pool their last
+feature map to 7x7/6x6 whatever the input; at a small input we give them the same classifier input as
+ours so that the two networks compared are the same network ("classifier_resized": true).
 """
 
 from __future__ import annotations
@@ -100,6 +100,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; each side's best is kept")
     a = p.parse_args()
     device = "cuda" if gpu else "cpu"
+    torch.backends.cudnn.benchmark = gpu
     compile_modes = [False, True] if gpu else [False]
     result = {"device": torch.cuda.get_device_name() if gpu else f"cpu ({os.cpu_count()} cores, "
               f"{platform.processor() or platform.machine()})", "torch": torch.__version__,

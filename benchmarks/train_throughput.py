@@ -9,7 +9,8 @@
     python benchmarks/train_throughput.py [--archs resnet50 ...] [--batch N] [--size S] [--steps N]
         [--pipeline-steps N] [--trainer-epochs N] [--compile both|off|on] [--skip-pipeline]
 
-Prints JSON.  On a GPU: bf16 autocast, channels_last, 224x224.  On the CPU (this machine): fp32 at a
+Prints JSON.  On a GPU: bf16 autocast, channels_last, 224x224, cuDNN autotuning on for every contender
+(the trainer's default, and torchvision's reference script's).  On the CPU (this machine): fp32 at a
 small input, where (c) shares the two cores between data workers and the model.  The shards are
 generated 256x256 JPEGs (pipelines/shard.py passes them through), 10 classes, imbalanced.
 """
@@ -130,6 +131,7 @@ def main() -> None:
     p.add_argument("--skip-pipeline", action="store_true", help="only (a) and (b)")
     a = p.parse_args()
     device = "cuda" if gpu else "cpu"
+    torch.backends.cudnn.benchmark = gpu
     result = {"device": torch.cuda.get_device_name() if gpu else f"cpu ({os.cpu_count()} cores)",
               "torch": torch.__version__, "batch": a.batch, "size": a.size, "models": {}}
     with tempfile.TemporaryDirectory() as tmp:

@@ -73,6 +73,7 @@ class RunSettings:
     amp: bool = True  # autocast on GPU
     amp_dtype: str = "bfloat16"  # or "float16" (GPUs without bf16), with a dynamic loss scaler
     channels_last: bool = True  # on GPU
+    cudnn_benchmark: bool = True  # on GPU: cuDNN times kernels once for the fixed crop (torchvision's reference)
     compile: bool = False
     progress_every_s: float = 60.0  # rank 0's in-epoch console line; 0: after every step
 

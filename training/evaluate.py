@@ -215,6 +215,18 @@ def check_inputs(checkpoints: list[str], shards: str) -> None:
     Catalog.load(shards)
 
 
+def check_room_to_read(workers: int, use_gpu: bool) -> None:
+    """CPU model actors that hold every CPU leave none for Ray Data's read tasks, which then wait
+    forever (ray-project/ray#44687): refuse that up front.  GPU actors do not compete for the CPUs; a
+    cluster with no CPU yet (a head with CPU: 0) can only be waiting for its autoscaler."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if not use_gpu and 0 < cpus <= workers:
+        raise ValueError(f"--workers {workers}: CPU model actors would hold all {cpus:g} CPUs of the Ray cluster "
+                         f"and leave none to read the shards; use at most {max(cpus - 1, 0):g}, or --gpu")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", action="append", required=True, help="state.pt written by training (repeat)")
@@ -239,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if not ray.is_initialized():
         ray.init()
+    try:
+        check_room_to_read(a.workers, a.gpu)
+    except ValueError as exc:
+        print(f"evaluate.py: error: {exc}", file=sys.stderr)
+        return 2
     scales = tuple(a.scales or DEFAULT_SCALES[a.protocol])
     result = predict(a.checkpoint, a.shards, a.protocol, scales, a.size, a.workers, a.gpu, a.batch_size)
     probs, labels = result["probs"], result["cls"]

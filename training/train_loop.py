@@ -96,6 +96,7 @@ def train_fn_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     gpu = device.type == "cuda"
+    torch.backends.cudnn.benchmark = gpu and cfg.run.cudnn_benchmark
     torch.manual_seed(cfg.run.seed)
     checkpoint = ray.train.get_checkpoint()
     model = build_model(cfg, warm_start=checkpoint is None)
