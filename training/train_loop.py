@@ -70,6 +70,12 @@ def build_train_loader(cfg: TrainConfig, rank: int, world: int, device) -> Shard
                        channels_last=device.type == "cuda" and cfg.run.channels_last)
 
 
+def autocast(cfg: TrainConfig, device) -> torch.autocast:
+    """The training's mixed precision, for its steps and its validation alike: on GPU only."""
+    return torch.autocast(device.type, dtype=getattr(torch, cfg.run.amp_dtype),
+                          enabled=device.type == "cuda" and cfg.run.amp)
+
+
 def evaluate_rank(model, cfg: TrainConfig, rank: int, world: int, device) -> torch.Tensor:
     """[top-1 correct, top-5 correct, seen] over this rank's exact share of the val set (no padding),
     under the training's autocast (as timm validates); `evaluate.py` scores checkpoints in fp32."""
@@ -77,9 +83,7 @@ def evaluate_rank(model, cfg: TrainConfig, rank: int, world: int, device) -> tor
     normalize = transform.normalizer()
     counts = torch.zeros(3, dtype=torch.float64, device=device)
     model.eval()
-    autocast = torch.autocast(device.type, dtype=getattr(torch, cfg.run.amp_dtype),
-                              enabled=device.type == "cuda" and cfg.run.amp)
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), autocast(cfg, device):
         for x, y in eval_batches(cfg.data.val_shards, transform, rank, world, cfg.data.batch_size,
                                  cfg.data.loader_workers):
             x, y = normalize(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
@@ -108,9 +112,8 @@ def train_fn_per_worker(config: dict) -> None:
     optimizer = make_optimizer(net, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, loader.steps_per_epoch, cfg.run.epochs)
     ema = make_ema(net, cfg.optim.ema_decay)  # every rank keeps one: their weights are identical under DDP
-    amp_dtype = getattr(torch, cfg.run.amp_dtype)
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
-    scaler = torch.amp.GradScaler(device.type, enabled=gpu and cfg.run.amp and amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=gpu and cfg.run.amp and cfg.run.amp_dtype == "float16")
     step_fn = torch.compile(ddp) if cfg.run.compile else ddp
     start_epoch, step, history = 0, 0, []
     sink = MetricsSink(config["run_name"], config.get("tensorboard_dir")) if rank == 0 else None
@@ -149,7 +152,7 @@ def train_fn_per_worker(config: dict) -> None:
                 except StopIteration:
                     break
                 waited += time.perf_counter() - t
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=gpu and cfg.run.amp):
+                with autocast(cfg, device):
                     losses = step_fn(x, y)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(losses["loss"]).backward()
