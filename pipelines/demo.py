@@ -17,13 +17,16 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipelines import shard
+from pipelines.console import add_verbose_flag
 from pipelines.demo_corpus import make_demo_corpus
 
 SPLITS = {"train": ("train.txt", "data_256"), "val": ("val.txt", "val_256"), "test": ("test.txt", "test_256")}
 
 
-def prepare_demo(data: str = "data/demo", seed: int = 0, shard_samples: int = 200) -> dict[str, dict]:
-    """Corpus and shards for every split; returns each split's manifest."""
+def prepare_demo(data: str = "data/demo", seed: int = 0, shard_samples: int = 200,
+                 verbose: bool = False) -> dict[str, dict]:
+    """Corpus and shards for every split; returns each split's manifest.  `verbose`: Ray's INFO output
+    on the console too."""
     data = os.path.abspath(data)
     if not os.path.exists(os.path.join(data, "test.txt")):  # written last by make_demo_corpus
         summary = make_demo_corpus(data, seed)
@@ -38,6 +41,8 @@ def prepare_demo(data: str = "data/demo", seed: int = 0, shard_samples: int = 20
                     "--out", out, "--shard-samples", str(shard_samples), "--name", f"demo-{split}"]
             if split != "test":
                 argv += ["--categories", os.path.join(data, "categories.txt")]
+            if verbose:
+                argv.append("--verbose")
             if shard.main(argv) != 0:
                 raise RuntimeError(f"sharding the demo's {split} split failed")
         with open(manifest_path) as f:
@@ -49,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/demo")
     p.add_argument("--seed", type=int, default=0)
+    add_verbose_flag(p)
     a = p.parse_args(argv)
-    for split, m in prepare_demo(a.data, a.seed).items():
+    for split, m in prepare_demo(a.data, a.seed, verbose=a.verbose).items():
         print(f"{split}: read {m['entries_read']} = written {m['written']} + quarantined {m['quarantined']} "
               f"{m['quarantine_reasons']} -> {os.path.join(os.path.abspath(a.data), 'shards', split)}")
     return 0

@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as `python pipelines/shard.py`: make the pr
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipelines import shard_index
+from pipelines.console import add_verbose_flag, start_ray
 from pipelines.corpus import (UNLABELED, Categories, CorpusError, detect_labeled, image_folder_classes,
                               image_folder_lines, parse_line, read_categories)
 from pipelines.images import ImageSettings
@@ -68,6 +69,11 @@ def load_config_file(path: str) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> ShardConfig:
+    return parse_command_line(argv)[0]
+
+
+def parse_command_line(argv: list[str] | None = None) -> tuple[ShardConfig, bool]:
+    """(settings, --verbose)"""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML recipe (configs/shard_*.yaml); flags given here override it")
     p.add_argument("--list", help="Places365-style list: 'path label' or bare file names per line")
@@ -83,7 +89,9 @@ def parse_args(argv: list[str] | None = None) -> ShardConfig:
     p.add_argument("--seed", type=int, help="seeds shard membership and in-shard order (default 0)")
     p.add_argument("--max-pixels", type=int, help="refuse larger images, e.g. bombs (default 1e8)")
     p.add_argument("--name", help="dataset name written into index.json (default: the list's file name)")
+    add_verbose_flag(p)
     a = vars(p.parse_args(argv))
+    verbose = a.pop("verbose")
     try:
         settings = load_config_file(a.pop("config")) if a.get("config") else {}
     except (OSError, CorpusError) as exc:
@@ -99,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> ShardConfig:
         p.error("--image-folder takes its classes and paths from the tree; drop --images-root/--categories")
     if settings.get("shard_samples", 1) < 1:
         p.error("--shard-samples must be >= 1")
-    return ShardConfig(**settings)
+    return ShardConfig(**settings), verbose
 
 
 @dataclass
@@ -166,8 +174,9 @@ def make_plan(cfg: ShardConfig, pf: Preflight, out: Location) -> ShardPlan:
                      images_root=images_root, out=out, image=cfg.image_settings())
 
 
-def run(cfg: ShardConfig) -> dict:
-    """Shard the corpus; returns the manifest.  Uses the current Ray cluster, or starts a local one."""
+def run(cfg: ShardConfig, verbose: bool = False) -> dict:
+    """Shard the corpus; returns the manifest.  Uses the current Ray cluster, or starts a local one
+    (`verbose`: with Ray's INFO output on the console)."""
     import ray
 
     started = time.time()
@@ -175,8 +184,7 @@ def run(cfg: ShardConfig) -> dict:
     pf = preflight(cfg, out)
     plan = make_plan(cfg, pf, out)
     _clean_previous_attempt(out)
-    if not ray.is_initialized():
-        ray.init()
+    start_ray(verbose)
     summaries = _run_pipeline(pf, plan)
 
     name = cfg.name or _default_name(cfg)
@@ -247,9 +255,9 @@ def _clean_previous_attempt(out: Location) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(argv)
+    cfg, verbose = parse_command_line(argv)
     try:
-        m = run(cfg)
+        m = run(cfg, verbose)
     except (CorpusError, PermissionError) as exc:
         print(f"shard.py: error: {exc}", file=sys.stderr)
         return 2

@@ -110,3 +110,44 @@ def test_cpu_actors_that_would_hold_every_cpu_are_refused(setup, tmp_path, capsy
     assert evaluate.main(argv) == 2
     assert "--workers 2: CPU model actors would hold all 2 CPUs" in capsys.readouterr().err
     assert not (out / "metrics.json").exists()
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_line_before_ray(setup, tmp_path, capsys):
+    root, _ = setup
+    snapshot = tmp_path / "checkpoint_manager_snapshot.json"  # what sorts last in a Ray Train run folder
+    snapshot.write_text('{"checkpoints": []}')
+    out = tmp_path / "out"
+    assert evaluate.main(["--checkpoint", str(snapshot), "--shards", str(root / "val"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--checkpoint {snapshot}: not a checkpoint written by training/run.py" in err
+    assert not out.exists()
+
+
+def test_a_run_folder_gives_its_best_checkpoint(setup, tmp_path):
+    _, paths = setup
+    state = torch.load(paths[0][0], weights_only=True)
+    run_folder = tmp_path / "runs" / "demo-run"
+    for name, error in [("checkpoint_2026-01-01_00-00-01", 0.30), ("checkpoint_2026-01-01_00-00-02", 0.25),
+                        ("checkpoint_2026-01-01_00-00-03", 0.28)]:
+        (run_folder / name).mkdir(parents=True)
+        history = [{"epoch": 0, "top1_error": 0.9}, {"epoch": 1, "top1_error": error}]
+        torch.save({**state, "history": history}, run_folder / name / "state.pt")
+    (run_folder / "checkpoint_manager_snapshot.json").write_text("{}")
+    path, note = evaluate.resolve_checkpoint(str(run_folder))
+    assert path == str(run_folder / "checkpoint_2026-01-01_00-00-02" / "state.pt")
+    assert "checkpoint_2026-01-01_00-00-02 (epoch 2, top-1 error 0.2500" in note
+    # a finished run's report.json names its best checkpoint: that one is taken
+    named = run_folder / "checkpoint_2026-01-01_00-00-03"
+    (run_folder / "report.json").write_text(json.dumps({"best_checkpoint": str(named)}))
+    assert evaluate.resolve_checkpoint(str(run_folder))[0] == str(named / "state.pt")
+    assert evaluate.resolve_checkpoint(str(named)) == (str(named / "state.pt"), None)
+
+
+def test_views_default_to_what_the_checkpoint_was_trained_at():
+    demo = load(None, ["data.size=64", "data.eval_resize=73"])
+    assert evaluate.view_geometry([demo], "center", None, None) == (64, (73,))
+    assert evaluate.view_geometry([demo], "dense", None, None) == (64, (73, 110, 146))
+    assert evaluate.view_geometry([load(None)], "multi_view", None, None) == (224, (256, 320))
+    assert evaluate.view_geometry([demo], "center", 56, [64]) == (56, (64,))
+    with pytest.raises(evaluate.CheckpointError, match="trained at different sizes"):
+        evaluate.view_geometry([demo, load(None)], "center", None, None)

@@ -117,8 +117,10 @@ def test_amp_dtype_is_checked_when_the_config_loads():
 def test_console_lines():
     from training.metrics_sink import epoch_line, progress_line
 
-    assert progress_line(2, 90, 1200, 5004, 3980.4, 4.21349, 0.031) == \
-        "epoch 3/90 step 1200/5004 (24%): 3,980 img/s, loss 4.2135, data wait 3%"
+    assert progress_line(2, 90, 1200, 5004, 3980.4, 4.21349, 0.031, 300.0) == \
+        "epoch 3/90 step 1200/5004 (24%): 3,980 img/s, loss 4.2135, data wait 3%, epoch ETA 15m51s"
+    assert progress_line(0, 1, 1, 5004, 1.0, 1.0, 0.0, 10.0).endswith("epoch ETA 13h53m")
+    assert progress_line(0, 1, 25, 25, 1.0, 1.0, 0.0, 10.0).endswith("epoch ETA 0s")
     metrics = {"epoch": 0, "top1_error": 0.5025, "top5_error": 0.0775, "val_images": 400, "loss": 3.61214,
                "images_per_s": 362.2, "data_wait_fraction": 0.04, "lr": 0.05}
     assert epoch_line(metrics, 8) == ("epoch 1/8 done: top-1 error 50.25%, top-5 error 7.75% (400 val images), "

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from pipelines.catalog import Catalog
+from pipelines.console import add_verbose_flag, start_ray
 from pipelines.corpus import stable_hash
 from pipelines.storage import Location
 from pipelines.transforms import EvalTransform
@@ -204,15 +205,81 @@ def plot_confusion(fused: np.ndarray, labels: np.ndarray, names: list[str], path
     Location.write_file(path, buf.getvalue())
 
 
-def check_inputs(checkpoints: list[str], shards: str) -> None:
-    """Every checkpoint is a state.pt or a folder holding one; the shards have an index."""
+class CheckpointError(ValueError):
+    pass
+
+
+def resolve_checkpoint(path: str) -> tuple[str, str | None]:
+    """(the state.pt to score, a note saying which one when a run folder was given).  A run folder
+    (training/run.py's `runs/<run>`) gives its best kept checkpoint by the run's metric, top-1 error:
+    the one its report.json names, else the best of its checkpoint folders."""
     from training.train_loop import CHECKPOINT_FILE
 
+    loc = Location.parse(path)
+    if loc.is_file():
+        return path, None
+    if loc.is_file(CHECKPOINT_FILE):
+        return loc.child(CHECKPOINT_FILE).uri(), None
+    folders = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in loc.fs.glob(loc.path("checkpoint_*")))
+    candidates = [f for f in folders if loc.is_file(f"{f}/{CHECKPOINT_FILE}")]
+    if not candidates:
+        raise CheckpointError(f"--checkpoint {path}: neither a {CHECKPOINT_FILE}, a checkpoint folder holding "
+                              f"one, nor a run folder with checkpoint_*/{CHECKPOINT_FILE}")
+    best = None
+    if loc.is_file("report.json"):
+        named = (json.loads(loc.read_bytes("report.json")).get("best_checkpoint") or "").rstrip("/")
+        best = next((f for f in candidates if named.endswith("/" + f)), None)
+    if best is None:
+        best = min(candidates, key=lambda f: read_checkpoint(loc.child(f).uri())["history"][-1]["top1_error"])
+    last = read_checkpoint(loc.child(best).uri())["history"][-1]
+    note = (f"{path}: best checkpoint of the run by top-1 error: {best} (epoch {last['epoch'] + 1}, "
+            f"top-1 error {last['top1_error']:.4f} in training's validation)")
+    return loc.child(f"{best}/{CHECKPOINT_FILE}").uri(), note
+
+
+def read_checkpoint(path: str) -> dict:
+    """A checkpoint written by training/run.py, or CheckpointError naming the file."""
+    from training.train_loop import load_checkpoint_file
+
+    try:
+        state = load_checkpoint_file(path)
+    except Exception as exc:  # torch raises a different type for every way a file is not a checkpoint
+        raise CheckpointError(f"--checkpoint {path}: not a checkpoint written by training/run.py "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(state, dict) or not {"model", "config"} <= set(state):
+        raise CheckpointError(f"--checkpoint {path}: not a checkpoint written by training/run.py "
+                              f"(it holds no model and config)")
+    return state
+
+
+def view_geometry(configs: list, protocol: str, size: int | None, scales: list[int] | None) -> tuple[int, tuple]:
+    """(crop size, scales): as given, else what the checkpoints were trained and validated at (data.size,
+    data.eval_resize; the protocol's scales relative to a 256 shorter side), so that `center` with no
+    flags reproduces the training's own validation."""
+    trained = {(c.data.size, c.data.eval_resize) for c in configs}
+    if (size is None or scales is None) and len(trained) > 1:
+        raise CheckpointError(f"the checkpoints were trained at different sizes (data.size, data.eval_resize): "
+                              f"{sorted(trained)}; give --size and --scales")
+    crop, resize = next(iter(trained))
+    if scales is None:
+        scales = [round(q * resize / 256) for q in DEFAULT_SCALES[protocol]]
+    return size or crop, tuple(scales)
+
+
+def check_inputs(checkpoints: list[str], shards: str) -> tuple[list[str], list]:
+    """(state.pt paths, their training configs); a path that is not a checkpoint, or shards without an
+    index, is one clear error."""
+    from training.config import from_dict
+
+    paths, configs = [], []
     for path in checkpoints:
-        loc = Location.parse(path)
-        if not (loc.is_file() or loc.is_file(CHECKPOINT_FILE)):
-            raise FileNotFoundError(f"--checkpoint {path}: neither a {CHECKPOINT_FILE} nor a folder holding one")
+        resolved, note = resolve_checkpoint(path)
+        if note:
+            print(note)
+        paths.append(resolved)
+        configs.append(from_dict(read_checkpoint(resolved)["config"]))
     Catalog.load(shards)
+    return paths, configs
 
 
 def check_room_to_read(workers: int, use_gpu: bool) -> None:
@@ -229,47 +296,51 @@ def check_room_to_read(workers: int, use_gpu: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", action="append", required=True, help="state.pt written by training (repeat)")
+    p.add_argument("--checkpoint", action="append", required=True,
+                   help="a state.pt written by training, its checkpoint folder, or a run folder (its best "
+                        "checkpoint); repeat to fuse")
     p.add_argument("--shards", required=True)
     p.add_argument("--protocol", choices=list(DEFAULT_SCALES), default="center")
-    p.add_argument("--scales", type=int, nargs="+", help="shorter sides (default: protocol's, e.g. dense 256 384 512)")
-    p.add_argument("--size", type=int, default=224, help="crop size")
+    p.add_argument("--scales", type=int, nargs="+",
+                   help="shorter sides (default: the checkpoint's data.eval_resize, and the protocol's other "
+                        "scales in proportion, e.g. dense 256 384 512 for 256)")
+    p.add_argument("--size", type=int, help="crop size (default: the checkpoint's data.size)")
     p.add_argument("--fusion", choices=["average", "product", "learned"], default="average")
     p.add_argument("--heldout", type=float, default=0.2, help="learned fusion: fraction fit on, never scored")
     p.add_argument("--workers", type=int, default=1, help="inference actors")
     p.add_argument("--gpu", action="store_true", help="one GPU per actor")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", required=True)
+    add_verbose_flag(p)
     a = p.parse_args(argv)
     try:  # before Ray starts: a wrong path is a one-line error, not a traceback from an actor
-        check_inputs(a.checkpoint, a.shards)
+        checkpoints, configs = check_inputs(a.checkpoint, a.shards)
+        size, scales = view_geometry(configs, a.protocol, a.size, a.scales)
         Location.parse(a.out).check_writable()
     except (OSError, ValueError) as exc:
         print(f"evaluate.py: error: {exc}", file=sys.stderr)
         return 2
-    import ray
-
-    if not ray.is_initialized():
-        ray.init()
+    start_ray(a.verbose)
     try:
         check_room_to_read(a.workers, a.gpu)
     except ValueError as exc:
         print(f"evaluate.py: error: {exc}", file=sys.stderr)
         return 2
-    scales = tuple(a.scales or DEFAULT_SCALES[a.protocol])
-    result = predict(a.checkpoint, a.shards, a.protocol, scales, a.size, a.workers, a.gpu, a.batch_size)
+    print(f"scoring {len(checkpoints)} model(s) on {a.shards}: {a.protocol}, crop {size}, scales "
+          f"{' '.join(map(str, scales))}", flush=True)
+    result = predict(checkpoints, a.shards, a.protocol, scales, size, a.workers, a.gpu, a.batch_size)
     probs, labels = result["probs"], result["cls"]
     labeled = bool((labels >= 0).all())
     heldout = np.array([stable_hash("heldout", k) % 10_000 < a.heldout * 10_000 for k in result["key"]])
     fit_mask = heldout & labeled if a.fusion == "learned" else np.zeros(len(labels), bool)
     fused, weights = fuse(probs, a.fusion, fit_mask, labels)
     scored = ~fit_mask
-    metrics = {"protocol": a.protocol, "scales": list(scales), "fusion": a.fusion, "fusion_weights": weights,
-               "checkpoints": a.checkpoint, "images": int(len(labels)), "heldout_for_fusion": int(fit_mask.sum())}
+    metrics = {"protocol": a.protocol, "scales": list(scales), "size": size, "fusion": a.fusion,
+               "fusion_weights": weights, "checkpoints": checkpoints, "images": int(len(labels)), "heldout_for_fusion": int(fit_mask.sum())}
     names = class_names(a.shards)
     if labeled:
         metrics["models"] = {path: top_errors(probs[scored, i], labels[scored], len(names))
-                             for i, path in enumerate(a.checkpoint)}
+                             for i, path in enumerate(checkpoints)}
         metrics["fused"] = top_errors(fused[scored], labels[scored], len(names))
         plot_confusion(fused[scored], labels[scored], names, os.path.join(a.out, "confusion.png"))
     top5 = np.argsort(-fused, axis=1)[:, :5]

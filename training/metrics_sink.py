@@ -1,6 +1,9 @@
 """Where rank 0's metrics go besides `ray.train.report`: one console line per epoch (and one every
 `run.progress_every_s` inside it), TensorBoard event files, and Ray custom metrics
-(`ray.util.metrics`), which the Ray dashboard's metrics view and Prometheus pick up."""
+(`ray.util.metrics`), which the Ray dashboard's metrics view and Prometheus pick up.
+
+Console lines go to the driver through its `ConsoleRelay` queue when it has one, and always to this
+worker's log (Ray Train's worker log file; the console too with `--verbose`)."""
 
 from __future__ import annotations
 
@@ -24,20 +27,30 @@ GAUGES = {
 
 
 class MetricsSink:
-    def __init__(self, run_name: str, tensorboard_dir: str | None):
+    def __init__(self, run_name: str, tensorboard_dir: str | None, console=None):
         self.tags = {"run": run_name}
+        self.console = console  # a ray.util.queue.Queue the driver prints, or None
         self.gauges = {k: Gauge(name, description=desc, tag_keys=("run",)) for k, (name, desc) in GAUGES.items()}
         self.writer = None
         if tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(tensorboard_dir)
 
+    def say(self, line: str) -> None:
+        log.info(line)
+        if self.console is not None:
+            try:
+                self.console.put(line, timeout=10)
+            except Exception as exc:  # a driver gone or stuck must not stop training: keep the log only
+                log.warning("console relay unavailable, progress lines stay in this worker's log: %r", exc)
+                self.console = None
+
     def progress(self, epoch: int, epochs: int, step: int, steps: int, images_per_s: float, loss: float,
-                 data_wait: float) -> None:
-        log.info(progress_line(epoch, epochs, step, steps, images_per_s, loss, data_wait))
+                 data_wait: float, elapsed_s: float) -> None:
+        self.say(progress_line(epoch, epochs, step, steps, images_per_s, loss, data_wait, elapsed_s))
 
     def epoch(self, metrics: dict, epochs: int) -> None:
-        log.info(epoch_line(metrics, epochs))
+        self.say(epoch_line(metrics, epochs))
         for key, gauge in self.gauges.items():
             if key in metrics:
                 gauge.set(float(metrics[key]), tags=self.tags)
@@ -53,9 +66,18 @@ class MetricsSink:
 
 
 def progress_line(epoch: int, epochs: int, step: int, steps: int, images_per_s: float, loss: float,
-                  data_wait: float) -> str:
+                  data_wait: float, elapsed_s: float) -> str:
+    eta = elapsed_s / max(step, 1) * max(steps - step, 0)
     return (f"epoch {epoch + 1}/{epochs} step {step}/{steps} ({step / max(steps, 1):.0%}): "
-            f"{images_per_s:,.0f} img/s, loss {loss:.4f}, data wait {data_wait:.0%}")
+            f"{images_per_s:,.0f} img/s, loss {loss:.4f}, data wait {data_wait:.0%}, epoch ETA {duration(eta)}")
+
+
+def duration(seconds: float) -> str:
+    """1h02m, 4m05s, 12s."""
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def epoch_line(m: dict, epochs: int) -> str:

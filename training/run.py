@@ -19,6 +19,7 @@ import uuid
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pipelines.console import ConsoleRelay, add_verbose_flag, start_ray, train_log_level
 from training.config import ConfigError, TrainConfig, load, to_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +49,7 @@ def best_checkpoint(result, storage_path: str) -> tuple[str, dict] | None:
     return scheme + checkpoint.path, metrics
 
 
-def prepare_data(cfg: TrainConfig) -> None:
+def prepare_data(cfg: TrainConfig, verbose: bool = False) -> None:
     """Create the demo corpus and shards when the config points at the demo's and they are absent."""
     for shards in (cfg.data.train_shards, cfg.data.val_shards):
         if "://" in shards or os.path.exists(os.path.join(shards, "index.json")):
@@ -56,7 +57,7 @@ def prepare_data(cfg: TrainConfig) -> None:
         demo_root = os.path.dirname(os.path.dirname(shards))
         if os.path.basename(os.path.dirname(shards)) == "shards" and "demo" in os.path.basename(demo_root):
             from pipelines.demo import prepare_demo
-            prepare_demo(demo_root, seed=cfg.run.seed)
+            prepare_demo(demo_root, seed=cfg.run.seed, verbose=verbose)
         else:
             raise ConfigError(f"no shards at {shards}: run pipelines/shard.py first")
 
@@ -72,10 +73,17 @@ def storage(path: str):
     return loc.root, loc.pyarrow_fs()
 
 
-def make_trainer(cfg: TrainConfig, name: str, callbacks: list | None = None, replay_history: bool = False):
+def tensorboard_dir(cfg: TrainConfig, name: str) -> str | None:
+    """Rank 0's TensorBoard event files: in the run folder, when it is local."""
+    return None if "://" in cfg.run.storage_path else os.path.join(cfg.run.storage_path, name, "tensorboard")
+
+
+def make_trainer(cfg: TrainConfig, name: str, callbacks: list | None = None, replay_history: bool = False,
+                 console=None, verbose: bool = False):
     """The run's TorchTrainer.  `callbacks` are Ray Train callbacks; tuning passes TuneReportCallback and
-    `replay_history`, so that a restarted trial re-reports the epochs its checkpoint already holds."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    `replay_history`, so that a restarted trial re-reports the epochs its checkpoint already holds.
+    `console`: a ConsoleRelay queue for rank 0's lines; `verbose`: Ray Train's INFO lines on the console."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from training.train_loop import train_fn_per_worker
@@ -86,12 +94,11 @@ def make_trainer(cfg: TrainConfig, name: str, callbacks: list | None = None, rep
     return TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"train": to_dict(cfg), "run_name": name, "replay_history": replay_history,
-                           "tensorboard_dir": None if "://" in r.storage_path
-                           else os.path.join(r.storage_path, name, "tensorboard")},
+                           "tensorboard_dir": tensorboard_dir(cfg, name), "console": console, "verbose": verbose},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=r.use_gpu,
                                      resources_per_worker={"CPU": r.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
-                             callbacks=callbacks,
+                             callbacks=callbacks, logging_config=LoggingConfig(log_level=train_log_level(verbose)),
                              failure_config=FailureConfig(max_failures=r.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=r.num_to_keep,
                                                                 checkpoint_score_attribute="top1_error",
@@ -104,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set optim.lr=0.02 --set run.workers=4")
     p.add_argument("--resume", metavar="RUN_NAME", help="continue this run from its latest checkpoint")
+    add_verbose_flag(p)
     a = p.parse_args(argv)
     try:
         cfg = resolve_paths(load(a.config, a.set))
@@ -111,30 +119,36 @@ def main(argv: list[str] | None = None) -> int:
         if a.resume and "://" not in cfg.run.storage_path and not os.path.isdir(
                 os.path.join(cfg.run.storage_path, a.resume)):
             raise ConfigError(f"--resume: no run named {a.resume!r} under {cfg.run.storage_path}")
-        prepare_data(cfg)
+        prepare_data(cfg, a.verbose)
     except (ConfigError, OSError) as exc:
         print(f"run.py: error: {exc}", file=sys.stderr)
         return 2
 
-    import ray
-
-    if not ray.is_initialized():
-        ray.init()
-    result = make_trainer(cfg, name).fit()
+    start_ray(a.verbose)
+    run_path = f"{cfg.run.storage_path.rstrip('/')}/{name}"
+    print(f"{'resuming' if a.resume else 'training'} {cfg.model.name} as run {name} on {cfg.run.workers} "
+          f"worker(s) ({'GPU' if cfg.run.use_gpu else 'CPU'}), {cfg.run.epochs} epochs; checkpoints in {run_path}",
+          flush=True)
+    with ConsoleRelay() as console:
+        result = make_trainer(cfg, name, console=console, verbose=a.verbose).fit()
     if result.error:
         print(f"run.py: training failed: {result.error}", file=sys.stderr)
         return 1
     metrics = result.metrics
     best = best_checkpoint(result, cfg.run.storage_path)
-    report = {"run": name, "path": f"{cfg.run.storage_path.rstrip('/')}/{name}", "config": to_dict(cfg),
+    report = {"run": name, "path": run_path, "config": to_dict(cfg),
               "final": metrics, "best_checkpoint": best[0] if best else None, "history": _history(result)}
     from pipelines.storage import Location
 
-    report_path = Location.write_file(f"{cfg.run.storage_path.rstrip('/')}/{name}/report.json",
+    report_path = Location.write_file(f"{run_path}/report.json",
                                       (json.dumps(report, indent=1, default=str) + "\n").encode())
     print(f"top-1 error {metrics['top1_error']:.4f}, top-5 error {metrics['top5_error']:.4f} "
           f"after {metrics['epoch'] + 1} epochs ({metrics['val_images']} val images)")
     print(f"report: {report_path}")
+    if best:
+        print(f"best checkpoint: {best[0]} (top-1 error {best[1]['top1_error']:.4f}, epoch {best[1]['epoch'] + 1})")
+    if tensorboard_dir(cfg, name):
+        print(f"TensorBoard: tensorboard --logdir {tensorboard_dir(cfg, name)}")
     return 0
 
 

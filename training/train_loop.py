@@ -14,6 +14,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from pipelines.console import quiet_console_handlers
 from pipelines.loader import LoaderConfig, ShardLoader, eval_batches
 from pipelines.transforms import EvalTransform, TrainTransform
 from training.config import TrainConfig, from_dict
@@ -95,6 +96,10 @@ def evaluate_rank(model, cfg: TrainConfig, rank: int, world: int, device) -> tor
 
 
 def train_fn_per_worker(config: dict) -> None:
+    if not config.get("verbose"):
+        # Ray Train sends this worker's root logger (its per-report "Reporting training result" lines
+        # included) to the console; the console keeps warnings, Train's worker log file keeps everything
+        quiet_console_handlers()
     cfg = from_dict(config["train"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -116,7 +121,7 @@ def train_fn_per_worker(config: dict) -> None:
     scaler = torch.amp.GradScaler(device.type, enabled=gpu and cfg.run.amp and cfg.run.amp_dtype == "float16")
     step_fn = torch.compile(ddp) if cfg.run.compile else ddp
     start_epoch, step, history = 0, 0, []
-    sink = MetricsSink(config["run_name"], config.get("tensorboard_dir")) if rank == 0 else None
+    sink = MetricsSink(config["run_name"], config.get("tensorboard_dir"), config.get("console")) if rank == 0 else None
 
     if checkpoint:
         with checkpoint.as_directory() as folder:
@@ -173,7 +178,7 @@ def train_fn_per_worker(config: dict) -> None:
                 if sink is not None and now - last_note >= cfg.run.progress_every_s:
                     last_note = now
                     sink.progress(epoch, cfg.run.epochs, done, loader.steps_per_epoch, seen * world / (now - started),
-                                  float(sums["loss"]) / seen, waited / (now - started))
+                                  float(sums["loss"]) / seen, waited / (now - started), now - started)
         if gpu:
             torch.cuda.synchronize(device)  # the epoch's time includes the queued GPU work
         elapsed = time.perf_counter() - started

@@ -27,6 +27,7 @@ import yaml
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pipelines.console import add_verbose_flag, start_ray
 from pipelines.storage import Location
 from training.config import ConfigError, TrainConfig, load, to_dict, with_overrides
 from training.run import absolute, best_checkpoint, make_trainer, prepare_data, resolve_paths, storage
@@ -37,6 +38,7 @@ SETUP_FILE = "search.json"
 DRIVER_MEMORY = 256 * 2**20
 FINISHED = "finished"  # per-trial markers {depth, top1_error, checkpoint}: what warm starts pick from
 TRIAL_CONFIGS = "trial_configs"  # each trial's whole training config, as it ran (warm start included)
+TUNE_VERBOSE = {False: 0, True: 1}  # Tune's status tables: silent by default, its default with --verbose
 
 
 def config_yaml(cfg: TrainConfig) -> str:
@@ -60,7 +62,7 @@ def warm_start_checkpoint(setup: dict, depth: str) -> str | None:
     return min((d for d in shallower if order.index(d["depth"]) == deepest), key=lambda d: d[METRIC])["checkpoint"]
 
 
-def train_driver(config: dict, setup: dict) -> None:
+def train_driver(config: dict, setup: dict, verbose: bool = False) -> None:
     """One Tune trial: a Ray Train run named after the trial, so a restarted trial resumes it."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -80,7 +82,8 @@ def train_driver(config: dict, setup: dict) -> None:
                 print(f"trial {trial_id}: warm start from {cfg.model.init_from}")
         experiment.make_dirs(TRIAL_CONFIGS)
         experiment.write_atomic(recorded, config_yaml(cfg).encode())
-    result = make_trainer(cfg, f"trial-{trial_id}", callbacks=[TuneReportCallback()], replay_history=True).fit()
+    result = make_trainer(cfg, f"trial-{trial_id}", callbacks=[TuneReportCallback()], replay_history=True,
+                          verbose=verbose).fit()
     if result.error:
         raise result.error
     best = best_checkpoint(result, cfg.run.storage_path)
@@ -105,14 +108,43 @@ def max_concurrent(cfg: TrainConfig) -> int:
     return int(have // need)
 
 
-def make_tuner(setup: dict, scheduler: str, search: str, samples: int, restore: bool):
+def trial_lines(epochs: int):
+    """The Tune callback that prints our console lines, in the driver."""
+    from ray import tune
+
+    class TrialLines(tune.Callback):
+        """One line per trial epoch, one when a trial ends (Tune's status tables only with --verbose)."""
+
+        def __init__(self):
+            self.best: dict[str, float] = {}
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            error = result[METRIC]
+            self.best[trial.trial_id] = min(error, self.best.get(trial.trial_id, error))
+            print(f"trial {trial.trial_id} epoch {result['training_iteration']}/{epochs}: top-1 error {error:.2%}",
+                  flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            ran = (trial.last_result or {}).get("training_iteration", 0)
+            early = "" if ran >= epochs else ", stopped early by the scheduler"
+            best = f"best top-1 error {self.best[trial.trial_id]:.2%}, " if trial.trial_id in self.best else ""
+            print(f"trial {trial.trial_id} done after {ran} epoch(s){early}: {best}"
+                  + ", ".join(f"{k}={v}" for k, v in trial.config.items()), flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(f"trial {trial.trial_id} failed; its error is in {trial.local_path}", flush=True)
+
+    return TrialLines()
+
+
+def make_tuner(setup: dict, scheduler: str, search: str, samples: int, restore: bool, verbose: bool = False):
     import ray
     from ray import tune
 
     base = trial_config(setup, {})
     space = space_from_dict(setup["space"])
     # The trial's driver only waits on its Train run: it reserves memory, not a CPU its workers need.
-    trainable = tune.with_resources(tune.with_parameters(train_driver, setup=setup),
+    trainable = tune.with_resources(tune.with_parameters(train_driver, setup=setup, verbose=verbose),
                                     {"cpu": 0, "memory": DRIVER_MEMORY})
     storage_path, filesystem = storage(setup["storage_path"])
     if restore:
@@ -140,7 +172,8 @@ def make_tuner(setup: dict, scheduler: str, search: str, samples: int, restore: 
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=samples, scheduler=sched,
                                     search_alg=searcher, max_concurrent_trials=limit),
         run_config=tune.RunConfig(name=setup["name"], storage_path=storage_path, storage_filesystem=filesystem,
-                                  failure_config=tune.FailureConfig(max_failures=base.run.max_failures)))
+                                  failure_config=tune.FailureConfig(max_failures=base.run.max_failures),
+                                  callbacks=[trial_lines(base.run.epochs)], verbose=TUNE_VERBOSE[verbose]))
 
 
 def new_setup(config_path: str, space: Space, name: str, overrides: list[str]) -> dict:
@@ -161,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage-path", help="where experiments live (default: the base config's run.storage_path)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config")
     p.add_argument("--resume", action="store_true", help="continue the interrupted experiment --name")
+    add_verbose_flag(p)
     a = p.parse_args(argv)
     try:
         if a.resume:
@@ -181,18 +215,15 @@ def main(argv: list[str] | None = None) -> int:
             experiment = Location.parse(setup["experiment"])
             if experiment.exists(SETUP_FILE):
                 raise ConfigError(f"experiment {name!r} exists: pass --resume to continue it, or another --name")
-            prepare_data(trial_config(setup, {}))
+            prepare_data(trial_config(setup, {}), a.verbose)
             experiment.make_dirs()
             experiment.write_atomic(SETUP_FILE, (json.dumps(setup, indent=1) + "\n").encode())
     except (ConfigError, OSError, ValueError) as exc:
         print(f"search.py: error: {exc}", file=sys.stderr)
         return 2
 
-    import ray
-
-    if not ray.is_initialized():
-        ray.init()
-    results = make_tuner(setup, a.scheduler, a.search, a.samples, a.resume).fit()
+    start_ray(a.verbose)
+    results = make_tuner(setup, a.scheduler, a.search, a.samples, a.resume, a.verbose).fit()
     errors = [r for r in results if r.error]
     best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
     print(f"best trial: {METRIC} {best.metrics_dataframe[METRIC].min():.4f} with "

@@ -1,0 +1,81 @@
+"""What a newcomer sees: README command (1)'s demo from nothing, then evaluate.py on what it trained."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+EPOCHS = 8  # configs/demo.yaml
+RAY_NOISE = ("TrainingReport(", "Reporting training result", "logging_progress", "Running Dataset",
+             "Checkpoint successfully created", "Started a local Ray instance")
+
+
+def ray_info_lines(lines: list[str]) -> list[str]:
+    """Lines from Ray itself that are neither warnings nor errors (which do belong on the console)."""
+    return [line for line in lines if any(noise in line for noise in RAY_NOISE)
+            or ("pid=" in line and not any(level in line for level in (" E ", "WARNING", "ERROR")))]
+
+
+def run_tool(cwd: Path, *argv: str) -> tuple[int, list[str]]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, as a newcomer's
+    done = subprocess.run([sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    return done.returncode, (done.stdout + done.stderr).splitlines()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("newcomer")
+    code, lines = run_tool(cwd, os.path.join(ROOT, "training", "run.py"))
+    assert code == 0, "\n".join(lines[-60:])
+    return cwd, lines
+
+
+def logged_anywhere(folder: Path, text: str) -> bool:
+    return any(text in p.read_text(errors="replace") for p in folder.rglob("*") if p.is_file() and p.suffix
+               in (".log", ".out", ".err"))
+
+
+def test_the_demo_console_is_ours_and_fits_on_a_screen(demo):
+    cwd, lines = demo
+    text = "\n".join(lines)
+    assert len(lines) <= 40, text
+    for epoch in range(1, EPOCHS + 1):
+        assert sum(line.startswith(f"epoch {epoch}/{EPOCHS} done: top-1 error ") for line in lines) == 1, text
+    assert not ray_info_lines(lines), text
+    assert "entries read 1646 = written 1641 + quarantined 5" in text  # the demo's bad train entries
+    [run] = list((cwd / "runs").iterdir())
+    for shown in (f"report: {run}/report.json", f"best checkpoint: {run}/checkpoint_",
+                  f"TensorBoard: tensorboard --logdir {run}/tensorboard", "Ray dashboard: http://"):
+        assert sum(shown in line for line in lines) == 1, (shown, text)
+    # Ray's INFO output is not lost: it is in the session logs whose path the console gave, once
+    [where] = [line.split("Ray's own logs: ")[1] for line in lines if "Ray's own logs: " in line]
+    assert logged_anywhere(Path(where), "Reporting training result")
+    assert logged_anywhere(Path(where), "Running Dataset")
+
+
+def test_evaluate_reproduces_the_runs_validation_with_no_extra_flags(demo):
+    cwd, _ = demo
+    [run] = list((cwd / "runs").iterdir())
+    code, lines = run_tool(cwd, os.path.join(ROOT, "training", "evaluate.py"), "--checkpoint", str(run),
+                           "--shards", "data/demo/shards/val", "--out", "eval")
+    text = "\n".join(lines)
+    assert code == 0 and len(lines) <= 10 and not ray_info_lines(lines), text
+    metrics = json.loads((cwd / "eval" / "metrics.json").read_text())
+    [checkpoint] = metrics["checkpoints"]
+    report = json.loads((run / "report.json").read_text())
+    assert checkpoint == f"{report['best_checkpoint']}/state.pt"
+    assert f"best checkpoint of the run by top-1 error: {Path(checkpoint).parent.name}" in text
+    validated = torch.load(checkpoint, weights_only=True)["history"][-1]  # the trainer's own validation
+    assert (metrics["size"], metrics["scales"]) == (64, [73])  # data.size, data.eval_resize of the demo
+    assert metrics["fused"]["images"] == validated["val_images"] == 400
+    assert metrics["fused"]["top1_error"] == pytest.approx(validated["top1_error"], abs=1e-9)
+    assert metrics["fused"]["top5_error"] == pytest.approx(validated["top5_error"], abs=1e-9)
