@@ -126,7 +126,7 @@ def test_a_file_that_is_not_a_checkpoint_is_one_line_before_ray(setup, tmp_path,
 def test_a_run_folder_gives_its_best_checkpoint(setup, tmp_path):
     _, paths = setup
     state = torch.load(paths[0][0], weights_only=True)
-    run_folder = tmp_path / "runs" / "demo-run"
+    run_folder = tmp_path / "runs [x]" / "demo-run?"  # glob characters in a user path are just characters
     for name, error in [("checkpoint_2026-01-01_00-00-01", 0.30), ("checkpoint_2026-01-01_00-00-02", 0.25),
                         ("checkpoint_2026-01-01_00-00-03", 0.28)]:
         (run_folder / name).mkdir(parents=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -59,6 +60,13 @@ def test_killed_experiment_resumes_to_completion_and_analyzes(tmp_path):
     resumed = subprocess.run([*search, "--resume", "--storage-path", str(tmp_path / "exp")], cwd=tmp_path,
                              capture_output=True, text=True, timeout=900, start_new_session=True)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    # the console is ours: a line per trial epoch and per finished trial, no Tune tables or Train reports
+    console = resumed.stdout + resumed.stderr
+    assert re.search(r"^trial \w+ epoch 4/4: top-1 error [\d.]+%$", console, re.M), console[-3000:]
+    assert re.search(r"^trial \w+ done after 4 epoch\(s\): best top-1 error [\d.]+%, model.options.convs=\[.*\], "
+                     r"optim.lr=[\d.]+$", console, re.M), console[-3000:]
+    assert not [noise for noise in ("Trial status", "Reporting training result", "TrainingReport(")
+                if noise in console], console[-3000:]
 
     finished = {p.stem: json.loads(p.read_text()) for p in (experiment / "finished").glob("*.json")}
     assert len(finished) == 3  # every trial, once: the resume started no new ones

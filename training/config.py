@@ -99,6 +99,9 @@ def load(path: str | None = None, overrides: list[str] = ()) -> TrainConfig:
     if path:
         with open(path) as f:
             raw = yaml.safe_load(f) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (data, model, optim, run), "
+                              f"got a {type(raw).__name__}")
     return with_overrides(raw, overrides)
 
 
@@ -111,10 +114,12 @@ def with_overrides(raw: dict, overrides: list[str] = ()) -> TrainConfig:
             raise ConfigError(f"--set takes key=value, got {item!r}")
         *parents, leaf = key.strip().split(".")
         node = raw
-        for p in parents:
+        for depth, p in enumerate(parents):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item}: '{'.'.join(parents[:depth + 1])}' is not a section")
         node[leaf] = yaml.safe_load(value)
-    return _build(TrainConfig, raw, "")
+    return check(_build(TrainConfig, raw, ""))
 
 
 def to_dict(cfg: TrainConfig) -> dict:
@@ -122,7 +127,54 @@ def to_dict(cfg: TrainConfig) -> dict:
 
 
 def from_dict(data: dict) -> TrainConfig:
-    return _build(TrainConfig, data, "")
+    return check(_build(TrainConfig, data, ""))
+
+
+def _at_least(low):
+    return lambda v: v >= low, f">= {low}"
+
+
+def _within(low, high):  # [low, high)
+    return lambda v: low <= v < high, f"in [{low}, {high})"
+
+
+def _one_of(*options):
+    return lambda v: v in options, "one of " + ", ".join(map(str, options))
+
+
+# Ranges a value of the right type must also be in: a batch of -1 or 0 epochs would otherwise hang or fail
+# inside a Train worker after every retry.  Names are checked against the model registry at run time.
+RANGES = {
+    "data.sampling": _one_of("class-aware", "uniform"), "data.batch_size": _at_least(1),
+    "data.loader_workers": _at_least(0), "data.crop": _one_of("rrc", "scale_jitter", "random_crop"),
+    "data.size": _at_least(1), "data.eval_resize": _at_least(1), "data.decode": _one_of("workers", "device"),
+    "model.num_classes": _at_least(2), "model.mode": _one_of(None, "bp", "loss12_bp", "relay"),
+    "model.overlap": _at_least(0),
+    "optim.lr": (lambda v: v > 0, "> 0"), "optim.momentum": _within(0, 1), "optim.weight_decay": _at_least(0),
+    "optim.schedule": _one_of("plateau", "multistep", "cosine"), "optim.factor": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "optim.patience": _at_least(0), "optim.warmup_epochs": _at_least(0), "optim.label_smoothing": _within(0, 1),
+    "optim.ema_decay": _within(0, 1),
+    "run.epochs": _at_least(1), "run.workers": _at_least(1), "run.cpus_per_worker": _at_least(0),
+    "run.max_failures": _at_least(-1), "run.num_to_keep": _at_least(1), "run.progress_every_s": _at_least(0),
+}
+
+
+def check(cfg: TrainConfig) -> TrainConfig:
+    """`cfg`, or a ConfigError naming the first setting out of its range."""
+    for dotted, (ok, wanted) in RANGES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if not ok(value):
+            raise ConfigError(f"config key '{dotted}' must be {wanted}, got {value!r}")
+    low, high = cfg.data.jitter
+    if not 1 <= low <= high:
+        raise ConfigError(f"config key 'data.jitter' must be [low, high] with 1 <= low <= high, got {list(cfg.data.jitter)}")
+    if list(cfg.optim.milestones) != sorted(set(cfg.optim.milestones)) or any(m < 1 for m in cfg.optim.milestones):
+        raise ConfigError(f"config key 'optim.milestones' must be increasing epochs >= 1, got {list(cfg.optim.milestones)}")
+    if cfg.run.min_workers is not None and not 1 <= cfg.run.min_workers <= cfg.run.workers:
+        raise ConfigError(f"config key 'run.min_workers' must be in [1, run.workers = {cfg.run.workers}], "
+                          f"got {cfg.run.min_workers}")
+    return cfg
 
 
 def _build(cls, data: dict, prefix: str):

@@ -220,8 +220,9 @@ def resolve_checkpoint(path: str) -> tuple[str, str | None]:
         return path, None
     if loc.is_file(CHECKPOINT_FILE):
         return loc.child(CHECKPOINT_FILE).uri(), None
-    folders = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in loc.fs.glob(loc.path("checkpoint_*")))
-    candidates = [f for f in folders if loc.is_file(f"{f}/{CHECKPOINT_FILE}")]
+    children = loc.list_dir() if loc.is_dir() else []  # listed, not globbed: the path may hold [ or ?
+    candidates = [name for name, kind in children
+                  if kind == "directory" and name.startswith("checkpoint_") and loc.is_file(f"{name}/{CHECKPOINT_FILE}")]
     if not candidates:
         raise CheckpointError(f"--checkpoint {path}: neither a {CHECKPOINT_FILE}, a checkpoint folder holding "
                               f"one, nor a run folder with checkpoint_*/{CHECKPOINT_FILE}")
