@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
 import tarfile
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -25,11 +26,14 @@ class Shard:
     url: str
     nsamples: int
     cls: int
+    filesize: int | None = None
 
 
 class Catalog:
-    def __init__(self, loc: Location, shards: list[Shard], num_classes: int, name: str):
+    def __init__(self, loc: Location, shards: list[Shard], num_classes: int, name: str,
+                 class_names: list[str] | None = None):
         self.loc, self.shards, self.num_classes, self.name = loc, shards, num_classes, name
+        self.class_names = class_names  # in label order; None in an index written before they were kept
         self.by_url = {s.url: s for s in shards}
         self.by_class: dict[int, list[Shard]] = {}
         for s in shards:
@@ -41,14 +45,56 @@ class Catalog:
         loc = Location.parse(uri)
         if not loc.is_file("index.json"):
             raise FileNotFoundError(f"no index.json in {loc.uri()}: is it a directory written by pipelines/shard.py?")
-        index = json.loads(loc.read_bytes("index.json"))
-        if index.get("__kind__") != "wids-shard-index-v1":
-            raise ValueError(f"{loc.uri('index.json')}: not a wids-shard-index-v1 file")
-        shards = [Shard(s["url"], int(s["nsamples"]), int(s.get("class", -1))) for s in index["shardlist"]]
+        where = loc.uri("index.json")
+        try:
+            index = json.loads(loc.read_bytes("index.json"))
+        except ValueError as exc:
+            raise ValueError(f"{where}: not JSON ({exc})") from None
+        if not isinstance(index, dict) or index.get("__kind__") != "wids-shard-index-v1":
+            raise ValueError(f"{where}: not a wids-shard-index-v1 file")
+        try:
+            shards = [Shard(s["url"], int(s["nsamples"]), int(s.get("class", -1)),
+                            int(s["filesize"]) if s.get("filesize") is not None else None)
+                      for s in index["shardlist"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: a shardlist entry without a valid url/nsamples ({exc!r})") from None
+        for s in shards:  # urls are relative to the shard folder, and stay in it
+            if "://" in s.url or s.url.startswith("/") or ".." in s.url.split("/"):
+                raise ValueError(f"{where}: shard url {s.url!r} leaves the shard folder")
         if not shards:
             raise ValueError(f"{loc.uri('index.json')} lists no shards")
         num_classes = int(index.get("num_classes", max(s.cls for s in shards) + 1))
-        return cls(loc, shards, num_classes, index.get("name", ""))
+        return cls(loc, shards, num_classes, index.get("name", ""), index.get("class_names"))
+
+
+    def unavailable_shards(self) -> list[str]:
+        """'url (why)' for every listed shard that is missing or not of its listed size: one listing per
+        folder, so it is cheap on S3 too."""
+        by_folder: dict[str, list[Shard]] = {}
+        for shard in self.shards:
+            by_folder.setdefault(posixpath.dirname(shard.url), []).append(shard)
+        problems = []
+        for folder, shards in sorted(by_folder.items()):
+            try:
+                sizes = {posixpath.basename(info["name"].rstrip("/")): info.get("size")
+                         for info in self.loc.fs.ls(self.loc.path(folder), detail=True)}
+            except FileNotFoundError:
+                sizes = {}
+            for shard in shards:
+                size = sizes.get(posixpath.basename(shard.url))
+                if size is None:
+                    problems.append(f"{shard.url} (missing)")
+                elif shard.filesize is not None and size != shard.filesize:
+                    problems.append(f"{shard.url} ({size} bytes, index.json says {shard.filesize})")
+        return problems
+
+    def check_shards(self) -> None:
+        """ValueError naming the index and the first unavailable shards, if any."""
+        problems = self.unavailable_shards()
+        if problems:
+            raise ValueError(f"{len(problems)} of the {len(self.shards)} shards that {self.loc.uri('index.json')} "
+                             f"lists are missing or of another size: {', '.join(problems[:3])}"
+                             f"{' ...' if len(problems) > 3 else ''}")
 
 
 @dataclass

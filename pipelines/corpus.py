@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pipelines.storage import Location
 
 UNLABELED = -1
+AMBIGUOUS = -3  # Categories.lookup: a short name several classes end with
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -34,21 +35,37 @@ class Categories:
 
     @classmethod
     def from_names(cls, names: list[str]) -> "Categories":
+        """Each class is found by its full name (leading and trailing `/` ignored: `c/church/indoor`) and by
+        every shorter tail of it (`church/indoor`, `indoor`) that no other class shares."""
         ids: dict[str, int] = {}
+        shared: set[str] = set()
         for i, name in enumerate(names):
-            short = name.strip("/").split("/")[-1]
-            ids[name] = i
-            ids.setdefault(short, i)  # "airfield" finds "/a/airfield"
+            parts = name.strip("/").split("/")
+            for start in range(1, len(parts)):
+                tail = "/".join(parts[start:])
+                if tail in ids and ids[tail] != i:
+                    shared.add(tail)
+                ids.setdefault(tail, i)
+        for i, name in enumerate(names):  # full names win over any other class's tail
+            ids[name.strip("/")] = i
+            shared.discard(name.strip("/"))
+        for tail in shared:
+            ids[tail] = AMBIGUOUS
         return cls(tuple(names), ids)
 
     def __len__(self) -> int:
         return len(self.names)
 
     def lookup(self, token: str) -> int | None:
-        """The class id a list's label token means, or None if it names no class."""
+        """The class id a list's label token means, None if it names no class, AMBIGUOUS if it is the
+        tail of several classes' names (`indoor` for `/b/bazaar/indoor` and `/c/church/indoor`)."""
         if re.fullmatch(r"[+-]?\d+", token):
             return int(token)
-        return self.ids_by_name.get(token, self.ids_by_name.get(token.strip("/").split("/")[-1]))
+        return self.ids_by_name.get(token.strip("/"))
+
+    def sharing(self, token: str) -> list[str]:
+        tail = "/" + token.strip("/")
+        return [n for n in self.names if ("/" + n.strip("/")).endswith(tail)]
 
 
 def read_categories(loc: Location, rel: str = "") -> Categories:
@@ -103,6 +120,9 @@ def parse_line(line: str, categories: Categories, labeled: bool) -> Entry | None
     if label is None:
         # Callers decide: the pre-flight turns unknown class names into a CorpusError.
         return Entry(source, -2, token, problem=f"unknown_class: {token!r} is not in the categories")
+    if label == AMBIGUOUS:
+        return Entry(source, -2, token, problem=f"unknown_class: {token!r} is ambiguous: it could be any of "
+                                                 f"{', '.join(categories.sharing(token))}; give the full name")
     if not 0 <= label < len(categories):
         return Entry(source, -2, token, problem=f"label_out_of_range: {label} not in [0, {len(categories)})")
     return Entry(source, label, token)

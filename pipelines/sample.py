@@ -27,7 +27,13 @@ from pipelines.streams import ClassAwareStream, UniformStream
 def draws(catalog: Catalog, mode: str, seed: int, rank: int, world_size: int, epoch: int):
     if mode == "uniform":
         for e in itertools.count(epoch):
-            yield from UniformStream(catalog, seed=seed, epoch=e, rank=rank, world_size=world_size)
+            drawn = 0
+            for draw in UniformStream(catalog, seed=seed, epoch=e, rank=rank, world_size=world_size):
+                drawn += 1
+                yield draw
+            if not drawn:  # every shard of this rank unreadable: the next epoch would be as empty
+                raise ValueError(f"epoch {e} of rank {rank} drew nothing: its shards in {catalog.loc.uri()} "
+                                 f"are unreadable")
     else:
         per_epoch = UniformStream.rank_length(catalog, rank, world_size)
         stream = ClassAwareStream(catalog, seed=seed, rank=rank)
@@ -38,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", required=True, help="folder or URI written by pipelines/shard.py")
     p.add_argument("--mode", choices=["uniform", "class-aware"], required=True)
-    p.add_argument("--num", type=int, required=True)
+    p.add_argument("--num", type=int, required=True, help="draws to write (>= 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rank", type=int, default=0)
     p.add_argument("--world-size", type=int, default=1)
@@ -47,13 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not 0 <= a.rank < a.world_size:
         p.error(f"--rank must be in [0, --world-size), got {a.rank} of {a.world_size}")
+    if a.num < 1 or a.epoch < 0 or a.seed < 0:
+        p.error("--num must be >= 1, --epoch and --seed >= 0")
     try:
+        if Location.parse(a.out).is_dir():
+            raise ValueError(f"--out {a.out} is a folder; give the draws file's path")
         catalog = Catalog.load(a.shards)
-    except (FileNotFoundError, ValueError) as exc:
+        catalog.check_shards()
+        lines = [json.dumps({"key": d.key, "cls": d.cls})
+                 for d in itertools.islice(draws(catalog, a.mode, a.seed, a.rank, a.world_size, a.epoch), a.num)]
+    except (OSError, ValueError) as exc:
         print(f"sample.py: error: {exc}", file=sys.stderr)
         return 2
-    lines = [json.dumps({"key": d.key, "cls": d.cls})
-             for d in itertools.islice(draws(catalog, a.mode, a.seed, a.rank, a.world_size, a.epoch), a.num)]
     Location.write_file(a.out, ("\n".join(lines) + "\n").encode())
     print(f"{len(lines)} draws ({a.mode}, rank {a.rank}/{a.world_size}, seed {a.seed}, epoch {a.epoch}) -> {a.out}")
     return 0

@@ -11,7 +11,6 @@ already written (verified by checksum).  See README.md ("Sharding") for the layo
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -190,7 +189,7 @@ def run(cfg: ShardConfig, verbose: bool = False) -> dict:
     name = cfg.name or _default_name(cfg)
     reasons = shard_index.write_quarantine(out, summaries)
     shard_index.write_classes(out, pf.categories, summaries, name)
-    shard_index.write_index(out, summaries, name, len(pf.categories))
+    shard_index.write_index(out, summaries, name, pf.categories.names)
 
     written = sum(s["nsamples"] for s in summaries)
     quarantined = sum(reasons.values())
@@ -250,8 +249,8 @@ def _clean_previous_attempt(out: Location) -> None:
     out.make_dirs(STATE_DIR)
     out.remove_temp_files()
     out.remove_temp_files(STATE_DIR)
-    for path in out.fs.glob(out.path(f"{STATE_DIR}/rejects-*.jsonl")):
-        out.fs.rm(path)
+    for name in shard_index.reject_files_in(out):  # listed, not globbed: OUT may hold [ or ?
+        out.remove(f"{STATE_DIR}/{name}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,9 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CorpusError, PermissionError) as exc:
         print(f"shard.py: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({k: m[k] for k in ("entries_read", "written", "quarantined", "quarantine_reasons")}))
-    print(f"entries read {m['entries_read']} = written {m['written']} + quarantined {m['quarantined']}; "
-          f"{m['shards']} shards ({m['shards_reused']} reused) in {cfg.out}; "
+    reasons = ", ".join(f"{reason} {n}" for reason, n in m["quarantine_reasons"].items())
+    print(f"entries read {m['entries_read']} = written {m['written']} + quarantined {m['quarantined']}"
+          f"{f' ({reasons})' if reasons else ''}; {m['shards']} shards ({m['shards_reused']} reused) in {cfg.out}; "
           f"{m['elapsed_s']:.1f} s, {m['images_per_s']:.0f} img/s")
     return 0
 

@@ -13,7 +13,6 @@ time, so its memory does not grow with the corpus.
 from __future__ import annotations
 
 import json
-import posixpath
 from collections import Counter, defaultdict
 from importlib import metadata
 
@@ -33,7 +32,7 @@ def _dumps(obj) -> str:
 def write_quarantine(out: Location, summaries: list[dict]) -> Counter:
     """Concatenate list-level rejects (per key bucket) and image-level rejects (per shard)."""
     reasons: Counter = Counter()
-    reject_files = sorted(posixpath.basename(p) for p in out.fs.glob(out.path(f"{STATE_DIR}/rejects-*.jsonl")))
+    reject_files = reject_files_in(out)
     with out.open_atomic(QUARANTINE_FILE) as f:
         for name in reject_files:
             for line in out.read_text(f"{STATE_DIR}/{name}").splitlines():
@@ -76,12 +75,21 @@ def _class_record(out: Location, shards: list[dict], cid, cname) -> dict:
     return {**head, "count": count, "shards": records}
 
 
-def write_index(out: Location, summaries: list[dict], name: str, num_classes: int) -> None:
+def reject_files_in(out: Location) -> list[str]:
+    """Names of the list-level reject files in OUT/.state: listed and matched by name, never globbed (a
+    user's OUT may hold [ or ?, and a glob would then match a neighbouring folder's files)."""
+    return [name for name, kind in out.list_dir(STATE_DIR)
+            if kind == "file" and name.startswith("rejects-") and name.endswith(".jsonl")]
+
+
+def write_index(out: Location, summaries: list[dict], name: str, class_names: tuple[str, ...]) -> None:
+    """The wids-v1 shard index, plus our `layout`, `num_classes`, `class_names` (in label order: what
+    training checks its validation shards and checkpoints against) and `total_samples`."""
     shardlist = [{"url": s["url"], "nsamples": s["nsamples"], "filesize": s["filesize"], "md5sum": s["md5sum"],
                   "class": s["label"]}
                  for s in sorted(summaries, key=lambda s: s["url"]) if s["nsamples"]]
     index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": name,
-             "layout": "per-class", "num_classes": num_classes,
+             "layout": "per-class", "num_classes": len(class_names), "class_names": list(class_names),
              "total_samples": sum(s["nsamples"] for s in shardlist),
              "shardlist": shardlist}
     out.write_atomic(INDEX_FILE, (json.dumps(index, sort_keys=True, indent=1) + "\n").encode())

@@ -134,5 +134,5 @@ def write_shards(out, counts: list[int], shard_samples: int, size: int = 16) -> 
             loc.write_atomic(url, built.data)
             summaries.append({"url": url, "nsamples": len(samples), "filesize": len(built.data),
                               "md5sum": built.md5, "label": cls, "group": url[:-4]})
-    shard_index.write_index(loc, summaries, "synthetic", len(counts))
+    shard_index.write_index(loc, summaries, "synthetic", tuple(f"class{c}" for c in range(len(counts))))
     return keys

@@ -27,6 +27,7 @@ class DataConfig:
     color_pca: bool = False  # AlexNet's colour noise from TRAIN_SHARDS/color_pca.json
     eval_resize: int = 256
     decode: str = "workers"  # or "device" (nvJPEG on the GPU)
+    max_skipped_fraction: float = 0.01  # an epoch that had to skip more of its samples fails the run
 
 
 @dataclass
@@ -98,7 +99,10 @@ def load(path: str | None = None, overrides: list[str] = ()) -> TrainConfig:
     raw: dict = {}
     if path:
         with open(path) as f:
-            raw = yaml.safe_load(f) or {}
+            try:
+                raw = yaml.safe_load(f) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections (data, model, optim, run), "
                               f"got a {type(raw).__name__}")
@@ -118,7 +122,10 @@ def with_overrides(raw: dict, overrides: list[str] = ()) -> TrainConfig:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item}: '{'.'.join(parents[:depth + 1])}' is not a section")
-        node[leaf] = yaml.safe_load(value)
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item}: the value is not valid YAML") from None
     return check(_build(TrainConfig, raw, ""))
 
 
@@ -148,6 +155,7 @@ RANGES = {
     "data.sampling": _one_of("class-aware", "uniform"), "data.batch_size": _at_least(1),
     "data.loader_workers": _at_least(0), "data.crop": _one_of("rrc", "scale_jitter", "random_crop"),
     "data.size": _at_least(1), "data.eval_resize": _at_least(1), "data.decode": _one_of("workers", "device"),
+    "data.max_skipped_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "model.num_classes": _at_least(2), "model.mode": _one_of(None, "bp", "loss12_bp", "relay"),
     "model.overlap": _at_least(0),
     "optim.lr": (lambda v: v > 0, "> 0"), "optim.momentum": _within(0, 1), "optim.weight_decay": _at_least(0),

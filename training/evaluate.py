@@ -272,14 +272,24 @@ def check_inputs(checkpoints: list[str], shards: str) -> tuple[list[str], list]:
     index, is one clear error."""
     from training.config import from_dict
 
+    catalog = Catalog.load(shards)
     paths, configs = [], []
     for path in checkpoints:
         resolved, note = resolve_checkpoint(path)
         if note:
             print(note)
+        state = read_checkpoint(resolved)
+        cfg = from_dict(state["config"])
+        if catalog.num_classes and cfg.model.num_classes != catalog.num_classes:  # 0: an unlabeled test set
+            raise CheckpointError(f"--checkpoint {path} predicts {cfg.model.num_classes} classes but {shards} has "
+                                  f"{catalog.num_classes}: scores would compare different classes")
+        names = state.get("class_names")
+        if names and catalog.class_names and list(names) != list(catalog.class_names):
+            i = next(i for i, (a, b) in enumerate(zip(names, catalog.class_names)) if a != b)
+            raise CheckpointError(f"--checkpoint {path} was trained with class {i} = {names[i]!r}, but in {shards} "
+                                  f"class {i} is {catalog.class_names[i]!r}")
         paths.append(resolved)
-        configs.append(from_dict(read_checkpoint(resolved)["config"]))
-    Catalog.load(shards)
+        configs.append(cfg)
     return paths, configs
 
 
@@ -343,11 +353,12 @@ def main(argv: list[str] | None = None) -> int:
         metrics["models"] = {path: top_errors(probs[scored, i], labels[scored], len(names))
                              for i, path in enumerate(checkpoints)}
         metrics["fused"] = top_errors(fused[scored], labels[scored], len(names))
-        plot_confusion(fused[scored], labels[scored], names, os.path.join(a.out, "confusion.png"))
     top5 = np.argsort(-fused, axis=1)[:, :5]
     lines = [f"{os.path.basename(src)} {' '.join(map(str, row))}" for src, row in zip(result["source"], top5)]
     Location.write_file(os.path.join(a.out, "predictions.csv"), ("\n".join(lines) + "\n").encode())
     Location.write_file(os.path.join(a.out, "metrics.json"), (json.dumps(metrics, indent=1) + "\n").encode())
+    if labeled:  # after the numbers: a plot must never cost them
+        plot_confusion(fused[scored], labels[scored], names, os.path.join(a.out, "confusion.png"))
     if labeled:
         print(f"fused ({a.fusion}, {a.protocol}): top-1 error {metrics['fused']['top1_error']:.4f}, "
               f"top-5 error {metrics['fused']['top5_error']:.4f} on {int(scored.sum())} images")

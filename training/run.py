@@ -21,6 +21,7 @@ if __package__ in (None, ""):
 
 from pipelines.console import ConsoleRelay, add_verbose_flag, start_ray, train_log_level
 from training.config import ConfigError, TrainConfig, load, to_dict
+from training.preflight import check_training_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(ROOT, "configs", "demo.yaml")
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 os.path.join(cfg.run.storage_path, a.resume)):
             raise ConfigError(f"--resume: no run named {a.resume!r} under {cfg.run.storage_path}")
         prepare_data(cfg, a.verbose)
+        check_training_inputs(cfg)
     except (ConfigError, OSError) as exc:
         print(f"run.py: error: {exc}", file=sys.stderr)
         return 2

@@ -95,6 +95,20 @@ def evaluate_rank(model, cfg: TrainConfig, rank: int, world: int, device) -> tor
     return counts
 
 
+def check_epoch_input(epoch: int, trained: int, skipped: int, max_skipped_fraction: float, validated: int) -> None:
+    """Every rank raises alike (the counts are all-reduced): an epoch that trained on nothing, or had to skip
+    more than the allowed share of its samples, fails the run instead of reporting a meaningless result."""
+    if trained == 0:
+        raise RuntimeError(f"epoch {epoch + 1} trained on no samples ({skipped} skipped as unreadable): "
+                           f"see the skipped-shard warnings in the workers' log")
+    if skipped > max_skipped_fraction * (trained + skipped):
+        raise RuntimeError(f"epoch {epoch + 1} skipped {skipped} unreadable samples of {trained + skipped} "
+                           f"({skipped / (trained + skipped):.1%}), above data.max_skipped_fraction = "
+                           f"{max_skipped_fraction}")
+    if validated == 0:
+        raise RuntimeError(f"epoch {epoch + 1}: validation scored no images (every val shard unreadable?)")
+
+
 def train_fn_per_worker(config: dict) -> None:
     if not config.get("verbose"):
         # Ray Train sends this worker's root logger (its per-report "Reporting training result" lines
@@ -146,7 +160,7 @@ def train_fn_per_worker(config: dict) -> None:
         # running sums stay on the device: reading them every step would stall the GPU queue
         sums = defaultdict(lambda: torch.zeros((), dtype=torch.float64, device=device))
         digest = torch.zeros((), dtype=torch.float64, device=device)
-        seen, waited, done = 0, 0.0, 0
+        seen, waited, done, skipped_before = 0, 0.0, 0, loader.skipped
         started = last_note = time.perf_counter()
         batches = loader.epoch(epoch)
         with ddp.join() if world > 1 and cfg.data.sampling == "uniform" else nullcontext():  # uneven last batches
@@ -183,12 +197,13 @@ def train_fn_per_worker(config: dict) -> None:
             torch.cuda.synchronize(device)  # the epoch's time includes the queued GPU work
         elapsed = time.perf_counter() - started
         counts = evaluate_rank(net if ema is None else ema.module, cfg, rank, world, device)
-        totals = torch.tensor([seen, elapsed, waited, loader.skipped, float(digest)], dtype=torch.float64,
-                              device=device)
+        totals = torch.tensor([seen, elapsed, waited, loader.skipped, float(digest), loader.skipped - skipped_before],
+                              dtype=torch.float64, device=device)
         loss_sums = torch.stack([sums[k] for k in sorted(sums)]) if sums else totals[:0]
         if world > 1:
             for tensor in (counts, totals, loss_sums):
                 dist.all_reduce(tensor)
+        check_epoch_input(epoch, int(totals[0]), int(totals[5]), cfg.data.max_skipped_fraction, int(counts[2]))
         top1_err, top5_err = 1 - float(counts[0] / counts[2]), 1 - float(counts[1] / counts[2])
         scheduler.step_epoch(1 - top1_err)
         metrics = {"epoch": epoch, "step": step, "top1_error": top1_err, "top5_error": top5_err,
@@ -213,7 +228,8 @@ def train_fn_per_worker(config: dict) -> None:
                 torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
                             "ema": ema.state_dict() if ema is not None else None, "scaler": scaler.state_dict(),
                             "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "streams": streams,
-                            "config": config["train"], "history": history},
+                            "config": config["train"], "history": history,
+                            "class_names": loader.catalog.class_names},  # what evaluate.py checks shards against
                            os.path.join(folder, CHECKPOINT_FILE))
                 saved = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=saved)

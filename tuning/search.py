@@ -30,6 +30,7 @@ if __package__ in (None, ""):
 from pipelines.console import add_verbose_flag, start_ray
 from pipelines.storage import Location
 from training.config import ConfigError, TrainConfig, load, to_dict, with_overrides
+from training.preflight import check_training_inputs
 from training.run import absolute, best_checkpoint, make_trainer, prepare_data, resolve_paths, storage
 from tuning.space import Space, load_space, space_from_dict, space_to_dict
 
@@ -183,13 +184,19 @@ def new_setup(config_path: str, space: Space, name: str, overrides: list[str]) -
             "base_config": os.path.abspath(config_path), "base": to_dict(cfg), "space": space_to_dict(space)}
 
 
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="base training recipe (configs/*.yaml)")
     p.add_argument("--space", help="search space (tuning/spaces/*.yaml)")
     p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha")
     p.add_argument("--search", choices=["random", "optuna"], default="random")
-    p.add_argument("--samples", type=int, default=8, help="trials to run")
+    p.add_argument("--samples", type=positive_int, default=8, help="trials to run")
     p.add_argument("--name", help="experiment name (default: SPACE-TIMESTAMP); required with --resume")
     p.add_argument("--storage-path", help="where experiments live (default: the base config's run.storage_path)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config")
@@ -216,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
             if experiment.exists(SETUP_FILE):
                 raise ConfigError(f"experiment {name!r} exists: pass --resume to continue it, or another --name")
             prepare_data(trial_config(setup, {}), a.verbose)
+            check_training_inputs(trial_config(setup, {}))
+            from training.models import list_models
+            unknown = sorted(set(space.choices("model.name")) - set(list_models()))
+            if unknown:
+                raise ConfigError(f"{a.space}: params.model.name: unknown model {unknown[0]!r}")
             experiment.make_dirs()
             experiment.write_atomic(SETUP_FILE, (json.dumps(setup, indent=1) + "\n").encode())
     except (ConfigError, OSError, ValueError) as exc:

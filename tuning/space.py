@@ -57,6 +57,13 @@ class Space:
         return {key: tune.choice(args) if kind == "choice" else make[kind](*args)
                 for key, (kind, args) in self.params.items()}
 
+    def choices(self, key: str) -> list:
+        """Every value trials may get for `key` when it is fixed or a `choice`, else []."""
+        if key in self.fixed:
+            return [self.fixed[key]]
+        kind, args = self.params.get(key, ("", []))
+        return [yaml.safe_load(a) if isinstance(a, str) else a for a in args] if kind == "choice" else []
+
     def overrides(self, sampled: dict) -> list[str]:
         """`--set` items: the fixed ones, then the trial's sampled ones."""
         return [f"{k}={as_yaml(v)}" for k, v in self.fixed.items()] + \
@@ -102,10 +109,10 @@ def load_space(path: str, base_config: str | None = None) -> Space:
         raise ConfigError(f"{name}: depth must name a `choice` parameter, got {space.depth!r}")
     if space.warm_start and space.depth is None:
         raise ConfigError(f"{name}: warm_start needs a depth parameter")
-    if base_config is not None:  # every key, and every choice, must load: ConfigError names the bad one
+    if base_config is not None:  # every key, every choice and both ends of a range must load and be in range
         first = {k: args[0] for k, (kind, args) in params.items()}
         for key, (kind, args) in params.items():
-            for option in args if kind == "choice" else args[:1]:
+            for option in args:
                 load(base_config, space.overrides({**first, key: option}))
     return space
 

@@ -1,0 +1,195 @@
+"""Bad input, as a hostile-but-realistic user gives it: refused before any work with exit code 2 and one line
+naming the setting or file, and nothing outside the output folder touched.  One row per case."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import write_shards
+from pipelines import sample, shard
+from pipelines.corpus import Categories, parse_line
+from training import evaluate, run
+from training.config import load, to_dict
+from training.train_loop import build_model, check_epoch_input
+from tuning import search
+
+COUNTS = [6, 5, 4]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Training and validation shards of 3 classes, a 3-class checkpoint, a base config using them."""
+    root = tmp_path_factory.mktemp("bad")
+    write_shards(root / "train", COUNTS, shard_samples=4)
+    write_shards(root / "val", [2, 2, 2], shard_samples=2)
+    write_shards(root / "val5", [2] * 5, shard_samples=2)
+    write_shards(root / "val_two", [2, 2], shard_samples=2)  # an image-folder val tree missing one class
+    renamed = root / "val_renamed"
+    write_shards(renamed, [2, 2, 2], shard_samples=2)
+    index = json.loads((renamed / "index.json").read_text())
+    index["class_names"] = ["class0", "class2", "class1"]
+    (renamed / "index.json").write_text(json.dumps(index))
+    gone = root / "train_gone"
+    write_shards(gone, COUNTS, shard_samples=4)
+    for tar in gone.glob("*.tar"):
+        tar.unlink()
+    for name, url in (("escape_abs", "/etc/passwd"), ("escape_up", "../train/c0000-00000.tar")):
+        write_shards(root / name, [2], shard_samples=2)
+        index = json.loads((root / name / "index.json").read_text())
+        index["shardlist"][0]["url"] = url
+        (root / name / "index.json").write_text(json.dumps(index))
+    (root / "not_index").mkdir()
+    (root / "not_index" / "index.json").write_text("[]")
+    cfg = load(None, ["model.num_classes=3", "model.mode=bp", f"data.train_shards={root / 'train'}",
+                      f"data.val_shards={root / 'val'}"])
+    checkpoint = root / "model3.pt"
+    torch.save({"model": build_model(cfg).state_dict(), "config": to_dict(cfg), "history": [],
+                "class_names": ["class0", "class1", "class2"]}, checkpoint)
+    (root / "base.yaml").write_text(json.dumps(to_dict(cfg)))  # JSON is YAML
+    (root / "list.yaml").write_text("- data\n- model\n")
+    (root / "data5.yaml").write_text("data: 5\n")
+    (root / "space.yaml").write_text("params:\n  optim.lr: {loguniform: [0.01, 0.1]}\n")
+    (root / "snapshot.json").write_text('{"checkpoints": []}')
+    return root
+
+
+def files_under(root) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# (row, tool, argv with {root} for the module's folder, the message the one error line must hold)
+CASES = [
+    ("batch_size -1 (it hung, growing memory)", "run", ["--config", "{root}/base.yaml", "--set", "data.batch_size=-1"],
+     "config key 'data.batch_size' must be >= 1, got -1"),
+    ("zero epochs", "run", ["--config", "{root}/base.yaml", "--set", "run.epochs=0"],
+     "config key 'run.epochs' must be >= 1, got 0"),
+    ("negative loader workers", "run", ["--config", "{root}/base.yaml", "--set", "data.loader_workers=-2"],
+     "config key 'data.loader_workers' must be >= 0"),
+    ("unknown model", "run", ["--config", "{root}/base.yaml", "--set", "model.name=resnet9000"],
+     "config key 'model.name': unknown model 'resnet9000'"),
+    ("a YAML list as config", "run", ["--config", "{root}/list.yaml"],
+     "list.yaml: expected a mapping of sections"),
+    ("data: 5", "run", ["--config", "{root}/data5.yaml"], "data: expected a mapping, got 5"),
+    ("a value that is not YAML", "run", ["--config", "{root}/base.yaml", "--set", "data.jitter=[1,"],
+     "--set data.jitter=[1,: the value is not valid YAML"),
+    ("every training shard missing (it trained on nothing, exit 0)", "run",
+     ["--config", "{root}/base.yaml", "--set", "data.train_shards={root}/train_gone"],
+     "5 of the 5 shards that {root}/train_gone/index.json lists are missing or of another size: c0000-00000.tar "
+     "(missing)"),
+    ("val tree missing a class folder (labels shifted by one)", "run",
+     ["--config", "{root}/base.yaml", "--set", "data.val_shards={root}/val_two"],
+     "config key 'model.num_classes' is 3 but data.val_shards has 2 classes"),
+    ("val classes in another order", "run", ["--config", "{root}/base.yaml", "--set", "data.val_shards={root}/val_renamed"],
+     "data.val_shards: class 1 is 'class2' there but 'class1' in the training shards"),
+    ("num_classes below the labels (IndexError after 3 attempts)", "run",
+     ["--config", "{root}/base.yaml", "--set", "model.num_classes=2"],
+     "config key 'model.num_classes' is 2 but data.train_shards has 3 classes"),
+    ("a shard url that leaves the folder (absolute)", "run",
+     ["--config", "{root}/base.yaml", "--set", "data.val_shards={root}/escape_abs"],
+     "shard url '/etc/passwd' leaves the shard folder"),
+    ("a shard url that leaves the folder (..)", "run",
+     ["--config", "{root}/base.yaml", "--set", "data.val_shards={root}/escape_up"],
+     "shard url '../train/c0000-00000.tar' leaves the shard folder"),
+    ("an index.json that is []", "run", ["--config", "{root}/base.yaml", "--set", "data.val_shards={root}/not_index"],
+     "not_index/index.json: not a wids-shard-index-v1 file"),
+    ("search.py --samples 0", "search", ["--config", "{root}/base.yaml", "--space", "{root}/space.yaml", "--samples", "0"],
+     "argument --samples: must be a whole number >= 1, got '0'"),
+    ("search.py on a base config with a bad value", "search",
+     ["--config", "{root}/base.yaml", "--space", "{root}/space.yaml", "--set", "optim.momentum=1.5"],
+     "config key 'optim.momentum' must be in [0, 1), got 1.5"),
+    ("evaluate.py: a 3-class checkpoint on 5-class shards", "evaluate",
+     ["--checkpoint", "{root}/model3.pt", "--shards", "{root}/val5", "--out", "{out}"],
+     "model3.pt predicts 3 classes but {root}/val5 has 5"),
+    ("evaluate.py: shards whose classes are in another order", "evaluate",
+     ["--checkpoint", "{root}/model3.pt", "--shards", "{root}/val_renamed", "--out", "{out}"],
+     "was trained with class 1 = 'class1', but in {root}/val_renamed class 1 is 'class2'"),
+    ("evaluate.py: a JSON file as checkpoint", "evaluate",
+     ["--checkpoint", "{root}/snapshot.json", "--shards", "{root}/val", "--out", "{out}"],
+     "snapshot.json: not a checkpoint written by training/run.py"),
+    ("sample.py --num -1", "sample", ["--shards", "{root}/train", "--mode", "uniform", "--num", "-1", "--out", "{out}/d.jsonl"],
+     "--num must be >= 1"),
+    ("sample.py --out a folder", "sample", ["--shards", "{root}/train", "--mode", "uniform", "--num", "3", "--out", "{root}"],
+     "is a folder; give the draws file's path"),
+    ("sample.py with every shard missing (it looped forever)", "sample",
+     ["--shards", "{root}/train_gone", "--mode", "class-aware", "--num", "3", "--out", "{out}/d.jsonl"],
+     "5 of the 5 shards that {root}/train_gone/index.json lists are missing"),
+    ("sample.py on an index.json that is []", "sample",
+     ["--shards", "{root}/not_index", "--mode", "uniform", "--num", "3", "--out", "{out}/d.jsonl"],
+     "not a wids-shard-index-v1 file"),
+]
+TOOLS = {"run": run.main, "search": search.main, "evaluate": evaluate.main, "sample": sample.main}
+
+
+def call(tool: str, argv: list[str]) -> int:
+    try:
+        return TOOLS[tool](argv)
+    except SystemExit as exc:  # argparse's own refusals: usage, then one error line
+        return exc.code
+
+
+@pytest.mark.parametrize("row,tool,argv,message", CASES, ids=[c[0] for c in CASES])
+def test_refused_in_one_line_before_any_work(world, tmp_path, capsys, row, tool, argv, message):
+    import ray
+
+    out = tmp_path / "out"
+    argv = [a.format(root=world, out=out) for a in argv] + (
+        ["--set", f"run.storage_path={out}"] if tool == "run" else
+        ["--storage-path", str(out)] if tool == "search" else [])
+    before = files_under(world)
+    code = call(tool, argv)
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith(("usage:", " "))]
+    assert code == 2 and len(err) == 1 and message.format(root=world) in err[0], (code, err)
+    assert files_under(world) == before and not (out / "metrics.json").exists()
+    assert not ray.is_initialized()  # refused before Ray started
+
+
+def test_class_names_in_a_list_match_whole_names_or_unique_tails():
+    cats = Categories.from_names(["/b/bazaar/indoor", "/b/bazaar/outdoor", "/c/church/indoor"])
+    label = {t: parse_line(f"x.jpg {t}", cats, labeled=True) for t in
+             ("church/indoor", "c/church/indoor", "/c/church/indoor", "bazaar/indoor", "outdoor", "indoor", "hurch/indoor")}
+    assert [label[t].label for t in ("church/indoor", "c/church/indoor", "/c/church/indoor")] == [2, 2, 2]
+    assert (label["bazaar/indoor"].label, label["outdoor"].label) == (0, 1)
+    assert "'indoor' is ambiguous: it could be any of /b/bazaar/indoor, /c/church/indoor" in label["indoor"].problem
+    assert label["hurch/indoor"].problem.startswith("unknown_class: 'hurch/indoor' is not in the categories")
+
+
+def test_an_ambiguous_class_name_is_refused_with_its_line(tmp_path, capsys):
+    (tmp_path / "cats.txt").write_text("/b/bazaar/indoor 0\n/b/bazaar/outdoor 1\n/c/church/indoor 2\n")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "list.txt").write_text("a.jpg church/indoor\nb.jpg indoor\n")
+    argv = ["--list", str(tmp_path / "list.txt"), "--images-root", str(tmp_path / "images"),
+            "--categories", str(tmp_path / "cats.txt"), "--out", str(tmp_path / "out")]
+    assert shard.main(argv) == 2
+    [err] = capsys.readouterr().err.strip().splitlines()
+    assert f"list.txt:2: 'indoor' is ambiguous" in err
+
+
+def test_an_epoch_without_input_fails_the_run_instead_of_reporting_nan():
+    check_epoch_input(0, trained=990, skipped=10, max_skipped_fraction=0.01, validated=400)
+    with pytest.raises(RuntimeError, match="epoch 1 trained on no samples"):
+        check_epoch_input(0, trained=0, skipped=0, max_skipped_fraction=0.01, validated=400)
+    with pytest.raises(RuntimeError, match=r"epoch 3 skipped 11 unreadable samples of 1001 \(1.1%\)"):
+        check_epoch_input(2, trained=990, skipped=11, max_skipped_fraction=0.01, validated=400)
+    with pytest.raises(RuntimeError, match="validation scored no images"):
+        check_epoch_input(0, trained=10, skipped=0, max_skipped_fraction=0.01, validated=0)
+
+
+def test_glob_characters_in_out_touch_no_neighbour(world, tmp_path):
+    """A glob of `out [x]/.state/rejects-*` matched `outx/.state/...`: OUT's files are listed by name now."""
+    from pipelines.shard_index import reject_files_in
+    from pipelines.storage import Location
+
+    for name in ("out [x]", "outx"):
+        (tmp_path / name / ".state").mkdir(parents=True)
+        (tmp_path / name / ".state" / "rejects-00000.jsonl").write_text("{}\n")
+    neighbour = files_under(tmp_path / "outx")
+    assert reject_files_in(Location.parse(str(tmp_path / "out [x]"))) == ["rejects-00000.jsonl"]
+    shard._clean_previous_attempt(Location.parse(str(tmp_path / "out [x]")))
+    assert not (tmp_path / "out [x]" / ".state" / "rejects-00000.jsonl").exists()
+    assert files_under(tmp_path / "outx") == neighbour
+    assert os.path.exists(tmp_path / "outx" / ".state" / "rejects-00000.jsonl")

@@ -1,0 +1,57 @@
+"""What training checks before Ray starts, so that a wrong input is one line naming the setting or file
+instead of a failure inside a Train worker after every retry, or a run that trains on nothing:
+
+- `model.name` is a registered architecture;
+- the training and validation shards have an index, every shard it lists is there with its listed
+  size, and no url leaves the shard folder (checked when the index loads);
+- both shard sets have the classes of `model.num_classes`, with the same names in the same order
+  (an image-folder val tree missing one class folder would shift every label by one).
+"""
+
+from __future__ import annotations
+
+from pipelines.catalog import Catalog
+from training.config import ConfigError, TrainConfig
+
+
+def check_training_inputs(cfg: TrainConfig) -> tuple[Catalog, Catalog]:
+    """(train, val) catalogs of a config that passed every check, or a ConfigError."""
+    from training.models import list_models
+
+    if cfg.model.name not in list_models():
+        raise ConfigError(f"config key 'model.name': unknown model {cfg.model.name!r}; known: "
+                          f"{', '.join(list_models())}")
+    train = load_catalog("data.train_shards", cfg.data.train_shards)
+    val = load_catalog("data.val_shards", cfg.data.val_shards)
+    for key, catalog in (("data.train_shards", train), ("data.val_shards", val)):
+        check_shard_files(key, catalog)
+        if catalog.num_classes != cfg.model.num_classes:
+            raise ConfigError(f"config key 'model.num_classes' is {cfg.model.num_classes} but {key} has "
+                              f"{catalog.num_classes} classes ({catalog.loc.uri('index.json')})")
+    check_same_classes(train, val)
+    return train, val
+
+
+def load_catalog(key: str, uri: str) -> Catalog:
+    try:
+        return Catalog.load(uri)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"config key '{key}': {exc}") from None
+
+
+def check_same_classes(train: Catalog, val: Catalog, what: str = "data.val_shards") -> None:
+    """Same class count, and the same names in the same order where both indexes name them."""
+    if train.num_classes != val.num_classes:
+        raise ConfigError(f"{what} has {val.num_classes} classes, the training shards {train.num_classes}: "
+                          f"labels would not mean the same classes")
+    if train.class_names and val.class_names and train.class_names != val.class_names:
+        i = next(i for i, (a, b) in enumerate(zip(train.class_names, val.class_names)) if a != b)
+        raise ConfigError(f"{what}: class {i} is {val.class_names[i]!r} there but {train.class_names[i]!r} in the "
+                          f"training shards: shard both with the same categories (names and order)")
+
+
+def check_shard_files(key: str, catalog: Catalog) -> None:
+    try:
+        catalog.check_shards()
+    except ValueError as exc:
+        raise ConfigError(f"config key '{key}': {exc}") from None
