@@ -24,16 +24,17 @@ SPLITS = {"train": ("train.txt", "data_256"), "val": ("val.txt", "val_256"), "te
 
 
 def prepare_demo(data: str = "data/demo", seed: int = 0, shard_samples: int = 200,
-                 verbose: bool = False) -> dict[str, dict]:
-    """Corpus and shards for every split; returns each split's manifest.  `verbose`: Ray's INFO output
-    on the console too."""
+                 verbose: bool = False, splits: tuple[str, ...] = tuple(SPLITS)) -> dict[str, dict]:
+    """The corpus, and shards for `splits` (training needs only train and val); returns each split's
+    manifest.  `verbose`: Ray's INFO output on the console too."""
     data = os.path.abspath(data)
     if not os.path.exists(os.path.join(data, "test.txt")):  # written last by make_demo_corpus
         summary = make_demo_corpus(data, seed)
         print(f"demo corpus: {summary['train']} train / {summary['val']} val / {summary['test']} test entries "
               f"in {data}")
     manifests = {}
-    for split, (listing, images) in SPLITS.items():
+    for split in splits:
+        listing, images = SPLITS[split]
         out = os.path.join(data, "shards", split)
         manifest_path = os.path.join(out, "manifest.json")
         if not os.path.exists(manifest_path):

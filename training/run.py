@@ -58,7 +58,7 @@ def prepare_data(cfg: TrainConfig, verbose: bool = False) -> None:
         demo_root = os.path.dirname(os.path.dirname(shards))
         if os.path.basename(os.path.dirname(shards)) == "shards" and "demo" in os.path.basename(demo_root):
             from pipelines.demo import prepare_demo
-            prepare_demo(demo_root, seed=cfg.run.seed, verbose=verbose)
+            prepare_demo(demo_root, seed=cfg.run.seed, verbose=verbose, splits=("train", "val"))
         else:
             raise ConfigError(f"no shards at {shards}: run pipelines/shard.py first")
 
