@@ -9,6 +9,7 @@ for byte: re-encoding it would only lose quality and time.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -74,10 +75,10 @@ def prepare_image(data: bytes, settings: ImageSettings) -> PreparedImage:
     try:
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise ImageRejected("too_many_pixels", str(exc)) from exc
+        raise ImageRejected("too_many_pixels", _message(exc)) from exc
     except Exception as exc:
         if "truncated" in str(exc).lower():  # cut inside the header
-            raise ImageRejected("truncated_image", str(exc)) from exc
+            raise ImageRejected("truncated_image", _message(exc)) from exc
         raise ImageRejected("not_an_image", _describe(exc, data)) from exc
 
     w, h = img.size
@@ -160,7 +161,7 @@ def _decode(img: Image.Image) -> None:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
-        message = str(exc)
+        message = _message(exc)
         code = "truncated_image" if "truncated" in message or "broken data stream" in message else "corrupt_image"
         raise ImageRejected(code, message) from exc
 
@@ -169,4 +170,10 @@ def _describe(exc: Exception, data: bytes) -> str:
     head = data[:64].lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
         return "HTML/XML text saved under an image name"
-    return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {_message(exc)}"
+
+
+def _message(exc: Exception) -> str:
+    """The exception's text without object reprs (`<_io.BytesIO object at 0x7f...>`): a reason must be
+    the same on every run, or quarantine.jsonl would differ between identical runs."""
+    return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc))

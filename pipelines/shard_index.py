@@ -78,8 +78,11 @@ def _class_record(out: Location, shards: list[dict], cid, cname) -> dict:
 def reject_files_in(out: Location) -> list[str]:
     """Names of the list-level reject files in OUT/.state: listed and matched by name, never globbed (a
     user's OUT may hold [ or ?, and a glob would then match a neighbouring folder's files)."""
-    return [name for name, kind in out.list_dir(STATE_DIR)
-            if kind == "file" and name.startswith("rejects-") and name.endswith(".jsonl")]
+    try:
+        listed = out.list_dir(STATE_DIR)
+    except FileNotFoundError:  # an object store has no empty folders
+        return []
+    return [name for name, kind in listed if kind == "file" and name.startswith("rejects-") and name.endswith(".jsonl")]
 
 
 def write_index(out: Location, summaries: list[dict], name: str, class_names: tuple[str, ...]) -> None:

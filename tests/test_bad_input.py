@@ -108,6 +108,9 @@ CASES = [
     ("evaluate.py: shards whose classes are in another order", "evaluate",
      ["--checkpoint", "{root}/model3.pt", "--shards", "{root}/val_renamed", "--out", "{out}"],
      "was trained with class 1 = 'class1', but in {root}/val_renamed class 1 is 'class2'"),
+    ("evaluate.py with a shard missing", "evaluate",
+     ["--checkpoint", "{root}/model3.pt", "--shards", "{root}/train_gone", "--out", "{out}"],
+     "5 of the 5 shards that {root}/train_gone/index.json lists are missing"),
     ("evaluate.py: a JSON file as checkpoint", "evaluate",
      ["--checkpoint", "{root}/snapshot.json", "--shards", "{root}/val", "--out", "{out}"],
      "snapshot.json: not a checkpoint written by training/run.py"),
@@ -193,3 +196,21 @@ def test_glob_characters_in_out_touch_no_neighbour(world, tmp_path):
     assert not (tmp_path / "out [x]" / ".state" / "rejects-00000.jsonl").exists()
     assert files_under(tmp_path / "outx") == neighbour
     assert os.path.exists(tmp_path / "outx" / ".state" / "rejects-00000.jsonl")
+
+
+def test_rejection_reasons_carry_no_object_addresses():
+    """`<_io.BytesIO object at 0x...>` in a reason made two identical runs' quarantine.jsonl differ."""
+    from pipelines.images import ImageRejected, ImageSettings, prepare_image
+
+    reasons = set()
+    for _ in range(2):
+        with pytest.raises(ImageRejected) as caught:
+            prepare_image(b"notes, not a picture", ImageSettings(32, "square", 90, 10**8))
+        reasons.add(str(caught.value))
+    assert reasons == {"not_an_image: UnidentifiedImageError: cannot identify image file"}
+
+
+def test_prediction_ids_stay_unique_for_class_folder_corpora():
+    assert [evaluate.image_id(s, k) for s, k in [("beach/0.jpg", "beach_0"), ("/forest/0.jpg", "forest_0"),
+                                                  ("Places365_val_00000001.jpg", "x"), ("my photo.jpg", "my_photo")]] \
+        == ["beach/0.jpg", "forest/0.jpg", "Places365_val_00000001.jpg", "my_photo"]

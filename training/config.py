@@ -176,9 +176,11 @@ def check(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(f"config key '{dotted}' must be {wanted}, got {value!r}")
     low, high = cfg.data.jitter
     if not 1 <= low <= high:
-        raise ConfigError(f"config key 'data.jitter' must be [low, high] with 1 <= low <= high, got {list(cfg.data.jitter)}")
-    if list(cfg.optim.milestones) != sorted(set(cfg.optim.milestones)) or any(m < 1 for m in cfg.optim.milestones):
-        raise ConfigError(f"config key 'optim.milestones' must be increasing epochs >= 1, got {list(cfg.optim.milestones)}")
+        raise ConfigError(f"config key 'data.jitter' must be [low, high] with 1 <= low <= high, "
+                          f"got {list(cfg.data.jitter)}")
+    milestones = list(cfg.optim.milestones)
+    if milestones != sorted(set(milestones)) or any(m < 1 for m in milestones):
+        raise ConfigError(f"config key 'optim.milestones' must be increasing epochs >= 1, got {milestones}")
     if cfg.run.min_workers is not None and not 1 <= cfg.run.min_workers <= cfg.run.workers:
         raise ConfigError(f"config key 'run.min_workers' must be in [1, run.workers = {cfg.run.workers}], "
                           f"got {cfg.run.min_workers}")

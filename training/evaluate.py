@@ -128,6 +128,13 @@ def predict(checkpoints, shards: str, protocol: str, scales, size: int, workers:
     return {k: v[order] for k, v in merged.items()}
 
 
+def image_id(source: str, key: str) -> str:
+    """The image as the list named it (Places365's val and test lists give bare file names, the challenge's
+    ids); a class-folder path stays whole, so `0.jpg` of two classes are two ids.  The sample key where
+    the name holds whitespace, which the space-separated format cannot carry."""
+    return key if any(c.isspace() for c in source) else source.lstrip("/")
+
+
 def top_errors(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
     top5 = np.argsort(-probs, axis=1)[:, :5]
     hit1, hit5 = top5[:, 0] == labels, (top5 == labels[:, None]).any(1)
@@ -171,6 +178,8 @@ def fuse(probs: np.ndarray, kind: str, fit_mask: np.ndarray, labels: np.ndarray)
 
 def class_names(shards: str) -> list[str]:
     catalog = Catalog.load(shards)
+    if catalog.class_names:  # index.json's: classes.json is a gigabyte at Places2 scale
+        return list(catalog.class_names)
     if catalog.loc.is_file("classes.json"):
         return [c["name"] for c in json.loads(catalog.loc.read_bytes("classes.json"))["classes"]]
     return [str(i) for i in range(catalog.num_classes)]
@@ -221,8 +230,8 @@ def resolve_checkpoint(path: str) -> tuple[str, str | None]:
     if loc.is_file(CHECKPOINT_FILE):
         return loc.child(CHECKPOINT_FILE).uri(), None
     children = loc.list_dir() if loc.is_dir() else []  # listed, not globbed: the path may hold [ or ?
-    candidates = [name for name, kind in children
-                  if kind == "directory" and name.startswith("checkpoint_") and loc.is_file(f"{name}/{CHECKPOINT_FILE}")]
+    candidates = [name for name, kind in children if kind == "directory" and name.startswith("checkpoint_")
+                  and loc.is_file(f"{name}/{CHECKPOINT_FILE}")]
     if not candidates:
         raise CheckpointError(f"--checkpoint {path}: neither a {CHECKPOINT_FILE}, a checkpoint folder holding "
                               f"one, nor a run folder with checkpoint_*/{CHECKPOINT_FILE}")
@@ -273,6 +282,7 @@ def check_inputs(checkpoints: list[str], shards: str) -> tuple[list[str], list]:
     from training.config import from_dict
 
     catalog = Catalog.load(shards)
+    catalog.check_shards()  # a missing shard would otherwise fail the whole run after the model loads
     paths, configs = [], []
     for path in checkpoints:
         resolved, note = resolve_checkpoint(path)
@@ -347,14 +357,16 @@ def main(argv: list[str] | None = None) -> int:
     fused, weights = fuse(probs, a.fusion, fit_mask, labels)
     scored = ~fit_mask
     metrics = {"protocol": a.protocol, "scales": list(scales), "size": size, "fusion": a.fusion,
-               "fusion_weights": weights, "checkpoints": checkpoints, "images": int(len(labels)), "heldout_for_fusion": int(fit_mask.sum())}
+               "fusion_weights": weights, "checkpoints": checkpoints, "images": int(len(labels)),
+               "heldout_for_fusion": int(fit_mask.sum())}
     names = class_names(a.shards)
     if labeled:
         metrics["models"] = {path: top_errors(probs[scored, i], labels[scored], len(names))
                              for i, path in enumerate(checkpoints)}
         metrics["fused"] = top_errors(fused[scored], labels[scored], len(names))
     top5 = np.argsort(-fused, axis=1)[:, :5]
-    lines = [f"{os.path.basename(src)} {' '.join(map(str, row))}" for src, row in zip(result["source"], top5)]
+    lines = [f"{image_id(src, key)} {' '.join(map(str, row))}"
+             for src, key, row in zip(result["source"], result["key"], top5)]
     Location.write_file(os.path.join(a.out, "predictions.csv"), ("\n".join(lines) + "\n").encode())
     Location.write_file(os.path.join(a.out, "metrics.json"), (json.dumps(metrics, indent=1) + "\n").encode())
     if labeled:  # after the numbers: a plot must never cost them
