@@ -84,7 +84,8 @@ CASES = [
     ("val tree missing a class folder (labels shifted by one)", "run",
      ["--config", "{root}/base.yaml", "--set", "data.val_shards={root}/val_two"],
      "config key 'model.num_classes' is 3 but data.val_shards has 2 classes"),
-    ("val classes in another order", "run", ["--config", "{root}/base.yaml", "--set", "data.val_shards={root}/val_renamed"],
+    ("val classes in another order", "run",
+     ["--config", "{root}/base.yaml", "--set", "data.val_shards={root}/val_renamed"],
      "data.val_shards: class 1 is 'class2' there but 'class1' in the training shards"),
     ("num_classes below the labels (IndexError after 3 attempts)", "run",
      ["--config", "{root}/base.yaml", "--set", "model.num_classes=2"],
@@ -97,7 +98,8 @@ CASES = [
      "shard url '../train/c0000-00000.tar' leaves the shard folder"),
     ("an index.json that is []", "run", ["--config", "{root}/base.yaml", "--set", "data.val_shards={root}/not_index"],
      "not_index/index.json: not a wids-shard-index-v1 file"),
-    ("search.py --samples 0", "search", ["--config", "{root}/base.yaml", "--space", "{root}/space.yaml", "--samples", "0"],
+    ("search.py --samples 0", "search",
+     ["--config", "{root}/base.yaml", "--space", "{root}/space.yaml", "--samples", "0"],
      "argument --samples: must be a whole number >= 1, got '0'"),
     ("search.py on a base config with a bad value", "search",
      ["--config", "{root}/base.yaml", "--space", "{root}/space.yaml", "--set", "optim.momentum=1.5"],
@@ -114,9 +116,11 @@ CASES = [
     ("evaluate.py: a JSON file as checkpoint", "evaluate",
      ["--checkpoint", "{root}/snapshot.json", "--shards", "{root}/val", "--out", "{out}"],
      "snapshot.json: not a checkpoint written by training/run.py"),
-    ("sample.py --num -1", "sample", ["--shards", "{root}/train", "--mode", "uniform", "--num", "-1", "--out", "{out}/d.jsonl"],
+    ("sample.py --num -1", "sample",
+     ["--shards", "{root}/train", "--mode", "uniform", "--num", "-1", "--out", "{out}/d.jsonl"],
      "--num must be >= 1"),
-    ("sample.py --out a folder", "sample", ["--shards", "{root}/train", "--mode", "uniform", "--num", "3", "--out", "{root}"],
+    ("sample.py --out a folder", "sample",
+     ["--shards", "{root}/train", "--mode", "uniform", "--num", "3", "--out", "{root}"],
      "is a folder; give the draws file's path"),
     ("sample.py with every shard missing (it looped forever)", "sample",
      ["--shards", "{root}/train_gone", "--mode", "class-aware", "--num", "3", "--out", "{out}/d.jsonl"],
@@ -153,8 +157,9 @@ def test_refused_in_one_line_before_any_work(world, tmp_path, capsys, row, tool,
 
 def test_class_names_in_a_list_match_whole_names_or_unique_tails():
     cats = Categories.from_names(["/b/bazaar/indoor", "/b/bazaar/outdoor", "/c/church/indoor"])
-    label = {t: parse_line(f"x.jpg {t}", cats, labeled=True) for t in
-             ("church/indoor", "c/church/indoor", "/c/church/indoor", "bazaar/indoor", "outdoor", "indoor", "hurch/indoor")}
+    tokens = ("church/indoor", "c/church/indoor", "/c/church/indoor", "bazaar/indoor", "outdoor", "indoor",
+              "hurch/indoor")
+    label = {t: parse_line(f"x.jpg {t}", cats, labeled=True) for t in tokens}
     assert [label[t].label for t in ("church/indoor", "c/church/indoor", "/c/church/indoor")] == [2, 2, 2]
     assert (label["bazaar/indoor"].label, label["outdoor"].label) == (0, 1)
     assert "'indoor' is ambiguous: it could be any of /b/bazaar/indoor, /c/church/indoor" in label["indoor"].problem
