@@ -144,7 +144,7 @@ def relative_image_path(source: str) -> str | None:
 
 def sample_key(source: str) -> str:
     """WebDataset key: the listed path without extension, flattened, no dots (e.g. a_airfield_00001)."""
-    rel = source.strip().lstrip("/")
+    rel = relative_image_path(source.strip()) or source.strip().lstrip("/")  # c//canyon/x.jpg is c/canyon/x.jpg
     stem, _ = posixpath.splitext(rel)
     key = _KEY_UNSAFE.sub("_", stem.replace("/", "_")).strip("_")
     return key or "sample_" + stable_hash(source).to_bytes(8, "big").hex()

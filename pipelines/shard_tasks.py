@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 
@@ -175,6 +176,10 @@ def _write_one(group: str, label: int, members: list[list[str]], plan: ShardPlan
 
 
 def _read_source(root: Location, path: str) -> bytes:
+    if root.is_local:  # a symlink inside the root may point anywhere: what it resolves to must stay inside
+        real_root, real = os.path.realpath(root.path()), os.path.realpath(root.path(path))
+        if os.path.commonpath([real_root, real]) != real_root:
+            raise ImageRejected("path_escapes_root", f"{root.uri(path)} is a link to {real}, outside the image root")
     try:
         return root.read_bytes(path)
     except FileNotFoundError as exc:

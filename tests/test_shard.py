@@ -33,6 +33,8 @@ EXPECTED_REJECTS = {
     "/b/beta/000.jpg": "conflicting_labels",  # listed with labels 1 and 2: both rejected
     "/a/alpha_x/1.jpg": "key_collision",  # flattens to the same key as /a/alpha/x_1.jpg
     "/c/gamma/nolabel.jpg": "missing_label",
+    "a//alpha/002.jpg": "duplicate_entry",  # the same file as /a/alpha/002.jpg once the path is normalised
+    "/a/alpha/link.jpg": "path_escapes_root",  # a symlink inside the root to a file outside it
 }
 
 
@@ -59,8 +61,10 @@ def corpus(tmp_path_factory):
     (images / "a/alpha_x/1.jpg").write_bytes(encode(scene(901, 64, 64)))
     lines += ["/a/alpha/x_1.jpg 0", "/a/alpha_x/1.jpg 0"]
     written[0] += 1
+    (root / "secret.jpg").write_bytes(encode(scene(902, 64, 64)))
+    (images / "a/alpha/link.jpg").symlink_to(root / "secret.jpg")
     lines += ["/a/alpha/missing.jpg 0", "/a/alpha/000.jpg 7", "../outside.jpg 0", "", "/a/alpha/001.jpg 0",
-              "/b/beta/000.jpg 2", "/c/gamma/nolabel.jpg"]
+              "/b/beta/000.jpg 2", "/c/gamma/nolabel.jpg", "a//alpha/002.jpg 0", "/a/alpha/link.jpg 0"]
     written[1] -= 1  # /b/beta/000.jpg is listed under two labels
     (root / "train.txt").write_text("\n".join(lines) + "\n")
     (root / "categories.txt").write_text("".join(f"{c} {i}\n" for i, c in enumerate(CLASSES)))
