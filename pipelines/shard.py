@@ -71,8 +71,8 @@ def parse_args(argv: list[str] | None = None) -> ShardConfig:
     return parse_command_line(argv)[0]
 
 
-def parse_command_line(argv: list[str] | None = None) -> tuple[ShardConfig, bool]:
-    """(settings, --verbose)"""
+def parse_command_line(argv: list[str] | None = None) -> tuple[ShardConfig, bool, bool]:
+    """(settings, --verbose, --force)"""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML recipe (configs/shard_*.yaml); flags given here override it")
     p.add_argument("--list", help="Places365-style list: 'path label' or bare file names per line")
@@ -88,9 +88,11 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ShardConfig, bool
     p.add_argument("--seed", type=int, help="seeds shard membership and in-shard order (default 0)")
     p.add_argument("--max-pixels", type=int, help="refuse larger images, e.g. bombs (default 1e8)")
     p.add_argument("--name", help="dataset name written into index.json (default: the list's file name)")
+    p.add_argument("--force", action="store_true",
+                   help="write into an OUT that holds files this tool did not write (they may be overwritten)")
     add_verbose_flag(p)
     a = vars(p.parse_args(argv))
-    verbose = a.pop("verbose")
+    verbose, force = a.pop("verbose"), a.pop("force")
     try:
         settings = load_config_file(a.pop("config")) if a.get("config") else {}
     except (OSError, CorpusError) as exc:
@@ -106,7 +108,7 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ShardConfig, bool
         p.error("--image-folder takes its classes and paths from the tree; drop --images-root/--categories")
     if settings.get("shard_samples", 1) < 1:
         p.error("--shard-samples must be >= 1")
-    return ShardConfig(**settings), verbose
+    return ShardConfig(**settings), verbose, force
 
 
 @dataclass
@@ -120,12 +122,29 @@ class Preflight:
     per_label: Counter
 
 
-def preflight(cfg: ShardConfig, out: Location) -> Preflight:
+def check_out_folder(cfg: ShardConfig, out: Location, force: bool) -> None:
+    """OUT must not be inside the tree being scanned (the next run would read its own shards as images),
+    and a non-empty OUT must be an earlier output of this tool (it holds .state/), unless --force: its
+    index.json or manifest.json would otherwise overwrite a user's files."""
+    if cfg.image_folder and out.is_local and "://" not in cfg.image_folder:
+        tree = os.path.realpath(cfg.image_folder)
+        if os.path.commonpath([tree, os.path.realpath(out.path())]) == tree:
+            raise CorpusError(f"--out {cfg.out} is inside --image-folder {cfg.image_folder}: a rerun would read "
+                              f"the shards as images of a class; write them elsewhere")
+    if not force and out.is_dir():
+        names = [name for name, _ in out.list_dir()]
+        if names and STATE_DIR not in names:
+            raise CorpusError(f"--out {cfg.out} holds files that this tool did not write ({', '.join(names[:3])}"
+                              f"{' ...' if len(names) > 3 else ''}): give an empty or new folder, or --force")
+
+
+def preflight(cfg: ShardConfig, out: Location, force: bool = False) -> Preflight:
     """Check every argument and stream the list once; raise CorpusError with one clear message."""
     try:
         cfg.image_settings()
     except ValueError as exc:
         raise CorpusError(str(exc)) from exc
+    check_out_folder(cfg, out, force)
     out.check_writable()
     if cfg.image_folder:
         root = Location.parse(cfg.image_folder)
@@ -173,14 +192,14 @@ def make_plan(cfg: ShardConfig, pf: Preflight, out: Location) -> ShardPlan:
                      images_root=images_root, out=out, image=cfg.image_settings())
 
 
-def run(cfg: ShardConfig, verbose: bool = False) -> dict:
+def run(cfg: ShardConfig, verbose: bool = False, force: bool = False) -> dict:
     """Shard the corpus; returns the manifest.  Uses the current Ray cluster, or starts a local one
-    (`verbose`: with Ray's INFO output on the console)."""
+    (`verbose`: with Ray's INFO output on the console; `force`: write into a folder of other files)."""
     import ray
 
     started = time.time()
     out = Location.parse(cfg.out)
-    pf = preflight(cfg, out)
+    pf = preflight(cfg, out, force)
     plan = make_plan(cfg, pf, out)
     _clean_previous_attempt(out)
     start_ray(verbose)
@@ -254,9 +273,9 @@ def _clean_previous_attempt(out: Location) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, verbose = parse_command_line(argv)
+    cfg, verbose, force = parse_command_line(argv)
     try:
-        m = run(cfg, verbose)
+        m = run(cfg, verbose, force)
     except (CorpusError, PermissionError) as exc:
         print(f"shard.py: error: {exc}", file=sys.stderr)
         return 2

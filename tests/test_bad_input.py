@@ -54,6 +54,12 @@ def world(tmp_path_factory):
     (root / "data5.yaml").write_text("data: 5\n")
     (root / "space.yaml").write_text("params:\n  optim.lr: {loguniform: [0.01, 0.1]}\n")
     (root / "snapshot.json").write_text('{"checkpoints": []}')
+    tree = root / "tree"  # a class-per-folder corpus
+    for name in ("beach", "forest"):
+        (tree / name).mkdir(parents=True)
+        (tree / name / "0.jpg").write_bytes(b"not decoded before the refusal")
+    (root / "users_folder").mkdir()
+    (root / "users_folder" / "index.json").write_text('{"mine": true}')
     return root
 
 
@@ -104,6 +110,13 @@ CASES = [
     ("search.py on a base config with a bad value", "search",
      ["--config", "{root}/base.yaml", "--space", "{root}/space.yaml", "--set", "optim.momentum=1.5"],
      "config key 'optim.momentum' must be in [0, 1), got 1.5"),
+    ("shard.py --out inside the --image-folder tree (a rerun read its own shards as images)", "shard",
+     ["--image-folder", "{root}/tree", "--out", "{root}/tree/shards"],
+     "--out {root}/tree/shards is inside --image-folder {root}/tree"),
+    ("shard.py --out a folder of the user's files (they were overwritten)", "shard",
+     ["--image-folder", "{root}/tree", "--out", "{root}/users_folder"],
+     "--out {root}/users_folder holds files that this tool did not write (index.json): give an empty or new "
+     "folder, or --force"),
     ("evaluate.py: a 3-class checkpoint on 5-class shards", "evaluate",
      ["--checkpoint", "{root}/model3.pt", "--shards", "{root}/val5", "--out", "{out}"],
      "model3.pt predicts 3 classes but {root}/val5 has 5"),
@@ -129,7 +142,8 @@ CASES = [
      ["--shards", "{root}/not_index", "--mode", "uniform", "--num", "3", "--out", "{out}/d.jsonl"],
      "not a wids-shard-index-v1 file"),
 ]
-TOOLS = {"run": run.main, "search": search.main, "evaluate": evaluate.main, "sample": sample.main}
+TOOLS = {"run": run.main, "search": search.main, "evaluate": evaluate.main, "sample": sample.main,
+         "shard": shard.main}
 
 
 def call(tool: str, argv: list[str]) -> int:
