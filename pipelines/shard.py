@@ -28,8 +28,9 @@ from pipelines.corpus import (UNLABELED, Categories, CorpusError, detect_labeled
 from pipelines.images import ImageSettings
 from pipelines.shard_tasks import (STATE_DIR, ShardPlan, collect_group, parse_batch, resolve_duplicates,
                                    write_group)
-from pipelines.storage import Location
+from pipelines.storage import Location, LockedError, exclusive
 
+LOCK_FILE = "lock"  # in OUT/.state while a run writes there
 BUCKET_ROWS = 200_000  # list entries per duplicate-detection bucket (metadata only, ~50 MB)
 
 
@@ -138,14 +139,12 @@ def check_out_folder(cfg: ShardConfig, out: Location, force: bool) -> None:
                               f"{' ...' if len(names) > 3 else ''}): give an empty or new folder, or --force")
 
 
-def preflight(cfg: ShardConfig, out: Location, force: bool = False) -> Preflight:
+def preflight(cfg: ShardConfig, out: Location) -> Preflight:
     """Check every argument and stream the list once; raise CorpusError with one clear message."""
     try:
         cfg.image_settings()
     except ValueError as exc:
         raise CorpusError(str(exc)) from exc
-    check_out_folder(cfg, out, force)
-    out.check_writable()
     if cfg.image_folder:
         root = Location.parse(cfg.image_folder)
         classes = image_folder_classes(root)
@@ -195,11 +194,18 @@ def make_plan(cfg: ShardConfig, pf: Preflight, out: Location) -> ShardPlan:
 def run(cfg: ShardConfig, verbose: bool = False, force: bool = False) -> dict:
     """Shard the corpus; returns the manifest.  Uses the current Ray cluster, or starts a local one
     (`verbose`: with Ray's INFO output on the console; `force`: write into a folder of other files)."""
-    import ray
-
     started = time.time()
     out = Location.parse(cfg.out)
-    pf = preflight(cfg, out, force)
+    check_out_folder(cfg, out, force)
+    out.check_writable()
+    with exclusive(out, f"{STATE_DIR}/{LOCK_FILE}"):  # a second run into OUT would delete this one's files
+        return _run_locked(cfg, out, started, verbose)
+
+
+def _run_locked(cfg: ShardConfig, out: Location, started: float, verbose: bool) -> dict:
+    import ray
+
+    pf = preflight(cfg, out)
     plan = make_plan(cfg, pf, out)
     _clean_previous_attempt(out)
     start_ray(verbose)
@@ -276,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, verbose, force = parse_command_line(argv)
     try:
         m = run(cfg, verbose, force)
-    except (CorpusError, PermissionError) as exc:
+    except (CorpusError, PermissionError, LockedError) as exc:
         print(f"shard.py: error: {exc}", file=sys.stderr)
         return 2
     reasons = ", ".join(f"{reason} {n}" for reason, n in m["quarantine_reasons"].items())

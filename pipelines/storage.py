@@ -8,8 +8,11 @@ same way.  S3 endpoints and credentials come from the usual AWS variables (``AWS
 from __future__ import annotations
 
 import io
+import json
 import os
 import posixpath
+import socket
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -189,3 +192,59 @@ class Location:
         if self.is_local:
             return pafs.LocalFileSystem()
         return pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))
+
+
+class LockedError(RuntimeError):
+    pass
+
+
+@contextmanager
+def exclusive(loc: Location, rel: str) -> Iterator[None]:
+    """Hold the lock file `rel` below a local `loc` while the block runs: a second writer is refused at once
+    instead of deleting the first one's files.  A lock whose process is gone (same host, dead pid: a killed
+    run) is taken over.  Object stores have no atomic create-if-absent here: no lock there."""
+    if not loc.is_local:
+        yield
+        return
+    path = loc.path(rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder.get("host") == me["host"] and not _alive(holder.get("pid")):
+                os.remove(path)  # left by a run that was killed
+                continue
+            raise LockedError(f"another run (pid {holder.get('pid')} on {holder.get('host')}, since "
+                              f"{holder.get('since')}) is writing to {loc.uri()}; wait for it to end, or delete "
+                              f"{path} if it is gone") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield
+    finally:
+        if _lock_holder(path).get("pid") == me["pid"]:
+            os.remove(path)
+
+
+def _lock_holder(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
 
 import pytest
 import torch
@@ -58,6 +60,9 @@ def world(tmp_path_factory):
     for name in ("beach", "forest"):
         (tree / name).mkdir(parents=True)
         (tree / name / "0.jpg").write_bytes(b"not decoded before the refusal")
+    busy = root / "busy_out" / ".state"  # an OUT another shard.py (alive: this test's own process) writes to
+    busy.mkdir(parents=True)
+    (busy / "lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "earlier"}))
     (root / "users_folder").mkdir()
     (root / "users_folder" / "index.json").write_text('{"mine": true}')
     return root
@@ -117,6 +122,9 @@ CASES = [
      ["--image-folder", "{root}/tree", "--out", "{root}/users_folder"],
      "--out {root}/users_folder holds files that this tool did not write (index.json): give an empty or new "
      "folder, or --force"),
+    ("two shard.py runs into one --out (the second deleted the first one's rejects)", "shard",
+     ["--image-folder", "{root}/tree", "--out", "{root}/busy_out"],
+     "another run (pid {pid} on {host}, since earlier) is writing to {root}/busy_out; wait for it to end"),
     ("evaluate.py: a 3-class checkpoint on 5-class shards", "evaluate",
      ["--checkpoint", "{root}/model3.pt", "--shards", "{root}/val5", "--out", "{out}"],
      "model3.pt predicts 3 classes but {root}/val5 has 5"),
@@ -164,7 +172,8 @@ def test_refused_in_one_line_before_any_work(world, tmp_path, capsys, row, tool,
     before = files_under(world)
     code = call(tool, argv)
     err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith(("usage:", " "))]
-    assert code == 2 and len(err) == 1 and message.format(root=world) in err[0], (code, err)
+    expected = message.format(root=world, pid=os.getpid(), host=socket.gethostname())
+    assert code == 2 and len(err) == 1 and expected in err[0], (code, err)
     assert files_under(world) == before and not (out / "metrics.json").exists()
     assert not ray.is_initialized()  # refused before Ray started
 
@@ -233,3 +242,16 @@ def test_prediction_ids_stay_unique_for_class_folder_corpora():
     assert [evaluate.image_id(s, k) for s, k in [("beach/0.jpg", "beach_0"), ("/forest/0.jpg", "forest_0"),
                                                   ("Places365_val_00000001.jpg", "x"), ("my photo.jpg", "my_photo")]] \
         == ["beach/0.jpg", "forest/0.jpg", "Places365_val_00000001.jpg", "my_photo"]
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over_and_released(tmp_path):
+    from pipelines.storage import Location, exclusive
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid is free now: the lock's owner is dead
+    lock = tmp_path / "out" / ".state" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(), "since": "before the kill"}))
+    with exclusive(Location.parse(str(tmp_path / "out")), ".state/lock"):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
