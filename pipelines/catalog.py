@@ -97,6 +97,14 @@ class Catalog:
                              f"{' ...' if len(problems) > 3 else ''}")
 
 
+def first_different_class(names: list[str] | None, other: list[str] | None) -> int | None:
+    """The first label whose class name differs between two class lists of the same length, or None when
+    they agree or either is unknown (an index written before names were kept)."""
+    if not names or not other:
+        return None
+    return next((i for i, (a, b) in enumerate(zip(names, other)) if a != b), None)
+
+
 @dataclass
 class Cursor:
     """Where a stream is in one shard: next sample `index` (< `end`) at byte `pos` (None: not yet known)."""

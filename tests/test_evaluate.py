@@ -133,14 +133,15 @@ def test_a_run_folder_gives_its_best_checkpoint(setup, tmp_path):
         history = [{"epoch": 0, "top1_error": 0.9}, {"epoch": 1, "top1_error": error}]
         torch.save({**state, "history": history}, run_folder / name / "state.pt")
     (run_folder / "checkpoint_manager_snapshot.json").write_text("{}")
-    path, note = evaluate.resolve_checkpoint(str(run_folder))
+    path, _, note = evaluate.resolve_checkpoint(str(run_folder))
     assert path == str(run_folder / "checkpoint_2026-01-01_00-00-02" / "state.pt")
     assert "checkpoint_2026-01-01_00-00-02 (epoch 2, top-1 error 0.2500" in note
     # a finished run's report.json names its best checkpoint: that one is taken
     named = run_folder / "checkpoint_2026-01-01_00-00-03"
     (run_folder / "report.json").write_text(json.dumps({"best_checkpoint": str(named)}))
     assert evaluate.resolve_checkpoint(str(run_folder))[0] == str(named / "state.pt")
-    assert evaluate.resolve_checkpoint(str(named)) == (str(named / "state.pt"), None)
+    path, state, note = evaluate.resolve_checkpoint(str(named))
+    assert (path, note) == (str(named / "state.pt"), None) and state["history"][-1]["top1_error"] == 0.28
 
 
 def test_views_default_to_what_the_checkpoint_was_trained_at():

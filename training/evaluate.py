@@ -24,7 +24,7 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
-from pipelines.catalog import Catalog
+from pipelines.catalog import Catalog, first_different_class
 from pipelines.console import add_verbose_flag, start_ray
 from pipelines.corpus import stable_hash
 from pipelines.storage import Location
@@ -218,33 +218,35 @@ class CheckpointError(ValueError):
     pass
 
 
-def resolve_checkpoint(path: str) -> tuple[str, str | None]:
-    """(the state.pt to score, a note saying which one when a run folder was given).  A run folder
-    (training/run.py's `runs/<run>`) gives its best kept checkpoint by the run's metric, top-1 error:
-    the one its report.json names, else the best of its checkpoint folders."""
+def resolve_checkpoint(path: str) -> tuple[str, dict, str | None]:
+    """(the state.pt to score, its contents, a note saying which one when a run folder was given).  A run
+    folder (training/run.py's `runs/<run>`) gives its best kept checkpoint by the run's metric, top-1
+    error: the one its report.json names, else the best of its checkpoint folders.  Each file is read once."""
     from training.train_loop import CHECKPOINT_FILE
 
     loc = Location.parse(path)
     if loc.is_file():
-        return path, None
+        return path, read_checkpoint(path), None
     if loc.is_file(CHECKPOINT_FILE):
-        return loc.child(CHECKPOINT_FILE).uri(), None
+        return loc.child(CHECKPOINT_FILE).uri(), read_checkpoint(loc.child(CHECKPOINT_FILE).uri()), None
     children = loc.list_dir() if loc.is_dir() else []  # listed, not globbed: the path may hold [ or ?
     candidates = [name for name, kind in children if kind == "directory" and name.startswith("checkpoint_")
                   and loc.is_file(f"{name}/{CHECKPOINT_FILE}")]
     if not candidates:
         raise CheckpointError(f"--checkpoint {path}: neither a {CHECKPOINT_FILE}, a checkpoint folder holding "
                               f"one, nor a run folder with checkpoint_*/{CHECKPOINT_FILE}")
-    best = None
-    if loc.is_file("report.json"):
+    if loc.is_file("report.json"):  # a finished run names its best checkpoint
         named = (json.loads(loc.read_bytes("report.json")).get("best_checkpoint") or "").rstrip("/")
-        best = next((f for f in candidates if named.endswith("/" + f)), None)
-    if best is None:
-        best = min(candidates, key=lambda f: read_checkpoint(loc.child(f).uri())["history"][-1]["top1_error"])
-    last = read_checkpoint(loc.child(best).uri())["history"][-1]
+        candidates = [f for f in candidates if named.endswith("/" + f)] or candidates
+    best, state = None, None
+    for folder in candidates:  # one state in memory at a time
+        candidate = read_checkpoint(loc.child(f"{folder}/{CHECKPOINT_FILE}").uri())
+        if state is None or candidate["history"][-1]["top1_error"] < state["history"][-1]["top1_error"]:
+            best, state = folder, candidate
+    last = state["history"][-1]
     note = (f"{path}: best checkpoint of the run by top-1 error: {best} (epoch {last['epoch'] + 1}, "
             f"top-1 error {last['top1_error']:.4f} in training's validation)")
-    return loc.child(f"{best}/{CHECKPOINT_FILE}").uri(), note
+    return loc.child(f"{best}/{CHECKPOINT_FILE}").uri(), state, note
 
 
 def read_checkpoint(path: str) -> dict:
@@ -285,17 +287,16 @@ def check_inputs(checkpoints: list[str], shards: str) -> tuple[list[str], list]:
     catalog.check_shards()  # a missing shard would otherwise fail the whole run after the model loads
     paths, configs = [], []
     for path in checkpoints:
-        resolved, note = resolve_checkpoint(path)
+        resolved, state, note = resolve_checkpoint(path)
         if note:
             print(note)
-        state = read_checkpoint(resolved)
         cfg = from_dict(state["config"])
         if catalog.num_classes and cfg.model.num_classes != catalog.num_classes:  # 0: an unlabeled test set
             raise CheckpointError(f"--checkpoint {path} predicts {cfg.model.num_classes} classes but {shards} has "
                                   f"{catalog.num_classes}: scores would compare different classes")
         names = state.get("class_names")
-        if names and catalog.class_names and list(names) != list(catalog.class_names):
-            i = next(i for i, (a, b) in enumerate(zip(names, catalog.class_names)) if a != b)
+        i = first_different_class(names, catalog.class_names)
+        if i is not None:
             raise CheckpointError(f"--checkpoint {path} was trained with class {i} = {names[i]!r}, but in {shards} "
                                   f"class {i} is {catalog.class_names[i]!r}")
         paths.append(resolved)

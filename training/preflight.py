@@ -10,12 +10,12 @@ instead of a failure inside a Train worker after every retry, or a run that trai
 
 from __future__ import annotations
 
-from pipelines.catalog import Catalog
+from pipelines.catalog import Catalog, first_different_class
 from training.config import ConfigError, TrainConfig
 
 
-def check_training_inputs(cfg: TrainConfig) -> tuple[Catalog, Catalog]:
-    """(train, val) catalogs of a config that passed every check, or a ConfigError."""
+def check_training_inputs(cfg: TrainConfig) -> None:
+    """A ConfigError naming the setting, if any check fails."""
     from training.models import list_models
 
     if cfg.model.name not in list_models():
@@ -29,7 +29,6 @@ def check_training_inputs(cfg: TrainConfig) -> tuple[Catalog, Catalog]:
             raise ConfigError(f"config key 'model.num_classes' is {cfg.model.num_classes} but {key} has "
                               f"{catalog.num_classes} classes ({catalog.loc.uri('index.json')})")
     check_same_classes(train, val)
-    return train, val
 
 
 def load_catalog(key: str, uri: str) -> Catalog:
@@ -39,15 +38,15 @@ def load_catalog(key: str, uri: str) -> Catalog:
         raise ConfigError(f"config key '{key}': {exc}") from None
 
 
-def check_same_classes(train: Catalog, val: Catalog, what: str = "data.val_shards") -> None:
+def check_same_classes(train: Catalog, val: Catalog) -> None:
     """Same class count, and the same names in the same order where both indexes name them."""
     if train.num_classes != val.num_classes:
-        raise ConfigError(f"{what} has {val.num_classes} classes, the training shards {train.num_classes}: "
+        raise ConfigError(f"data.val_shards has {val.num_classes} classes, the training shards {train.num_classes}: "
                           f"labels would not mean the same classes")
-    if train.class_names and val.class_names and train.class_names != val.class_names:
-        i = next(i for i, (a, b) in enumerate(zip(train.class_names, val.class_names)) if a != b)
-        raise ConfigError(f"{what}: class {i} is {val.class_names[i]!r} there but {train.class_names[i]!r} in the "
-                          f"training shards: shard both with the same categories (names and order)")
+    i = first_different_class(train.class_names, val.class_names)
+    if i is not None:
+        raise ConfigError(f"data.val_shards: class {i} is {val.class_names[i]!r} there but {train.class_names[i]!r} "
+                          f"in the training shards: shard both with the same categories (names and order)")
 
 
 def check_shard_files(key: str, catalog: Catalog) -> None:

@@ -149,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"report: {report_path}")
     if best:
         print(f"best checkpoint: {best[0]} (top-1 error {best[1]['top1_error']:.4f}, epoch {best[1]['epoch'] + 1})")
-    if tensorboard_dir(cfg, name):
-        print(f"TensorBoard: tensorboard --logdir {tensorboard_dir(cfg, name)}")
+    events = tensorboard_dir(cfg, name)
+    if events:
+        print(f"TensorBoard: tensorboard --logdir {events}")
     return 0
 
 

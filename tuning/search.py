@@ -222,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
             experiment = Location.parse(setup["experiment"])
             if experiment.exists(SETUP_FILE):
                 raise ConfigError(f"experiment {name!r} exists: pass --resume to continue it, or another --name")
-            prepare_data(trial_config(setup, {}), a.verbose)
-            check_training_inputs(trial_config(setup, {}))
+            base = trial_config(setup, {})
+            prepare_data(base, a.verbose)
+            check_training_inputs(base)
             from training.models import list_models
             unknown = sorted(set(space.choices("model.name")) - set(list_models()))
             if unknown:
