@@ -125,8 +125,9 @@ class Cursor:
 class ReaderPool:
     """Open shard files, least recently used closed first; counts what had to be skipped."""
 
-    def __init__(self, loc: Location, max_open: int):
+    def __init__(self, loc: Location, max_open: int, listed: dict[str, Shard] | None = None):
         self.loc, self.max_open = loc, max(1, max_open)
+        self.listed = listed or {}  # url -> Shard: a shard that holds more samples than listed is reported
         self._open: OrderedDict[int, ShardReader] = OrderedDict()  # keyed by id(cursor)
         self.skipped = 0
         self._reported: set[str] = set()
@@ -149,7 +150,24 @@ class ReaderPool:
             return None
         cursor.index += 1
         cursor.pos = reader.position
+        shard = self.listed.get(cursor.url)
+        if cursor.done and reader.more and shard is not None and cursor.end == shard.nsamples:
+            self._count_unlisted(reader, shard)
         return sample
+
+    def _count_unlisted(self, reader: ShardReader, shard: Shard) -> None:
+        """Samples past the count index.json gives (a stale index) are never drawn: counted as skipped."""
+        extra = 0
+        try:
+            while reader.next() is not None:
+                extra += 1
+        except READ_ERRORS:
+            pass
+        self.skipped += extra
+        if shard.url not in self._reported:
+            self._reported.add(shard.url)
+            log.warning("shard %s holds %d more samples than the %d index.json lists; they are skipped: rebuild the "
+                        "index (pipelines/shard.py)", self.loc.uri(shard.url), extra, shard.nsamples)
 
     def _reader(self, cursor: Cursor) -> ShardReader:
         key = id(cursor)

@@ -8,6 +8,9 @@ loggers (`ray.data`, `ray.train`, `ray.tune`, and the root logger of a Train wor
 keep every record.  Warnings and errors still reach the console.  `--verbose` leaves all of it as Ray
 sets it.
 
+A failure during the work ends the console with one line saying what failed (`report_failure`); the
+traceback goes to a file in Ray's session logs, whose path that line gives.
+
 Lines from rank 0 of a Train run reach the driver through a `ConsoleRelay` (a Ray queue), so they print
 once, without Ray's `(RayTrainWorker pid=...)` prefix, whether the driver is a shell or `ray job submit`.
 """
@@ -16,15 +19,33 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
+import tempfile
 import threading
+import time
+import traceback
 
 QUIET_LEVEL = logging.WARNING
 RAY_LIBRARY_LOGGERS = ("ray.data", "ray.train", "ray.tune")
+_logs_dir: str | None = None  # the Ray session's log folder, once start_ray has started Ray
 
 
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true",
                         help="also show Ray's own INFO output (Ray Data's progress log, Train's reports, ...)")
+
+
+class _ReportedByTheDriver(logging.Filter):
+    """A failed Train worker's traceback: Ray logs it from every worker, after the driver's own failure
+    line (`report_failure`), which already says what failed and where the traceback is.  Dropped from
+    the console only; the worker's log file keeps it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Error in training function")
+
+
+REPORTED_BY_THE_DRIVER = _ReportedByTheDriver()
 
 
 def quiet_console_handlers(logger_name: str = "") -> None:
@@ -33,6 +54,7 @@ def quiet_console_handlers(logger_name: str = "") -> None:
     for handler in logging.getLogger(logger_name).handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setLevel(QUIET_LEVEL)
+            handler.addFilter(REPORTED_BY_THE_DRIVER)
 
 
 def train_log_level(verbose: bool) -> str:
@@ -52,10 +74,39 @@ def start_ray(verbose: bool = False, **init_args) -> None:
             quiet_console_handlers(name)
     if ray.is_initialized():
         return
+    global _logs_dir
     context = ray.init(logging_level=logging.INFO if verbose else QUIET_LEVEL, **init_args)
     dashboard = f"http://{context.dashboard_url}" if context.dashboard_url else "not running"
-    print(f"Ray dashboard: {dashboard}; Ray's own logs: {context.address_info['session_dir']}/logs",
-          flush=True)
+    _logs_dir = f"{context.address_info['session_dir']}/logs"
+    print(f"Ray dashboard: {dashboard}; Ray's own logs: {_logs_dir}", flush=True)
+
+
+def what_failed(exc: BaseException) -> str:
+    """The error itself, in one line: a Train run's first failed worker's, a Ray task's own (their text
+    is a traceback whose last line is the error), or the exception's first line."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    if failures:  # ray.train.WorkerGroupError
+        exc = failures[min(failures)]
+    exc = getattr(exc, "controller_failure", None) or exc  # ray.train.ControllerError
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and "Traceback (most recent call last)" in str(exc):
+        return lines[-1]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def report_failure(tool: str, exc: BaseException) -> int:
+    """A failure during the work: one line saying what failed, the whole traceback in a log file (in Ray's
+    session logs when this process started Ray) whose path the line gives.  Returns the exit code, 1."""
+    if _logs_dir:  # this process started Ray: stop it first, so no late line of a worker follows this one
+        import ray
+
+        ray.shutdown()
+    folder = _logs_dir if _logs_dir and os.path.isdir(_logs_dir) else tempfile.gettempdir()
+    path = os.path.join(folder, f"{tool.removesuffix('.py')}-failed-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+    with open(path, "w") as f:
+        f.write("".join(traceback.format_exception(exc)))
+    print(f"{tool}: failed: {what_failed(exc)} (traceback: {path})", file=sys.stderr, flush=True)
+    return 1
 
 
 class ConsoleRelay:

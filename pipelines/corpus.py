@@ -16,11 +16,13 @@ import hashlib
 import posixpath
 import re
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from pipelines.storage import Location
 
 UNLABELED = -1
 AMBIGUOUS = -3  # Categories.lookup: a short name several classes end with
+GZIP_MAGIC = b"\x1f\x8b"
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -73,7 +75,14 @@ def read_categories(loc: Location, rel: str = "") -> Categories:
     where = loc.uri(rel)
     if not loc.is_file(rel):
         raise CorpusError(f"categories file not found: {where}")
-    lines = [ln.strip() for ln in loc.read_text(rel).splitlines()]
+    data = loc.read_bytes(rel)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        lineno = data[:exc.start].count(b"\n") + 1
+        fix = "it is gzip-compressed: decompress it first" if data[:2] == GZIP_MAGIC else "re-encode it as UTF-8"
+        raise CorpusError(f"{where}:{lineno}: not UTF-8 text (byte 0x{data[exc.start]:02x}); {fix}") from None
+    lines = [ln.strip() for ln in text.split("\n")]
     lines = [ln for ln in lines if ln]
     if not lines:
         raise CorpusError(f"categories file is empty: {where}")
@@ -163,11 +172,17 @@ def image_folder_classes(root: Location) -> list[str]:
     names = [n for n, kind in root.list_dir() if kind == "directory" and not n.startswith(".")]
     if not names:
         raise CorpusError(f"image folder {root.uri()} has no class subfolders")
+    for name in names:  # a class name goes into index.json and every report: it must be text
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise CorpusError(f"class folder {root.uri(shown)}: its name is not UTF-8; rename it") from None
     return names
 
 
-def image_folder_lines(root: Location, classes: list[str]):
-    """List lines (``class/file id``) for every non-hidden file of each class folder, one class at a time.
+def image_folder_files(root: Location, classes: list[str]) -> Iterator[tuple[str, int]]:
+    """(path below the root, class id) for every non-hidden file of each class folder, one class at a time.
 
     Every file counts as an input, whatever its extension: a `.txt` among the images is reported in the
     quarantine, not silently skipped.
@@ -176,4 +191,4 @@ def image_folder_lines(root: Location, classes: list[str]):
         for rel in root.walk_files(name):
             if any(part.startswith(".") for part in rel.split("/")):
                 continue
-            yield f"{name}/{rel} {idx}"
+            yield f"{name}/{rel}", idx

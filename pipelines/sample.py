@@ -20,6 +20,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipelines.catalog import Catalog
+from pipelines.console import report_failure
 from pipelines.storage import Location
 from pipelines.streams import ClassAwareStream, UniformStream
 
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"sample.py: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # one line on the console; the traceback in the log it names
+        return report_failure("sample.py", exc)
     Location.write_file(a.out, ("\n".join(lines) + "\n").encode())
     print(f"{len(lines)} draws ({a.mode}, rank {a.rank}/{a.world_size}, seed {a.seed}, epoch {a.epoch}) -> {a.out}")
     return 0

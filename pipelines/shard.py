@@ -11,6 +11,7 @@ already written (verified by checksum).  See README.md ("Sharding") for the layo
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -21,16 +22,18 @@ from dataclasses import asdict, dataclass, fields
 if __package__ in (None, ""):  # run as `python pipelines/shard.py`: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipelines import shard_index
-from pipelines.console import add_verbose_flag, start_ray
+from pipelines import list_file, shard_index
+from pipelines.console import add_verbose_flag, report_failure, start_ray
 from pipelines.corpus import (UNLABELED, Categories, CorpusError, detect_labeled, image_folder_classes,
-                              image_folder_lines, parse_line, read_categories)
+                              image_folder_files, parse_line, read_categories)
 from pipelines.images import ImageSettings
-from pipelines.shard_tasks import (STATE_DIR, ShardPlan, collect_group, parse_batch, resolve_duplicates,
+from pipelines.shard_tasks import (STATE_DIR, ShardPlan, collect_group, parse_ranges, resolve_duplicates,
                                    write_group)
 from pipelines.storage import Location, LockedError, exclusive
 
 LOCK_FILE = "lock"  # in OUT/.state while a run writes there
+IMAGE_FOLDER_LIST = "image_folder_list.txt"  # in OUT/.state: an --image-folder tree as a list
+NAME_REJECTS = "rejects-names.jsonl"  # in OUT/.state: its files whose names a list cannot carry
 BUCKET_ROWS = 200_000  # list entries per duplicate-detection bucket (metadata only, ~50 MB)
 
 
@@ -149,24 +152,24 @@ def preflight(cfg: ShardConfig, out: Location) -> Preflight:
         root = Location.parse(cfg.image_folder)
         classes = image_folder_classes(root)
         categories = Categories.from_names(classes)
-        list_loc = out.child(f"{STATE_DIR}/image_folder_list.txt")
-        with out.open_atomic(f"{STATE_DIR}/image_folder_list.txt") as f:
-            for line in image_folder_lines(root, classes):
-                f.write((line + "\n").encode())
+        list_loc, name_rejects = _write_image_folder_list(root, classes, out)
     else:
-        list_loc = Location.parse(cfg.list)
+        list_loc, name_rejects = Location.parse(cfg.list), 0
         if not list_loc.is_file():
             raise CorpusError(f"list file not found: {cfg.list}")
+        list_file.check_not_compressed(list_loc, "list file")
         root = Location.parse(cfg.images_root)
         if not root.is_dir():
             raise CorpusError(f"images root not found: {cfg.images_root}")
         categories = read_categories(Location.parse(cfg.categories)) if cfg.categories else None
 
-    labeled, entries, per_label = None, 0, Counter()
-    for lineno, line in enumerate(list_loc.iter_lines(), 1):
-        line = line.lstrip("\ufeff")
+    labeled, entries, per_label = True if name_rejects else None, name_rejects, Counter()
+    for lineno, line in enumerate(list_file.iter_lines(list_loc), 1):
         if not line.strip():
             continue
+        problem = list_file.text_problem(line)
+        if problem:
+            raise CorpusError(f"{list_loc.uri()}:{lineno}: {problem}")
         if labeled is None:
             labeled = detect_labeled(line)
             if labeled and categories is None:
@@ -181,6 +184,23 @@ def preflight(cfg: ShardConfig, out: Location) -> Preflight:
     if labeled is None:
         raise CorpusError(f"list file has no entries: {list_loc.uri()}")
     return Preflight(list_loc, categories, labeled, entries, per_label)
+
+
+def _write_image_folder_list(root: Location, classes: list[str], out: Location) -> tuple[Location, int]:
+    """The tree as a list (``class/file id`` lines) in OUT/.state; files whose names no list line can carry
+    (not UTF-8, a line break) go straight to a reject file of their own.  Returns (list, rejected)."""
+    rejects = []
+    with out.open_atomic(f"{STATE_DIR}/{IMAGE_FOLDER_LIST}") as f:
+        for path, label in image_folder_files(root, classes):
+            problem = list_file.unlistable_name(path)
+            if problem:
+                rejects.append({"source": list_file.printable(path), "label": label, "reason": problem})
+            else:
+                f.write(f"{path} {label}\n".encode())
+    if rejects:
+        body = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects)
+        out.write_atomic(f"{STATE_DIR}/{NAME_REJECTS}", body.encode())
+    return out.child(f"{STATE_DIR}/{IMAGE_FOLDER_LIST}"), len(rejects)
 
 
 def make_plan(cfg: ShardConfig, pf: Preflight, out: Location) -> ShardPlan:
@@ -205,22 +225,22 @@ def run(cfg: ShardConfig, verbose: bool = False, force: bool = False) -> dict:
 def _run_locked(cfg: ShardConfig, out: Location, started: float, verbose: bool) -> dict:
     import ray
 
+    _clean_previous_attempt(out)
     pf = preflight(cfg, out)
     plan = make_plan(cfg, pf, out)
-    _clean_previous_attempt(out)
     start_ray(verbose)
     summaries = _run_pipeline(pf, plan)
 
-    name = cfg.name or _default_name(cfg)
-    reasons = shard_index.write_quarantine(out, summaries)
-    shard_index.write_classes(out, pf.categories, summaries, name)
-    shard_index.write_index(out, summaries, name, pf.categories.names)
-
+    reasons = shard_index.quarantine_reasons(out, summaries)
     written = sum(s["nsamples"] for s in summaries)
     quarantined = sum(reasons.values())
-    if pf.entries != written + quarantined:
+    if pf.entries != written + quarantined:  # checked before any index file is written under its final name
         raise RuntimeError(f"accounting broken: read {pf.entries} != written {written} + quarantined "
-                           f"{quarantined}; outputs in {out.uri()} are incomplete")
+                           f"{quarantined}; no index file was written in {out.uri()}")
+    name = cfg.name or _default_name(cfg)
+    shard_index.write_quarantine(out, summaries)
+    shard_index.write_classes(out, pf.categories, summaries, name)
+    shard_index.write_index(out, summaries, name, pf.categories.names)
     fresh = [s for s in summaries if not s["reused"]]
     elapsed = time.time() - started
     per_class = Counter()
@@ -249,8 +269,10 @@ def _run_pipeline(pf: Preflight, plan: ShardPlan) -> list[dict]:
 
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     num_groups = sum(plan.shards_per_label.values())
-    ds = ray.data.read_text(pf.list_loc.path(), filesystem=pf.list_loc.pyarrow_fs())
-    ds = ds.map_batches(parse_batch, fn_kwargs={"plan": plan}, batch_format="numpy")
+    ranges = list_file.byte_ranges(pf.list_loc)
+    ds = ray.data.from_items([{"start": start, "end": end} for start, end in ranges], override_num_blocks=len(ranges))
+    ds = ds.map_batches(parse_ranges, fn_kwargs={"plan": plan, "list_loc": pf.list_loc}, batch_size=1,
+                        batch_format="numpy")
     ds = ds.groupby("bucket", num_partitions=plan.num_buckets).map_groups(
         resolve_duplicates, fn_kwargs={"plan": plan}, batch_format="numpy")
     # One row per shard.  Materialising this (metadata only) stops Ray from fusing the heavy write
@@ -285,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CorpusError, PermissionError, LockedError) as exc:
         print(f"shard.py: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # one line on the console; the traceback in the log it names
+        return report_failure("shard.py", exc)
     reasons = ", ".join(f"{reason} {n}" for reason, n in m["quarantine_reasons"].items())
     print(f"entries read {m['entries_read']} = written {m['written']} + quarantined {m['quarantined']}"
           f"{f' ({reasons})' if reasons else ''}; {m['shards']} shards ({m['shards_reused']} reused) in {cfg.out}; "

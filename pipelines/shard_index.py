@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from importlib import metadata
+from typing import Iterator
 
 from pipelines.corpus import UNLABELED, Categories
 from pipelines.shard_tasks import STATE_DIR
@@ -29,23 +30,26 @@ def _dumps(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def write_quarantine(out: Location, summaries: list[dict]) -> Counter:
-    """Concatenate list-level rejects (per key bucket) and image-level rejects (per shard)."""
-    reasons: Counter = Counter()
-    reject_files = reject_files_in(out)
+def quarantine_records(out: Location, summaries: list[dict]) -> Iterator[dict]:
+    """List-level rejects (per key bucket, and an image folder's unlistable names), then image-level
+    rejects (per shard), in a fixed order."""
+    for name in reject_files_in(out):
+        for line in out.read_text(f"{STATE_DIR}/{name}").splitlines():
+            yield json.loads(line)
+    for summary in sorted(summaries, key=lambda s: s["group"]):
+        if summary["quarantined"]:
+            yield from _sidecar(out, summary["group"])["quarantine"]
+
+
+def quarantine_reasons(out: Location, summaries: list[dict]) -> Counter:
+    """How many entries each reason rejected: what the accounting checks before any index file is written."""
+    return Counter(record["reason"].split(":", 1)[0] for record in quarantine_records(out, summaries))
+
+
+def write_quarantine(out: Location, summaries: list[dict]) -> None:
     with out.open_atomic(QUARANTINE_FILE) as f:
-        for name in reject_files:
-            for line in out.read_text(f"{STATE_DIR}/{name}").splitlines():
-                record = json.loads(line)
-                reasons[record["reason"].split(":", 1)[0]] += 1
-                f.write((_dumps(record) + "\n").encode())
-        for summary in sorted(summaries, key=lambda s: s["group"]):
-            if not summary["quarantined"]:
-                continue
-            for record in _sidecar(out, summary["group"])["quarantine"]:
-                reasons[record["reason"].split(":", 1)[0]] += 1
-                f.write((_dumps(record) + "\n").encode())
-    return reasons
+        for record in quarantine_records(out, summaries):
+            f.write((_dumps(record) + "\n").encode())
 
 
 def write_classes(out: Location, categories: Categories, summaries: list[dict], name: str) -> None:

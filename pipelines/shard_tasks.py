@@ -11,15 +11,18 @@ given its input rows, whatever order Ray delivers them in.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import time
 from dataclasses import asdict, dataclass
+from typing import Iterator
 
 import numpy as np
 
 from pipelines.corpus import UNLABELED, Categories, parse_line, relative_image_path, sample_key, stable_hash
 from pipelines.images import ImageRejected, ImageSettings, prepare_image
+from pipelines.list_file import lines_in_range
 from pipelines.storage import Location
 from pipelines.tar_shard import build_shard
 
@@ -55,11 +58,21 @@ def order_of(seed: int, key: str) -> int:
 
 
 # -- stage 1: parse ---------------------------------------------------------------------------
-def parse_batch(batch: dict[str, np.ndarray], plan: ShardPlan) -> dict[str, np.ndarray]:
+def parse_ranges(batch: dict[str, np.ndarray], plan: ShardPlan, list_loc: Location,
+                 rows_per_batch: int = 50_000) -> Iterator[dict[str, np.ndarray]]:
+    """The entries of the list lines in each byte range (`list_file.lines_in_range`: the pre-flight's
+    own splitter), in batches of metadata."""
+    for start, end in zip(batch["start"], batch["end"]):
+        lines = lines_in_range(list_loc, int(start), int(end))
+        while chunk := list(itertools.islice(lines, rows_per_batch)):
+            yield parse_lines(chunk, plan)
+
+
+def parse_lines(lines: list[str], plan: ShardPlan) -> dict[str, np.ndarray]:
     cols: dict[str, list] = {k: [] for k in ("source", "label", "label_token", "key", "path", "problem",
                                              "bucket", "group")}
-    for line in batch["text"]:
-        entry = parse_line(str(line), plan.categories, plan.labeled)
+    for line in lines:
+        entry = parse_line(line, plan.categories, plan.labeled)
         if entry is None:
             continue
         key = sample_key(entry.source)

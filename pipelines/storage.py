@@ -7,7 +7,6 @@ same way.  S3 endpoints and credentials come from the usual AWS variables (``AWS
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import posixpath
@@ -90,12 +89,6 @@ class Location:
 
     def read_text(self, rel: str = "") -> str:
         return self.read_bytes(rel).decode("utf-8")
-
-    def iter_lines(self, rel: str = "") -> Iterator[str]:
-        """Stream a text file line by line without loading it whole (8M-line lists)."""
-        with self.fs.open(self.path(rel), "rb") as raw:
-            for line in io.TextIOWrapper(raw, encoding="utf-8", newline=None):
-                yield line.rstrip("\n")
 
     def list_dir(self, rel: str = "") -> list[tuple[str, str]]:
         """(name, 'file'|'directory') for the direct children, sorted by name."""

@@ -73,7 +73,7 @@ class UniformStream:
         self.rank, self.world_size, self.worker, self.num_workers = rank, world_size, worker, num_workers
         self.buffer_size, self.interleave = max(1, buffer_size), max(1, interleave)
         self.segments = self._segments()
-        self.pool = ReaderPool(catalog.loc, self.interleave)
+        self.pool = ReaderPool(catalog.loc, self.interleave, catalog.by_url)
         self.rng = random.Random(stable_hash(seed, "uniform", epoch, rank, worker))
         self.active: list[Cursor] = []
         self.next_segment = 0
@@ -175,7 +175,7 @@ class ClassAwareStream:
                  max_open: int = 64, state: dict | None = None):
         self.catalog, self.class_buffer = catalog, max(1, class_buffer)
         self.rng = random.Random(stable_hash(seed, "class-aware", rank, worker))
-        self.pool = ReaderPool(catalog.loc, max_open)
+        self.pool = ReaderPool(catalog.loc, max_open, catalog.by_url)
         self.classes = sorted(c for c in catalog.by_class if c >= 0)
         if not self.classes:
             raise ValueError(f"{catalog.loc.uri()} has no labeled shards for class-aware sampling")

@@ -60,6 +60,11 @@ class ShardReader:
         self.position = end
         return RawSample(key, members, start, end - start)
 
+    @property
+    def more(self) -> bool:
+        """Whether another sample follows the one last handed out (its first member is read ahead)."""
+        return self._pending is not None
+
     def _member(self) -> tuple[str, bytes, int] | None:
         """The next regular file: (name, data, offset of its first header), or None at the archive's end."""
         start, long_name, pax = self._cursor, None, {}

@@ -3,6 +3,7 @@ naming the setting or file, and nothing outside the output folder touched.  One 
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import socket
@@ -55,6 +56,7 @@ def world(tmp_path_factory):
     (root / "list.yaml").write_text("- data\n- model\n")
     (root / "data5.yaml").write_text("data: 5\n")
     (root / "space.yaml").write_text("params:\n  optim.lr: {loguniform: [0.01, 0.1]}\n")
+    (root / "space_val.yaml").write_text(f"params:\n  data.val_shards: {{choice: [{root / 'val'}, {root / 'val5'}]}}\n")
     (root / "snapshot.json").write_text('{"checkpoints": []}')
     tree = root / "tree"  # a class-per-folder corpus
     for name in ("beach", "forest"):
@@ -63,6 +65,13 @@ def world(tmp_path_factory):
     busy = root / "busy_out" / ".state"  # an OUT another shard.py (alive: this test's own process) writes to
     busy.mkdir(parents=True)
     (busy / "lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "earlier"}))
+    lists = root / "lists"  # list files that are not UTF-8 text
+    (lists / "images").mkdir(parents=True)
+    (lists / "cats.txt").write_text("beach\nforest\n")
+    (lists / "cats_latin.txt").write_bytes("beach\ncaf\u00e9\n".encode("latin-1"))
+    (lists / "latin.txt").write_bytes("beach/a.jpg 0\nforest/caf\u00e9.jpg 1\n".encode("latin-1"))
+    (lists / "list.txt.gz").write_bytes(gzip.compress(b"beach/a.jpg 0\n"))
+    (lists / "photo.txt").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01")
     (root / "users_folder").mkdir()
     (root / "users_folder" / "index.json").write_text('{"mine": true}')
     return root
@@ -115,6 +124,10 @@ CASES = [
     ("search.py on a base config with a bad value", "search",
      ["--config", "{root}/base.yaml", "--space", "{root}/space.yaml", "--set", "optim.momentum=1.5"],
      "config key 'optim.momentum' must be in [0, 1), got 1.5"),
+    ("search.py: a value a trial may sample fails training's pre-flight", "search",
+     ["--config", "{root}/base.yaml", "--space", "{root}/space_val.yaml"],
+     "space_val.yaml: params.data.val_shards = {root}/val5: config key 'model.num_classes' is 3 but "
+     "data.val_shards has 5 classes"),
     ("shard.py --out inside the --image-folder tree (a rerun read its own shards as images)", "shard",
      ["--image-folder", "{root}/tree", "--out", "{root}/tree/shards"],
      "--out {root}/tree/shards is inside --image-folder {root}/tree"),
@@ -125,6 +138,22 @@ CASES = [
     ("two shard.py runs into one --out (the second deleted the first one's rejects)", "shard",
      ["--image-folder", "{root}/tree", "--out", "{root}/busy_out"],
      "another run (pid {pid} on {host}, since earlier) is writing to {root}/busy_out; wait for it to end"),
+    ("shard.py: a latin-1 list (a raw UnicodeDecodeError without a line)", "shard",
+     ["--list", "{root}/lists/latin.txt", "--images-root", "{root}/lists/images", "--categories",
+      "{root}/lists/cats.txt", "--out", "{out}"],
+     "{root}/lists/latin.txt:2: not UTF-8 text (byte 0xe9 at column 11); re-encode the file as UTF-8"),
+    ("shard.py: a gzipped list", "shard",
+     ["--list", "{root}/lists/list.txt.gz", "--images-root", "{root}/lists/images", "--categories",
+      "{root}/lists/cats.txt", "--out", "{out}"],
+     "list file {root}/lists/list.txt.gz is gzip-compressed: decompress it first"),
+    ("shard.py: a binary file as list", "shard",
+     ["--list", "{root}/lists/photo.txt", "--images-root", "{root}/lists/images", "--categories",
+      "{root}/lists/cats.txt", "--out", "{out}"],
+     "{root}/lists/photo.txt:1: not a text list (a NUL byte at column 5)"),
+    ("shard.py: a latin-1 categories file", "shard",
+     ["--list", "{root}/lists/latin.txt", "--images-root", "{root}/lists/images", "--categories",
+      "{root}/lists/cats_latin.txt", "--out", "{out}"],
+     "{root}/lists/cats_latin.txt:2: not UTF-8 text (byte 0xe9); re-encode it as UTF-8"),
     ("evaluate.py: a 3-class checkpoint on 5-class shards", "evaluate",
      ["--checkpoint", "{root}/model3.pt", "--shards", "{root}/val5", "--out", "{out}"],
      "model3.pt predicts 3 classes but {root}/val5 has 5"),
@@ -255,3 +284,58 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_and_released(tmp_path):
     with exclusive(Location.parse(str(tmp_path / "out")), ".state/lock"):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert not lock.exists()
+
+
+# Every row of the bad-input issue, and the tests that hold it: a row in CASES above (by its id), or a
+# test here or in the tool's own test file where the case needs a Ray run or a whole corpus.
+ROWS = {
+    1: ["batch_size -1 (it hung, growing memory)"],
+    2: ["test_bad_input::test_class_names_in_a_list_match_whole_names_or_unique_tails",
+        "test_bad_input::test_an_ambiguous_class_name_is_refused_with_its_line"],
+    3: ["every training shard missing (it trained on nothing, exit 0)",
+        "test_bad_input::test_an_epoch_without_input_fails_the_run_instead_of_reporting_nan"],
+    4: ["val tree missing a class folder (labels shifted by one)", "val classes in another order"],
+    5: ["evaluate.py: a 3-class checkpoint on 5-class shards"],
+    6: ["evaluate.py: shards whose classes are in another order"],
+    7: ["shard.py --out inside the --image-folder tree (a rerun read its own shards as images)"],
+    8: ["test_shard::test_every_entry_is_written_or_quarantined_with_its_reason",
+        "test_corpus::test_list_byte_ranges_give_every_line_once_as_the_preflight_reads_it"],
+    9: ["two shard.py runs into one --out (the second deleted the first one's rejects)",
+        "test_bad_input::test_a_lock_left_by_a_killed_run_is_taken_over_and_released"],
+    10: ["test_bad_input::test_glob_characters_in_out_touch_no_neighbour"],
+    11: ["shard.py --out a folder of the user's files (they were overwritten)"],
+    12: ["sample.py with every shard missing (it looped forever)"],
+    13: ["test_evaluate::test_a_damaged_shard_is_skipped_and_counted_not_fatal"],
+    14: ["num_classes below the labels (IndexError after 3 attempts)"],
+    15: ["test_shard::test_every_entry_is_written_or_quarantined_with_its_reason"],
+    16: ["test_shard::test_every_entry_is_written_or_quarantined_with_its_reason"],
+    17: ["test_bad_input::test_rejection_reasons_carry_no_object_addresses",
+         "test_shard::test_rerun_elsewhere_is_byte_identical"],
+    18: ["test_bad_input::test_prediction_ids_stay_unique_for_class_folder_corpora"],
+    19: ["shard.py: a latin-1 list (a raw UnicodeDecodeError without a line)", "shard.py: a gzipped list",
+         "shard.py: a binary file as list", "shard.py: a latin-1 categories file",
+         "test_shard::test_image_folder_tree", "test_corpus::test_list_lines_that_are_not_text_are_named"],
+    20: ["zero epochs", "unknown model", "a YAML list as config", "data: 5", "a value that is not YAML"],
+    21: ["sample.py --num -1", "sample.py --out a folder", "an index.json that is []", "search.py --samples 0",
+         "evaluate.py: a JSON file as checkpoint", "evaluate.py with a shard missing"],
+    22: ["a shard url that leaves the folder (absolute)", "a shard url that leaves the folder (..)",
+         "test_streams::test_samples_past_a_stale_index_count_are_skipped_and_named",
+         "test_evaluate::test_a_damaged_shard_is_skipped_and_counted_not_fatal"],
+    "a failure during the work": ["test_console::test_a_failure_during_training_ends_with_one_line_naming_it_and_its_traceback"],
+    "each sampled trial": ["search.py on a base config with a bad value",
+                           "search.py: a value a trial may sample fails training's pre-flight"],
+}
+
+
+def test_every_row_of_the_issue_is_held_by_a_test():
+    import importlib
+
+    assert set(ROWS) >= set(range(1, 23))
+    case_ids = {c[0] for c in CASES}
+    for row, holders in ROWS.items():
+        for holder in holders:
+            module, sep, name = holder.partition("::")
+            if not sep:
+                assert holder in case_ids, (row, holder)
+            else:
+                assert callable(getattr(importlib.import_module(module), name, None)), (row, holder)

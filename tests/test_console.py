@@ -79,3 +79,29 @@ def test_evaluate_reproduces_the_runs_validation_with_no_extra_flags(demo):
     assert metrics["fused"]["images"] == validated["val_images"] == 400
     assert metrics["fused"]["top1_error"] == pytest.approx(validated["top1_error"], abs=1e-9)
     assert metrics["fused"]["top5_error"] == pytest.approx(validated["top5_error"], abs=1e-9)
+
+
+def test_a_failure_during_training_ends_with_one_line_naming_it_and_its_traceback(tmp_path):
+    """A training shard damaged in place (its size unchanged, so the pre-flight passes) and no room for
+    skipped samples: the run fails in epoch 1.  The console ends with one line saying what failed and
+    where the traceback is; Ray's per-worker copies of the traceback stay in its logs."""
+    from conftest import write_shards
+
+    write_shards(tmp_path / "train", [8, 8, 8], shard_samples=4)
+    write_shards(tmp_path / "val", [2, 2, 2], shard_samples=2)
+    victim = tmp_path / "train" / "c0000-00000.tar"
+    data = victim.read_bytes()
+    victim.write_bytes(data[:1500] + b"\xff" * 600 + data[2100:])
+    code, lines = run_tool(tmp_path, os.path.join(ROOT, "training", "run.py"), "--set", "model.num_classes=3",
+                           "--set", f"data.train_shards={tmp_path / 'train'}", "--set",
+                           f"data.val_shards={tmp_path / 'val'}", "--set", "run.epochs=1", "--set",
+                           "run.max_failures=0", "--set", "data.max_skipped_fraction=0", "--set",
+                           "model.name=wm_model_a", "--set", "data.size=32", "--set", "data.eval_resize=36")
+    text = "\n".join(lines)
+    assert code == 1, text
+    last = lines[-1]
+    assert last.startswith("run.py: failed: RuntimeError: epoch 1 skipped ") and \
+        "above data.max_skipped_fraction = 0 (traceback: " in last, text
+    log = Path(last.rsplit("(traceback: ", 1)[1].rstrip(")"))
+    assert "Traceback" in log.read_text() and "check_epoch_input" in log.read_text()
+    assert not any("Error in training function" in line for line in lines), text

@@ -1,5 +1,7 @@
 """List and categories parsing, exactly as Places365 publishes them."""
 
+import codecs
+
 import pytest
 
 from pipelines.corpus import (UNLABELED, Categories, CorpusError, parse_line, read_categories,
@@ -74,3 +76,30 @@ def test_keys_have_no_dots_and_keep_the_path():
 def test_stable_hash_is_stable():
     assert stable_hash(0, "order", "k") == stable_hash(0, "order", "k") != stable_hash(1, "order", "k")
     assert stable_hash("a") == 0x40F89E395B66422F  # pinned: shard membership must never drift
+
+
+@pytest.mark.parametrize("range_bytes", [1, 2, 7, 64, 10**6])
+def test_list_byte_ranges_give_every_line_once_as_the_preflight_reads_it(tmp_path, range_bytes):
+    """The pre-flight counts and the Ray tasks parse the same lines: only b"\\n" ends one (U+2028, \\x0b,
+    \\x1c and \\x85 are file-name characters), whichever range a line starts in."""
+    from pipelines.list_file import byte_ranges, iter_lines, lines_in_range
+
+    data = (codecs.BOM_UTF8 + "a/x\u2028y.jpg 0\r\nb/v\x0bt.jpg 1\n\n  \nc/\x1cz\x85.jpg 2\n".encode()
+            + b"d/caf\xe9.jpg 0\nlast 3")
+    (tmp_path / "list.txt").write_bytes(data)
+    loc = Location.parse(str(tmp_path / "list.txt"))
+    expected = ["a/x\u2028y.jpg 0", "b/v\x0bt.jpg 1", "", "  ", "c/\x1cz\x85.jpg 2", "d/caf\udce9.jpg 0", "last 3"]
+    assert list(iter_lines(loc)) == expected
+    assert [line for start, end in byte_ranges(loc, range_bytes) for line in lines_in_range(loc, start, end)] \
+        == expected
+
+
+def test_list_lines_that_are_not_text_are_named():
+    from pipelines.list_file import decode_line, text_problem, unlistable_name
+
+    assert text_problem("a/\u2028x.jpg 0") is None and text_problem("plain.jpg 3") is None
+    assert text_problem(decode_line(b"a/caf\xe9.jpg 0")).startswith("not UTF-8 text (byte 0xe9 at column 6)")
+    assert text_problem("\x89PNG\0\0") == "not a text list (a NUL byte at column 5)"
+    assert unlistable_name(decode_line(b"beach/caf\xe9.jpg")) == "undecodable_name: the file name is not UTF-8"
+    assert unlistable_name("beach/a\nb.jpg").startswith("unlistable_name: the file name holds a line break")
+    assert unlistable_name("beach/x.jpg ").startswith("unlistable_name") and unlistable_name("beach/a b.jpg") is None

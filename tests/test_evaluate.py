@@ -152,3 +152,40 @@ def test_views_default_to_what_the_checkpoint_was_trained_at():
     assert evaluate.view_geometry([demo], "center", 56, [64]) == (56, (64,))
     with pytest.raises(evaluate.CheckpointError, match="trained at different sizes"):
         evaluate.view_geometry([demo, load(None)], "center", None, None)
+
+
+def test_a_damaged_shard_is_skipped_and_counted_not_fatal(setup, tmp_path, capsys):
+    """Row 13 of the bad-input issue: a shard damaged in place (its size unchanged, so the up-front check
+    passes) aborted the whole evaluation with a TypeError; now its whole samples are scored, the rest
+    counted, and the threshold decides the exit code.  A stale index (nsamples too small) is named too."""
+    import shutil
+
+    from pipelines.storage import Location
+    from pipelines.tar_stream import ShardReader
+
+    root, paths = setup
+    val = tmp_path / "val"
+    shutil.copytree(root / "val", val)
+    reader = ShardReader(Location.parse(str(val)), "c0000-00000.tar")
+    offsets = [reader.next().offset for _ in range(4)]
+    reader.close()
+    with open(val / "c0000-00000.tar", "r+b") as f:  # the third sample's first header: a bad checksum
+        f.seek(offsets[2])
+        f.write(b"\xff" * 512)
+    index = json.loads((val / "index.json").read_text())
+    stale = next(s for s in index["shardlist"] if s["url"] == "c0001-00000.tar")
+    stale["nsamples"] -= 1  # one more sample in the tar than the index says
+    (val / "index.json").write_text(json.dumps(index))
+    argv = ["--checkpoint", paths[0][0], "--shards", str(val), "--size", "32", "--scales", "36"]
+
+    assert evaluate.main([*argv, "--out", str(tmp_path / "strict")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("evaluate.py: failed: 2 of 23 listed samples could not be read (8.7%), above "
+                              "--max-skipped-fraction 0.01")
+    assert evaluate.main([*argv, "--out", str(tmp_path / "lenient"), "--max-skipped-fraction", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "2 shard(s) not as index.json lists them, 2 of 23 listed samples not scored" in out
+    metrics = json.loads((tmp_path / "lenient" / "metrics.json").read_text())
+    assert metrics["skipped_samples"] == 2 and metrics["images"] == sum(COUNTS) - 2
+    assert metrics["shards_not_as_listed"] == ["c0000-00000.tar (listed 4, read 2)",
+                                               "c0001-00000.tar (listed 3, read 4)"]

@@ -111,6 +111,30 @@ def test_unreadable_shard_is_skipped_counted_and_logged_once(shards, tmp_path, c
     assert sum("c0000-00002.tar" in r.message for r in caplog.records) == 1
 
 
+def test_samples_past_a_stale_index_count_are_skipped_and_named(shards, tmp_path, caplog):
+    """An index.json whose nsamples is too small: the extra samples were silently never read."""
+    out, _ = shards
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for p in out.iterdir():
+        (copy / p.name).write_bytes(p.read_bytes())
+    index = json.loads((copy / "index.json").read_text())
+    stale = next(s for s in index["shardlist"] if s["url"] == "c0001-00000.tar")
+    stale["nsamples"] -= 3
+    (copy / "index.json").write_text(json.dumps(index))
+    catalog = Catalog.load(str(copy))
+    stream = UniformStream(catalog, seed=0)
+    with caplog.at_level("WARNING"):
+        draws = take(stream)
+    assert len(draws) == sum(COUNTS) - 3 and stream.skipped == 3
+    assert [r.message for r in caplog.records if "c0001-00000.tar" in r.message] == [
+        f"shard {copy / 'c0001-00000.tar'} holds 3 more samples than the 13 index.json lists; they are skipped: "
+        f"rebuild the index (pipelines/shard.py)"]
+    aware = ClassAwareStream(catalog, seed=0)
+    take(aware, 2000)  # several passes over class 1: its extra samples are counted on each
+    assert aware.skipped >= 6 and aware.skipped % 3 == 0
+
+
 @pytest.mark.parametrize("mode", ["uniform", "class-aware"])
 def test_sample_cli_writes_the_stream_in_order(shards, tmp_path, mode):
     import subprocess

@@ -25,107 +25,12 @@ import numpy as np
 import torch
 
 from pipelines.catalog import Catalog, first_different_class
-from pipelines.console import add_verbose_flag, start_ray
+from pipelines.console import add_verbose_flag, report_failure, start_ray
 from pipelines.corpus import stable_hash
 from pipelines.storage import Location
-from pipelines.transforms import EvalTransform
+from training.inference import losses, predict
 
 DEFAULT_SCALES = {"center": (256,), "ten_crop": (256,), "dense": (256, 384, 512), "multi_view": (256, 320)}
-
-
-def view_transforms(protocol: str, scales: tuple[int, ...], size: int) -> list[EvalTransform]:
-    """dense: the whole image at each scale Q; the others: one transform giving every view."""
-    if protocol == "dense":
-        return [EvalTransform("full", size=size, scales=(q,)) for q in scales]
-    return [EvalTransform(protocol, size=size, resize=scales[0], scales=scales)]
-
-
-def cut_views(batch: dict[str, np.ndarray], protocol: str, scales: tuple[int, ...], size: int) -> dict:
-    """Ray Data CPU stage: decode and cut each image's views (uint8), so the model stage only infers.
-    `views{i}`: transform i's (V, C, H, W) per image; dense images differ in size, so a ragged column."""
-    out = {"key": batch["__key__"], "cls": np.array([int(bytes(c)) for c in batch["cls"]]),
-           # the image id: the path as listed when sharding (shard.py always records it), else the key
-           "source": np.array([json.loads(bytes(j)).get("source", str(k))
-                               for j, k in zip(batch["json"], batch["__key__"])], dtype=object)}
-    for i, transform in enumerate(view_transforms(protocol, scales, size)):
-        views = [transform.views(bytes(jpeg)).numpy() for jpeg in batch["jpg"]]
-        if protocol == "dense":
-            column = np.empty(len(views), dtype=object)
-            for row, v in enumerate(views):
-                column[row] = v
-            out[f"views{i}"] = column
-        else:
-            out[f"views{i}"] = np.stack(views)
-    return out
-
-
-class Predictor:
-    """Ray Data actor: every model's class probabilities per image, averaged over the protocol's views;
-    fixed-size views go through each model as one batch."""
-
-    def __init__(self, checkpoints: list[str], protocol: str, scales: tuple[int, ...], size: int, use_gpu: bool,
-                 batch_size: int):
-        from training.config import from_dict
-        from training.train_loop import build_model, inference_weights, load_checkpoint_file
-
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.models = []
-        for path in checkpoints:
-            state = load_checkpoint_file(path)
-            model = build_model(from_dict(state["config"]), warm_start=False)
-            model.load_state_dict(inference_weights(state))
-            self.models.append(model.export().to(self.device).eval())
-        self.protocol, self.scales, self.batch_size = protocol, scales, batch_size
-        self.normalize = view_transforms(protocol, scales, size)[0].normalizer()
-
-    def probabilities(self, model, batch: dict) -> torch.Tensor:
-        """(B, K) for one model."""
-        if self.protocol != "dense":
-            views = torch.from_numpy(np.asarray(batch["views0"]))  # (B, V, C, H, W)
-            # a GPU takes up to batch_size views per forward; a CPU one image's views (larger batches fall
-            # out of its caches: ten crops of 32 images at once ran at 0.6x on 2 cores)
-            chunk = self.batch_size if self.device.type == "cuda" else views.shape[1]
-            probs = torch.cat([model(self.normalize(part.to(self.device))).softmax(1)
-                               for part in views.flatten(0, 1).split(chunk)])
-            return probs.view(*views.shape[:2], -1).mean(1)
-        rows = []
-        for row in range(len(batch["key"])):
-            outs = []
-            for i in range(len(self.scales)):  # the whole image and its mirror, as class-score maps
-                x = self.normalize(torch.from_numpy(np.asarray(batch[f"views{i}"][row])).to(self.device))
-                x = torch.cat([x, x.flip(-1)])
-                probs = (model.forward_dense(x) if hasattr(model.head, "to_dense") else model(x)).softmax(1)
-                outs.append(probs.mean((2, 3)) if probs.dim() == 4 else probs)
-            rows.append(torch.cat(outs).mean(0))
-        return torch.stack(rows)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with torch.no_grad():
-            probs = torch.stack([self.probabilities(m, batch) for m in self.models], dim=1)  # (B, M, K)
-        return {"key": batch["key"], "cls": batch["cls"], "source": batch["source"],
-                "probs": probs.cpu().numpy().astype(np.float32)}
-
-
-def predict(checkpoints, shards: str, protocol: str, scales, size: int, workers: int, use_gpu: bool,
-            batch_size: int) -> dict[str, np.ndarray]:
-    import ray
-
-    catalog = Catalog.load(shards)
-    ds = ray.data.read_webdataset([catalog.loc.path(s.url) for s in catalog.shards], decoder=None,
-                                  filesystem=catalog.loc.pyarrow_fs())
-    # With GPU actors, decoding runs as CPU tasks beside them and scales out over the cluster's CPUs;
-    # on CPUs alone Ray Data fuses the two stages into each actor.
-    ds = ds.map_batches(cut_views, fn_kwargs=dict(protocol=protocol, scales=scales, size=size),
-                        batch_size=batch_size)
-    ds = ds.map_batches(Predictor, fn_constructor_kwargs=dict(checkpoints=checkpoints, protocol=protocol,
-                                                              scales=scales, size=size, use_gpu=use_gpu,
-                                                              batch_size=batch_size),
-                        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
-                        num_gpus=1 if use_gpu else 0)
-    parts = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in ("key", "cls", "source", "probs")}
-    order = np.argsort(merged["key"])  # a stable order, whatever Ray's scheduling
-    return {k: v[order] for k, v in merged.items()}
 
 
 def image_id(source: str, key: str) -> str:
@@ -332,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="inference actors")
     p.add_argument("--gpu", action="store_true", help="one GPU per actor")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-skipped-fraction", type=float, default=0.01,
+                   help="fail (exit 1) when more of the listed samples cannot be read (default 0.01)")
     p.add_argument("--out", required=True)
     add_verbose_flag(p)
     a = p.parse_args(argv)
@@ -348,9 +255,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"evaluate.py: error: {exc}", file=sys.stderr)
         return 2
+    try:
+        return score(a, checkpoints, size, scales)
+    except Exception as exc:  # one line on the console; the traceback in the log it names
+        return report_failure("evaluate.py", exc)
+
+
+def score(a: argparse.Namespace, checkpoints: list[str], size: int, scales: tuple) -> int:
+    """Predict, fuse, and write the three outputs (numbers first); 1 if too much could not be read."""
     print(f"scoring {len(checkpoints)} model(s) on {a.shards}: {a.protocol}, crop {size}, scales "
           f"{' '.join(map(str, scales))}", flush=True)
     result = predict(checkpoints, a.shards, a.protocol, scales, size, a.workers, a.gpu, a.batch_size)
+    catalog = Catalog.load(a.shards)
+    skipped, differ = losses(catalog, result)
+    result = {k: v[result["ok"]] for k, v in result.items()}
     probs, labels = result["probs"], result["cls"]
     labeled = bool((labels >= 0).all())
     heldout = np.array([stable_hash("heldout", k) % 10_000 < a.heldout * 10_000 for k in result["key"]])
@@ -359,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     scored = ~fit_mask
     metrics = {"protocol": a.protocol, "scales": list(scales), "size": size, "fusion": a.fusion,
                "fusion_weights": weights, "checkpoints": checkpoints, "images": int(len(labels)),
-               "heldout_for_fusion": int(fit_mask.sum())}
+               "heldout_for_fusion": int(fit_mask.sum()), "skipped_samples": skipped, "shards_not_as_listed": differ}
     names = class_names(a.shards)
     if labeled:
         metrics["models"] = {path: top_errors(probs[scored, i], labels[scored], len(names))
@@ -376,6 +294,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fused ({a.fusion}, {a.protocol}): top-1 error {metrics['fused']['top1_error']:.4f}, "
               f"top-5 error {metrics['fused']['top5_error']:.4f} on {int(scored.sum())} images")
     print(f"wrote {os.path.join(a.out, 'metrics.json')}, predictions.csv" + (", confusion.png" if labeled else ""))
+    listed = catalog.total
+    if differ:
+        print(f"{len(differ)} shard(s) not as index.json lists them, {skipped} of {listed} listed samples not "
+              f"scored (the reasons are in Ray's logs): {', '.join(differ[:3])}{' ...' if len(differ) > 3 else ''}")
+    if skipped > a.max_skipped_fraction * listed:
+        print(f"evaluate.py: failed: {skipped} of {listed} listed samples could not be read "
+              f"({skipped / listed:.1%}), above --max-skipped-fraction {a.max_skipped_fraction}", file=sys.stderr)
+        return 1
     return 0
 
 

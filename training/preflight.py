@@ -13,6 +13,8 @@ from __future__ import annotations
 from pipelines.catalog import Catalog, first_different_class
 from training.config import ConfigError, TrainConfig
 
+PREFLIGHT_KEYS = ("model.name", "model.num_classes", "data.train_shards", "data.val_shards")  # what it reads
+
 
 def check_training_inputs(cfg: TrainConfig) -> None:
     """A ConfigError naming the setting, if any check fails."""

@@ -19,7 +19,7 @@ import uuid
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipelines.console import ConsoleRelay, add_verbose_flag, start_ray, train_log_level
+from pipelines.console import ConsoleRelay, add_verbose_flag, report_failure, start_ray, train_log_level
 from training.config import ConfigError, TrainConfig, load, to_dict
 from training.preflight import check_training_inputs
 
@@ -125,17 +125,25 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as exc:
         print(f"run.py: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # making the demo's shards failed
+        return report_failure("run.py", exc)
+    try:
+        return train(cfg, name, a.resume is not None, a.verbose)
+    except Exception as exc:  # one line on the console; the traceback in the log it names
+        return report_failure("run.py", exc)
 
-    start_ray(a.verbose)
+
+def train(cfg: TrainConfig, name: str, resuming: bool, verbose: bool) -> int:
+    """Run the checked configuration as run `name`; print where its results are."""
+    start_ray(verbose)
     run_path = f"{cfg.run.storage_path.rstrip('/')}/{name}"
-    print(f"{'resuming' if a.resume else 'training'} {cfg.model.name} as run {name} on {cfg.run.workers} "
+    print(f"{'resuming' if resuming else 'training'} {cfg.model.name} as run {name} on {cfg.run.workers} "
           f"worker(s) ({'GPU' if cfg.run.use_gpu else 'CPU'}), {cfg.run.epochs} epochs; checkpoints in {run_path}",
           flush=True)
     with ConsoleRelay() as console:
-        result = make_trainer(cfg, name, console=console, verbose=a.verbose).fit()
+        result = make_trainer(cfg, name, console=console, verbose=verbose).fit()
     if result.error:
-        print(f"run.py: training failed: {result.error}", file=sys.stderr)
-        return 1
+        return report_failure("run.py", result.error)
     metrics = result.metrics
     best = best_checkpoint(result, cfg.run.storage_path)
     report = {"run": name, "path": run_path, "config": to_dict(cfg),

@@ -27,10 +27,10 @@ import yaml
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipelines.console import add_verbose_flag, start_ray
+from pipelines.console import add_verbose_flag, report_failure, start_ray
 from pipelines.storage import Location
 from training.config import ConfigError, TrainConfig, load, to_dict, with_overrides
-from training.preflight import check_training_inputs
+from training.preflight import PREFLIGHT_KEYS, check_training_inputs
 from training.run import absolute, best_checkpoint, make_trainer, prepare_data, resolve_paths, storage
 from tuning.space import Space, load_space, space_from_dict, space_to_dict
 
@@ -184,6 +184,21 @@ def new_setup(config_path: str, space: Space, name: str, overrides: list[str]) -
             "base_config": os.path.abspath(config_path), "base": to_dict(cfg), "space": space_to_dict(space)}
 
 
+def check_sampled_inputs(setup: dict, space: Space) -> None:
+    """Each value a trial may sample for a key that training's pre-flight reads (the model, its classes,
+    the shards) passes that pre-flight too; `load_space` already range-checked every value.  A ConfigError
+    naming the space's key and value otherwise, before any trial starts."""
+    name = os.path.basename(space.path)
+    for key, (kind, options) in space.params.items():
+        if kind != "choice" or key not in PREFLIGHT_KEYS:
+            continue
+        for option in options:
+            try:
+                check_training_inputs(trial_config(setup, {key: option}))
+            except ConfigError as exc:
+                raise ConfigError(f"{name}: params.{key} = {option}: {exc}") from None
+
+
 def positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
@@ -225,26 +240,31 @@ def main(argv: list[str] | None = None) -> int:
             base = trial_config(setup, {})
             prepare_data(base, a.verbose)
             check_training_inputs(base)
-            from training.models import list_models
-            unknown = sorted(set(space.choices("model.name")) - set(list_models()))
-            if unknown:
-                raise ConfigError(f"{a.space}: params.model.name: unknown model {unknown[0]!r}")
+            check_sampled_inputs(setup, space)
             experiment.make_dirs()
             experiment.write_atomic(SETUP_FILE, (json.dumps(setup, indent=1) + "\n").encode())
     except (ConfigError, OSError, ValueError) as exc:
         print(f"search.py: error: {exc}", file=sys.stderr)
         return 2
 
+    try:
+        return search(setup, a)
+    except Exception as exc:  # one line on the console; the traceback in the log it names
+        return report_failure("search.py", exc)
+
+
+def search(setup: dict, a: argparse.Namespace) -> int:
     start_ray(a.verbose)
     results = make_tuner(setup, a.scheduler, a.search, a.samples, a.resume, a.verbose).fit()
-    errors = [r for r in results if r.error]
-    best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
-    print(f"best trial: {METRIC} {best.metrics_dataframe[METRIC].min():.4f} with "
-          + ", ".join(f"{k}={v}" for k, v in best.config.items()))
+    errors = [r.error for r in results if r.error]
+    if len(errors) < len(results):
+        best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
+        print(f"best trial: {METRIC} {best.metrics_dataframe[METRIC].min():.4f} with "
+              + ", ".join(f"{k}={v}" for k, v in best.config.items()))
     print(f"experiment: {setup['experiment']}  (analyse: python tuning/analyze.py {setup['experiment']})")
     if errors:
-        print(f"search.py: {len(errors)} trial(s) failed: {errors[0].error}", file=sys.stderr)
-        return 1
+        print(f"{len(errors)} of {len(results)} trial(s) failed; the first:", flush=True)
+        return report_failure("search.py", errors[0])
     return 0
 
 

@@ -1,0 +1,189 @@
+"""Batch inference over sharded images with Ray Data: read the shards, cut each protocol's views on CPU
+tasks, score them with one or more models on an actor pool (GPUs when asked).
+
+    shard urls --read_shards--> samples --cut_views--> uint8 views --Predictor--> class probabilities
+
+A damaged shard or an image that does not decode never ends the run: what could not be scored is
+counted per shard against index.json (`losses`), as training counts what it skips.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import logging
+from collections import Counter
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from pipelines.catalog import READ_ERRORS, Catalog
+from pipelines.storage import Location
+from pipelines.tar_stream import ShardReader
+from pipelines.transforms import EvalTransform
+
+log = logging.getLogger(__name__)
+
+
+def view_transforms(protocol: str, scales: tuple[int, ...], size: int) -> list[EvalTransform]:
+    """dense: the whole image at each scale Q; the others: one transform giving every view."""
+    if protocol == "dense":
+        return [EvalTransform("full", size=size, scales=(q,)) for q in scales]
+    return [EvalTransform(protocol, size=size, resize=scales[0], scales=scales)]
+
+
+def read_shards(batch: dict[str, np.ndarray], loc: Location, rows: int = 32) -> Iterator[dict[str, np.ndarray]]:
+    """Ray Data read stage: each shard's samples, with the tar reader training uses.  A damaged shard gives
+    every whole sample before the damage, then its rest is skipped (the driver counts what each shard
+    lacks against index.json), as in training: one bad shard does not end the evaluation."""
+    for url in batch["url"]:
+        reader, got = None, []
+        try:
+            reader = ShardReader(loc, str(url))
+            while (sample := reader.next()) is not None:
+                if {"jpg", "cls"} <= sample.members.keys():
+                    got.append(sample)
+                if len(got) == rows:
+                    yield _sample_columns(got, str(url))
+                    got = []
+        except READ_ERRORS as exc:
+            log.warning("evaluation skips the rest of shard %s: %s: %s", loc.uri(str(url)), type(exc).__name__, exc)
+        finally:
+            if reader is not None:
+                reader.close()
+        if got:
+            yield _sample_columns(got, str(url))
+
+
+def _sample_columns(samples: list, url: str) -> dict[str, np.ndarray]:
+    return {"__key__": np.array([s.key for s in samples], dtype=object),
+            "url": np.array([url] * len(samples), dtype=object),
+            **{ext: np.array([s.members.get(ext, b"{}") for s in samples], dtype=object)
+               for ext in ("cls", "jpg", "json")}}
+
+
+@functools.lru_cache(maxsize=1)
+def blank_jpeg() -> bytes:
+    """Stands in for an image that does not decode, so its batch keeps its shape."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def cut_views(batch: dict[str, np.ndarray], protocol: str, scales: tuple[int, ...], size: int) -> dict:
+    """Ray Data CPU stage: decode and cut each image's views (uint8), so the model stage only infers.
+    `views{i}`: transform i's (V, C, H, W) per image; dense images differ in size, so a ragged column.
+    An image that does not decode gets a blank image's views and `ok` False: the driver drops it and
+    counts it as its shard's loss (a batch keeps its shape, whatever fails in it)."""
+    transforms = view_transforms(protocol, scales, size)
+    ok, cut, labels, sources = [], [], [], []
+    for key, url, jpeg, cls, meta in zip(batch["__key__"], batch["url"], batch["jpg"], batch["cls"], batch["json"]):
+        try:
+            labels.append(int(bytes(cls)))
+            # the image id: the path as listed when sharding (shard.py always records it), else the key
+            sources.append(str(json.loads(bytes(meta)).get("source", key)))
+            cut.append([t.views(bytes(jpeg)).numpy() for t in transforms])
+            ok.append(True)
+        except Exception as exc:  # a decoder error on one odd sample must not end the evaluation
+            log.warning("evaluation skips sample %s of %s: %s: %s", key, url, type(exc).__name__, exc)
+            labels[len(ok):], sources[len(ok):] = [-1], [str(key)]
+            cut.append([t.views(blank_jpeg()).numpy() for t in transforms])
+            ok.append(False)
+    out = {"key": batch["__key__"], "url": batch["url"], "ok": np.array(ok, dtype=bool),
+           "cls": np.array(labels, dtype=np.int64), "source": np.array(sources, dtype=object)}
+    for i in range(len(transforms)):
+        views = [c[i] for c in cut]
+        if protocol == "dense":
+            column = np.empty(len(views), dtype=object)
+            for row, v in enumerate(views):
+                column[row] = v
+            out[f"views{i}"] = column
+        else:
+            out[f"views{i}"] = np.stack(views)
+    return out
+
+
+class Predictor:
+    """Ray Data actor: every model's class probabilities per image, averaged over the protocol's views;
+    fixed-size views go through each model as one batch."""
+
+    def __init__(self, checkpoints: list[str], protocol: str, scales: tuple[int, ...], size: int, use_gpu: bool,
+                 batch_size: int):
+        from training.config import from_dict
+        from training.train_loop import build_model, inference_weights, load_checkpoint_file
+
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.models = []
+        for path in checkpoints:
+            state = load_checkpoint_file(path)
+            model = build_model(from_dict(state["config"]), warm_start=False)
+            model.load_state_dict(inference_weights(state))
+            self.models.append(model.export().to(self.device).eval())
+        self.protocol, self.scales, self.batch_size = protocol, scales, batch_size
+        self.normalize = view_transforms(protocol, scales, size)[0].normalizer()
+
+    def probabilities(self, model, batch: dict) -> torch.Tensor:
+        """(B, K) for one model."""
+        if self.protocol != "dense":
+            views = torch.from_numpy(np.asarray(batch["views0"]))  # (B, V, C, H, W)
+            # a GPU takes up to batch_size views per forward; a CPU one image's views (larger batches fall
+            # out of its caches: ten crops of 32 images at once ran at 0.6x on 2 cores)
+            chunk = self.batch_size if self.device.type == "cuda" else views.shape[1]
+            probs = torch.cat([model(self.normalize(part.to(self.device))).softmax(1)
+                               for part in views.flatten(0, 1).split(chunk)])
+            return probs.view(*views.shape[:2], -1).mean(1)
+        rows = []
+        for row in range(len(batch["key"])):
+            outs = []
+            for i in range(len(self.scales)):  # the whole image and its mirror, as class-score maps
+                x = self.normalize(torch.from_numpy(np.asarray(batch[f"views{i}"][row])).to(self.device))
+                x = torch.cat([x, x.flip(-1)])
+                probs = (model.forward_dense(x) if hasattr(model.head, "to_dense") else model(x)).softmax(1)
+                outs.append(probs.mean((2, 3)) if probs.dim() == 4 else probs)
+            rows.append(torch.cat(outs).mean(0))
+        return torch.stack(rows)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            probs = torch.stack([self.probabilities(m, batch) for m in self.models], dim=1)  # (B, M, K)
+        return {**{k: batch[k] for k in ("key", "url", "ok", "cls", "source")},
+                "probs": probs.cpu().numpy().astype(np.float32)}
+
+
+def predict(checkpoints, shards: str, protocol: str, scales, size: int, workers: int, use_gpu: bool,
+            batch_size: int) -> dict[str, np.ndarray]:
+    import ray
+
+    catalog = Catalog.load(shards)
+    ds = ray.data.from_items([{"url": s.url} for s in catalog.shards], override_num_blocks=len(catalog.shards))
+    ds = ds.map_batches(read_shards, fn_kwargs=dict(loc=catalog.loc), batch_size=1)
+    # With GPU actors, decoding runs as CPU tasks beside them and scales out over the cluster's CPUs;
+    # on CPUs alone Ray Data fuses the two stages into each actor.
+    ds = ds.map_batches(cut_views, fn_kwargs=dict(protocol=protocol, scales=scales, size=size),
+                        batch_size=batch_size)
+    ds = ds.map_batches(Predictor, fn_constructor_kwargs=dict(checkpoints=checkpoints, protocol=protocol,
+                                                              scales=scales, size=size, use_gpu=use_gpu,
+                                                              batch_size=batch_size),
+                        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
+                        num_gpus=1 if use_gpu else 0)
+    parts = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in ("key", "url", "ok", "cls", "source", "probs")}
+    order = np.argsort(merged["key"])  # a stable order, whatever Ray's scheduling
+    return {k: v[order] for k, v in merged.items()}
+
+
+def losses(catalog: Catalog, result: dict[str, np.ndarray]) -> tuple[int, list[str]]:
+    """(listed samples that were not scored, 'url (listed N, read M)' for every shard that differs from
+    index.json): what a damaged shard or a stale index cost, as training counts it."""
+    read = Counter(result["url"][result["ok"]].tolist())
+    skipped, differ = 0, []
+    for shard in catalog.shards:
+        got = read.get(shard.url, 0)
+        skipped += max(0, shard.nsamples - got)
+        if got != shard.nsamples:
+            differ.append(f"{shard.url} (listed {shard.nsamples}, read {got})")
+    return skipped, differ
