@@ -79,6 +79,12 @@ def test_fusions_and_learned_weights_are_fit_only_on_the_heldout_slice(setup):
     assert 0 < held < sum(COUNTS) and learned["fused"]["images"] == sum(COUNTS) - held
     assert all(m["images"] == sum(COUNTS) - held for m in learned["models"].values())
     assert sum(learned["fusion_weights"]) == pytest.approx(1.0) and len(learned["fusion_weights"]) == 2
+    # every fusion mode beside every single model, on the same images
+    assert set(learned["fusions"]) == {"average", "product", "learned"} and set(average["fusions"]) == {
+        "average", "product"}
+    assert {f["images"] for f in learned["fusions"].values()} == {sum(COUNTS) - held}
+    assert learned["fusions"]["learned"]["top1_error"] == learned["fused"]["top1_error"]
+    assert average["fusions"]["product"] == {**product["fused"], "weights": [0.5, 0.5]}
 
 
 def test_fuse_functions():
@@ -189,3 +195,40 @@ def test_a_damaged_shard_is_skipped_and_counted_not_fatal(setup, tmp_path, capsy
     assert metrics["skipped_samples"] == 2 and metrics["images"] == sum(COUNTS) - 2
     assert metrics["shards_not_as_listed"] == ["c0000-00000.tar (listed 4, read 2)",
                                                "c0001-00000.tar (listed 3, read 4)"]
+
+
+def test_dense_evaluation_averages_the_class_score_map_before_the_softmax(tmp_path):
+    """VGG: "the class score map is spatially averaged"; the soft-max posteriors of the image and its mirror
+    (and of every scale) are then averaged."""
+    from conftest import encode, scene
+    from training.inference import Predictor, cut_views
+
+    cfg = load(None, ["model.name=vgg_a", "model.num_classes=4", "model.options={input_size: 32}"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():  # scores far from uniform, where the order of mean and softmax shows
+        [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1].weight.mul_(1000)
+    path = tmp_path / "vgg.pt"
+    torch.save({"model": model.state_dict(), "config": to_dict(cfg)}, path)
+    jpegs = [encode(scene(i, 80, 64)) for i in range(2)]
+    batch = {"__key__": np.array(["a", "b"], dtype=object), "url": np.array(["u", "u"], dtype=object),
+             "jpg": np.array(jpegs, dtype=object), "cls": np.array([b"0", b"1"], dtype=object),
+             "json": np.array([b"{}", b"{}"], dtype=object)}
+    views = cut_views(batch, "dense", (64, 96), 32)
+    predictor = Predictor([str(path)], "dense", (64, 96), 32, use_gpu=False, batch_size=4)
+    net = predictor.models[0]
+    with torch.no_grad():
+        got = predictor.probabilities(net, views)
+        expected, softmax_first = [], []
+        for row in range(2):
+            per_view, other = [], []
+            for i in range(2):
+                x = predictor.normalize(torch.from_numpy(views[f"views{i}"][row]))
+                maps = net.forward_dense(torch.cat([x, x.flip(-1)]))
+                assert maps.shape[-1] > 1  # a real map, not one position
+                per_view.append(maps.mean((2, 3)).softmax(1))
+                other.append(maps.softmax(1).mean((2, 3)))
+            expected.append(torch.cat(per_view).mean(0))
+            softmax_first.append(torch.cat(other).mean(0))
+    torch.testing.assert_close(got, torch.stack(expected))
+    assert not torch.allclose(got, torch.stack(softmax_first))

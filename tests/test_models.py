@@ -148,13 +148,14 @@ def test_deeper_vgg_starts_from_a_trained_shallower_one():
     assert all(torch.equal(x.weight, y.weight) for x, y in zip(fcs_a, fcs_d)) and len(copied) == 7
 
 
-@pytest.mark.parametrize("scheme", ["he", "glorot", "gaussian"])
+@pytest.mark.parametrize("scheme", ["he", "glorot", "gaussian", "gaussian_vgg"])
 def test_initialisation_schemes(scheme):
     torch.manual_seed(0)
     model = build_backbone("vgg_a", 10, input_size=64, init=scheme)
     conv = model.stages["conv4"][0]
     fan_in, fan_out = conv.in_channels * 9, conv.out_channels * 9
-    expected = {"he": (2 / fan_out) ** 0.5, "glorot": (2 / (fan_in + fan_out)) ** 0.5, "gaussian": 0.01}[scheme]
+    expected = {"he": (2 / fan_out) ** 0.5, "glorot": (2 / (fan_in + fan_out)) ** 0.5, "gaussian": 0.01,
+                "gaussian_vgg": 0.1}[scheme]  # VGG: "10^-2 variance"
     assert abs(conv.weight.std().item() - expected) / expected < 0.05
     assert torch.count_nonzero(conv.bias) == 0
 
@@ -172,3 +173,51 @@ def test_lrn_as_a_convolution_equals_pytorchs(size, channels):
     torch.testing.assert_close(g_ours, g_ref, rtol=0, atol=1e-12)
     last = x.detach().float().contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(ours(last), ref(last), rtol=1e-5, atol=1e-5)
+
+
+def test_alexnet_biases_are_the_papers():
+    """1 in conv2, conv4, conv5 and the hidden FC layers; 0 in conv1, conv3 and the output layer."""
+    model = build_backbone("alexnet", 10)
+    convs = [m for m in model.stages.modules() if isinstance(m, nn.Conv2d)]
+    fcs = [m for m in model.head.modules() if isinstance(m, nn.Linear)]
+    ones = [torch.all(layer.bias == 1).item() for layer in convs + fcs]
+    zeros = [torch.all(layer.bias == 0).item() for layer in convs + fcs]
+    assert ones == [False, True, False, True, True, True, True, False]
+    assert zeros == [not one for one in ones]
+    assert abs(convs[2].weight.std().item() - 0.01) < 0.001
+
+
+def test_lrn_is_alexnets_formula_with_its_constants():
+    """b = a / (2 + 1e-4 * sum over the 5 channels around of a^2)^0.75, the paper's own form (its alpha
+    is not divided by n, as Caffe and PyTorch divide theirs)."""
+    from training.models.vgg import lrn
+
+    torch.manual_seed(0)
+    a = torch.randn(1, 8, 3, 3, dtype=torch.float64) * 40
+    padded = torch.nn.functional.pad(a * a, (0, 0, 0, 0, 2, 2))
+    window = torch.stack([padded[:, c:c + 5].sum(1) for c in range(8)], 1)
+    torch.testing.assert_close(lrn()(a), a / (2 + 1e-4 * window) ** 0.75, rtol=1e-12, atol=0)
+
+
+def test_googlenet_aux_heads_pool_5x5_stride_3_as_the_paper():
+    """4x4x512 out of inception 4a's 14x14 map (4x4x528 out of 4d's) at a 224 input: 5x5 windows at 0, 3,
+    6, 9, not an adaptive pool's 4x4 windows at 0, 3, 7, 10."""
+    from training.models.heads import SmallAuxHead
+
+    model = create_model("googlenet", num_classes=5)
+    heads = list(model.aux_heads)
+    seen = []
+    hooks = [h.pool.register_forward_hook(lambda m, i, o: seen.append((tuple(i[0].shape[1:]), tuple(o.shape[1:]))))
+             for h in heads]
+    model.train()
+    model(torch.randn(1, 3, 224, 224))
+    for hook in hooks:
+        hook.remove()
+    assert seen == [((512, 14, 14), (512, 4, 4)), ((528, 14, 14), (528, 4, 4))]
+    head = SmallAuxHead(3, 2)
+    x = torch.randn(1, 3, 14, 14)
+    expected = torch.stack([torch.stack([x[0, :, i:i + 5, j:j + 5].mean((1, 2)) for j in (0, 3, 6, 9)], -1)
+                            for i in (0, 3, 6, 9)], -2)
+    torch.testing.assert_close(head.pool(x)[0], expected)
+    assert head(torch.randn(2, 3, 9, 9)).shape == (2, 2)  # other input sizes still give the fc its 4x4
+

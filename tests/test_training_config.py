@@ -70,7 +70,25 @@ def test_every_recipe_loads_and_builds_its_model(name):
     model = build_model(cfg)
     assert model.backbone.num_classes == cfg.model.num_classes
     if name.startswith("wm_model"):
-        assert model.mode == "relay" and cfg.data.sampling == "class-aware"
+        mode = {"bp": "bp", "loss12": "loss12_bp", "relay": "relay"}[name.rsplit("_", 1)[1]]
+        assert model.mode == mode and cfg.data.sampling == "class-aware"
+        assert (cfg.data.crop, cfg.data.jitter, cfg.data.size) == ("scale_jitter", (256, 256), 224)  # 256xN, 224
+
+
+def test_the_seeds_three_wm_a_recipes_differ_in_the_gradient_routing_alone():
+    """bp vs loss1&2 BP vs relay BP, the seed's table: the same data, optimiser and schedule; loss12 and
+    relay with the same branch and loss weight (the family defaults, 0.3 and 1.0, would change two things)."""
+    from training.config import to_dict
+
+    def flat(name):
+        cfg = to_dict(load(os.path.join(ROOT, "configs", f"wm_model_a_{name}.yaml")))
+        return {f"{section}.{key}": value for section, values in cfg.items() for key, value in values.items()}
+
+    bp, loss12, relay = flat("bp"), flat("loss12"), flat("relay")
+    assert {k for k in relay if relay[k] != loss12[k]} == {"model.mode"}
+    assert {k for k in relay if relay[k] != bp[k]} == {"model.mode", "model.branch", "model.aux_head",
+                                                       "model.aux_weight"}
+    assert bp["model.mode"] == "bp" and loss12["model.aux_weight"] == relay["model.aux_weight"] == 1.0
 
 
 def test_vgg_d_warm_starts_from_a_saved_vgg_a(tmp_path):

@@ -273,7 +273,11 @@ def score(a: argparse.Namespace, checkpoints: list[str], size: int, scales: tupl
     labeled = bool((labels >= 0).all())
     heldout = np.array([stable_hash("heldout", k) % 10_000 < a.heldout * 10_000 for k in result["key"]])
     fit_mask = heldout & labeled if a.fusion == "learned" else np.zeros(len(labels), bool)
-    fused, weights = fuse(probs, a.fusion, fit_mask, labels)
+    # every fusion mode that this run can fit, on the same images as every single model: the held-out
+    # slice exists only with --fusion learned, so average and product alone use every image otherwise
+    modes = ["average", "product"] + (["learned"] if a.fusion == "learned" else [])
+    fusions = {mode: fuse(probs, mode, fit_mask, labels) for mode in modes}
+    fused, weights = fusions[a.fusion]
     scored = ~fit_mask
     metrics = {"protocol": a.protocol, "scales": list(scales), "size": size, "fusion": a.fusion,
                "fusion_weights": weights, "checkpoints": checkpoints, "images": int(len(labels)),
@@ -283,6 +287,9 @@ def score(a: argparse.Namespace, checkpoints: list[str], size: int, scales: tupl
         metrics["models"] = {path: top_errors(probs[scored, i], labels[scored], len(names))
                              for i, path in enumerate(checkpoints)}
         metrics["fused"] = top_errors(fused[scored], labels[scored], len(names))
+        if len(checkpoints) > 1:
+            metrics["fusions"] = {mode: {"weights": w, **top_errors(f[scored], labels[scored], len(names))}
+                                  for mode, (f, w) in fusions.items()}
     top5 = np.argsort(-fused, axis=1)[:, :5]
     lines = [f"{image_id(src, key)} {' '.join(map(str, row))}"
              for src, key, row in zip(result["source"], result["key"], top5)]

@@ -142,8 +142,10 @@ class Predictor:
             for i in range(len(self.scales)):  # the whole image and its mirror, as class-score maps
                 x = self.normalize(torch.from_numpy(np.asarray(batch[f"views{i}"][row])).to(self.device))
                 x = torch.cat([x, x.flip(-1)])
-                probs = (model.forward_dense(x) if hasattr(model.head, "to_dense") else model(x)).softmax(1)
-                outs.append(probs.mean((2, 3)) if probs.dim() == 4 else probs)
+                scores = model.forward_dense(x) if hasattr(model.head, "to_dense") else model(x)
+                if scores.dim() == 4:  # VGG: the class-score map is averaged spatially, then the softmax
+                    scores = scores.mean((2, 3))
+                outs.append(scores.softmax(1))
             rows.append(torch.cat(outs).mean(0))
         return torch.stack(rows)
 

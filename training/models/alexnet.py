@@ -1,7 +1,8 @@
 """AlexNet (Krizhevsky et al. 2012) and ZFNet (Zeiler & Fergus 2013).
 
 AlexNet: C(96,11,4)-LRN-P-C(256,5,1)-LRN-P-C(384,3,1)-C(384,3,1)-C(256,3,1)-P-FC4096-FC4096-FC, with
-overlapping 3x3/2 max-pooling.  The two-GPU split is kept as grouped convolutions (groups=2) in
+overlapping 3x3/2 max-pooling, weights N(0, 0.01) and biases 1 in conv2/4/5 and the hidden FC layers
+(`init: gaussian`, the paper's).  The two-GPU split is kept as grouped convolutions (groups=2) in
 conv2, conv4 and conv5, where the paper's GPUs did not talk to each other.  ZFNet replaces the first
 layer by 7x7 stride 2 and conv2's stride by 2, with dense (ungrouped) convolutions.
 """
@@ -39,6 +40,11 @@ class AlexNet(StagedNet):
         s = _out(_out(input_size, 11, 4, 2), 3, 2)
         s = _out(_out(s, 3, 2), 3, 2)
         super().__init__(stages, FCHead((256, s, s), (4096, 4096), num_classes, dropout), num_classes, init=init)
+        if init == "gaussian":  # the paper's: biases 1 in conv2, conv4, conv5 and the hidden FC layers, else 0
+            convs = [m for m in self.stages.modules() if isinstance(m, nn.Conv2d)]
+            hidden = [m for m in self.head.modules() if isinstance(m, nn.Linear)][:-1]
+            for layer in [convs[1], convs[3], convs[4], *hidden]:
+                nn.init.ones_(layer.bias)
 
 
 class ZFNet(StagedNet):

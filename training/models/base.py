@@ -73,8 +73,16 @@ class StagedNet(nn.Module):
         return self.dense_head()(self.forward_features(x))
 
 
+GAUSSIAN_STD = {"gaussian": 0.01,  # AlexNet and ZFNet: "standard deviation 0.01"
+                "gaussian_vgg": 0.1}  # VGG's net A: "zero mean and 10^-2 variance", i.e. std 0.1
+INIT_SCHEMES = ("he", "glorot", *GAUSSIAN_STD)
+
+
 def initialize(module: nn.Module, scheme: str = "he") -> None:
-    """He (Kaiming, fan-out, ReLU) or Glorot (Xavier uniform) for conv/linear weights, zero biases."""
+    """He (Kaiming, fan-out, ReLU), Glorot (Xavier uniform) or a papers' fixed Gaussian for conv/linear
+    weights, zero biases."""
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"unknown init {scheme!r}: {' | '.join(INIT_SCHEMES)}")
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             if scheme == "he":
@@ -82,10 +90,8 @@ def initialize(module: nn.Module, scheme: str = "he") -> None:
                                         nonlinearity="relu")
             elif scheme == "glorot":
                 nn.init.xavier_uniform_(m.weight)
-            elif scheme == "gaussian":  # AlexNet / VGG's original N(0, 0.01)
-                nn.init.normal_(m.weight, 0.0, 0.01)
             else:
-                raise ValueError(f"unknown init {scheme!r}: he | glorot | gaussian")
+                nn.init.normal_(m.weight, 0.0, GAUSSIAN_STD[scheme])
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):

@@ -131,17 +131,21 @@ def _uniform(bins: list[tuple[int, int]], size: int) -> bool:
 
 
 class SmallAuxHead(nn.Module):
-    """GoogLeNet's auxiliary classifier: avg-pool to 4x4, 1x1 conv 128, fc 1024, dropout 0.7, fc."""
+    """GoogLeNet's auxiliary classifier: 5x5/3 average pooling (4x4 out of the 14x14 map of a 224 input),
+    1x1 conv 128, fc 1024, dropout 0.7, fc."""
 
     def __init__(self, channels: int, num_classes: int, dropout: float = 0.7):
         super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(4)  # 5x5/3 on the 14x14 map, any size elsewhere
+        self.pool = nn.AvgPool2d(5, 3)
         self.conv = nn.Sequential(nn.Conv2d(channels, 128, 1), nn.ReLU(inplace=True))
         self.fc = nn.Sequential(nn.Linear(128 * 16, 1024), nn.ReLU(inplace=True), nn.Dropout(dropout),
                                 nn.Linear(1024, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.conv(self.pool(x)), 1))
+        pooled = self.pool(x) if min(x.shape[-2:]) >= 5 else x
+        if pooled.shape[-2:] != (4, 4):  # other input sizes than the paper's: 4x4 all the same, for the fc
+            pooled = F.adaptive_avg_pool2d(pooled, 4)
+        return self.fc(torch.flatten(self.conv(pooled), 1))
 
 
 class PoolLinearHead(nn.Module):

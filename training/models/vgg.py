@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from training.models.base import StagedNet
 from training.models.heads import FCHead
-from training.models.lrn import LocalResponseNorm
+from training.models.lrn import ALEXNET, LocalResponseNorm
 from training.models.registry import register_model
 
 cfgs: dict[str, list[list]] = {
@@ -25,7 +25,8 @@ cfgs: dict[str, list[list]] = {
 
 
 def lrn() -> nn.Module:
-    return LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)  # AlexNet's constants, as VGG used
+    """AlexNet's LRN as its paper gives it (`lrn.ALEXNET`), which VGG's A-LRN and GoogLeNet reuse."""
+    return LocalResponseNorm(**ALEXNET)
 
 
 def make_stages(cfg: list[list], batch_norm: bool) -> list[tuple[str, nn.Module]]:
