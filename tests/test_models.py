@@ -221,3 +221,31 @@ def test_googlenet_aux_heads_pool_5x5_stride_3_as_the_paper():
     torch.testing.assert_close(head.pool(x)[0], expected)
     assert head(torch.randn(2, 3, 9, 9)).shape == (2, 2)  # other input sizes still give the fc its 4x4
 
+
+
+def test_resnet_option_a_shortcuts_match_plain_parameters_and_pad_with_zeros():
+    """The paper's plain-vs-residual comparison at 18/34 layers: option A adds no parameter."""
+    from training.models.resnet import PadShortcut
+
+    def count(model):
+        return sum(p.numel() for p in model.parameters())
+
+    for depth in (18, 34):
+        residual_a = build_backbone(f"resnet{depth}", 10, shortcut_type="A")
+        assert count(residual_a) == count(build_backbone(f"plain{depth}", 10))
+        assert count(build_backbone(f"resnet{depth}", 10)) > count(residual_a)  # option B's projections
+    x = torch.randn(2, 64, 8, 8)
+    y = PadShortcut(64, 2)(x)
+    assert y.shape == (2, 128, 4, 4) and torch.equal(y[:, :64], x[:, :, ::2, ::2]) and not y[:, 64:].any()
+    assert residual_a(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_resnet_v1_bottleneck_strides_its_first_1x1():
+    v1 = build_backbone("resnet50", 10, bottleneck_stride="1x1")
+    v15 = build_backbone("resnet50", 10)
+    first = v1.stages["layer2"][0].body
+    assert (first[0].stride, first[3].stride) == ((2, 2), (1, 1))
+    assert (v15.stages["layer2"][0].body[0].stride, v15.stages["layer2"][0].body[3].stride) == ((1, 1), (2, 2))
+    assert v1(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+    with pytest.raises(ValueError, match="shortcut_type must be A or B"):
+        build_backbone("resnet18", 10, shortcut_type="C")
