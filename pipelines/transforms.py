@@ -29,7 +29,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-EVAL_PROTOCOLS = ("center", "ten_crop", "full", "multi_view")
+EVAL_PROTOCOLS = ("center", "ten_crop", "full", "multi_view", "multi_crop", "googlenet_144")
 
 
 def decode(jpeg: bytes, min_side: int | None = None) -> Image.Image:
@@ -206,8 +206,9 @@ def rrc_box(w: int, h: int, scale, ratio, rng: random.Random) -> tuple[int, int,
 
 @dataclass(frozen=True)
 class EvalTransform:
-    """protocol: center | ten_crop | full | multi_view.  `views(jpeg)`: uint8 (V, C, H, W), what data
-    workers ship; `normalizer()` finishes them on the device; calling it does both: float (V, C, H, W)."""
+    """protocol: center | ten_crop | full | multi_view | multi_crop (VGG: a 5x5 grid of crops and their
+    mirrors at each scale, 50 per scale) | googlenet_144 (4 scales x 3 squares x 6 crops x 2 mirrors).
+    `views(jpeg)`: uint8 (V, C, H, W), what data workers ship; `normalizer()` finishes them on the device; calling it does both: float (V, C, H, W)."""
 
     protocol: str = "center"
     size: int = 224
@@ -235,9 +236,13 @@ class EvalTransform:
         elif self.protocol == "full":
             img = decode(jpeg, self.scales[0])
             views = [resize_shorter(img, self.scales[0])]
-        else:
+        elif self.protocol == "multi_view":
             img = decode(jpeg, min(self.scales))
             views = [v for q in self.scales for v in ten_crop(resize_shorter(img, q), self.size)]
+        else:
+            img = decode(jpeg, max(self.scales))
+            crops = grid_crops if self.protocol == "multi_crop" else googlenet_crops
+            views = [v for q in self.scales for v in crops(resize_shorter(img, q), self.size)]
         return torch.stack([to_uint8(v) for v in views])
 
 
@@ -251,6 +256,30 @@ def ten_crop(img: Image.Image, size: int) -> list[Image.Image]:
     w, h = img.size
     boxes = [(0, 0), (w - size, 0), (0, h - size), (w - size, h - size), ((w - size) // 2, (h - size) // 2)]
     crops = [img.crop((x, y, x + size, y + size)) for x, y in boxes]
+    return crops + [c.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for c in crops]
+
+
+def grid_crops(img: Image.Image, size: int, grid: int = 5) -> list[Image.Image]:
+    """VGG's multi-crop: a regular grid x grid of crops spanning the image, and their mirrors."""
+    w, h = img.size
+    xs = [round(i * (w - size) / (grid - 1)) for i in range(grid)]
+    ys = [round(i * (h - size) / (grid - 1)) for i in range(grid)]
+    crops = [img.crop((x, y, x + size, y + size)) for y in ys for x in xs]
+    return crops + [c.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for c in crops]
+
+
+def googlenet_crops(img: Image.Image, size: int) -> list[Image.Image]:
+    """GoogLeNet's test crops at one scale: the left, center and right squares (top, center, bottom for a
+    portrait image); of each, the 4 corners and the center `size` crop and the square resized to `size`;
+    and their mirrors: 36."""
+    w, h = img.size
+    side = min(w, h)
+    starts = (0, (max(w, h) - side) // 2, max(w, h) - side)
+    squares = [img.crop((a, 0, a + side, side) if w >= h else (0, a, side, a + side)) for a in starts]
+    crops = []
+    for square in squares:
+        five = ten_crop(square, size)[:5]
+        crops += five + [square.resize((size, size), Image.Resampling.BILINEAR)]
     return crops + [c.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for c in crops]
 
 

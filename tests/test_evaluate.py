@@ -60,7 +60,9 @@ def test_center_crop_metrics_equal_a_direct_computation(setup):
     assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("protocol,views", [("ten_crop", "36"), ("dense", "40 48"), ("multi_view", "36 44")])
+@pytest.mark.parametrize("protocol,views", [("ten_crop", "36"), ("dense", "40 48"), ("multi_view", "36 44"),
+                                            ("multi_crop", "36 40"), ("multi_crop_dense", "36 40"),
+                                            ("googlenet_144", "36 40 44 48")])
 def test_every_protocol_runs(setup, protocol, views):
     root, paths = setup
     _, metrics = run(root, [paths[0][0]], "--protocol", protocol, "--scales", *views.split())

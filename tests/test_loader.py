@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import encode, scene, write_shards
 from pipelines import color_pca
@@ -112,6 +113,37 @@ def test_eval_protocols(protocol, views, shape):
     assert out.shape == (views, 3, *shape)
     if protocol == "ten_crop":
         assert torch.allclose(out[5], out[0].flip(-1))  # the flipped top-left corner
+
+
+def test_vgg_multi_crop_is_a_5x5_grid_and_its_mirrors_per_scale():
+    from pipelines.transforms import grid_crops, resize_shorter, to_uint8
+
+    jpeg = encode(scene(3, 300, 200))
+    out = EvalTransform("multi_crop", size=64, scales=(96, 128))(jpeg)
+    assert out.shape == (100, 3, 64, 64)
+    img = resize_shorter(decode(jpeg), 96)  # 144 x 96: x steps of 20, y steps of 8
+    crops = grid_crops(img, 64)
+    assert [c.size for c in crops] == [(64, 64)] * 50
+    assert torch.equal(to_uint8(crops[6]), to_uint8(img.crop((20, 8, 84, 72))))  # row 1, column 1
+    assert torch.equal(to_uint8(crops[24]), to_uint8(img.crop((80, 32, 144, 96))))  # the bottom-right one
+    assert torch.equal(to_uint8(crops[25 + 6]), to_uint8(crops[6]).flip(-1))
+
+
+@pytest.mark.parametrize("w,h", [(300, 200), (200, 300)])
+def test_googlenet_144_crops(w, h):
+    """4 scales x 3 squares (left/center/right, or top/center/bottom) x (4 corners, center, the square
+    resized) x 2 mirrors."""
+    from pipelines.transforms import googlenet_crops, resize_shorter, to_uint8
+
+    jpeg = encode(scene(4, w, h))
+    assert EvalTransform("googlenet_144", size=32, scales=(48, 56, 64, 72))(jpeg).shape == (144, 3, 32, 32)
+    img = resize_shorter(decode(jpeg), 48)  # 72 x 48 or 48 x 72
+    crops = googlenet_crops(img, 32)
+    assert len(crops) == 36
+    last_square = img.crop((24, 0, 72, 48) if w > h else (0, 24, 48, 72))
+    assert torch.equal(to_uint8(crops[12]), to_uint8(last_square.crop((0, 0, 32, 32))))  # its top-left corner
+    assert torch.equal(to_uint8(crops[17]), to_uint8(last_square.resize((32, 32), Image.Resampling.BILINEAR)))
+    assert torch.equal(to_uint8(crops[18 + 17]), to_uint8(crops[17]).flip(-1))
 
 
 def test_reduced_size_decoding():

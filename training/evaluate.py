@@ -1,7 +1,7 @@
 """Evaluate checkpoints on sharded images under the papers' test protocols, alone and fused.
 
     python training/evaluate.py --checkpoint PATH [--checkpoint PATH ...] --shards VAL_SHARDS \
-        --protocol center|ten_crop|dense|multi_view [--fusion average|product|learned] --out DIR
+        --protocol center|ten_crop|dense|multi_view|multi_crop|multi_crop_dense|googlenet_144 [--fusion average|product|learned] --out DIR
 
 Runs as Ray Data batch inference (an actor pool, on GPUs when asked), so a 328k-image test set scales
 out.  Writes DIR/metrics.json (top-1/top-5 error overall and per class, per model and fused),
@@ -30,7 +30,9 @@ from pipelines.corpus import stable_hash
 from pipelines.storage import Location
 from training.inference import losses, predict
 
-DEFAULT_SCALES = {"center": (256,), "ten_crop": (256,), "dense": (256, 384, 512), "multi_view": (256, 320)}
+DEFAULT_SCALES = {"center": (256,), "ten_crop": (256,), "dense": (256, 384, 512), "multi_view": (256, 320),
+                  "multi_crop": (256, 384, 512), "multi_crop_dense": (256, 384, 512),
+                  "googlenet_144": (256, 288, 320, 352)}
 
 
 def image_id(source: str, key: str) -> str:

@@ -28,9 +28,13 @@ log = logging.getLogger(__name__)
 
 
 def view_transforms(protocol: str, scales: tuple[int, ...], size: int) -> list[EvalTransform]:
-    """dense: the whole image at each scale Q; the others: one transform giving every view."""
+    """dense: the whole image at each scale Q; multi_crop_dense: VGG's multi-crop views, then the dense
+    ones; the others: one transform giving every view."""
+    dense = [EvalTransform("full", size=size, scales=(q,)) for q in scales]
     if protocol == "dense":
-        return [EvalTransform("full", size=size, scales=(q,)) for q in scales]
+        return dense
+    if protocol == "multi_crop_dense":
+        return [EvalTransform("multi_crop", size=size, scales=scales), *dense]
     return [EvalTransform(protocol, size=size, resize=scales[0], scales=scales)]
 
 
@@ -95,9 +99,9 @@ def cut_views(batch: dict[str, np.ndarray], protocol: str, scales: tuple[int, ..
             ok.append(False)
     out = {"key": batch["__key__"], "url": batch["url"], "ok": np.array(ok, dtype=bool),
            "cls": np.array(labels, dtype=np.int64), "source": np.array(sources, dtype=object)}
-    for i in range(len(transforms)):
+    for i, transform in enumerate(transforms):
         views = [c[i] for c in cut]
-        if protocol == "dense":
+        if transform.protocol == "full":
             column = np.empty(len(views), dtype=object)
             for row, v in enumerate(views):
                 column[row] = v
@@ -127,19 +131,26 @@ class Predictor:
         self.normalize = view_transforms(protocol, scales, size)[0].normalizer()
 
     def probabilities(self, model, batch: dict) -> torch.Tensor:
-        """(B, K) for one model."""
-        if self.protocol != "dense":
-            views = torch.from_numpy(np.asarray(batch["views0"]))  # (B, V, C, H, W)
-            # a GPU takes up to batch_size views per forward; a CPU one image's views (larger batches fall
-            # out of its caches: ten crops of 32 images at once ran at 0.6x on 2 cores)
-            chunk = self.batch_size if self.device.type == "cuda" else views.shape[1]
-            probs = torch.cat([model(self.normalize(part.to(self.device))).softmax(1)
-                               for part in views.flatten(0, 1).split(chunk)])
-            return probs.view(*views.shape[:2], -1).mean(1)
+        """(B, K) for one model; multi_crop_dense: the mean of the two protocols' posteriors (VGG)."""
+        if self.protocol == "dense":
+            return self.dense_probabilities(model, batch, first=0)
+        views = torch.from_numpy(np.asarray(batch["views0"]))  # (B, V, C, H, W)
+        # a GPU takes up to batch_size views per forward; a CPU one image's views (larger batches fall
+        # out of its caches: ten crops of 32 images at once ran at 0.6x on 2 cores)
+        chunk = self.batch_size if self.device.type == "cuda" else views.shape[1]
+        probs = torch.cat([model(self.normalize(part.to(self.device))).softmax(1)
+                           for part in views.flatten(0, 1).split(chunk)])
+        crops = probs.view(*views.shape[:2], -1).mean(1)
+        if self.protocol == "multi_crop_dense":
+            return (crops + self.dense_probabilities(model, batch, first=1)) / 2
+        return crops
+
+    def dense_probabilities(self, model, batch: dict, first: int) -> torch.Tensor:
+        """(B, K): every scale's whole image (columns views{first}...) and its mirror, as class-score maps."""
         rows = []
         for row in range(len(batch["key"])):
             outs = []
-            for i in range(len(self.scales)):  # the whole image and its mirror, as class-score maps
+            for i in range(first, first + len(self.scales)):
                 x = self.normalize(torch.from_numpy(np.asarray(batch[f"views{i}"][row])).to(self.device))
                 x = torch.cat([x, x.flip(-1)])
                 scores = model.forward_dense(x) if hasattr(model.head, "to_dense") else model(x)
