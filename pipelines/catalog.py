@@ -2,7 +2,7 @@
 
 `Catalog` lists the shards (url, sample count, class).  `ReaderPool` keeps at most `max_open` shard
 files open; a `Cursor` remembers its byte position, so a stream whose file was closed reopens it
-with one seek.  Neither ever loads `classes.json` (a gigabyte at Places2 scale).
+with one seek.  Neither ever loads the class index (`classes.parquet`, every sample's byte ranges).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The files written beside the shards, assembled by the driver from the per-shard sidecars.
 
 - ``index.json``: the wids-v1 shard index (plus each shard's class, an allowed extra field);
-- ``classes.json``: per class, every sample's shard, key and byte ranges, so a reader can stream one
-  class or fetch one sample without touching other classes' bytes;
+- ``classes.parquet`` (`class_table`): every sample's shard, key and byte ranges, a row group per
+  class, so a reader can stream one class or fetch one sample without touching other classes' bytes;
+- ``classes.json``: per class its name, count, shards and row group in that table;
 - ``quarantine.jsonl``: one line per rejected entry (``source``, ``label``, ``reason``);
 - ``manifest.json``: the accounting (read = written + quarantined), settings, versions, speed.
 
@@ -17,13 +18,14 @@ from collections import Counter, defaultdict
 from importlib import metadata
 from typing import Iterator
 
+from pipelines import class_table
 from pipelines.corpus import UNLABELED, Categories
 from pipelines.shard_tasks import STATE_DIR
 from pipelines.storage import Location
 
 INDEX_FILE, CLASSES_FILE, MANIFEST_FILE, QUARANTINE_FILE = (
     "index.json", "classes.json", "manifest.json", "quarantine.jsonl")
-CLASS_INDEX_KIND = "places-class-index-v1"
+CLASS_INDEX_KIND = "places-class-index-v2"  # v1 held every sample's byte ranges: now in the table
 
 
 def _dumps(obj) -> str:
@@ -53,30 +55,26 @@ def write_quarantine(out: Location, summaries: list[dict]) -> None:
 
 
 def write_classes(out: Location, categories: Categories, summaries: list[dict], name: str) -> None:
+    """`classes.parquet` (every sample's location, a row group per class), then `classes.json`: per class
+    its count, shards and row group in the table."""
     by_label: dict[int, list[dict]] = defaultdict(list)
     for s in summaries:
         if s["nsamples"]:
             by_label[s["label"]].append(s)
-    with out.open_atomic(CLASSES_FILE) as f:
-        f.write(f'{{"__kind__":"{CLASS_INDEX_KIND}","name":{json.dumps(name)},'
-                f'"num_classes":{len(categories)},"classes":[\n'.encode())
-        for cid, cname in enumerate(categories.names):
-            sep = ",\n" if cid else ""
-            f.write((sep + _dumps(_class_record(out, by_label[cid], cid, cname))).encode())
-        f.write(b"\n]")
-        if UNLABELED in by_label:
-            f.write(b',"unlabeled":\n' + _dumps(_class_record(out, by_label[UNLABELED], None, None)).encode())
-        f.write(b"}\n")
-
-
-def _class_record(out: Location, shards: list[dict], cid, cname) -> dict:
-    records = []
-    for s in sorted(shards, key=lambda s: s["url"]):
-        side = _sidecar(out, s["group"])
-        records.append({"url": s["url"], "nsamples": s["nsamples"], "samples": side["samples"]})
-    count = sum(r["nsamples"] for r in records)
-    head = {"id": cid, "name": cname} if cid is not None else {}
-    return {**head, "count": count, "shards": records}
+    labels = [*range(len(categories)), *([UNLABELED] if UNLABELED in by_label else [])]
+    names = [*categories.names, None]
+    groups = class_table.write(out, (class_table.rows(label, names[label], [
+        (s["url"], _sidecar(out, s["group"])["samples"]) for s in by_label[label]]) for label in labels))
+    records = [{**({"id": label, "name": names[label]} if label != UNLABELED else {}),
+                "count": sum(s["nsamples"] for s in by_label[label]), "row_group": group,
+                "shards": [{"url": s["url"], "nsamples": s["nsamples"]} for s in sorted(by_label[label],
+                                                                                      key=lambda s: s["url"])]}
+               for label, group in zip(labels, groups)]
+    index = {"__kind__": CLASS_INDEX_KIND, "name": name, "num_classes": len(categories),
+             "table": class_table.TABLE_FILE, "classes": records[:len(categories)]}
+    if UNLABELED in by_label:
+        index["unlabeled"] = records[-1]
+    out.write_atomic(CLASSES_FILE, (json.dumps(index, sort_keys=True, indent=1) + "\n").encode())
 
 
 def reject_files_in(out: Location) -> list[str]:

@@ -132,7 +132,7 @@ def _pax_records(data: bytes) -> dict[str, str]:
 
 
 def fetch_sample(loc: Location, url: str, offset: int, size: int) -> RawSample:
-    """One sample by its byte range (from a saved stream state or classes.json)."""
+    """One sample by its byte range (from a saved stream state or classes.parquet)."""
     data = loc.read_range(url, offset, size)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
         members = {}

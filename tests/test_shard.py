@@ -135,6 +135,8 @@ def test_shards_read_back_with_ray_data(sharded, corpus, ray_cluster):
     keys = sorted(r["__key__"] for r in rows)
     assert len(keys) == len(set(keys)) == sum(corpus["written"].values())
     assert Counter(int(bytes(r["cls"]).decode()) for r in rows) == corpus["written"]
+    table = ray_cluster.data.read_parquet(str(out / "classes.parquet"))  # the class index, as Ray Data reads it
+    assert sorted(table.to_pandas()["key"]) == keys
 
 
 def test_passthrough_keeps_source_bytes(sharded, corpus):
@@ -169,10 +171,19 @@ def test_index_is_wids_v1_and_checksums_match(sharded):
 
 
 def test_class_index_offsets_fetch_exactly_the_members(sharded, corpus):
+    """classes.parquet: a row group per class (classes.json names it), each row a sample's byte ranges."""
+    import pyarrow.parquet as pq
+
+    from pipelines.class_table import read_class
+    from pipelines.storage import Location
+
     out, manifest = sharded
     classes = read_json(out / "classes.json")
-    assert [c["id"] for c in classes["classes"]] == [0, 1, 2]
+    assert [c["id"] for c in classes["classes"]] == [0, 1, 2] and classes["table"] == "classes.parquet"
     assert [c["name"] for c in classes["classes"]] == CLASSES
+    table = pq.read_table(out / "classes.parquet")
+    assert table.num_rows == manifest["written"]
+    assert pq.ParquetFile(out / "classes.parquet").metadata.num_row_groups == 3
     by_key = {}
     for url in {s["url"] for c in classes["classes"] for s in c["shards"]}:
         for sample in wds.WebDataset(str(out / url), shardshuffle=False, empty_check=False):
@@ -180,17 +191,21 @@ def test_class_index_offsets_fetch_exactly_the_members(sharded, corpus):
     total = 0
     for c in classes["classes"]:
         assert c["count"] == corpus["written"][c["id"]] == sum(s["nsamples"] for s in c["shards"])
-        for s in c["shards"]:
-            blob = (out / s["url"]).read_bytes()
-            for rec in s["samples"]:
-                total += 1
-                chunk = blob[rec["offset"]: rec["offset"] + rec["size"]]
-                with tarfile.open(fileobj=io.BytesIO(chunk), mode="r:") as tar:  # a self-contained fragment
-                    names = sorted(m.name for m in tar.getmembers())
-                assert names == [f"{rec['key']}.{ext}" for ext in ("cls", "jpg", "json")]
-                for ext, (off, size) in rec["members"].items():
-                    assert blob[off: off + size] == by_key[rec["key"]][ext]
+        rows = read_class(Location.parse(str(out)), c["row_group"]).to_pylist()
+        assert len(rows) == c["count"] and {(r["class_id"], r["class_name"]) for r in rows} == {(c["id"], c["name"])}
+        assert [r["url"] for r in rows] == sorted(r["url"] for r in rows)
+        for rec in rows:
+            total += 1
+            blob = (out / rec["url"]).read_bytes()
+            chunk = blob[rec["offset"]: rec["offset"] + rec["size"]]
+            with tarfile.open(fileobj=io.BytesIO(chunk), mode="r:") as tar:  # a self-contained fragment
+                names = sorted(m.name for m in tar.getmembers())
+            assert names == [f"{rec['key']}.{ext}" for ext in ("cls", "jpg", "json")]
+            for member in rec["members"]:
+                assert blob[member["offset"]: member["offset"] + member["size"]] == by_key[rec["key"]][member["name"]]
     assert total == manifest["written"]
+    # the same table through pandas and Ray Data
+    assert list(table.to_pandas().groupby("class_id").size()) == [corpus["written"][i] for i in range(3)]
 
 
 def test_rerun_elsewhere_is_byte_identical(sharded, corpus, tmp_path):
@@ -261,6 +276,10 @@ def test_val_list_with_bare_names_and_unlabeled_test_list(ray_cluster, corpus, t
                        "--out", str(tmp_path / "test"), *ARGS]) == 0
     classes = read_json(tmp_path / "test" / "classes.json")
     assert classes["unlabeled"]["count"] == 4 and classes["num_classes"] == 0
+    from pipelines.class_table import read_class
+    from pipelines.storage import Location
+    unlabeled = read_class(Location.parse(str(tmp_path / "test")), classes["unlabeled"]["row_group"])
+    assert unlabeled.column("class_id").to_pylist() == [-1] * 4
     labels = {s["cls"] for s in wds.WebDataset(str(tmp_path / "test" / "unlabeled-00000.tar"),
                                                shardshuffle=False, empty_check=False)}
     assert labels == {b"-1"}

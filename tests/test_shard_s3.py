@@ -72,7 +72,7 @@ def test_s3_round_trip_matches_a_local_run(sharded):
     assert (manifest["entries_read"], manifest["written"], manifest["quarantined"]) == (entries, entries - 1, 1)
     index = json.loads(remote.read_bytes("index.json"))
     # The same bytes as the local run, shard for shard, and the same index files.
-    for name in ["index.json", "classes.json", *[s["url"] for s in index["shardlist"]]]:
+    for name in ["index.json", "classes.json", "classes.parquet", *[s["url"] for s in index["shardlist"]]]:
         assert remote.read_bytes(name) == (local_out / name).read_bytes(), name
     quarantine = [json.loads(ln) for ln in remote.read_text("quarantine.jsonl").splitlines()]
     assert [(q["source"], q["reason"].split(":")[0]) for q in quarantine] == [("/p/park/missing.jpg",

@@ -85,7 +85,7 @@ def fuse(probs: np.ndarray, kind: str, fit_mask: np.ndarray, labels: np.ndarray)
 
 def class_names(shards: str) -> list[str]:
     catalog = Catalog.load(shards)
-    if catalog.class_names:  # index.json's: classes.json is a gigabyte at Places2 scale
+    if catalog.class_names:  # index.json's, else the class index summary
         return list(catalog.class_names)
     if catalog.loc.is_file("classes.json"):
         return [c["name"] for c in json.loads(catalog.loc.read_bytes("classes.json"))["classes"]]
