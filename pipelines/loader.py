@@ -6,9 +6,10 @@
         for images, labels in loader.epoch(epoch): ...
         checkpoint["stream"] = loader.state_dict()      # and later: loader.load_state_dict(...)
 
-Each DataLoader worker runs its own stream (seeded by rank and worker) and batches inside it; every
-batch carries its worker's stream state, so the main process always knows where each worker is
-*as consumed*, whatever was prefetched.  On restore, worker roles are rotated so that DataLoader's
+Each DataLoader worker runs its own stream (uniform: its share of the epoch; class-aware: its share of
+the job's one WM sequence, `wm_sequence`) and batches inside it; every batch carries its worker's
+stream state, so the main process always knows where each worker is *as consumed*, whatever was
+prefetched.  On restore, worker roles are rotated so that DataLoader's
 round-robin resumes with the worker that was next.  Augmentation randomness is drawn per sample from
 (seed, rank, worker, draw number), so it needs no state of its own.
 
@@ -30,6 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 from pipelines.catalog import Catalog
 from pipelines.corpus import stable_hash
 from pipelines.streams import ClassAwareStream, UniformStream, split_range
+from pipelines.wm_sequence import job_draw, stream_index
 from pipelines.transforms import EvalTransform, TrainTransform, decode_batch_on_device
 
 log = logging.getLogger(__name__)
@@ -44,8 +46,6 @@ class LoaderConfig:
     seed: int = 0
     buffer_size: int = 1000  # uniform: shuffle buffer, in samples
     interleave: int = 16  # uniform: shards read at once (per-class shards must be mixed)
-    class_buffer: int = 4  # class-aware: buffered samples per class
-    max_open: int = 64  # class-aware: open shard files per worker
     decode: str = "workers"  # or "device": workers ship JPEG bytes, the batch is decoded on the device
 
     def __post_init__(self):
@@ -57,9 +57,9 @@ class LoaderConfig:
 
 class _RankBatches(IterableDataset):
     def __init__(self, cfg: LoaderConfig, transform: TrainTransform, rank: int, world_size: int, epoch: int,
-                 states: dict[int, dict], rotation: int, channels_last: bool):
+                 states: dict[int, dict], rotation: int, channels_last: bool, start: int = 0):
         self.cfg, self.transform, self.rank, self.world_size, self.epoch = cfg, transform, rank, world_size, epoch
-        self.states, self.rotation, self.channels_last = states, rotation, channels_last
+        self.states, self.rotation, self.channels_last, self.start = states, rotation, channels_last, start
 
     def __iter__(self):
         info = get_worker_info()
@@ -71,8 +71,8 @@ class _RankBatches(IterableDataset):
             stream = UniformStream(catalog, self.cfg.seed, self.epoch, self.rank, self.world_size, worker, workers,
                                    self.cfg.buffer_size, self.cfg.interleave, state=state)
         else:
-            stream = ClassAwareStream(catalog, self.cfg.seed, self.rank, worker, self.cfg.class_buffer,
-                                      self.cfg.max_open, state=state)
+            stream = ClassAwareStream(catalog, self.cfg.seed, self.rank, self.world_size, worker, workers,
+                                      self.cfg.batch_size, start=self.start, state=state)
         bad = (state or {}).get("bad_samples", 0)
         images, extras, labels = [], [], []
         for draw in stream:
@@ -164,6 +164,7 @@ class ShardLoader:
         self._in_epoch = 0  # batches of the current epoch already consumed
         self._epoch: int | None = None  # the epoch a restored state belongs to, until epoch() runs
         self._iterator: Iterator | None = None  # class-aware: one endless DataLoader across epochs
+        self._start = 0  # class-aware: where the job's sequence continues after a change of world or workers
 
     @property
     def samples_per_epoch(self) -> int:
@@ -221,16 +222,33 @@ class ShardLoader:
 
     def _data_loader(self, epoch: int) -> DataLoader:
         dataset = _RankBatches(self.cfg, self.transform, self.rank, self.world_size, epoch, dict(self._states),
-                               self._next_worker, self.channels_last)
+                               self._next_worker, self.channels_last, self._start)
         return DataLoader(dataset, batch_size=None, collate_fn=_as_is, num_workers=self.cfg.num_workers,
                           persistent_workers=False, prefetch_factor=2 if self.cfg.num_workers else None,
                           pin_memory=self.device.type == "cuda")  # so non_blocking copies overlap
 
     def state_dict(self) -> dict:
         """Where this rank's input is, as consumed: JSON, for the training checkpoint."""
-        return {"mode": self.cfg.mode, "workers": self.workers, "epoch": self._epoch, "in_epoch": self._in_epoch,
+        return {"mode": self.cfg.mode, "workers": self.workers, "batch": self.cfg.batch_size, "start": self._start,
+                "epoch": self._epoch, "in_epoch": self._in_epoch,
                 "next_worker": self._next_worker, "states": {str(k): v for k, v in self._states.items()},
                 "skipped": {str(k): v for k, v in self._skipped.items()}}
+
+    def restore(self, states: list[dict]) -> str:
+        """Continue from every rank's saved state (a checkpoint's `streams`).  Same world size and
+        workers: each stream exactly where it was.  Otherwise class-aware streams continue the job's one
+        sequence from the first draw that not every old stream had taken (nothing skipped; the few draws
+        some had taken beyond it, about a batch per old stream, are drawn again), and uniform epochs
+        start afresh.  Returns which of these happened."""
+        if len(states) == self.world_size and states[self.rank]["workers"] == self.workers:
+            self.load_state_dict(states[self.rank])
+            return "exact"
+        if self.cfg.mode == "class-aware" and all(s["mode"] == "class-aware" for s in states):
+            self._start = min(next_job_draws(states))
+            self._states, self._skipped, self._next_worker, self._in_epoch = {}, {}, 0, 0
+            self._epoch, self._iterator = None, None
+            return f"continued from draw {self._start}"
+        return "restarted"
 
     def load_state_dict(self, state: dict) -> None:
         if state["mode"] != self.cfg.mode or state["workers"] != self.workers:
@@ -239,4 +257,20 @@ class ShardLoader:
         self._states = {int(k): v for k, v in state["states"].items()}
         self._skipped = {int(k): v for k, v in state["skipped"].items()}
         self._next_worker, self._in_epoch, self._epoch = state["next_worker"], state["in_epoch"], state["epoch"]
+        self._start = state.get("start", 0)
         self._iterator = None
+
+
+def next_job_draws(states: list[dict]) -> list[int]:
+    """The next draw of the job's class-aware sequence of every stream of every rank, from the ranks'
+    loader states (a worker that had not delivered a batch yet is still at its first draw)."""
+    world = len(states)
+    draws = []
+    for rank, state in enumerate(states):
+        for worker in range(state["workers"]):
+            s = state["states"].get(str(worker)) or state["states"].get(worker)
+            draws.append(job_draw(s["taken"], s["stream"], s["streams"], s["batch"], s["start"]) if s else
+                         job_draw(0, stream_index(rank, world, worker), world * state["workers"], state["batch"],
+                                  state["start"]))
+    return draws
+

@@ -1,11 +1,13 @@
-"""Print what a training stream would draw, without decoding images: a tool to inspect the samplers.
+"""Print what training streams would draw, without decoding images: a tool to inspect the samplers.
 
     python pipelines/sample.py --shards OUT --mode uniform|class-aware --num N [--seed S] \
-        [--rank R --world-size W] [--epoch E] --out draws.jsonl
+        [--rank R --world-size W] [--workers K] [--batch B] [--all-streams] [--epoch E] --out draws.jsonl
 
-Writes one line per draw, ``{"key": ..., "cls": ...}``, in the order the stream of rank R (one data
-worker) yields them.  Uniform: epoch E's draws, continuing into E+1... if N is larger.  Class-aware:
-an endless stream; epoch E starts after E x (samples per rank per epoch) draws.
+Writes one line per draw, ``{"key", "cls", "rank", "worker"}``, in the order training consumes them:
+rank R's K loader workers deliver batches of B in turn (DataLoader's round-robin); with
+`--all-streams`, every rank's batch of each step, ranks in order (the whole job's draws).  Uniform:
+epoch E's draws, continuing into E+1... if N is larger.  Class-aware: endless; epoch E starts after
+E x (samples per rank per epoch) draws of each rank.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import itertools
 import json
 import os
 import sys
+from typing import Iterator
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,23 +25,52 @@ if __package__ in (None, ""):
 from pipelines.catalog import Catalog
 from pipelines.console import report_failure
 from pipelines.storage import Location
-from pipelines.streams import ClassAwareStream, UniformStream
+from pipelines.streams import ClassAwareStream, Draw, UniformStream
 
 
-def draws(catalog: Catalog, mode: str, seed: int, rank: int, world_size: int, epoch: int):
-    if mode == "uniform":
-        for e in itertools.count(epoch):
-            drawn = 0
-            for draw in UniformStream(catalog, seed=seed, epoch=e, rank=rank, world_size=world_size):
-                drawn += 1
-                yield draw
-            if not drawn:  # every shard of this rank unreadable: the next epoch would be as empty
-                raise ValueError(f"epoch {e} of rank {rank} drew nothing: its shards in {catalog.loc.uri()} "
-                                 f"are unreadable")
-    else:
-        per_epoch = UniformStream.rank_length(catalog, rank, world_size)
-        stream = ClassAwareStream(catalog, seed=seed, rank=rank)
-        yield from itertools.islice(stream, epoch * per_epoch, None)
+def rank_batches(catalog: Catalog, mode: str, seed: int, rank: int, world_size: int, workers: int, batch: int,
+                 epoch: int) -> Iterator[list[tuple[int, Draw]]]:
+    """Rank `rank`'s batches as its loader delivers them: (worker, draw) lists, workers in turn."""
+    if mode == "class-aware":
+        streams = [iter(ClassAwareStream(catalog, seed, rank, world_size, w, workers, batch)) for w in range(workers)]
+        shortest = min(UniformStream.rank_length(catalog, r, world_size) for r in range(world_size))
+        steps = max(1, shortest // batch)  # a class-aware epoch, as ShardLoader.steps_per_epoch counts it
+        yield from itertools.islice(_round_robin(streams, batch), epoch * steps, None)
+        return
+    for e in itertools.count(epoch):
+        drawn = 0
+        streams = [iter(UniformStream(catalog, seed, e, rank, world_size, w, workers)) for w in range(workers)]
+        for items in _round_robin(streams, batch):
+            drawn += len(items)
+            yield items
+        if not drawn:  # every shard of this rank unreadable: the next epoch would be as empty
+            raise ValueError(f"epoch {e} of rank {rank} drew nothing: its shards in {catalog.loc.uri()} "
+                             f"are unreadable")
+
+
+def _round_robin(streams: list[Iterator[Draw]], batch: int) -> Iterator[list[tuple[int, Draw]]]:
+    live = list(range(len(streams)))
+    while live:
+        for w in list(live):
+            items = [(w, d) for d in itertools.islice(streams[w], batch)]
+            if items:
+                yield items
+            if len(items) < batch:
+                live.remove(w)
+
+
+def job_draws(catalog: Catalog, mode: str, seed: int, ranks: list[int], world_size: int, workers: int, batch: int,
+              epoch: int) -> Iterator[dict]:
+    """The draws of `ranks`, step by step: each rank's batch of a step, ranks in order."""
+    per_rank = {r: rank_batches(catalog, mode, seed, r, world_size, workers, batch, epoch) for r in ranks}
+    while per_rank:
+        for r in list(per_rank):
+            items = next(per_rank[r], None)
+            if items is None:
+                del per_rank[r]
+                continue
+            for worker, d in items:
+                yield {"key": d.key, "cls": d.cls, "rank": r, "worker": worker}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,27 +81,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rank", type=int, default=0)
     p.add_argument("--world-size", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="loader workers per rank (K)")
+    p.add_argument("--batch", type=int, default=1, help="samples per batch (B)")
+    p.add_argument("--all-streams", action="store_true", help="every rank's draws, step by step")
     p.add_argument("--epoch", type=int, default=0)
     p.add_argument("--out", required=True, help="draws.jsonl (local path or URI)")
     a = p.parse_args(argv)
     if not 0 <= a.rank < a.world_size:
         p.error(f"--rank must be in [0, --world-size), got {a.rank} of {a.world_size}")
-    if a.num < 1 or a.epoch < 0 or a.seed < 0:
-        p.error("--num must be >= 1, --epoch and --seed >= 0")
+    if a.num < 1 or a.epoch < 0 or a.seed < 0 or a.workers < 1 or a.batch < 1:
+        p.error("--num, --workers and --batch must be >= 1, --epoch and --seed >= 0")
     try:
         if Location.parse(a.out).is_dir():
             raise ValueError(f"--out {a.out} is a folder; give the draws file's path")
         catalog = Catalog.load(a.shards)
         catalog.check_shards()
-        lines = [json.dumps({"key": d.key, "cls": d.cls})
-                 for d in itertools.islice(draws(catalog, a.mode, a.seed, a.rank, a.world_size, a.epoch), a.num)]
+        ranks = list(range(a.world_size)) if a.all_streams else [a.rank]
+        lines = [json.dumps(d) for d in itertools.islice(
+            job_draws(catalog, a.mode, a.seed, ranks, a.world_size, a.workers, a.batch, a.epoch), a.num)]
     except (OSError, ValueError) as exc:
         print(f"sample.py: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # one line on the console; the traceback in the log it names
         return report_failure("sample.py", exc)
     Location.write_file(a.out, ("\n".join(lines) + "\n").encode())
-    print(f"{len(lines)} draws ({a.mode}, rank {a.rank}/{a.world_size}, seed {a.seed}, epoch {a.epoch}) -> {a.out}")
+    who = "every rank" if a.all_streams else f"rank {a.rank}"
+    print(f"{len(lines)} draws ({a.mode}, {who} of {a.world_size} x {a.workers} workers, batch {a.batch}, seed "
+          f"{a.seed}, epoch {a.epoch}) -> {a.out}")
     return 0
 
 

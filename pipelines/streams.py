@@ -1,29 +1,34 @@
 """Sample streams over per-class WebDataset shards: uniform epochs and WM class-aware sampling.
 
-Both are deterministic functions of (seed, rank, worker[, epoch]) and resumable: `state_dict()` is
-small JSON (RNG state, stream byte positions, the *ids* of buffered samples with their byte ranges)
-and a stream built with it yields exactly what the uninterrupted one would have.
+Both are deterministic functions of the seed and the consumer's place in the job (rank and loader
+worker[, epoch]) and resumable: `state_dict()` is small JSON (uniform: RNG state, stream byte
+positions, the *ids* of buffered samples with their byte ranges; class-aware: a few numbers) and a
+stream built with it yields exactly what the uninterrupted one would have.
 
 - `UniformStream`: one epoch visits every sample once across all ranks and workers.  The epoch's
   shard order is shuffled (same for everyone); the resulting sample sequence is cut into contiguous
   per-rank, then per-worker ranges, so each consumer's length is known in advance and bytes are read
   once.  A consumer interleaves `interleave` shards (per-class shards must be mixed) into a shuffle
   buffer.
-- `ClassAwareStream` (Shen et al., Places2 2015): a shuffled list of classes, cycled and reshuffled
-  when exhausted; per class, its shards in a shuffled order read through a small buffer, so every
-  sample of a class is drawn once before any repeats, then a new shuffled pass starts.  Each
-  (rank, worker) has its own seed.  Open files are bounded by `max_open`; memory by
-  classes x `class_buffer` samples.
+- `ClassAwareStream` (Shen et al., Places2 2015): this consumer's share of one WM sequence for the
+  whole job (`wm_sequence`): a shuffled list of classes, cycled and reshuffled when exhausted; per
+  class, a shuffled order of all its samples, every sample drawn once before any repeats, then a new
+  shuffle.  Each draw is one range read (`class_offsets`); its state is a few numbers.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 
-from pipelines.catalog import Catalog, Cursor, ReaderPool
+from pipelines.catalog import READ_ERRORS, Catalog, Cursor, ReaderPool
+from pipelines.class_offsets import ClassOffsets
 from pipelines.corpus import stable_hash
-from pipelines.tar_stream import RawSample, fetch_sample
+from pipelines.tar_stream import RawSample, fetch_sample, parse_sample
+from pipelines.wm_sequence import WMSequence, job_draw, stream_index
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -163,112 +168,85 @@ class UniformStream:
         self.buffer = [_refetch(self.catalog, ref) for ref in state["buffer"]]
 
 
-class _ClassPass:
-    """One class's current pass over its samples: shard order, position, small buffer."""
-
-    def __init__(self, shards: list[str]):
-        self.order, self.next_shard, self.cursor, self.buffer, self.passes = shards, 0, None, [], 0
-
-
 class ClassAwareStream:
-    def __init__(self, catalog: Catalog, seed: int = 0, rank: int = 0, worker: int = 0, class_buffer: int = 4,
-                 max_open: int = 64, state: dict | None = None):
-        self.catalog, self.class_buffer = catalog, max(1, class_buffer)
-        self.rng = random.Random(stable_hash(seed, "class-aware", rank, worker))
-        self.pool = ReaderPool(catalog.loc, max_open, catalog.by_url)
-        self.classes = sorted(c for c in catalog.by_class if c >= 0)
-        if not self.classes:
+    """This (rank, loader worker)'s share of the job's one WM sequence (`wm_sequence`): together, the
+    W x K streams of a job draw what the WM procedure run once for the cluster draws, none twice.
+    Each draw is one range read of its sample (`class_offsets`: one request on object stores; locally
+    through at most `max_open` open files; nothing buffered); an unreadable sample is skipped, counted,
+    and the next draw taken."""
+
+    def __init__(self, catalog: Catalog, seed: int = 0, rank: int = 0, world_size: int = 1, worker: int = 0,
+                 num_workers: int = 1, batch_size: int = 1, start: int = 0, max_open: int = 64,
+                 state: dict | None = None):
+        if not (0 <= rank < world_size and 0 <= worker < num_workers):
+            raise ValueError(f"rank {rank}/{world_size}, worker {worker}/{num_workers} out of range")
+        self.catalog = catalog
+        self.offsets = ClassOffsets(catalog)
+        if not self.offsets.counts:
             raise ValueError(f"{catalog.loc.uri()} has no labeled shards for class-aware sampling")
-        self.class_order: list[int] = []
-        self.class_next = 0
-        self.passes: dict[int, _ClassPass] = {}
-        self.yielded = 0
+        self.sequence = WMSequence(self.offsets.counts, seed)
+        self.stream, self.streams = stream_index(rank, world_size, worker), world_size * num_workers
+        self.batch = max(1, batch_size)
+        self.start, self.taken, self.yielded, self.skipped = start, 0, 0, 0
+        self.max_open = max(1, max_open)
+        self._files: dict = {}  # url -> open local file, least recently used first
+        self._reported: set[str] = set()
         if state is not None:
             self._restore(state)
 
-    def _next_class(self) -> int:
-        if self.class_next >= len(self.class_order):
-            self.class_order = list(self.classes)
-            self.rng.shuffle(self.class_order)
-            self.class_next = 0
-        self.class_next += 1
-        return self.class_order[self.class_next - 1]
-
-    def _new_pass(self, cls: int) -> _ClassPass:
-        urls = [s.url for s in self.catalog.by_class[cls]]
-        self.rng.shuffle(urls)
-        previous = self.passes.get(cls)
-        p = _ClassPass(urls)
-        p.passes = previous.passes + 1 if previous else 1
-        self.passes[cls] = p
-        return p
-
-    def _pull(self, p: _ClassPass) -> Draw | None:
-        while True:
-            if p.cursor is None or p.cursor.done:
-                if p.cursor is not None:
-                    self.pool.release(p.cursor)
-                if p.next_shard >= len(p.order):
-                    return None
-                url = p.order[p.next_shard]
-                p.cursor = Cursor(url, 0, self.catalog.by_url[url].nsamples, 0)
-                p.next_shard += 1
-            sample = self.pool.read(p.cursor)
-            if sample is not None:
-                return _draw(sample, p.cursor.url, self.catalog.by_url[p.cursor.url].cls)
+    def next_job_draw(self) -> int:
+        return job_draw(self.taken, self.stream, self.streams, self.batch, self.start)
 
     def __iter__(self):
-        while True:
-            cls = self._next_class()
-            p = self.passes.get(cls) or self._new_pass(cls)
-            for attempt in range(2):
-                # Refill only when empty, `class_buffer` samples at once: with more classes than open
-                # files, one reopen + seek (one ranged request on object stores) per `class_buffer` draws.
-                if not p.buffer:
-                    for _ in range(self.class_buffer):
-                        item = self._pull(p)
-                        if item is None:
-                            break
-                        p.buffer.append(item)
-                if p.buffer or attempt:
-                    break
-                p = self._new_pass(cls)  # every sample of the class has been drawn: a new shuffled pass
-            if not p.buffer:  # every shard of the class is unreadable: drop the class
-                self.classes.remove(cls)
-                if not self.classes:
-                    return
+        failing = 0
+        while failing <= self.offsets.rows:  # every draw failing for a whole corpus' worth: all unreadable
+            k, i = self.sequence.draw(self.next_job_draw())
+            self.taken += 1
+            url, offset, size = self.offsets.locate(k, i)
+            try:
+                if not size:
+                    raise EOFError(f"{url}: sample {i} of class {k} could not be indexed")
+                sample = parse_sample(self._read(url, offset, size), url, offset)
+            except READ_ERRORS as exc:
+                self.skipped += 1
+                failing += 1
+                if url not in self._reported:  # once per shard, not once per sample
+                    self._reported.add(url)
+                    log.warning("skipping unreadable samples of shard %s: %s: %s", self.catalog.loc.uri(url),
+                                type(exc).__name__, exc)
                 continue
-            item = p.buffer.pop(self.rng.randrange(len(p.buffer)))
+            failing = 0
             self.yielded += 1
-            yield item
+            yield _draw(sample, url, k)
 
-    @property
-    def skipped(self) -> int:
-        return self.pool.skipped
-
-    @property
-    def buffered(self) -> list[Draw]:
-        """Samples held in memory right now: at most classes x `class_buffer`."""
-        return [d for p in self.passes.values() for d in p.buffer]
+    def _read(self, url: str, offset: int, size: int) -> bytes:
+        """One range read.  Local shards: through up to `max_open` open files (an open and a close per
+        draw would cost as much as the rest of the draw); object stores: one ranged GET, as exact as asked
+        (a file object there would read ahead megabytes)."""
+        if not self.catalog.loc.is_local:
+            return self.catalog.loc.read_range(url, offset, size)
+        f = self._files.pop(url, None)
+        if f is None:
+            if len(self._files) >= self.max_open:
+                self._files.pop(next(iter(self._files))).close()
+            f = open(self.catalog.loc.path(url), "rb")
+        self._files[url] = f  # most recently used last
+        f.seek(offset)
+        data = f.read(size)
+        if len(data) != size:
+            raise EOFError(f"{url} ends before byte {offset + size}")
+        return data
 
     def state_dict(self) -> dict:
-        return {"mode": "class-aware", "rng": _rng_state(self.rng), "classes": self.classes,
-                "class_order": self.class_order, "class_next": self.class_next, "yielded": self.yielded,
-                "skipped": self.pool.skipped,
-                "passes": {str(c): {"order": p.order, "next_shard": p.next_shard, "passes": p.passes,
-                                    "cursor": p.cursor.to_json() if p.cursor else None,
-                                    "buffer": [d.ref() for d in p.buffer]} for c, p in self.passes.items()}}
+        return {"mode": "class-aware", "stream": self.stream, "streams": self.streams, "batch": self.batch,
+                "start": self.start, "taken": self.taken, "yielded": self.yielded, "skipped": self.skipped}
 
     def _restore(self, state: dict) -> None:
-        if state.get("mode") != "class-aware":
-            raise ValueError("state is not from a class-aware stream")
-        _set_rng(self.rng, state["rng"])
-        self.classes, self.class_order = list(state["classes"]), list(state["class_order"])
-        self.class_next, self.yielded = state["class_next"], state["yielded"]
-        self.pool.skipped = state["skipped"]
-        for c, ps in state["passes"].items():
-            p = _ClassPass(list(ps["order"]))
-            p.next_shard, p.passes = ps["next_shard"], ps["passes"]
-            p.cursor = Cursor(**ps["cursor"]) if ps["cursor"] else None
-            p.buffer = [_refetch(self.catalog, ref) for ref in ps["buffer"]]
-            self.passes[int(c)] = p
+        if state.get("mode") != "class-aware" or "taken" not in state:
+            raise ValueError("state is not from a class-aware stream of this version")
+        if (state["stream"], state["streams"], state["batch"]) != (self.stream, self.streams, self.batch):
+            raise ValueError(f"state of stream {state['stream']} of {state['streams']} (batch {state['batch']}); "
+                             f"this is stream {self.stream} of {self.streams} (batch {self.batch})")
+        self.start, self.taken = state["start"], state["taken"]
+        self.yielded, self.skipped = state["yielded"], state["skipped"]
+

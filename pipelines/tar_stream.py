@@ -7,7 +7,6 @@ resumed with a single seek, and a buffered sample can be fetched again with one 
 
 from __future__ import annotations
 
-import io
 import tarfile
 from dataclasses import dataclass
 
@@ -132,17 +131,38 @@ def _pax_records(data: bytes) -> dict[str, str]:
 
 
 def fetch_sample(loc: Location, url: str, offset: int, size: int) -> RawSample:
-    """One sample by its byte range (from a saved stream state or classes.parquet)."""
-    data = loc.read_range(url, offset, size)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-        members = {}
-        key = None
-        for info in tar:
-            key = _key(info.name)
-            members[info.name[len(key) + 1:]] = tar.extractfile(info).read()
+    """One sample by its byte range (from a saved stream state or classes.parquet): one range read, its
+    tar headers parsed here (Python's `tarfile` costs more than the read).  Raises tarfile.ReadError or
+    EOFError on damage."""
+    return parse_sample(loc.read_range(url, offset, size), url, offset)
+
+
+def parse_sample(data: bytes, url: str, offset: int) -> RawSample:
+    """The sample whose tar fragment `data` is, read from byte `offset` of `url`."""
+    members, key, pos, long_name, pax = {}, None, 0, None, {}
+    while pos + BLOCK <= len(data):
+        header = data[pos:pos + BLOCK]
+        if header == ZERO_BLOCK:
+            break
+        name, length, kind = _parse_header(header, url, offset + pos)
+        length = int(pax.get("size", length))
+        body = data[pos + BLOCK:pos + BLOCK + length]
+        if len(body) != length:
+            raise EOFError(f"{url}: the sample at byte {offset} is cut short")
+        pos += BLOCK + _padded(length)
+        if kind == b"L":
+            long_name = body.rstrip(b"\0").decode("utf-8")
+        elif kind == b"x":
+            pax = _pax_records(body)
+        else:
+            if kind in (b"0", b"\0", b"7"):
+                name = long_name or pax.get("path") or name
+                key = key or _key(name)
+                members[name[len(key) + 1:]] = body
+            long_name, pax = None, {}
     if key is None:
         raise tarfile.ReadError(f"no sample at {url}:{offset}")
-    return RawSample(key, members, offset, size)
+    return RawSample(key, members, offset, len(data))
 
 
 def _key(name: str) -> str:

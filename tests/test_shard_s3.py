@@ -102,8 +102,8 @@ def test_streams_read_shards_straight_from_s3(sharded, tmp_path):
     keys = lambda stream, n=None: [(d.key, d.cls, d.members["jpg"]) for d in itertools.islice(stream, n)]
     assert keys(UniformStream(s3, seed=2, buffer_size=5, interleave=2)) == keys(
         UniformStream(local, seed=2, buffer_size=5, interleave=2))
-    drawn = keys(ClassAwareStream(s3, seed=2, max_open=1), 40)
-    assert drawn == keys(ClassAwareStream(local, seed=2, max_open=1), 40) and len(drawn) == 40
+    drawn = keys(ClassAwareStream(s3, seed=2), 40)
+    assert drawn == keys(ClassAwareStream(local, seed=2), 40) and len(drawn) == 40
 
 
 def test_unreachable_bucket_fails_before_any_work(cluster_with_s3, capsys):

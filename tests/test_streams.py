@@ -68,11 +68,27 @@ def test_class_aware_is_uniform_over_classes_and_covers_each_class_before_repeat
         assert seq[:n] != seq[n:2 * n]  # and a new shuffled order each pass
 
 
-def test_class_aware_streams_differ_between_ranks_and_workers(shards):
-    catalog = Catalog.load(str(shards[0]))
-    streams = [take(ClassAwareStream(catalog, seed=1, rank=r, worker=w), 200) for r in range(2) for w in range(2)]
-    assert len({tuple(s) for s in streams}) == 4
-    assert streams[0] == take(ClassAwareStream(catalog, seed=1, rank=0, worker=0), 200)
+@pytest.mark.parametrize("world,workers,batch", [(1, 1, 1), (1, 4, 2), (2, 1, 3), (2, 4, 2), (8, 1, 4), (8, 4, 2)])
+def test_the_streams_of_a_job_draw_one_wm_sequence_together(shards, world, workers, batch):
+    """Every rank's batches of every step, in step order, are the job's WM sequence itself: no draw
+    twice, and every class's first n draws (n = its size) are all its samples."""
+    from pipelines.class_offsets import ClassOffsets
+    from pipelines.sample import job_draws
+    from pipelines.wm_sequence import WMSequence
+
+    out, keys = shards
+    catalog = Catalog.load(str(out))
+    n = len(COUNTS) * max(COUNTS) + 7  # every class's first pass, whatever the class order
+    drawn = list(itertools.islice(job_draws(catalog, "class-aware", 3, list(range(world)), world, workers, batch, 0), n))
+    offsets = ClassOffsets(catalog)
+    sequence = WMSequence(offsets.counts, seed=3)
+    key_of = {(k, i): key for k, names in keys.items() for i, key in enumerate(sorted(names))}
+    assert [(d["key"], d["cls"]) for d in drawn] == [(key_of[sequence.draw(g)], sequence.draw(g)[0]) for g in range(n)]
+    for cls, size in enumerate(COUNTS):
+        first = [d["key"] for d in drawn if d["cls"] == cls][:size]
+        assert sorted(first) == sorted(keys[cls])
+    streams = {(d["rank"], d["worker"]) for d in drawn}
+    assert len(streams) == min(world * workers, n)
 
 
 @pytest.mark.parametrize("mode", ["uniform", "class-aware"])
@@ -84,7 +100,8 @@ def test_restored_stream_continues_exactly(shards, mode, cut):
         if mode == "uniform":
             return UniformStream(catalog, seed=5, epoch=2, rank=1, world_size=2, buffer_size=25, interleave=3,
                                  state=state)
-        return ClassAwareStream(catalog, seed=5, rank=1, class_buffer=3, max_open=2, state=state)
+        return ClassAwareStream(catalog, seed=5, rank=1, world_size=2, worker=1, num_workers=3, batch_size=4,
+                                state=state)
 
     reference = take(make(), 180)
     it_stream = make()
@@ -113,7 +130,7 @@ def test_unreadable_shard_is_skipped_counted_and_logged_once(shards, tmp_path, c
 
 def test_samples_past_a_stale_index_count_are_skipped_and_named(shards, tmp_path, caplog):
     """An index.json whose nsamples is too small: the extra samples were silently never read."""
-    out, _ = shards
+    out, keys = shards
     copy = tmp_path / "copy"
     copy.mkdir()
     for p in out.iterdir():
@@ -130,9 +147,9 @@ def test_samples_past_a_stale_index_count_are_skipped_and_named(shards, tmp_path
     assert [r.message for r in caplog.records if "c0001-00000.tar" in r.message] == [
         f"shard {copy / 'c0001-00000.tar'} holds 3 more samples than the 13 index.json lists; they are skipped: "
         f"rebuild the index (pipelines/shard.py)"]
-    aware = ClassAwareStream(catalog, seed=0)
-    take(aware, 2000)  # several passes over class 1: its extra samples are counted on each
-    assert aware.skipped >= 6 and aware.skipped % 3 == 0
+    # class-aware draws sample i of a class by its byte range: its population is what index.json lists
+    aware = take(ClassAwareStream(catalog, seed=0), 2000)
+    assert {k for k, c in aware if c == 1} == set(keys[1]) - set(keys[1][13:16])
 
 
 @pytest.mark.parametrize("mode", ["uniform", "class-aware"])
@@ -152,6 +169,33 @@ def test_sample_cli_writes_the_stream_in_order(shards, tmp_path, mode):
     if mode == "uniform":
         expected = [d for e in (1, 2, 3) for d in take(UniformStream(catalog, seed=4, epoch=e, rank=1, world_size=2))]
     else:
-        skip = UniformStream.rank_length(catalog, 1, 2)
-        expected = take(ClassAwareStream(catalog, seed=4, rank=1), skip + 300)[skip:]
+        skip = min(UniformStream.rank_length(catalog, r, 2) for r in range(2))  # one class-aware epoch of steps
+        expected = take(ClassAwareStream(catalog, seed=4, rank=1, world_size=2), skip + 300)[skip:]
     assert [(d["key"], d["cls"]) for d in lines] == expected[:300] and len(lines) == 300
+
+
+@pytest.mark.parametrize("steps", [0, 1, 5, 6])
+def test_after_the_world_or_workers_change_the_sequence_continues_with_nothing_skipped(steps):
+    """Elastic restart: 2 ranks x 2 workers (batch 4) consumed `steps` steps, then 3 ranks x 1 worker go
+    on from `next_job_draws`' minimum: every earlier draw was taken, and at most a batch per old stream
+    beyond it is drawn twice."""
+    from pipelines.loader import next_job_draws
+    from pipelines.wm_sequence import job_draw, stream_index
+
+    world, workers, batch = 2, 2, 4
+    states, taken = [], set()
+    for rank in range(world):
+        per_worker = {}
+        for worker in range(workers):
+            batches = len(range(worker, steps, workers))  # DataLoader's round-robin
+            if batches:
+                stream = stream_index(rank, world, worker)
+                per_worker[str(worker)] = {"mode": "class-aware", "stream": stream, "streams": world * workers,
+                                           "batch": batch, "start": 0, "taken": batches * batch, "yielded": 0,
+                                           "skipped": 0}
+                taken |= {job_draw(t, stream, world * workers, batch) for t in range(batches * batch)}
+        states.append({"mode": "class-aware", "workers": workers, "batch": batch, "start": 0, "states": per_worker})
+    start = min(next_job_draws(states))
+    assert set(range(start)) <= taken and len(taken - set(range(start))) <= world * workers * batch
+    after = {job_draw(t, s, 3, batch, start) for s in range(3) for t in range(3 * batch)}
+    assert min(after) == start and set(range(start, start + 9 * batch)) <= after

@@ -148,8 +148,7 @@ def train_fn_per_worker(config: dict) -> None:
         if ema is not None and state.get("ema"):
             ema.load_state_dict(state["ema"])
         start_epoch, step, history = state["epoch"] + 1, state["step"], state["history"]
-        if len(state["streams"]) == world:  # same world size: continue each rank's exact stream
-            loader.load_state_dict(state["streams"][rank])
+        loader.restore(state["streams"])
         if config.get("replay_history"):  # a restarted Tune trial starts its result history from scratch
             for metrics in history:
                 ray.train.report(metrics, checkpoint=None)
