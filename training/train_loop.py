@@ -195,7 +195,11 @@ def train_fn_per_worker(config: dict) -> None:
         if gpu:
             torch.cuda.synchronize(device)  # the epoch's time includes the queued GPU work
         elapsed = time.perf_counter() - started
-        counts = evaluate_rank(net if ema is None else ema.module, cfg, rank, world, device)
+        validated = net if ema is None else ema.module
+        if world > 1:  # each rank's last forward updated its own batch-norm statistics: validate rank 0's,
+            for buffer in validated.buffers():  # which the checkpoint holds, on every rank
+                dist.broadcast(buffer, src=0)
+        counts = evaluate_rank(validated, cfg, rank, world, device)
         totals = torch.tensor([seen, elapsed, waited, loader.skipped, float(digest), loader.skipped - skipped_before],
                               dtype=torch.float64, device=device)
         loss_sums = torch.stack([sums[k] for k in sorted(sums)]) if sums else totals[:0]
