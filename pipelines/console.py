@@ -29,6 +29,7 @@ import traceback
 QUIET_LEVEL = logging.WARNING
 RAY_LIBRARY_LOGGERS = ("ray.data", "ray.train", "ray.tune")
 _logs_dir: str | None = None  # the Ray session's log folder, once start_ray has started Ray
+_our_node: str | None = None  # the node id of the Ray that start_ray started
 
 
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
@@ -72,12 +73,14 @@ def start_ray(verbose: bool = False, **init_args) -> None:
         import ray.train  # noqa: F401
         for name in RAY_LIBRARY_LOGGERS:
             quiet_console_handlers(name)
+    global _logs_dir, _our_node
     if ray.is_initialized():
+        if ray.get_runtime_context().get_node_id() != _our_node:  # someone else's: theirs to shut down
+            _logs_dir = _our_node = None
         return
-    global _logs_dir
     context = ray.init(logging_level=logging.INFO if verbose else QUIET_LEVEL, **init_args)
     dashboard = f"http://{context.dashboard_url}" if context.dashboard_url else "not running"
-    _logs_dir = f"{context.address_info['session_dir']}/logs"
+    _logs_dir, _our_node = f"{context.address_info['session_dir']}/logs", ray.get_runtime_context().get_node_id()
     print(f"Ray dashboard: {dashboard}; Ray's own logs: {_logs_dir}", flush=True)
 
 
@@ -97,10 +100,10 @@ def what_failed(exc: BaseException) -> str:
 def report_failure(tool: str, exc: BaseException) -> int:
     """A failure during the work: one line saying what failed, the whole traceback in a log file (in Ray's
     session logs when this process started Ray) whose path the line gives.  Returns the exit code, 1."""
-    if _logs_dir:  # this process started Ray: stop it first, so no late line of a worker follows this one
-        import ray
+    import ray
 
-        ray.shutdown()
+    if _our_node and ray.is_initialized() and ray.get_runtime_context().get_node_id() == _our_node:
+        ray.shutdown()  # this process started Ray: stop it first, so no late line of a worker follows this one
     folder = _logs_dir if _logs_dir and os.path.isdir(_logs_dir) else tempfile.gettempdir()
     path = os.path.join(folder, f"{tool.removesuffix('.py')}-failed-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
     with open(path, "w") as f:
