@@ -268,7 +268,7 @@ def next_job_draws(states: list[dict]) -> list[int]:
     draws = []
     for rank, state in enumerate(states):
         for worker in range(state["workers"]):
-            s = state["states"].get(str(worker)) or state["states"].get(worker)
+            s = state["states"].get(str(worker))  # JSON keys, as state_dict() writes them
             draws.append(job_draw(s["taken"], s["stream"], s["streams"], s["batch"], s["start"]) if s else
                          job_draw(0, stream_index(rank, world, worker), world * state["workers"], state["batch"],
                                   state["start"]))

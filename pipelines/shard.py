@@ -11,7 +11,6 @@ already written (verified by checksum).  See README.md ("Sharding") for the layo
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -28,7 +27,7 @@ from pipelines.corpus import (UNLABELED, Categories, CorpusError, detect_labeled
                               image_folder_files, parse_line, read_categories)
 from pipelines.images import ImageSettings
 from pipelines.shard_tasks import (STATE_DIR, ShardPlan, collect_group, parse_ranges, resolve_duplicates,
-                                   write_group)
+                                   write_group, write_rejects)
 from pipelines.storage import Location, LockedError, exclusive
 
 LOCK_FILE = "lock"  # in OUT/.state while a run writes there
@@ -198,8 +197,7 @@ def _write_image_folder_list(root: Location, classes: list[str], out: Location) 
             else:
                 f.write(f"{path} {label}\n".encode())
     if rejects:
-        body = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects)
-        out.write_atomic(f"{STATE_DIR}/{NAME_REJECTS}", body.encode())
+        write_rejects(out, NAME_REJECTS, rejects)
     return out.child(f"{STATE_DIR}/{IMAGE_FOLDER_LIST}"), len(rejects)
 
 

@@ -121,8 +121,7 @@ def resolve_duplicates(batch: dict[str, np.ndarray], plan: ShardPlan) -> dict[st
                 rejects.append(_reject(r, f"key_collision: key {key!r} already used by {first['source']}"))
     if rejects:
         rejects.sort(key=lambda r: (r["source"], str(r["label"]), r["reason"]))
-        body = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects)
-        plan.out.write_atomic(f"{STATE_DIR}/rejects-{int(batch['bucket'][0]):05d}.jsonl", body.encode())
+        write_rejects(plan.out, f"rejects-{int(batch['bucket'][0]):05d}.jsonl", rejects)
     return {
         "group": np.array([r["group"] for r in keep], dtype=object),
         "label": np.array([r["label"] for r in keep], dtype=np.int64),
@@ -130,6 +129,12 @@ def resolve_duplicates(batch: dict[str, np.ndarray], plan: ShardPlan) -> dict[st
         "source": np.array([r["source"] for r in keep], dtype=object),
         "path": np.array([r["path"] for r in keep], dtype=object),
     }
+
+
+def write_rejects(out: Location, name: str, rejects: list[dict]) -> None:
+    """A list-level reject file in OUT/.state (`name` starting with `rejects-`): one JSON record a line."""
+    body = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects)
+    out.write_atomic(f"{STATE_DIR}/{name}", body.encode())
 
 
 # -- stage 3: one row per shard ---------------------------------------------------------------------

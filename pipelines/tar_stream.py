@@ -7,6 +7,7 @@ resumed with a single seek, and a buffered sample can be fetched again with one 
 
 from __future__ import annotations
 
+import io
 import tarfile
 from dataclasses import dataclass
 
@@ -28,10 +29,14 @@ class ShardReader:
     verified): Python's `tarfile` costs more per member than decoding a small JPEG's worth of time.
     """
 
-    def __init__(self, loc: Location, url: str, offset: int = 0):
+    def __init__(self, loc: Location | None, url: str, offset: int = 0, data: bytes | None = None):
+        """`data`: the shard's bytes from `offset` on, already read (one sample's range), instead of the file."""
         self.loc, self.url = loc, url
-        self._file = loc.fs.open(loc.path(url), "rb")
-        self._file.seek(offset)
+        if data is None:
+            self._file = loc.fs.open(loc.path(url), "rb")
+            self._file.seek(offset)
+        else:
+            self._file = io.BytesIO(data)
         self.position = offset  # start of the next unread sample
         self._cursor = offset  # bytes consumed from the file
         self._pending: tuple[str, bytes, int] | None = None  # (name, data, header offset) read ahead
@@ -132,37 +137,20 @@ def _pax_records(data: bytes) -> dict[str, str]:
 
 def fetch_sample(loc: Location, url: str, offset: int, size: int) -> RawSample:
     """One sample by its byte range (from a saved stream state or classes.parquet): one range read, its
-    tar headers parsed here (Python's `tarfile` costs more than the read).  Raises tarfile.ReadError or
-    EOFError on damage."""
+    tar headers parsed by `ShardReader` (Python's `tarfile` costs more than the read).  Raises
+    tarfile.ReadError or EOFError on damage."""
     return parse_sample(loc.read_range(url, offset, size), url, offset)
 
 
 def parse_sample(data: bytes, url: str, offset: int) -> RawSample:
-    """The sample whose tar fragment `data` is, read from byte `offset` of `url`."""
-    members, key, pos, long_name, pax = {}, None, 0, None, {}
-    while pos + BLOCK <= len(data):
-        header = data[pos:pos + BLOCK]
-        if header == ZERO_BLOCK:
-            break
-        name, length, kind = _parse_header(header, url, offset + pos)
-        length = int(pax.get("size", length))
-        body = data[pos + BLOCK:pos + BLOCK + length]
-        if len(body) != length:
-            raise EOFError(f"{url}: the sample at byte {offset} is cut short")
-        pos += BLOCK + _padded(length)
-        if kind == b"L":
-            long_name = body.rstrip(b"\0").decode("utf-8")
-        elif kind == b"x":
-            pax = _pax_records(body)
-        else:
-            if kind in (b"0", b"\0", b"7"):
-                name = long_name or pax.get("path") or name
-                key = key or _key(name)
-                members[name[len(key) + 1:]] = body
-            long_name, pax = None, {}
-    if key is None:
+    """The one sample whose tar fragment `data` is, read from byte `offset` of `url`."""
+    reader = ShardReader(None, url, offset, data)
+    sample = reader.next()
+    if sample is None:
         raise tarfile.ReadError(f"no sample at {url}:{offset}")
-    return RawSample(key, members, offset, len(data))
+    if reader.next() is not None:  # also raises the damage met after the sample's last member
+        raise tarfile.ReadError(f"more than one sample at {url}:{offset}")
+    return RawSample(sample.key, sample.members, offset, len(data))
 
 
 def _key(name: str) -> str:

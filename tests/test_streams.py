@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from collections import Counter
 
 import pytest
@@ -21,6 +22,12 @@ def shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
     keys = write_shards(out, COUNTS, shard_samples=16)
     return out, keys
+
+
+def copied(shards, tmp_path):
+    """A copy of the shard folder, to damage without touching the module's shards."""
+    shutil.copytree(shards, tmp_path / "copy")
+    return tmp_path / "copy"
 
 
 def take(stream, n=None):
@@ -113,10 +120,7 @@ def test_restored_stream_continues_exactly(shards, mode, cut):
 
 def test_unreadable_shard_is_skipped_counted_and_logged_once(shards, tmp_path, caplog):
     out, keys = shards
-    copy = tmp_path / "copy"
-    copy.mkdir()
-    for p in out.iterdir():
-        (copy / p.name).write_bytes(p.read_bytes())
+    copy = copied(out, tmp_path)
     victim = copy / "c0000-00002.tar"
     data = victim.read_bytes()
     victim.write_bytes(data[:3000] + b"\xff" * 600 + data[3600:])  # garbage in the middle of the shard
@@ -131,10 +135,7 @@ def test_unreadable_shard_is_skipped_counted_and_logged_once(shards, tmp_path, c
 def test_samples_past_a_stale_index_count_are_skipped_and_named(shards, tmp_path, caplog):
     """An index.json whose nsamples is too small: the extra samples were silently never read."""
     out, keys = shards
-    copy = tmp_path / "copy"
-    copy.mkdir()
-    for p in out.iterdir():
-        (copy / p.name).write_bytes(p.read_bytes())
+    copy = copied(out, tmp_path)
     index = json.loads((copy / "index.json").read_text())
     stale = next(s for s in index["shardlist"] if s["url"] == "c0001-00000.tar")
     stale["nsamples"] -= 3

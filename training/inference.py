@@ -87,16 +87,14 @@ def cut_views(batch: dict[str, np.ndarray], protocol: str, scales: tuple[int, ..
     ok, cut, labels, sources = [], [], [], []
     for key, url, jpeg, cls, meta in zip(batch["__key__"], batch["url"], batch["jpg"], batch["cls"], batch["json"]):
         try:
-            labels.append(int(bytes(cls)))
             # the image id: the path as listed when sharding (shard.py always records it), else the key
-            sources.append(str(json.loads(bytes(meta)).get("source", key)))
-            cut.append([t.views(bytes(jpeg)).numpy() for t in transforms])
-            ok.append(True)
+            row = (True, int(bytes(cls)), str(json.loads(bytes(meta)).get("source", key)),
+                   [t.views(bytes(jpeg)).numpy() for t in transforms])
         except Exception as exc:  # a decoder error on one odd sample must not end the evaluation
             log.warning("evaluation skips sample %s of %s: %s: %s", key, url, type(exc).__name__, exc)
-            labels[len(ok):], sources[len(ok):] = [-1], [str(key)]
-            cut.append([t.views(blank_jpeg()).numpy() for t in transforms])
-            ok.append(False)
+            row = (False, -1, str(key), [t.views(blank_jpeg()).numpy() for t in transforms])
+        for column, value in zip((ok, labels, sources, cut), row):
+            column.append(value)
     out = {"key": batch["__key__"], "url": batch["url"], "ok": np.array(ok, dtype=bool),
            "cls": np.array(labels, dtype=np.int64), "source": np.array(sources, dtype=object)}
     for i, transform in enumerate(transforms):
