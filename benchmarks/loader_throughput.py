@@ -163,8 +163,7 @@ def main() -> None:
             figures["imagefolder"] = max(figures.get("imagefolder", 0), rate(folder, warmup, device))
             for mode in ("uniform", "class-aware"):
                 loader = ShardLoader(LoaderConfig(shards=shards, mode=mode, batch_size=a.batch,
-                                                  num_workers=a.workers, buffer_size=500, interleave=8), ours,
-                                     device=device)
+                                                  num_workers=a.workers), ours, device=device)
                 figures[mode] = max(figures.get(mode, 0), rate(loader.epoch(0), warmup, device))
         for name, value in figures.items():
             result[f"{name}_img_s"] = round(value, 1)

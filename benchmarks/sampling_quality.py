@@ -1,17 +1,25 @@
-"""Class-aware sampling quality at the mission's size: our job-wide WM sequence against the in-memory
-reference (the WM procedure with `random.shuffle` over full per-class lists), as JSON.
+"""Sampling quality at the mission's size, as JSON: class-aware (our job-wide WM sequence against the
+in-memory reference, the WM procedure with `random.shuffle` over full per-class lists) and uniform
+(how mixed a batch's classes are: our epoch order against a random permutation of every sample, and
+WebDataset's usual recipe, shard shuffle + a 1,000-sample buffer, one shard at a time per worker).
 
     python benchmarks/sampling_quality.py [--world 8 --workers 8 --batch 32] [--classes 365]
 
-The corpus is Places-like: 365 classes of 4,000 to 40,000 images (geometric spacing, ~6.5M images).
-Ours is computed exactly as the W x K streams compute it (`wm_sequence.job_draw` over `WMSequence`;
-tests/test_streams.py checks that real streams over real shards draw this sequence); no image is read.
+The corpus is Places-like: 365 classes of 4,000 to 40,000 images (geometric spacing, ~5.7M images),
+written one class at a time in shards of 1,000.  Ours is computed exactly as the W x K streams
+compute it (`wm_sequence.job_draw` over `WMSequence`; `epoch_order.EpochOrder` through a
+`ShuffleBuffer`; tests/test_streams.py checks that real streams over real shards draw these); no
+image is read.
 
 - coverage: distinct samples in a class's first n draws of the job, over n (the class's size);
 - pass_correlation: Spearman's rho between a sample's positions in a class's first and second pass;
 - class_chi2_p: the chi-square p-value of the class counts in the job's first 200 cycles;
 - batch_classes: mean distinct classes per global batch of 256 consecutive draws (the first 100);
 - us_per_draw: what one of the streams spends computing a draw (ours), without reading it.
+
+Uniform, per (samples per range read, shuffle buffer): mean distinct classes per batch of 256
+consecutive draws of one loader worker (what one DDP rank's batch is), over 40 batches from each of
+4 of the W x K streams, and its ratio to a random permutation's.
 """
 
 from __future__ import annotations
@@ -28,7 +36,12 @@ from scipy.stats import chisquare, spearmanr
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pipelines.corpus import stable_hash  # noqa: E402
+from pipelines.epoch_order import EpochOrder, ShuffleBuffer  # noqa: E402
+from pipelines.streams import consumer_range  # noqa: E402
 from pipelines.wm_sequence import WMSequence, job_draw  # noqa: E402
+
+UNIFORM_BATCH, UNIFORM_BATCHES = 256, 40
 
 
 def places_like(classes: int) -> dict[int, int]:
@@ -92,6 +105,66 @@ def streams_partition(world: int, workers: int, batch: int, steps: int = 50) -> 
     return drawn == list(range(streams * steps * batch))
 
 
+def batch_classes(labels) -> float:
+    labels = list(labels)
+    return float(np.mean([len(set(labels[i:i + UNIFORM_BATCH]))
+                          for i in range(0, len(labels) - UNIFORM_BATCH + 1, UNIFORM_BATCH)]))
+
+
+def uniform_stream(row_class: np.ndarray, streams: int, stream: int, block: int, buffer: int, seed: int):
+    """The classes one uniform stream yields, computed as `streams.UniformStream` does (one rank of
+    `streams` ranks, one loader worker), for UNIFORM_BATCHES batches."""
+    order = EpochOrder(len(row_class), block, seed, epoch=0)
+    lo, hi = consumer_range(len(row_class), stream, streams, 0, 1)
+    pool = ShuffleBuffer(buffer, random.Random(stable_hash(seed, "uniform", 0, stream, 0)))
+    q, out = lo, []
+    while len(out) < UNIFORM_BATCH * UNIFORM_BATCHES:
+        while pool.wants and q < hi:
+            stop = min(order.block_end(q), hi)
+            pool.add([row_class[order.row(p)] for p in range(q, stop)])
+            q = stop
+        out.append(pool.pop())
+    return out
+
+
+def webdataset_stream(shard_class: list[int], shard_samples: int, streams: int, stream: int, seed: int):
+    """`WebDataset(urls, shardshuffle=True).shuffle(1000)`: shards shuffled, split between the streams,
+    each read in turn through a 1,000-sample buffer."""
+    order = list(range(len(shard_class)))
+    random.Random(seed).shuffle(order)
+    mine = order[stream::streams]
+    rng, pool, out = random.Random(seed + stream), [], []
+    source = (shard_class[j] for j in mine for _ in range(shard_samples))
+    while len(out) < UNIFORM_BATCH * UNIFORM_BATCHES:
+        for label in source:
+            pool.append(label)
+            if len(pool) >= 1000:
+                break
+        j = rng.randrange(len(pool))
+        pool[j], pool[-1] = pool[-1], pool[j]
+        out.append(pool.pop())
+    return out
+
+
+def uniform_mixing(counts: dict[int, int], streams: int, seed: int, shard_samples: int = 1000) -> dict:
+    row_class = np.repeat(np.array(list(counts)), list(counts.values()))  # class-major, as the class index
+    reference = batch_classes(np.random.default_rng(seed).permutation(row_class)[:UNIFORM_BATCH * 400])
+    probe = [0, streams // 3, 2 * streams // 3, streams - 1]
+    shard_class = [k for k, n in counts.items() for _ in range(-(-n // shard_samples))]
+    peer = np.mean([batch_classes(webdataset_stream(shard_class, shard_samples, streams, s, seed)) for s in probe])
+    result = {"random_permutation": round(reference, 1),
+              "webdataset_shardshuffle_buffer_1000": {"classes": round(float(peer), 1),
+                                                      "of_random": round(float(peer) / reference, 3)}}
+    for block, buffer in [(1, 1000), (2, 1000), (4, 1000), (4, 4000), (8, 4000), (16, 8000)]:
+        started = time.perf_counter()
+        drawn = [uniform_stream(row_class, streams, s, block, buffer, seed) for s in probe]
+        us = (time.perf_counter() - started) / sum(map(len, drawn)) * 1e6
+        mixed = float(np.mean([batch_classes(d) for d in drawn]))
+        result[f"ours_block_{block}_buffer_{buffer}"] = {"classes": round(mixed, 1), "of_random": round(mixed / reference, 3),
+                                                         "us_per_draw": round(us, 1)}
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--world", type=int, default=8)
@@ -104,7 +177,8 @@ def main() -> None:
     print(json.dumps({"classes": a.classes, "images": sum(counts.values()), "streams": a.world * a.workers,
                       "world": a.world, "workers": a.workers, "batch": a.batch,
                       "streams_draw_the_job_sequence_exactly": streams_partition(a.world, a.workers, a.batch),
-                      "ours": ours(counts, a.seed, a.world * a.workers, a.batch), "reference_in_memory": reference(counts, a.seed)}, indent=1))
+                      "ours": ours(counts, a.seed, a.world * a.workers, a.batch), "reference_in_memory": reference(counts, a.seed),
+                      "uniform_batch_classes": uniform_mixing(counts, a.world * a.workers, a.seed)}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """What a sharded dataset holds, from its small `index.json` alone, and bounded access to its shards.
 
 `Catalog` lists the shards (url, sample count, class).  `ReaderPool` keeps at most `max_open` shard
-files open; a `Cursor` remembers its byte position, so a stream whose file was closed reopens it
-with one seek.  Neither ever loads the class index (`classes.parquet`, every sample's byte ranges).
+files open for sequential reading; a `Cursor` remembers its byte position, so a stream whose file was
+closed reopens it with one seek.  `RangeReader` fetches byte ranges (one sample or a few) through at
+most `max_open` open files, or one ranged GET each on object stores.  None of them loads the class
+index (`classes.parquet`, every sample's byte ranges).
 """
 
 from __future__ import annotations
@@ -209,3 +211,37 @@ class ReaderPool:
         for reader in self._open.values():
             reader.close()
         self._open.clear()
+
+
+class RangeReader:
+    """Byte ranges of shards.  Local shards: through up to `max_open` open files, least recently used
+    closed first (an open and a close per read would cost as much as decoding the sample); object
+    stores: one ranged GET each, exactly as asked (a file object there would read ahead megabytes)."""
+
+    def __init__(self, loc: Location, max_open: int = 64):
+        self.loc, self.max_open = loc, max(1, max_open)
+        self._files: OrderedDict = OrderedDict()  # url -> open local file
+
+    @property
+    def open_files(self) -> int:
+        return len(self._files)
+
+    def read(self, url: str, offset: int, size: int) -> bytes:
+        if not self.loc.is_local:
+            return self.loc.read_range(url, offset, size)
+        f = self._files.pop(url, None)
+        if f is None:
+            if len(self._files) >= self.max_open:
+                self._files.popitem(last=False)[1].close()
+            f = open(self.loc.path(url), "rb")
+        self._files[url] = f
+        f.seek(offset)
+        data = f.read(size)
+        if len(data) != size:
+            raise EOFError(f"{url} ends before byte {offset + size}")
+        return data
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 
 from pipelines.catalog import Catalog
 from pipelines.corpus import stable_hash
-from pipelines.streams import ClassAwareStream, UniformStream, split_range
+from pipelines.streams import ClassAwareStream, SequentialStream, UniformStream, split_range
 from pipelines.wm_sequence import job_draw, stream_index
 from pipelines.transforms import EvalTransform, TrainTransform, decode_batch_on_device
 
@@ -45,12 +45,14 @@ class LoaderConfig:
     num_workers: int = 2
     seed: int = 0
     buffer_size: int = 1000  # uniform: shuffle buffer, in samples
-    interleave: int = 16  # uniform: shards read at once (per-class shards must be mixed)
+    block: int = 1  # uniform: samples per range read (1: an exact global shuffle; see epoch_order)
     decode: str = "workers"  # or "device": workers ship JPEG bytes, the batch is decoded on the device
 
     def __post_init__(self):
         if self.mode not in ("uniform", "class-aware"):
             raise ValueError(f"mode must be uniform or class-aware, got {self.mode!r}")
+        if self.block < 1 or self.buffer_size < 1:
+            raise ValueError(f"block and buffer_size must be >= 1, got {self.block} and {self.buffer_size}")
         if self.decode not in ("workers", "device"):
             raise ValueError(f"decode must be workers or device, got {self.decode!r}")
 
@@ -69,7 +71,7 @@ class _RankBatches(IterableDataset):
         state = self.states.get(worker)
         if self.cfg.mode == "uniform":
             stream = UniformStream(catalog, self.cfg.seed, self.epoch, self.rank, self.world_size, worker, workers,
-                                   self.cfg.buffer_size, self.cfg.interleave, state=state)
+                                   self.cfg.buffer_size, self.cfg.block, state=state)
         else:
             stream = ClassAwareStream(catalog, self.cfg.seed, self.rank, self.world_size, worker, workers,
                                       self.cfg.batch_size, start=self.start, state=state)
@@ -120,8 +122,7 @@ class _EvalSamples(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        for draw in UniformStream(Catalog.load(self.shards), rank=self.rank, world_size=self.world_size,
-                                  worker=worker, num_workers=workers, buffer_size=1, interleave=1):
+        for draw in SequentialStream(Catalog.load(self.shards), self.rank, self.world_size, worker, workers):
             yield self.transform.views(draw.members["jpg"]), draw.cls
 
 

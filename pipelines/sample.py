@@ -1,12 +1,15 @@
 """Print what training streams would draw, without decoding images: a tool to inspect the samplers.
 
     python pipelines/sample.py --shards OUT --mode uniform|class-aware --num N [--seed S] \
-        [--rank R --world-size W] [--workers K] [--batch B] [--all-streams] [--epoch E] --out draws.jsonl
+        [--rank R --world-size W] [--workers K] [--batch B] [--all-streams] [--epoch E] \
+        [--block N --buffer M] --out draws.jsonl
 
 Writes one line per draw, ``{"key", "cls", "rank", "worker"}``, in the order training consumes them:
 rank R's K loader workers deliver batches of B in turn (DataLoader's round-robin); with
 `--all-streams`, every rank's batch of each step, ranks in order (the whole job's draws).  Uniform:
-epoch E's draws, continuing into E+1... if N is larger.  Class-aware: endless; epoch E starts after
+epoch E's draws (its global shuffle, read `--block` samples at a time through a `--buffer` shuffle
+buffer, as `data.read_block` / `data.shuffle_buffer` in training), continuing into E+1... if N is
+larger.  Class-aware: endless; epoch E starts after
 E x (samples per rank per epoch) draws of each rank.
 """
 
@@ -29,7 +32,7 @@ from pipelines.streams import ClassAwareStream, Draw, UniformStream
 
 
 def rank_batches(catalog: Catalog, mode: str, seed: int, rank: int, world_size: int, workers: int, batch: int,
-                 epoch: int) -> Iterator[list[tuple[int, Draw]]]:
+                 epoch: int, block: int = 1, buffer: int = 1000) -> Iterator[list[tuple[int, Draw]]]:
     """Rank `rank`'s batches as its loader delivers them: (worker, draw) lists, workers in turn."""
     if mode == "class-aware":
         streams = [iter(ClassAwareStream(catalog, seed, rank, world_size, w, workers, batch)) for w in range(workers)]
@@ -39,7 +42,8 @@ def rank_batches(catalog: Catalog, mode: str, seed: int, rank: int, world_size: 
         return
     for e in itertools.count(epoch):
         drawn = 0
-        streams = [iter(UniformStream(catalog, seed, e, rank, world_size, w, workers)) for w in range(workers)]
+        streams = [iter(UniformStream(catalog, seed, e, rank, world_size, w, workers, buffer, block))
+                   for w in range(workers)]
         for items in _round_robin(streams, batch):
             drawn += len(items)
             yield items
@@ -60,9 +64,10 @@ def _round_robin(streams: list[Iterator[Draw]], batch: int) -> Iterator[list[tup
 
 
 def job_draws(catalog: Catalog, mode: str, seed: int, ranks: list[int], world_size: int, workers: int, batch: int,
-              epoch: int) -> Iterator[dict]:
+              epoch: int, block: int = 1, buffer: int = 1000) -> Iterator[dict]:
     """The draws of `ranks`, step by step: each rank's batch of a step, ranks in order."""
-    per_rank = {r: rank_batches(catalog, mode, seed, r, world_size, workers, batch, epoch) for r in ranks}
+    per_rank = {r: rank_batches(catalog, mode, seed, r, world_size, workers, batch, epoch, block, buffer)
+                for r in ranks}
     while per_rank:
         for r in list(per_rank):
             items = next(per_rank[r], None)
@@ -85,12 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1, help="samples per batch (B)")
     p.add_argument("--all-streams", action="store_true", help="every rank's draws, step by step")
     p.add_argument("--epoch", type=int, default=0)
+    p.add_argument("--block", type=int, default=1, help="uniform: samples per range read")
+    p.add_argument("--buffer", type=int, default=1000, help="uniform: shuffle buffer, in samples")
     p.add_argument("--out", required=True, help="draws.jsonl (local path or URI)")
     a = p.parse_args(argv)
     if not 0 <= a.rank < a.world_size:
         p.error(f"--rank must be in [0, --world-size), got {a.rank} of {a.world_size}")
-    if a.num < 1 or a.epoch < 0 or a.seed < 0 or a.workers < 1 or a.batch < 1:
-        p.error("--num, --workers and --batch must be >= 1, --epoch and --seed >= 0")
+    if min(a.num, a.workers, a.batch, a.block, a.buffer) < 1 or a.epoch < 0 or a.seed < 0:
+        p.error("--num, --workers, --batch, --block and --buffer must be >= 1, --epoch and --seed >= 0")
     try:
         if Location.parse(a.out).is_dir():
             raise ValueError(f"--out {a.out} is a folder; give the draws file's path")
@@ -98,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         catalog.check_shards()
         ranks = list(range(a.world_size)) if a.all_streams else [a.rank]
         lines = [json.dumps(d) for d in itertools.islice(
-            job_draws(catalog, a.mode, a.seed, ranks, a.world_size, a.workers, a.batch, a.epoch), a.num)]
+            job_draws(catalog, a.mode, a.seed, ranks, a.world_size, a.workers, a.batch, a.epoch, a.block, a.buffer),
+            a.num)]
     except (OSError, ValueError) as exc:
         print(f"sample.py: error: {exc}", file=sys.stderr)
         return 2

@@ -1,19 +1,20 @@
-"""Sample streams over per-class WebDataset shards: uniform epochs and WM class-aware sampling.
+"""Sample streams over per-class WebDataset shards: shuffled uniform epochs, WM class-aware sampling,
+and a split's samples in stored order for evaluation.
 
-Both are deterministic functions of the seed and the consumer's place in the job (rank and loader
-worker[, epoch]) and resumable: `state_dict()` is small JSON (uniform: RNG state, stream byte
-positions, the *ids* of buffered samples with their byte ranges; class-aware: a few numbers) and a
-stream built with it yields exactly what the uninterrupted one would have.
+The training streams are deterministic functions of the seed and the consumer's place in the job
+(rank and loader worker[, epoch]) and resumable: `state_dict()` is small JSON (uniform: a position,
+the RNG state and the byte ranges of the buffered samples; class-aware: a few numbers) and a stream
+built with it yields exactly what the uninterrupted one would have.  Both fetch samples by their byte
+ranges (`class_offsets`): at most `max_open` open files locally, one request per read on object stores.
 
-- `UniformStream`: one epoch visits every sample once across all ranks and workers.  The epoch's
-  shard order is shuffled (same for everyone); the resulting sample sequence is cut into contiguous
-  per-rank, then per-worker ranges, so each consumer's length is known in advance and bytes are read
-  once.  A consumer interleaves `interleave` shards (per-class shards must be mixed) into a shuffle
-  buffer.
+- `UniformStream`: this consumer's contiguous share of the epoch's global shuffle (`epoch_order`): every
+  sample once per epoch across all ranks and workers, batches as mixed as a random permutation's.
 - `ClassAwareStream` (Shen et al., Places2 2015): this consumer's share of one WM sequence for the
   whole job (`wm_sequence`): a shuffled list of classes, cycled and reshuffled when exhausted; per
   class, a shuffled order of all its samples, every sample drawn once before any repeats, then a new
-  shuffle.  Each draw is one range read (`class_offsets`); its state is a few numbers.
+  shuffle.
+- `SequentialStream`: this consumer's exact share of a split in index order, read sequentially (no
+  shuffle, no class index): what evaluation needs.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import logging
 import random
 from dataclasses import dataclass
 
-from pipelines.catalog import READ_ERRORS, Catalog, Cursor, ReaderPool
-from pipelines.class_offsets import ClassOffsets
+from pipelines.catalog import READ_ERRORS, Catalog, Cursor, RangeReader, ReaderPool
+from pipelines.class_offsets import ClassOffsets, Row
 from pipelines.corpus import stable_hash
+from pipelines.epoch_order import EpochOrder, ShuffleBuffer
 from pipelines.tar_stream import RawSample, fetch_sample, parse_sample
 from pipelines.wm_sequence import WMSequence, job_draw, stream_index
 
@@ -68,23 +70,45 @@ def split_range(total: int, parts: int, index: int) -> tuple[int, int]:
     return total * index // parts, total * (index + 1) // parts
 
 
+def consumer_range(total: int, rank: int, world_size: int, worker: int, num_workers: int) -> tuple[int, int]:
+    """[start, stop) of an epoch's positions that (rank, worker) takes: per rank, then per worker."""
+    if not (0 <= rank < world_size and 0 <= worker < num_workers):
+        raise ValueError(f"rank {rank}/{world_size}, worker {worker}/{num_workers} out of range")
+    r0, r1 = split_range(total, world_size, rank)
+    w0, w1 = split_range(r1 - r0, num_workers, worker)
+    return r0 + w0, r0 + w1
+
+
+class _Skips:
+    """Counts what could not be read, and says so once per shard, not once per sample."""
+
+    def __init__(self):
+        self.count, self._reported = 0, set()
+
+    def add(self, url: str, n: int, message: str) -> None:
+        self.count += n
+        if url not in self._reported:
+            self._reported.add(url)
+            log.warning(message)
+
+
 class UniformStream:
+    """This (rank, loader worker)'s share of one epoch's global shuffle (`epoch_order`).  Reads a block
+    of `block` samples at a time (one range read, or two where the block spans two shards) and mixes
+    them through a `buffer_size`-sample shuffle buffer.  An unreadable sample is skipped and counted."""
+
     def __init__(self, catalog: Catalog, seed: int = 0, epoch: int = 0, rank: int = 0, world_size: int = 1,
-                 worker: int = 0, num_workers: int = 1, buffer_size: int = 1000, interleave: int = 16,
+                 worker: int = 0, num_workers: int = 1, buffer_size: int = 1000, block: int = 1, max_open: int = 64,
                  state: dict | None = None):
-        if not (0 <= rank < world_size and 0 <= worker < num_workers):
-            raise ValueError(f"rank {rank}/{world_size}, worker {worker}/{num_workers} out of range")
         self.catalog, self.seed, self.epoch = catalog, seed, epoch
-        self.rank, self.world_size, self.worker, self.num_workers = rank, world_size, worker, num_workers
-        self.buffer_size, self.interleave = max(1, buffer_size), max(1, interleave)
-        self.segments = self._segments()
-        self.pool = ReaderPool(catalog.loc, self.interleave, catalog.by_url)
-        self.rng = random.Random(stable_hash(seed, "uniform", epoch, rank, worker))
-        self.active: list[Cursor] = []
-        self.next_segment = 0
-        self.turn = 0
-        self.buffer: list[Draw] = []
+        self.lo, self.hi = consumer_range(catalog.total, rank, world_size, worker, num_workers)
+        self.offsets = ClassOffsets(catalog)
+        self.order = EpochOrder(self.offsets.rows, block, seed, epoch)
+        self.reader = RangeReader(catalog.loc, max_open)
+        self.buffer = ShuffleBuffer(buffer_size, random.Random(stable_hash(seed, "uniform", epoch, rank, worker)))
+        self.position = self.lo  # the next position of the epoch to read
         self.yielded = 0
+        self.skips = _Skips()
         if state is not None:
             self._restore(state)
 
@@ -95,91 +119,124 @@ class UniformStream:
         return stop - start
 
     def __len__(self) -> int:
-        return sum(end - start for _, start, end in self.segments)
-
-    def _segments(self) -> list[tuple[str, int, int]]:
-        """(url, first, stop) sample ranges of this consumer, in the epoch's shuffled shard order."""
-        order = list(self.catalog.shards)
-        random.Random(stable_hash(self.seed, "uniform-order", self.epoch)).shuffle(order)
-        r0, r1 = split_range(self.catalog.total, self.world_size, self.rank)
-        w0, w1 = split_range(r1 - r0, self.num_workers, self.worker)
-        lo, hi = r0 + w0, r0 + w1
-        segments, base = [], 0
-        for shard in order:
-            a, b = max(lo, base), min(hi, base + shard.nsamples)
-            if a < b:
-                segments.append((shard.url, a - base, b - base))
-            base += shard.nsamples
-        return segments
-
-    def _pull(self) -> Draw | None:
-        while True:
-            while len(self.active) < self.interleave and self.next_segment < len(self.segments):
-                url, first, stop = self.segments[self.next_segment]
-                self.active.append(Cursor(url, first, stop, 0 if first == 0 else None))
-                self.next_segment += 1
-            if not self.active:
-                return None
-            self.turn %= len(self.active)
-            cursor = self.active[self.turn]
-            sample = self.pool.read(cursor)
-            if cursor.done:
-                self.pool.release(cursor)
-                self.active.pop(self.turn)
-            else:
-                self.turn += 1
-            if sample is not None:
-                return _draw(sample, cursor.url, self.catalog.by_url[cursor.url].cls)
+        return self.hi - self.lo
 
     def __iter__(self):
         while True:
-            while len(self.buffer) < self.buffer_size:
-                item = self._pull()
-                if item is None:
-                    break
-                self.buffer.append(item)
-            if not self.buffer:
-                self.pool.close()
+            while self.buffer.wants and self.position < self.hi:
+                self.buffer.add(self._read_block())
+            if not len(self.buffer):
+                self.reader.close()
                 return
-            j = self.rng.randrange(len(self.buffer))
-            item = self.buffer[j]
-            self.buffer[j] = self.buffer[-1]
-            self.buffer.pop()
             self.yielded += 1
-            yield item
+            yield self.buffer.pop()
+
+    def _read_block(self) -> list[Draw]:
+        """The samples of the block at `position` (as far as this consumer's share goes), in row order."""
+        stop = min(self.order.block_end(self.position), self.hi)
+        rows = [self.offsets.row(self.order.row(q)) for q in range(self.position, stop)]
+        self.position = stop
+        draws, run = [], []
+        for row in rows + [None]:
+            # a run: rows whose bytes follow each other in one shard, fetched with one read
+            if run and (row is None or row.url != run[-1].url or row.offset != run[-1].offset + run[-1].size):
+                draws += self._read_run(run)
+                run = []
+            if row is not None:
+                run.append(row)
+        return draws
+
+    def _read_run(self, run: list[Row]) -> list[Draw]:
+        url, start = run[0].url, run[0].offset
+        draws = []
+        try:
+            if not run[-1].size:
+                raise EOFError(f"{url}: a sample that could not be indexed")
+            data = self.reader.read(url, start, run[-1].offset + run[-1].size - start)
+        except READ_ERRORS as exc:
+            self.skips.add(url, len(run), f"skipping unreadable samples of shard {self.catalog.loc.uri(url)}: "
+                                          f"{type(exc).__name__}: {exc}")
+            return draws
+        for row in run:
+            try:
+                if not row.size:
+                    raise EOFError(f"{url}: a sample that could not be indexed")
+                draws.append(_draw(parse_sample(data[row.offset - start:row.offset - start + row.size], url,
+                                                row.offset), url, row.cls))
+            except READ_ERRORS as exc:
+                self.skips.add(url, 1, f"skipping unreadable samples of shard {self.catalog.loc.uri(url)}: "
+                                       f"{type(exc).__name__}: {exc}")
+            extra = self.offsets.unlisted.get(url, 0) if row.last else 0
+            if extra:  # a stale index: counted once per epoch, by whoever reads the shard's last listed sample
+                self.skips.add(url, extra, f"shard {self.catalog.loc.uri(url)} holds {extra} more samples than the "
+                                           f"{self.catalog.by_url[url].nsamples} index.json lists; they are "
+                                           f"skipped: rebuild the index (pipelines/shard.py)")
+        return draws
+
+    @property
+    def skipped(self) -> int:
+        return self.skips.count
+
+    def state_dict(self) -> dict:
+        return {"mode": "uniform", "epoch": self.epoch, "block": self.order.block, "position": self.position,
+                "rng": _rng_state(self.buffer.rng), "buffer": [d.ref() for d in self.buffer.items],
+                "yielded": self.yielded, "skipped": self.skips.count}
+
+    def _restore(self, state: dict) -> None:
+        if state.get("mode") != "uniform" or state["epoch"] != self.epoch or "position" not in state:
+            raise ValueError("state is not from a uniform stream of this epoch and version")
+        if state["block"] != self.order.block:
+            raise ValueError(f"state of a stream reading blocks of {state['block']}; this one reads {self.order.block}")
+        if not self.lo <= state["position"] <= self.hi:
+            raise ValueError(f"state at position {state['position']}, outside this stream's [{self.lo}, {self.hi})")
+        self.position, self.yielded, self.skips.count = state["position"], state["yielded"], state["skipped"]
+        _set_rng(self.buffer.rng, state["rng"])
+        self.buffer.items = [_refetch(self.catalog, ref) for ref in state["buffer"]]
+
+
+class SequentialStream:
+    """This (rank, worker)'s exact share of a split, in index order, each shard read sequentially: the
+    ranks and workers together yield every sample once.  A shard that cannot be read is skipped
+    (counted, logged once)."""
+
+    def __init__(self, catalog: Catalog, rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1):
+        self.catalog = catalog
+        lo, hi = consumer_range(catalog.total, rank, world_size, worker, num_workers)
+        self.segments, base = [], 0  # (url, first, stop) sample ranges
+        for shard in catalog.shards:
+            a, b = max(lo, base), min(hi, base + shard.nsamples)
+            if a < b:
+                self.segments.append((shard.url, a - base, b - base))
+            base += shard.nsamples
+        self.pool = ReaderPool(catalog.loc, 1, catalog.by_url)
+
+    def __len__(self) -> int:
+        return sum(b - a for _, a, b in self.segments)
+
+    def __iter__(self):
+        for url, first, stop in self.segments:
+            cursor = Cursor(url, first, stop, 0 if first == 0 else None)
+            while not cursor.done:
+                sample = self.pool.read(cursor)
+                if sample is not None:
+                    yield _draw(sample, url, self.catalog.by_url[url].cls)
+            self.pool.release(cursor)
 
     @property
     def skipped(self) -> int:
         return self.pool.skipped
 
-    def state_dict(self) -> dict:
-        return {"mode": "uniform", "epoch": self.epoch, "rng": _rng_state(self.rng),
-                "active": [c.to_json() for c in self.active], "next_segment": self.next_segment,
-                "turn": self.turn, "buffer": [d.ref() for d in self.buffer], "yielded": self.yielded,
-                "skipped": self.pool.skipped}
-
-    def _restore(self, state: dict) -> None:
-        if state.get("mode") != "uniform" or state["epoch"] != self.epoch:
-            raise ValueError("state is not from a uniform stream of this epoch")
-        _set_rng(self.rng, state["rng"])
-        self.active = [Cursor(**c) for c in state["active"]]
-        self.next_segment, self.turn, self.yielded = state["next_segment"], state["turn"], state["yielded"]
-        self.pool.skipped = state["skipped"]
-        self.buffer = [_refetch(self.catalog, ref) for ref in state["buffer"]]
-
 
 class ClassAwareStream:
     """This (rank, loader worker)'s share of the job's one WM sequence (`wm_sequence`): together, the
     W x K streams of a job draw what the WM procedure run once for the cluster draws, none twice.
-    Each draw is one range read of its sample (`class_offsets`: one request on object stores; locally
-    through at most `max_open` open files; nothing buffered); an unreadable sample is skipped, counted,
-    and the next draw taken."""
+    Each draw is one range read of its sample (nothing buffered); an unreadable sample is skipped,
+    counted, and the next draw taken."""
 
     def __init__(self, catalog: Catalog, seed: int = 0, rank: int = 0, world_size: int = 1, worker: int = 0,
                  num_workers: int = 1, batch_size: int = 1, start: int = 0, max_open: int = 64,
                  state: dict | None = None):
-        if not (0 <= rank < world_size and 0 <= worker < num_workers):
-            raise ValueError(f"rank {rank}/{world_size}, worker {worker}/{num_workers} out of range")
+        consumer_range(0, rank, world_size, worker, num_workers)  # (checks the place in the job)
         self.catalog = catalog
         self.offsets = ClassOffsets(catalog)
         if not self.offsets.counts:
@@ -187,10 +244,9 @@ class ClassAwareStream:
         self.sequence = WMSequence(self.offsets.counts, seed)
         self.stream, self.streams = stream_index(rank, world_size, worker), world_size * num_workers
         self.batch = max(1, batch_size)
-        self.start, self.taken, self.yielded, self.skipped = start, 0, 0, 0
-        self.max_open = max(1, max_open)
-        self._files: dict = {}  # url -> open local file, least recently used first
-        self._reported: set[str] = set()
+        self.start, self.taken, self.yielded = start, 0, 0
+        self.reader = RangeReader(catalog.loc, max_open)
+        self.skips = _Skips()
         if state is not None:
             self._restore(state)
 
@@ -202,44 +258,28 @@ class ClassAwareStream:
         while failing <= self.offsets.rows:  # every draw failing for a whole corpus' worth: all unreadable
             k, i = self.sequence.draw(self.next_job_draw())
             self.taken += 1
-            url, offset, size = self.offsets.locate(k, i)
+            row = self.offsets.locate(k, i)
             try:
-                if not size:
-                    raise EOFError(f"{url}: sample {i} of class {k} could not be indexed")
-                sample = parse_sample(self._read(url, offset, size), url, offset)
+                if not row.size:
+                    raise EOFError(f"{row.url}: sample {i} of class {k} could not be indexed")
+                sample = parse_sample(self.reader.read(row.url, row.offset, row.size), row.url, row.offset)
             except READ_ERRORS as exc:
-                self.skipped += 1
                 failing += 1
-                if url not in self._reported:  # once per shard, not once per sample
-                    self._reported.add(url)
-                    log.warning("skipping unreadable samples of shard %s: %s: %s", self.catalog.loc.uri(url),
-                                type(exc).__name__, exc)
+                self.skips.add(row.url, 1, f"skipping unreadable samples of shard {self.catalog.loc.uri(row.url)}: "
+                                           f"{type(exc).__name__}: {exc}")
                 continue
             failing = 0
             self.yielded += 1
-            yield _draw(sample, url, k)
+            yield _draw(sample, row.url, k)
+        self.reader.close()
 
-    def _read(self, url: str, offset: int, size: int) -> bytes:
-        """One range read.  Local shards: through up to `max_open` open files (an open and a close per
-        draw would cost as much as the rest of the draw); object stores: one ranged GET, as exact as asked
-        (a file object there would read ahead megabytes)."""
-        if not self.catalog.loc.is_local:
-            return self.catalog.loc.read_range(url, offset, size)
-        f = self._files.pop(url, None)
-        if f is None:
-            if len(self._files) >= self.max_open:
-                self._files.pop(next(iter(self._files))).close()
-            f = open(self.catalog.loc.path(url), "rb")
-        self._files[url] = f  # most recently used last
-        f.seek(offset)
-        data = f.read(size)
-        if len(data) != size:
-            raise EOFError(f"{url} ends before byte {offset + size}")
-        return data
+    @property
+    def skipped(self) -> int:
+        return self.skips.count
 
     def state_dict(self) -> dict:
         return {"mode": "class-aware", "stream": self.stream, "streams": self.streams, "batch": self.batch,
-                "start": self.start, "taken": self.taken, "yielded": self.yielded, "skipped": self.skipped}
+                "start": self.start, "taken": self.taken, "yielded": self.yielded, "skipped": self.skips.count}
 
     def _restore(self, state: dict) -> None:
         if state.get("mode") != "class-aware" or "taken" not in state:
@@ -248,5 +288,4 @@ class ClassAwareStream:
             raise ValueError(f"state of stream {state['stream']} of {state['streams']} (batch {state['batch']}); "
                              f"this is stream {self.stream} of {self.streams} (batch {self.batch})")
         self.start, self.taken = state["start"], state["taken"]
-        self.yielded, self.skipped = state["yielded"], state["skipped"]
-
+        self.yielded, self.skips.count = state["yielded"], state["skipped"]

@@ -168,7 +168,7 @@ CASES = [
      "snapshot.json: not a checkpoint written by training/run.py"),
     ("sample.py --num -1", "sample",
      ["--shards", "{root}/train", "--mode", "uniform", "--num", "-1", "--out", "{out}/d.jsonl"],
-     "--num, --workers and --batch must be >= 1"),
+     "--num, --workers, --batch, --block and --buffer must be >= 1"),
     ("sample.py --out a folder", "sample",
      ["--shards", "{root}/train", "--mode", "uniform", "--num", "3", "--out", "{root}"],
      "is a folder; give the draws file's path"),

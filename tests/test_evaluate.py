@@ -10,7 +10,7 @@ import torch
 
 from conftest import write_shards
 from pipelines.catalog import Catalog
-from pipelines.streams import UniformStream
+from pipelines.streams import SequentialStream
 from pipelines.transforms import EvalTransform
 from training import evaluate
 from training.config import load, to_dict
@@ -49,7 +49,7 @@ def test_center_crop_metrics_equal_a_direct_computation(setup):
     transform = EvalTransform("center", size=32, resize=36)
     hits, n = 0, 0
     with torch.no_grad():
-        for draw in UniformStream(Catalog.load(str(root / "val")), buffer_size=1):
+        for draw in SequentialStream(Catalog.load(str(root / "val"))):
             hits += int(model(transform(draw.members["jpg"])).argmax(1).item() == draw.cls)
             n += 1
     got = metrics["models"][paths[0][0]]

@@ -15,7 +15,7 @@ from conftest import encode, scene, write_shards
 from pipelines import color_pca
 from pipelines.catalog import Catalog
 from pipelines.loader import LoaderConfig, ShardLoader
-from pipelines.streams import UniformStream
+from pipelines.streams import SequentialStream
 from pipelines.transforms import (ColorPCA, EvalTransform, TrainTransform, decode, decode_batch_on_device,
                                   decode_uint8)
 
@@ -31,7 +31,7 @@ def shards(tmp_path_factory):
 
 def loader(shards, mode, state=None, workers=2, rank=0, world=1):
     cfg = LoaderConfig(shards=shards, mode=mode, batch_size=7, num_workers=workers, seed=11, buffer_size=10,
-                       interleave=3)
+                       block=3)
     ld = ShardLoader(cfg, TrainTransform(crop="random_crop", size=16), rank=rank, world_size=world)
     if state is not None:
         ld.load_state_dict(json.loads(json.dumps(state)))
@@ -235,7 +235,7 @@ def test_eval_batches_cover_the_split_once_over_ranks_and_workers(shards, world,
             labels += y.tolist()
             sums += x.flatten(1).sum(1).tolist()
     assert sorted(labels) == sorted(c for c, n in enumerate(COUNTS) for _ in range(n))
-    direct = [int(transform.views(d.members["jpg"]).sum()) for d in UniformStream(Catalog.load(shards), buffer_size=1)]
+    direct = [int(transform.views(d.members["jpg"]).sum()) for d in SequentialStream(Catalog.load(shards))]
     assert sorted(sums) == sorted(direct)  # every image exactly once
 
 

@@ -208,6 +208,28 @@ def test_class_index_offsets_fetch_exactly_the_members(sharded, corpus):
     assert list(table.to_pandas().groupby("class_id").size()) == [corpus["written"][i] for i in range(3)]
 
 
+def offsets_from_table_and_from_shards(out, tmp_path, monkeypatch):
+    """The node-local offsets file as built from classes.parquet, and as built from the tar headers."""
+    import shutil
+
+    from pipelines.catalog import Catalog
+    from pipelines.class_offsets import ClassOffsets
+
+    copy = tmp_path / "no_table"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("classes.parquet"))
+    monkeypatch.setenv("PLACES_CACHE", str(tmp_path / "cache"))
+    return ClassOffsets(Catalog.load(str(out))), ClassOffsets(Catalog.load(str(copy)))
+
+
+def test_sample_offsets_from_the_class_table_equal_the_shards_own(sharded, tmp_path, monkeypatch):
+    """What the samplers read by byte range: classes.parquet's rows are the tar headers' samples, in the
+    order the samplers number them (classes in label order, shards by url, tar order)."""
+    from_table, from_shards = offsets_from_table_and_from_shards(sharded[0], tmp_path, monkeypatch)
+    assert from_table.rows == sharded[1]["written"] == len(from_table.table)
+    assert (from_table.table == from_shards.table).all() and from_table.table[:, 1].min() > 0
+    assert from_table.unlisted == from_shards.unlisted == {}
+
+
 def test_rerun_elsewhere_is_byte_identical(sharded, corpus, tmp_path):
     out, _ = sharded
     run_shard(corpus, tmp_path)
@@ -261,7 +283,7 @@ def test_image_folder_tree(ray_cluster, corpus, tmp_path):
     assert sizes == {(38, 32)}
 
 
-def test_val_list_with_bare_names_and_unlabeled_test_list(ray_cluster, corpus, tmp_path):
+def test_val_list_with_bare_names_and_unlabeled_test_list(ray_cluster, corpus, tmp_path, monkeypatch):
     flat = tmp_path / "val_256"
     flat.mkdir()
     for i in range(4):
@@ -283,6 +305,9 @@ def test_val_list_with_bare_names_and_unlabeled_test_list(ray_cluster, corpus, t
     labels = {s["cls"] for s in wds.WebDataset(str(tmp_path / "test" / "unlabeled-00000.tar"),
                                                shardshuffle=False, empty_check=False)}
     assert labels == {b"-1"}
+    # unlabeled samples are rows of the class index too (a uniform epoch reads them by byte range)
+    from_table, from_shards = offsets_from_table_and_from_shards(tmp_path / "test", tmp_path, monkeypatch)
+    assert from_table.rows == 4 and (from_table.table == from_shards.table).all() and from_table.counts == {}
 
 
 @pytest.mark.parametrize("case", ["missing_list", "unknown_class", "unwritable_out", "missing_root",

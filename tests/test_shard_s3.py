@@ -100,8 +100,8 @@ def test_streams_read_shards_straight_from_s3(sharded, tmp_path):
         (tmp_path / name).write_bytes(remote.read_bytes(name))
     s3, local = Catalog.load("s3://shards/train"), Catalog.load(str(tmp_path))
     keys = lambda stream, n=None: [(d.key, d.cls, d.members["jpg"]) for d in itertools.islice(stream, n)]
-    assert keys(UniformStream(s3, seed=2, buffer_size=5, interleave=2)) == keys(
-        UniformStream(local, seed=2, buffer_size=5, interleave=2))
+    assert keys(UniformStream(s3, seed=2, buffer_size=5, block=2)) == keys(
+        UniformStream(local, seed=2, buffer_size=5, block=2))
     drawn = keys(ClassAwareStream(s3, seed=2), 40)
     assert drawn == keys(ClassAwareStream(local, seed=2), 40) and len(drawn) == 40
 

@@ -42,7 +42,7 @@ def test_uniform_epoch_covers_every_sample_once_across_ranks_and_workers(shards)
         lengths = []
         for worker in range(2):
             stream = UniformStream(catalog, seed=3, epoch=1, rank=rank, world_size=2, worker=worker, num_workers=2,
-                                   buffer_size=20, interleave=4)
+                                   buffer_size=20, block=4)
             draws = take(stream)
             assert len(draws) == len(stream)  # known before reading
             lengths.append(len(draws))
@@ -60,7 +60,92 @@ def test_uniform_order_is_seeded_and_changes_per_epoch(shards):
     assert a != take(UniformStream(catalog, seed=0, epoch=1)) and sorted(a) == sorted(
         take(UniformStream(catalog, seed=0, epoch=1)))
     first_batch = Counter(c for _, c in a[:32])
-    assert len(first_batch) >= 3  # interleaving mixes the per-class shards within a batch
+    assert len(first_batch) >= 3  # a global shuffle mixes the per-class shards within a batch
+
+
+@pytest.mark.parametrize("rows", [1, 7, 100, 1001])
+@pytest.mark.parametrize("block", [1, 3, 8, 100, 2000])
+def test_epoch_order_is_a_permutation_read_in_blocks_of_neighbouring_rows(rows, block):
+    from pipelines.epoch_order import EpochOrder
+
+    order = EpochOrder(rows, block, seed=2, epoch=5)
+    drawn = [order.row(q) for q in range(rows)]
+    assert sorted(drawn) == list(range(rows))
+    q = 0
+    while q < rows:  # a block's rows follow each other (modulo the wrap at the end of the rows)
+        end = order.block_end(q)
+        assert [(r - drawn[q]) % rows for r in drawn[q:end]] == list(range(end - q))
+        q = end
+    if rows // block >= 4:  # (two epochs of 2 blocks may well coincide)
+        assert drawn != [EpochOrder(rows, block, seed=2, epoch=6).row(q) for q in range(rows)]
+
+
+def model_draws(catalog, keys, seed, epoch, rank, world, worker, workers, buffer_size, block):
+    """What a uniform stream must yield, computed from `epoch_order` alone (no shard read)."""
+    import random
+
+    from pipelines.class_offsets import ClassOffsets
+    from pipelines.corpus import stable_hash
+    from pipelines.epoch_order import EpochOrder, ShuffleBuffer
+    from pipelines.streams import consumer_range
+
+    offsets = ClassOffsets(catalog)
+    by_row = [(key, k) for k in sorted(keys) for key in sorted(keys[k])]  # class-major, tar order
+    assert len(by_row) == offsets.rows
+    order = EpochOrder(offsets.rows, block, seed, epoch)
+    lo, hi = consumer_range(catalog.total, rank, world, worker, workers)
+    buffer = ShuffleBuffer(buffer_size, random.Random(stable_hash(seed, "uniform", epoch, rank, worker)))
+    q, out = lo, []
+    while True:
+        while buffer.wants and q < hi:
+            stop = min(order.block_end(q), hi)
+            buffer.add([by_row[order.row(p)] for p in range(q, stop)])
+            q = stop
+        if not len(buffer):
+            return out
+        out.append(buffer.pop())
+
+
+@pytest.mark.parametrize("block,buffer_size", [(1, 1), (1, 30), (4, 10), (16, 50)])
+def test_uniform_stream_yields_the_epoch_order_through_its_buffer(shards, block, buffer_size):
+    out, keys = shards
+    catalog = Catalog.load(str(out))
+    for rank, worker in [(0, 0), (1, 2)]:
+        stream = UniformStream(catalog, seed=7, epoch=3, rank=rank, world_size=2, worker=worker, num_workers=3,
+                               buffer_size=buffer_size, block=block)
+        assert take(stream) == model_draws(catalog, keys, 7, 3, rank, 2, worker, 3, buffer_size, block)
+
+
+def test_uniform_reads_a_block_with_one_request(shards, monkeypatch):
+    from pipelines.catalog import RangeReader
+
+    reads = []
+    real = RangeReader.read
+    monkeypatch.setattr(RangeReader, "read", lambda self, url, offset, size: reads.append(url) or real(
+        self, url, offset, size))
+    catalog = Catalog.load(str(shards[0]))
+    assert len(take(UniformStream(catalog, seed=1, block=8))) == sum(COUNTS)
+    shards_of = len(catalog.shards)
+    # one read per block, plus one where a block runs into the next shard
+    assert sum(COUNTS) // 8 <= len(reads) <= sum(COUNTS) // 8 + 1 + shards_of
+
+
+@pytest.mark.parametrize("classes,per_class,shard_samples", [(40, 48, 48), (365, 10, 10)])
+def test_uniform_batches_are_as_mixed_as_a_random_permutation(tmp_path, classes, per_class, shard_samples):
+    """Distinct classes per batch of 64, every worker of 2 x 2: within 10% of a random permutation's."""
+    import random
+
+    keys = write_shards(tmp_path, [per_class] * classes, shard_samples=shard_samples, size=8)
+    catalog = Catalog.load(str(tmp_path))
+    batch = 64
+    mixed, labels = [], [k for k in keys for _ in keys[k]]
+    for rank, worker in itertools.product(range(2), range(2)):
+        drawn = [c for _, c in take(UniformStream(catalog, seed=0, rank=rank, world_size=2, worker=worker,
+                                                  num_workers=2, buffer_size=100))]
+        mixed += [len(set(drawn[i:i + batch])) for i in range(0, len(drawn) - batch + 1, batch)]
+    random.Random(0).shuffle(labels)
+    reference = [len(set(labels[i:i + batch])) for i in range(0, len(labels) - batch + 1, batch)]
+    assert sum(mixed) / len(mixed) >= 0.9 * sum(reference) / len(reference)
 
 
 def test_class_aware_is_uniform_over_classes_and_covers_each_class_before_repeating(shards):
@@ -105,7 +190,7 @@ def test_restored_stream_continues_exactly(shards, mode, cut):
 
     def make(state=None):
         if mode == "uniform":
-            return UniformStream(catalog, seed=5, epoch=2, rank=1, world_size=2, buffer_size=25, interleave=3,
+            return UniformStream(catalog, seed=5, epoch=2, rank=1, world_size=2, buffer_size=25, block=3,
                                  state=state)
         return ClassAwareStream(catalog, seed=5, rank=1, world_size=2, worker=1, num_workers=3, batch_size=4,
                                 state=state)
@@ -129,7 +214,9 @@ def test_unreadable_shard_is_skipped_counted_and_logged_once(shards, tmp_path, c
     with caplog.at_level("WARNING"):
         draws = take(stream)
     assert 0 < stream.skipped < 16 and len(draws) == sum(COUNTS) - stream.skipped
-    assert sum("c0000-00002.tar" in r.message for r in caplog.records) == 1
+    # once where the offsets file is built (once per node), once by the stream that met it
+    assert sorted(r.name for r in caplog.records if "c0000-00002.tar" in r.message) == [
+        "pipelines.class_offsets", "pipelines.streams"]
 
 
 def test_samples_past_a_stale_index_count_are_skipped_and_named(shards, tmp_path, caplog):
@@ -164,11 +251,13 @@ def test_sample_cli_writes_the_stream_in_order(shards, tmp_path, mode):
     target = tmp_path / "draws.jsonl"
     cmd = [sys.executable, f"{ROOT}/pipelines/sample.py", "--shards", str(out), "--mode", mode, "--num", "300",
            "--seed", "4", "--rank", "1", "--world-size", "2", "--epoch", "1", "--out", str(target)]
-    subprocess.run(cmd, check=True, capture_output=True)
+    subprocess.run(cmd + (["--block", "3", "--buffer", "20"] if mode == "uniform" else []), check=True,
+                   capture_output=True)
     lines = [json.loads(ln) for ln in target.read_text().splitlines()]
     catalog = Catalog.load(str(out))
     if mode == "uniform":
-        expected = [d for e in (1, 2, 3) for d in take(UniformStream(catalog, seed=4, epoch=e, rank=1, world_size=2))]
+        expected = [d for e in (1, 2, 3) for d in take(UniformStream(catalog, seed=4, epoch=e, rank=1, world_size=2,
+                                                                      buffer_size=20, block=3))]
     else:
         skip = min(UniformStream.rank_length(catalog, r, 2) for r in range(2))  # one class-aware epoch of steps
         expected = take(ClassAwareStream(catalog, seed=4, rank=1, world_size=2), skip + 300)[skip:]

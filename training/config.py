@@ -20,6 +20,8 @@ class DataConfig:
     val_shards: str = "data/demo/shards/val"
     sampling: str = "class-aware"  # or "uniform"
     batch_size: int = 64  # per worker
+    read_block: int = 1  # uniform: samples per range read; on object stores 4 (with shuffle_buffer 4000)
+    shuffle_buffer: int = 1000  # uniform: samples each loader worker mixes (see pipelines/epoch_order.py)
     loader_workers: int = 1  # DataLoader processes per training worker
     crop: str = "rrc"  # rrc | scale_jitter | random_crop
     size: int = 224
@@ -153,6 +155,7 @@ def _one_of(*options):
 # inside a Train worker after every retry.  Names are checked against the model registry at run time.
 RANGES = {
     "data.sampling": _one_of("class-aware", "uniform"), "data.batch_size": _at_least(1),
+    "data.read_block": _at_least(1), "data.shuffle_buffer": _at_least(1),
     "data.loader_workers": _at_least(0), "data.crop": _one_of("rrc", "scale_jitter", "random_crop"),
     "data.size": _at_least(1), "data.eval_resize": _at_least(1), "data.decode": _one_of("workers", "device"),
     "data.max_skipped_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),

@@ -66,7 +66,8 @@ def build_train_loader(cfg: TrainConfig, rank: int, world: int, device) -> Shard
         pca = color_pca.load(d.train_shards)
     transform = TrainTransform(crop=d.crop, size=d.size, jitter=tuple(d.jitter), pca=pca)
     return ShardLoader(LoaderConfig(shards=d.train_shards, mode=d.sampling, batch_size=d.batch_size,
-                                    num_workers=d.loader_workers, seed=cfg.run.seed, decode=d.decode),
+                                    num_workers=d.loader_workers, seed=cfg.run.seed, buffer_size=d.shuffle_buffer,
+                                    block=d.read_block, decode=d.decode),
                        transform, rank=rank, world_size=world, device=device,
                        channels_last=device.type == "cuda" and cfg.run.channels_last)
 
