@@ -34,20 +34,21 @@ def take(stream, n=None):
     return [(d.key, d.cls) for d in itertools.islice(stream, n)]
 
 
-def test_uniform_epoch_covers_every_sample_once_across_ranks_and_workers(shards):
+@pytest.mark.parametrize("world,workers,block", [(1, 1, 1), (2, 2, 4), (8, 4, 1), (8, 8, 3)])
+def test_uniform_epoch_covers_every_sample_once_across_ranks_and_workers(shards, world, workers, block):
     out, keys = shards
     catalog = Catalog.load(str(out))
     seen = []
-    for rank in range(2):
+    for rank in range(world):
         lengths = []
-        for worker in range(2):
-            stream = UniformStream(catalog, seed=3, epoch=1, rank=rank, world_size=2, worker=worker, num_workers=2,
-                                   buffer_size=20, block=4)
+        for worker in range(workers):
+            stream = UniformStream(catalog, seed=3, epoch=1, rank=rank, world_size=world, worker=worker,
+                                   num_workers=workers, buffer_size=20, block=block)
             draws = take(stream)
             assert len(draws) == len(stream)  # known before reading
             lengths.append(len(draws))
             seen += draws
-        assert sum(lengths) == UniformStream.rank_length(catalog, rank, 2)
+        assert sum(lengths) == UniformStream.rank_length(catalog, rank, world)
     assert len(seen) == sum(COUNTS) == len(set(seen))
     assert {k for k, _ in seen} == {k for ks in keys.values() for k in ks}
     assert all(k.startswith(f"c{c}_") for k, c in seen)
