@@ -67,8 +67,12 @@ def test_every_recipe_loads_and_builds_its_model(name):
     from training.train_loop import build_model
 
     cfg = load(os.path.join(ROOT, "configs", f"{name}.yaml"))
-    model = build_model(cfg)
+    model = build_model(cfg, warm_start=not cfg.model.pretrained)  # (weights files are made elsewhere)
     assert model.backbone.num_classes == cfg.model.num_classes
+    if name.startswith("finetune"):  # the linear probe trains the classifier alone, then everything trains
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable == ({"backbone.head.fc.weight", "backbone.head.fc.bias"} if name == "finetune_resnet50"
+                             else {n for n, _ in model.named_parameters()})
     if name.startswith("wm_model"):
         mode = {"bp": "bp", "loss12": "loss12_bp", "relay": "relay"}[name.rsplit("_", 1)[1]]
         assert model.mode == mode and cfg.data.sampling == "class-aware"

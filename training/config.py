@@ -43,6 +43,8 @@ class ModelConfig:
     overlap: int = 1
     options: dict[str, Any] = field(default_factory=dict)  # builder options: input_size, width, fc, ...
     init_from: str | None = None  # checkpoint of a shallower VGG to start from (VGG's trick)
+    pretrained: str | None = None  # torchvision state_dict file or checkpoint to start from (training/pretrained.py)
+    pretrained_strict: bool = True  # False: load the tensors that fit, warn about the rest
 
 
 @dataclass
@@ -59,6 +61,8 @@ class OptimConfig:
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights; validate and export it
+    trainable_from: str | None = None  # freeze the backbone stages below this one ("head": a linear probe)
+    head_lr_mult: float = 1.0  # learning rate multiplier of the new layers: classifier and auxiliary heads
 
 
 @dataclass
@@ -164,7 +168,7 @@ RANGES = {
     "optim.lr": (lambda v: v > 0, "> 0"), "optim.momentum": _within(0, 1), "optim.weight_decay": _at_least(0),
     "optim.schedule": _one_of("plateau", "multistep", "cosine"), "optim.factor": (lambda v: 0 < v < 1, "in (0, 1)"),
     "optim.patience": _at_least(0), "optim.warmup_epochs": _at_least(0), "optim.label_smoothing": _within(0, 1),
-    "optim.ema_decay": _within(0, 1),
+    "optim.ema_decay": _within(0, 1), "optim.head_lr_mult": (lambda v: v > 0, "> 0"),
     "run.epochs": _at_least(1), "run.workers": _at_least(1), "run.cpus_per_worker": _at_least(0),
     "run.max_failures": _at_least(-1), "run.num_to_keep": _at_least(1), "run.progress_every_s": _at_least(0),
 }

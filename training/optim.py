@@ -7,17 +7,24 @@ import math
 import torch
 
 from training.config import OptimConfig
+from training.freezing import new_layer_parameters
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
-    decay, no_decay = [], []
+    """SGD over the trainable parameters: weight decay on all of them, or (`decay_norm_and_bias` False)
+    not on norm weights and biases; the new layers' rate times `head_lr_mult` (`training/freezing.py`)."""
+    new = new_layer_parameters(model) if cfg.head_lr_mult != 1 else set()
+    groups: dict[tuple[bool, bool], list] = {}
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if (not cfg.decay_norm_and_bias and p.ndim <= 1) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+            decayed = cfg.decay_norm_and_bias or p.ndim > 1
+            groups.setdefault((decayed, id(p) in new), []).append(p)
+    if not groups:
+        raise ValueError("no parameter to train: optim.trainable_from froze them all")
+    return torch.optim.SGD([{"params": params, "weight_decay": cfg.weight_decay if decayed else 0.0,
+                             "lr": cfg.lr * (cfg.head_lr_mult if is_new else 1.0)}
+                            for (decayed, is_new), params in sorted(groups.items(), key=lambda g: (not g[0][0], g[0][1]))],
+                           lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
 class Schedule:

@@ -36,8 +36,16 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
     cfg.data.train_shards, cfg.data.val_shards = absolute(cfg.data.train_shards), absolute(cfg.data.val_shards)
     if cfg.model.init_from:
         cfg.model.init_from = absolute(cfg.model.init_from)
+    if cfg.model.pretrained:
+        cfg.model.pretrained = absolute(cfg.model.pretrained)
     cfg.run.storage_path = absolute(cfg.run.storage_path)
     return cfg
+
+
+def run_exists(storage_path: str, name: str) -> bool:
+    from pipelines.storage import Location
+
+    return Location.parse(f"{storage_path.rstrip('/')}/{name}").is_dir()
 
 
 def best_checkpoint(result, storage_path: str) -> tuple[str, dict] | None:
@@ -120,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.resume and "://" not in cfg.run.storage_path and not os.path.isdir(
                 os.path.join(cfg.run.storage_path, a.resume)):
             raise ConfigError(f"--resume: no run named {a.resume!r} under {cfg.run.storage_path}")
+        if not a.resume and cfg.run.name and run_exists(cfg.run.storage_path, cfg.run.name):
+            # Ray Train would silently continue the old run under the new settings
+            raise ConfigError(f"config key 'run.name': a run named {cfg.run.name!r} is already under "
+                              f"{cfg.run.storage_path}: continue it with --resume {cfg.run.name}, or choose "
+                              f"another name (--set run.name=...)")
         prepare_data(cfg, a.verbose)
         check_training_inputs(cfg)
     except (ConfigError, OSError) as exc:

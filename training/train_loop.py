@@ -18,15 +18,18 @@ from pipelines.console import quiet_console_handlers
 from pipelines.loader import LoaderConfig, ShardLoader, eval_batches
 from pipelines.transforms import EvalTransform, TrainTransform
 from training.config import TrainConfig, from_dict
+from training.freezing import freeze, train_mode
 from training.models import create_model, init_from_shallower
 from training.metrics_sink import MetricsSink
 from training.optim import make_ema, make_optimizer, make_scheduler
+from training.pretrained import load_pretrained
 
 CHECKPOINT_FILE = "state.pt"
 
 
 def build_model(cfg: TrainConfig, warm_start: bool = True):
-    """The configured model; with `model.init_from`, started from a trained shallower VGG (VGG's trick)."""
+    """The configured model, its stages below `optim.trainable_from` frozen.  With `warm_start`, started
+    from `model.init_from` (a trained shallower VGG: VGG's trick) or `model.pretrained`."""
     m = cfg.model
     model = create_model(m.name, m.num_classes, mode=m.mode, branch=m.branch, aux_head=m.aux_head,
                          aux_weight=m.aux_weight, overlap=m.overlap, label_smoothing=cfg.optim.label_smoothing,
@@ -36,6 +39,9 @@ def build_model(cfg: TrainConfig, warm_start: bool = True):
         shallow = build_model(from_dict(state["config"]), warm_start=False)
         shallow.load_state_dict(inference_weights(state))
         init_from_shallower(model.backbone, shallow.backbone)
+    if m.pretrained and warm_start:
+        load_pretrained(model, m.name, m.pretrained, m.options, strict=m.pretrained_strict)
+    freeze(model, cfg.optim.trainable_from)
     return model
 
 
@@ -156,7 +162,7 @@ def train_fn_per_worker(config: dict) -> None:
 
     attempt_start = start_epoch
     for epoch in range(start_epoch, cfg.run.epochs):
-        net.train()
+        train_mode(net, cfg.optim.trainable_from)
         # running sums stay on the device: reading them every step would stall the GPU queue
         sums = defaultdict(lambda: torch.zeros((), dtype=torch.float64, device=device))
         digest = torch.zeros((), dtype=torch.float64, device=device)
