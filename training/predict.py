@@ -1,0 +1,179 @@
+"""What a trained model sees in your images: top-5 scenes with probabilities and a class activation map.
+
+    python training/predict.py --checkpoint CKPT IMAGE_OR_FOLDER [...] [--out DIR] [--top 5] \
+        [--method auto|cam|gradcam]
+
+CKPT: a `state.pt`, its checkpoint folder, or a run folder (its best checkpoint, as evaluate.py picks
+it).  A folder is searched recursively for image files (.jpg .jpeg .png .gif .bmp .tif .tiff .webp, any
+case).  Every image goes through sharding's preparation (`pipelines/images.py`: EXIF rotation, CMYK,
+greyscale, palette and alpha images to RGB, large JPEGs decoded at reduced size), then evaluation's
+centre crop at the checkpoint's `data.eval_resize` / `data.size`.  For each image, one console line and
+one line of DIR/predictions.jsonl (`{"image", "top": [[class, probability], ...], "cam"}`), and
+DIR/<name>.cam.png: the crop the network scored beside it overlaid with the top class's activation map
+(CAM for global-average-pooled heads, Grad-CAM otherwise: `training/cam.py`).  A file that cannot be
+read is one error line; the others are still processed, and the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import sys
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+import torch
+
+from pipelines.console import report_failure
+from pipelines.storage import Location
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def image_files(inputs: list[str]) -> list[str]:
+    """Each file as given; each folder's image files, recursively, in sorted order."""
+    found = []
+    for given in inputs:
+        if os.path.isdir(given):
+            found += sorted(os.path.join(folder, name) for folder, _, names in os.walk(given) for name in names
+                            if name.lower().endswith(IMAGE_EXTENSIONS))
+        else:
+            found.append(given)
+    return found
+
+
+def output_name(path: str, taken: set[str]) -> str:
+    """A file name for the image's map, readable and unique within this run."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.splitext(os.path.relpath(path))[0].lstrip("./")) or "image"
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}"
+    taken.add(name)
+    return f"{name}.cam.png"
+
+
+class Model:
+    """A checkpoint's exported network with what scoring an image needs: class names and view geometry."""
+
+    def __init__(self, checkpoint: str):
+        from training.config import from_dict
+        from training.evaluate import class_names, resolve_checkpoint
+        from training.train_loop import build_model, inference_weights
+
+        self.path, state, self.note = resolve_checkpoint(checkpoint)
+        cfg = from_dict(state["config"])
+        model = build_model(cfg, warm_start=False)
+        model.load_state_dict(inference_weights(state))
+        self.backbone = model.export().eval()
+        self.size, self.resize = cfg.data.size, cfg.data.eval_resize
+        names = state.get("class_names")
+        if not names:
+            try:
+                names = class_names(cfg.data.train_shards)
+            except (OSError, ValueError):
+                names = None
+        self.names = list(names) if names else [str(i) for i in range(cfg.model.num_classes)]
+
+    def view(self, data: bytes) -> torch.Tensor:
+        """uint8 (3, size, size): the image as sharding stores it, centre-cropped as evaluation does."""
+        from pipelines.images import ImageSettings, prepare_image
+        from pipelines.transforms import EvalTransform
+
+        prepared = prepare_image(data, ImageSettings(image_size=max(16, self.resize), resize="shorter"))
+        return EvalTransform("center", size=self.size, resize=self.resize).views(prepared.jpeg)[0]
+
+    def predict(self, view: torch.Tensor, top: int, method: str) -> tuple[list[tuple[str, float]], np.ndarray]:
+        from pipelines.transforms import EvalTransform
+        from training.cam import activation_map, class_scores
+
+        x = EvalTransform("center", size=self.size, resize=self.resize).normalizer()(view[None])
+        logits, features = class_scores(self.backbone, x)
+        probs = torch.softmax(logits.detach()[0].float(), 0)
+        best = torch.topk(probs, min(top, len(probs)))
+        ranked = [(self.names[i], float(p)) for p, i in zip(best.values, best.indices.tolist())]
+        cam = activation_map(self.backbone, features, logits, int(best.indices[0]), tuple(view.shape[1:]), method)
+        return ranked, cam
+
+
+def overlay_png(view: torch.Tensor, cam: np.ndarray, ranked: list[tuple[str, float]], title: str) -> bytes:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    image = view.permute(1, 2, 0).numpy()
+    heat = plt.get_cmap("jet")(cam)[..., :3]
+    blended = (0.5 * image / 255.0 + 0.5 * heat).clip(0, 1)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 4.6))
+    a.imshow(image)
+    a.set_title("what the network scored", fontsize=9)
+    b.imshow(blended)
+    b.set_title(f"where it saw {ranked[0][0]}", fontsize=9)
+    for ax in (a, b):
+        ax.axis("off")
+    fig.suptitle(title + "\n" + ", ".join(f"{name} {p:.0%}" for name, p in ranked), fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("--checkpoint", required=True, help="state.pt, a checkpoint folder or a run folder")
+    p.add_argument("--out", default="predictions", help="folder for predictions.jsonl and the maps")
+    p.add_argument("--top", type=int, default=5, help="classes per image (>= 1)")
+    p.add_argument("--method", choices=["auto", "cam", "gradcam"], default="auto",
+                   help="auto: CAM for global-average-pooled heads, Grad-CAM otherwise")
+    a = p.parse_args(argv)
+    if a.top < 1:
+        p.error("--top must be >= 1")
+    from training.evaluate import CheckpointError
+    from training.models.heads import PoolLinearHead
+
+    try:
+        files = image_files(a.inputs)
+        if not files:
+            raise ValueError(f"no image files in {', '.join(a.inputs)} (looked for {' '.join(IMAGE_EXTENSIONS)})")
+        model = Model(a.checkpoint)
+        if a.method == "cam" and not isinstance(model.backbone.head, PoolLinearHead):
+            raise ValueError(f"--method cam needs a global-average-pooled head; this model's is "
+                             f"{type(model.backbone.head).__name__}: use gradcam or auto")
+        out = Location.parse(a.out)
+        out.make_dirs()
+    except (CheckpointError, OSError, ValueError) as exc:
+        print(f"predict.py: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # one line on the console; the traceback in the log it names
+        return report_failure("predict.py", exc)
+    if model.note:
+        print(model.note)
+    lines, failed, taken = [], 0, set()
+    for path in files:
+        try:
+            with open(path, "rb") as f:
+                view = model.view(f.read())
+            ranked, cam = model.predict(view, a.top, a.method)
+        except Exception as exc:  # this image only: a bad file must not stop the others
+            failed += 1
+            print(f"{path}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
+        name = output_name(path, taken)
+        out.write_atomic(name, overlay_png(view, cam, ranked, path))
+        lines.append(json.dumps({"image": path, "top": [[c, round(p, 6)] for c, p in ranked], "cam": name}))
+        print(f"{path}: " + ", ".join(f"{c} {p:.1%}" for c, p in ranked) + f" -> {out.uri(name)}")
+    out.write_atomic("predictions.jsonl", "".join(line + "\n" for line in lines).encode())
+    print(f"{len(lines)} of {len(files)} images scored -> {out.uri('predictions.jsonl')}"
+          + (f"; {failed} could not be read" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
