@@ -132,11 +132,19 @@ def eval_batches(shards: str, transform: EvalTransform, rank: int = 0, world_siz
     ranks together cover it once), decoded by `num_workers` processes: uint8 (batch x V, C, H, W), the
     V views of each image in turn (`transform.normalizer()` finishes them on the device)."""
     return DataLoader(_EvalSamples(shards, transform, rank, world_size), batch_size=batch_size,
-                      num_workers=num_workers, collate_fn=_stack_views)
+                      num_workers=num_workers, collate_fn=_stack_views, generator=_own_generator())
 
 
 def _stack_views(samples):
     return torch.cat([views for views, _ in samples]), torch.tensor([cls for _, cls in samples])
+
+
+def _own_generator() -> torch.Generator:
+    """DataLoader draws its workers' base seed from this generator, not the global one: creating an
+    iterator must not shift the training's dropout draws (a resumed run creates its iterator at another
+    point than an uninterrupted one).  Nothing here uses torch's worker seeds: randomness is derived
+    per sample from (seed, rank, worker, draw)."""
+    return torch.Generator().manual_seed(0)
 
 
 def _as_is(batch):
@@ -178,7 +186,17 @@ class ShardLoader:
         if self.cfg.mode == "class-aware":
             shortest = min(UniformStream.rank_length(self.catalog, r, self.world_size) for r in range(self.world_size))
             return max(1, shortest // self.cfg.batch_size)
-        n = self.samples_per_epoch
+        return self._uniform_steps(self.rank)
+
+    @property
+    def common_steps(self) -> int:
+        """Steps every rank takes this epoch (uniform ranks may differ by a batch at the end)."""
+        if self.cfg.mode == "class-aware":
+            return self.steps_per_epoch
+        return min(self._uniform_steps(r) for r in range(self.world_size))
+
+    def _uniform_steps(self, rank: int) -> int:
+        n = UniformStream.rank_length(self.catalog, rank, self.world_size)
         return sum(math.ceil((b - a) / self.cfg.batch_size)
                    for a, b in (split_range(n, self.workers, w) for w in range(self.workers)))
 
@@ -225,6 +243,7 @@ class ShardLoader:
         dataset = _RankBatches(self.cfg, self.transform, self.rank, self.world_size, epoch, dict(self._states),
                                self._next_worker, self.channels_last, self._start)
         return DataLoader(dataset, batch_size=None, collate_fn=_as_is, num_workers=self.cfg.num_workers,
+                          generator=_own_generator(),
                           persistent_workers=False, prefetch_factor=2 if self.cfg.num_workers else None,
                           pin_memory=self.device.type == "cuda")  # so non_blocking copies overlap
 

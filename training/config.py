@@ -83,6 +83,8 @@ class RunSettings:
     cudnn_benchmark: bool = True  # on GPU: cuDNN times kernels once for the fixed crop (torchvision's reference)
     compile: bool = False
     progress_every_s: float = 60.0  # rank 0's in-epoch console line; 0: after every step
+    checkpoint_every_steps: int = 0  # > 0: also checkpoint inside an epoch, every this many steps
+    checkpoint_every_s: float = 0.0  # > 0: also checkpoint inside an epoch, every this many seconds
 
     def __post_init__(self):
         if self.amp_dtype not in ("bfloat16", "float16"):
@@ -171,6 +173,7 @@ RANGES = {
     "optim.ema_decay": _within(0, 1), "optim.head_lr_mult": (lambda v: v > 0, "> 0"),
     "run.epochs": _at_least(1), "run.workers": _at_least(1), "run.cpus_per_worker": _at_least(0),
     "run.max_failures": _at_least(-1), "run.num_to_keep": _at_least(1), "run.progress_every_s": _at_least(0),
+    "run.checkpoint_every_steps": _at_least(0), "run.checkpoint_every_s": _at_least(0),
 }
 
 

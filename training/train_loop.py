@@ -4,10 +4,8 @@ loop calls `model(x, y)` for a dict of losses, so it never branches on architect
 from __future__ import annotations
 
 import os
-import tempfile
 from contextlib import nullcontext
 import time
-from collections import defaultdict
 
 import ray.train
 import ray.train.torch
@@ -17,14 +15,15 @@ import torch.distributed as dist
 from pipelines.console import quiet_console_handlers
 from pipelines.loader import LoaderConfig, ShardLoader, eval_batches
 from pipelines.transforms import EvalTransform, TrainTransform
+from training.checkpointing import CHECKPOINT_FILE, MidEpochPolicy, mid_epoch_metrics, report_checkpoint
 from training.config import TrainConfig, from_dict
+from training.epoch_tally import EpochTally
 from training.freezing import freeze, train_mode
 from training.models import create_model, init_from_shallower
 from training.metrics_sink import MetricsSink
 from training.optim import make_ema, make_optimizer, make_scheduler
 from training.pretrained import load_pretrained
 
-CHECKPOINT_FILE = "state.pt"
 
 
 def build_model(cfg: TrainConfig, warm_start: bool = True):
@@ -141,7 +140,7 @@ def train_fn_per_worker(config: dict) -> None:
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
     scaler = torch.amp.GradScaler(device.type, enabled=gpu and cfg.run.amp and cfg.run.amp_dtype == "float16")
     step_fn = torch.compile(ddp) if cfg.run.compile else ddp
-    start_epoch, step, history = 0, 0, []
+    start_epoch, step, history, resumed = 0, 0, [], None
     sink = MetricsSink(config["run_name"], config.get("tensorboard_dir"), config.get("console")) if rank == 0 else None
 
     if checkpoint:
@@ -154,21 +153,36 @@ def train_fn_per_worker(config: dict) -> None:
             scaler.load_state_dict(state["scaler"])
         if ema is not None and state.get("ema"):
             ema.load_state_dict(state["ema"])
-        start_epoch, step, history = state["epoch"] + 1, state["step"], state["history"]
-        loader.restore(state["streams"])
+        step, history = state["step"], state["history"]
+        restored = loader.restore(state["streams"])
+        if state.get("rng") and len(state["rng"]) == world:  # dropout draws continue where they were
+            set_rng_state(state["rng"][rank], device)
+        tallies = state.get("tallies")  # a mid-epoch checkpoint: its epoch continues
+        start_epoch = state["epoch"] if tallies else state["epoch"] + 1
+        if tallies and restored == "exact":
+            resumed = EpochTally.resume(tallies[rank], device, rank)
         if config.get("replay_history"):  # a restarted Tune trial starts its result history from scratch
             for metrics in history:
                 ray.train.report(metrics, checkpoint=None)
 
     attempt_start = start_epoch
+    policy = MidEpochPolicy(cfg.run.checkpoint_every_steps, cfg.run.checkpoint_every_s, world, device)
+
+    def payload(epoch: int, streams: list, rng: list, tallies: list | None = None) -> dict:
+        """What a checkpoint holds (rank 0's copy; `streams`, `rng`, `tallies`: every rank's)."""
+        return {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None, "scaler": scaler.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "streams": streams,
+                "rng": rng, "tallies": tallies, "config": config["train"], "history": history,
+                "class_names": loader.catalog.class_names}  # what evaluate.py checks shards against
+
     for epoch in range(start_epoch, cfg.run.epochs):
         train_mode(net, cfg.optim.trainable_from)
-        # running sums stay on the device: reading them every step would stall the GPU queue
-        sums = defaultdict(lambda: torch.zeros((), dtype=torch.float64, device=device))
-        digest = torch.zeros((), dtype=torch.float64, device=device)
-        seen, waited, done, skipped_before = 0, 0.0, 0, loader.skipped
-        started = last_note = time.perf_counter()
+        tally = resumed or EpochTally(device, rank, loader.skipped)
+        resumed, resumed_from = None, tally.done
+        last_note = time.perf_counter()
         batches = loader.epoch(epoch)
+        common_steps = loader.common_steps
         with ddp.join() if world > 1 and cfg.data.sampling == "uniform" else nullcontext():  # uneven last batches
             while True:
                 t = time.perf_counter()
@@ -176,7 +190,7 @@ def train_fn_per_worker(config: dict) -> None:
                     x, y = next(batches)
                 except StopIteration:
                     break
-                waited += time.perf_counter() - t
+                tally.waited += time.perf_counter() - t
                 with autocast(cfg, device):
                     losses = step_fn(x, y)
                 optimizer.zero_grad(set_to_none=True)
@@ -187,28 +201,34 @@ def train_fn_per_worker(config: dict) -> None:
                     ema.update_parameters(net)
                 scheduler.step_batch()
                 step += 1
-                done += 1
-                for k, v in losses.items():
-                    if k.startswith("loss"):
-                        sums[k] += v.detach().double() * len(y)
-                positions = torch.arange(seen + 1, seen + len(y) + 1, dtype=torch.float64, device=device)
-                digest = torch.fmod(digest + (positions * (y.double() + 1)).sum() * (rank + 1), 1e12)
-                seen += len(y)
+                tally.add(losses, y)
                 now = time.perf_counter()
                 if sink is not None and now - last_note >= cfg.run.progress_every_s:
                     last_note = now
-                    sink.progress(epoch, cfg.run.epochs, done, loader.steps_per_epoch, seen * world / (now - started),
-                                  float(sums["loss"]) / seen, waited / (now - started), now - started)
+                    sink.progress(epoch, cfg.run.epochs, tally.done, loader.steps_per_epoch,
+                                  tally.seen * world / tally.elapsed, float(tally.sums["loss"]) / tally.seen,
+                                  tally.waited / tally.elapsed, tally.elapsed)
+                if policy.enabled and policy.due(tally.done, common_steps):
+                    streams, rng = gather(loader.state_dict(), world), gather(rng_state(device), world)
+                    tallies = gather(tally.to_json(), world)
+                    report_checkpoint(payload(epoch, streams, rng, tallies) if rank == 0 else None,
+                                      mid_epoch_metrics(epoch, step, tally.done, loader.steps_per_epoch,
+                                                        optimizer.param_groups[0]["lr"]), upload_async=True)
+                    policy.saved()
+                    if sink is not None:
+                        sink.say(f"epoch {epoch + 1}/{cfg.run.epochs} step {tally.done}/{loader.steps_per_epoch}: "
+                                 f"checkpoint (uploading in the background)")
         if gpu:
             torch.cuda.synchronize(device)  # the epoch's time includes the queued GPU work
-        elapsed = time.perf_counter() - started
+        elapsed = tally.elapsed
         validated = net if ema is None else ema.module
         if world > 1:  # each rank's last forward updated its own batch-norm statistics: validate rank 0's,
             for buffer in validated.buffers():  # which the checkpoint holds, on every rank
                 dist.broadcast(buffer, src=0)
         counts = evaluate_rank(validated, cfg, rank, world, device)
-        totals = torch.tensor([seen, elapsed, waited, loader.skipped, float(digest), loader.skipped - skipped_before],
-                              dtype=torch.float64, device=device)
+        totals = torch.tensor([tally.seen, elapsed, tally.waited, loader.skipped, float(tally.digest),
+                               loader.skipped - tally.skipped_before], dtype=torch.float64, device=device)
+        sums = tally.sums
         loss_sums = torch.stack([sums[k] for k in sorted(sums)]) if sums else totals[:0]
         if world > 1:
             for tensor in (counts, totals, loss_sums):
@@ -222,26 +242,37 @@ def train_fn_per_worker(config: dict) -> None:
                    "data_wait_fraction": float(totals[2] / totals[1]), "skipped_samples": int(totals[3]),
                    "input_checksum": float(totals[4]),  # which labels, in which order: equal runs, equal sums
                    "attempt_start_epoch": attempt_start,  # > 0: this epoch ran after a restore
+                   "resumed_from_step": resumed_from,  # > 0: this epoch continued a mid-epoch checkpoint
                    "lr": optimizer.param_groups[0]["lr"],
                    **{k: float(v / max(totals[0], 1)) for k, v in zip(sorted(sums), loss_sums)}}
         history.append(metrics)
         if sink is not None:
             sink.epoch(metrics, cfg.run.epochs)
-        streams = [None] * world
-        if world > 1:
-            dist.all_gather_object(streams, loader.state_dict())
-        else:
-            streams = [loader.state_dict()]
-        with tempfile.TemporaryDirectory() as folder:
-            saved = None
-            if rank == 0:
-                torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                            "ema": ema.state_dict() if ema is not None else None, "scaler": scaler.state_dict(),
-                            "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "streams": streams,
-                            "config": config["train"], "history": history,
-                            "class_names": loader.catalog.class_names},  # what evaluate.py checks shards against
-                           os.path.join(folder, CHECKPOINT_FILE))
-                saved = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=saved)
+        streams, rng = gather(loader.state_dict(), world), gather(rng_state(device), world)
+        report_checkpoint(payload(epoch, streams, rng) if rank == 0 else None, metrics)
+        policy.saved()
     if sink is not None:
         sink.close()
+
+
+def gather(obj, world: int) -> list:
+    """Every rank's `obj`, in rank order."""
+    if world == 1:
+        return [obj]
+    gathered = [None] * world
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def rng_state(device) -> dict:
+    """This rank's torch generators (dropout's draws): a resumed run continues them."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)

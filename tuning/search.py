@@ -238,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
             if experiment.exists(SETUP_FILE):
                 raise ConfigError(f"experiment {name!r} exists: pass --resume to continue it, or another --name")
             base = trial_config(setup, {})
+            if base.run.checkpoint_every_steps or base.run.checkpoint_every_s:
+                # ASHA's rungs and the trial lines count reports: one per epoch
+                raise ConfigError("run.checkpoint_every_steps / run.checkpoint_every_s: mid-epoch checkpoints are "
+                                  "for training/run.py; a Tune trial checkpoints once per epoch")
             prepare_data(base, a.verbose)
             check_training_inputs(base)
             check_sampled_inputs(setup, space)
