@@ -121,9 +121,13 @@ class ConsoleRelay:
     """
 
     def __init__(self, poll_s: float = 0.5):
+        import ray
         from ray.util.queue import Queue
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        self.queue = Queue(actor_options={"num_cpus": 0})  # never competes with training for CPUs
+        # no CPU: never competes with training; on this node: lives as long as the console it feeds
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
         self.poll_s = poll_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._print_lines, name="console-relay", daemon=True)
@@ -133,20 +137,29 @@ class ConsoleRelay:
         return self.queue
 
     def __exit__(self, *exc) -> None:
+        import ray
+
         self._stop.set()
         self._thread.join()
-        size = self.queue.size()
-        if size:  # whatever arrived after the last poll
-            for line in self.queue.get_nowait_batch(size):
-                print(line, flush=True)
-        self.queue.shutdown()
+        try:
+            size = self.queue.size()
+            if size:  # whatever arrived after the last poll
+                for line in self.queue.get_nowait_batch(size):
+                    print(line, flush=True)
+            self.queue.shutdown()
+        except ray.exceptions.RayError:  # lines are not results: a lost relay must not fail the run
+            pass
 
     def _print_lines(self) -> None:
         from ray.util.queue import Empty
+
+        import ray
 
         while not self._stop.is_set():
             try:
                 line = self.queue.get(timeout=self.poll_s)
             except Empty:
                 continue
+            except ray.exceptions.RayError:  # the relay is gone (its node lost): the run goes on without it
+                return
             print(line, flush=True)

@@ -85,6 +85,7 @@ class RunSettings:
     progress_every_s: float = 60.0  # rank 0's in-epoch console line; 0: after every step
     checkpoint_every_steps: int = 0  # > 0: also checkpoint inside an epoch, every this many steps
     checkpoint_every_s: float = 0.0  # > 0: also checkpoint inside an epoch, every this many seconds
+    shared_filesystem: bool = False  # local paths are on a filesystem every node mounts (NFS, EFS, FSx...)
 
     def __post_init__(self):
         if self.amp_dtype not in ("bfloat16", "float16"):

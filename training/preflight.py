@@ -87,3 +87,59 @@ def check_shard_files(key: str, catalog: Catalog) -> None:
         catalog.check_shards()
     except ValueError as exc:
         raise ConfigError(f"config key '{key}': {exc}") from None
+
+
+def check_paths_reach_every_node(cfg: TrainConfig) -> None:
+    """On a Ray cluster of more than one node, a local path means a different folder on each node:
+    checkpoints written where the driver never looks, shards a worker cannot find.  Refused, unless
+    `run.shared_filesystem` says every node mounts them, which is then verified on every node (a marker
+    file written here must be read there; every shard index must be there)."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    local = [(key, path) for key, path in (
+        ("run.storage_path", cfg.run.storage_path), ("data.train_shards", cfg.data.train_shards),
+        ("data.val_shards", cfg.data.val_shards), ("model.pretrained", cfg.model.pretrained),
+        ("model.init_from", cfg.model.init_from)) if path and "://" not in path]
+    if len(nodes) < 2 or not local:
+        return
+    if not cfg.run.shared_filesystem:
+        key, path = local[0]
+        raise ConfigError(f"config key '{key}': {path} is a local path and this Ray cluster has {len(nodes)} "
+                          f"nodes, whose workers would each see their own disk there.  Use s3://... (or another "
+                          f"URI every node can reach), or a path every node mounts and "
+                          f"--set run.shared_filesystem=true")
+    _verify_on_every_node(nodes, local, cfg.run.storage_path)
+
+
+def _verify_on_every_node(nodes: list[dict], local: list[tuple[str, str]], storage_path: str) -> None:
+    import os
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    os.makedirs(storage_path, exist_ok=True)
+    token = uuid.uuid4().hex
+    marker = os.path.join(storage_path, f".shared-filesystem-check-{token}")
+    with open(marker, "w") as f:
+        f.write(token)
+
+    @ray.remote(num_cpus=0)
+    def missing_here(checks: list[tuple[str, str]]) -> list[str]:
+        return [key for key, path in checks if not os.path.exists(path)
+                or (key == "run.storage_path" and open(path).read() != token)]
+
+    checks = [(key, marker if key == "run.storage_path" else
+               (os.path.join(path, "index.json") if key.startswith("data.") else path)) for key, path in local]
+    try:
+        found = ray.get([missing_here.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            n["NodeID"], soft=False)).remote(checks) for n in nodes])
+    finally:
+        os.remove(marker)
+    for node, missing in zip(nodes, found):
+        if missing:
+            path = dict(local)[missing[0]]
+            raise ConfigError(f"config key '{missing[0]}': run.shared_filesystem is true, but node "
+                              f"{node['NodeManagerAddress']} ({node['NodeID'][:8]}) does not see {path} as this "
+                              f"machine does: mount it on every node, or use s3://...")

@@ -21,7 +21,7 @@ if __package__ in (None, ""):
 
 from pipelines.console import ConsoleRelay, add_verbose_flag, report_failure, start_ray, train_log_level
 from training.config import ConfigError, TrainConfig, load, to_dict
-from training.preflight import check_training_inputs
+from training.preflight import check_paths_reach_every_node, check_training_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(ROOT, "configs", "demo.yaml")
@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         return report_failure("run.py", exc)
     try:
         return train(cfg, name, a.resume is not None, a.verbose)
+    except ConfigError as exc:  # what only the cluster can tell: paths that do not reach every node
+        print(f"run.py: error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # one line on the console; the traceback in the log it names
         return report_failure("run.py", exc)
 
@@ -149,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 def train(cfg: TrainConfig, name: str, resuming: bool, verbose: bool) -> int:
     """Run the checked configuration as run `name`; print where its results are."""
     start_ray(verbose)
+    check_paths_reach_every_node(cfg)
     run_path = f"{cfg.run.storage_path.rstrip('/')}/{name}"
     print(f"{'resuming' if resuming else 'training'} {cfg.model.name} as run {name} on {cfg.run.workers} "
           f"worker(s) ({'GPU' if cfg.run.use_gpu else 'CPU'}), {cfg.run.epochs} epochs; checkpoints in {run_path}",
