@@ -6,6 +6,7 @@ DDP across nodes with the metrics of a one-node run."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -14,6 +15,7 @@ import pytest
 from conftest import write_shards
 
 pytestmark = pytest.mark.slow
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def common(tmp_path, name: str) -> list[str]:
@@ -129,3 +131,40 @@ def test_sharding_and_ddp_across_nodes_match_one_node(tmp_path, capsys):
         assert [h[key] for h in two] == [h[key] for h in one], key
     assert [h["loss"] for h in two] == pytest.approx([h["loss"] for h in one], rel=1e-4)
     assert [h["top1_error"] for h in two] == pytest.approx([h["top1_error"] for h in one])
+
+
+def test_tune_trials_run_on_different_nodes(tmp_path, capsys):
+    import ray
+    import yaml
+    from ray.cluster_utils import Cluster
+    from ray.util.state import list_actors
+
+    from tuning import search
+
+    write_shards(tmp_path / "train", [16, 8], shard_samples=8)
+    write_shards(tmp_path / "val", [4, 4], shard_samples=4)
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump({"params": {"optim.lr": {"loguniform": [0.01, 0.1]}}}))
+    argv = ["--config", "configs/demo.yaml", "--space", str(tmp_path / "space.yaml"), "--scheduler", "fifo",
+            "--samples", "2", "--storage-path", str(tmp_path / "exp"),
+            "--set", f"data.train_shards={tmp_path}/train", "--set", f"data.val_shards={tmp_path}/val",
+            "--set", "model.num_classes=2", "--set", "data.batch_size=8", "--set", "data.loader_workers=0",
+            "--set", "data.size=32", "--set", "data.eval_resize=36", "--set", "run.epochs=1",
+            "--set", "run.workers=1", "--set", "run.cpus_per_worker=1"]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        for _ in range(2):  # one CPU each: two single-worker trials at once need both nodes
+            cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address)
+        assert search.main([*argv, "--name", "local"]) == 2  # a local experiment folder: refused
+        assert "config key 'run.storage_path'" in capsys.readouterr().err
+        assert not (tmp_path / "exp" / "local").exists()  # refused before the experiment was made
+        assert search.main([*argv, "--name", "shared", "--set", "run.shared_filesystem=true"]) == 0
+        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True)
+        assert len(workers) == 2 and len({a["node_id"] for a in workers}) == 2
+    finally:
+        os.chdir(cwd)
+        ray.shutdown()
+        cluster.shutdown()
+    assert len(list((tmp_path / "exp" / "shared" / "finished").iterdir())) == 2

@@ -30,7 +30,7 @@ if __package__ in (None, ""):
 from pipelines.console import add_verbose_flag, report_failure, start_ray
 from pipelines.storage import Location
 from training.config import ConfigError, TrainConfig, load, to_dict, with_overrides
-from training.preflight import PREFLIGHT_KEYS, check_training_inputs
+from training.preflight import PREFLIGHT_KEYS, check_paths_reach_every_node, check_training_inputs
 from training.run import absolute, best_checkpoint, make_trainer, prepare_data, resolve_paths, storage
 from tuning.space import Space, load_space, space_from_dict, space_to_dict
 
@@ -245,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             prepare_data(base, a.verbose)
             check_training_inputs(base)
             check_sampled_inputs(setup, space)
+            start_ray(a.verbose)
+            check_paths_reach_every_node(base)  # before the experiment exists: a refused one leaves nothing
             experiment.make_dirs()
             experiment.write_atomic(SETUP_FILE, (json.dumps(setup, indent=1) + "\n").encode())
     except (ConfigError, OSError, ValueError) as exc:
@@ -259,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def search(setup: dict, a: argparse.Namespace) -> int:
     start_ray(a.verbose)
+    if a.resume:
+        try:
+            check_paths_reach_every_node(trial_config(setup, {}))
+        except ConfigError as exc:  # what only the cluster can tell: paths that do not reach every node
+            print(f"search.py: error: {exc}", file=sys.stderr)
+            return 2
     results = make_tuner(setup, a.scheduler, a.search, a.samples, a.resume, a.verbose).fit()
     errors = [r.error for r in results if r.error]
     if len(errors) < len(results):
