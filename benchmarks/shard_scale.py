@@ -7,7 +7,7 @@ For each size, a Places-style list over 365 classes with Places' imbalance (clas
 geometrically from 1 to 10) is built cheaply: every entry is a distinct path, a hard link to one of 64
 tiny 16x16 baseline JPEGs, which sharding passes through byte for byte (`--image-size 16`), so the
 figures are sharding's own bookkeeping, not JPEG decoding.  Then `pipelines/shard.py` runs in a
-subprocess (starting its own local Ray on every CPU), sampled every 0.2 s: peak RSS of the driver, and of the
+subprocess (starting its own local Ray on every CPU), sampled every 0.2 s from /proc: peak RSS of the driver, and of the
 largest Ray worker process.  Printed as JSON per size: wall time, those peaks, the size of every
 output file type (total and largest file), then per metric the least-squares slope per entry and
 the value it extrapolates to at 8,026,628 entries.
@@ -25,7 +25,6 @@ import tempfile
 import time
 
 import numpy as np
-import psutil
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,27 +83,39 @@ def output_sizes(out: str) -> dict[str, dict]:
     return {k: {"files": len(v), "total_bytes": sum(v), "largest_bytes": max(v)} for k, v in sorted(sizes.items())}
 
 
+def rss(pid: int) -> int:
+    """Resident bytes of a process (Linux /proc), 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
+def processes():
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                yield int(pid), f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+
+
 def run_sharding(list_path: str, images: str, categories: str, out: str) -> dict:
     cmd = [sys.executable, os.path.join(ROOT, "pipelines", "shard.py"), "--list", list_path, "--images-root", images,
            "--categories", categories, "--out", out, "--image-size", "16", "--shard-samples", "1000"]
     started = time.perf_counter()
-    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    me = psutil.Process(driver.pid)
+    log = tempfile.TemporaryFile()
+    driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     driver_peak = worker_peak = 0
     while driver.poll() is None:
-        try:
-            driver_peak = max(driver_peak, me.memory_info().rss)
-        except psutil.Error:
-            pass
-        for proc in psutil.process_iter(["cmdline"]):
-            cmdline = " ".join(proc.info["cmdline"] or [])
+        driver_peak = max(driver_peak, rss(driver.pid))
+        for pid, cmdline in processes():
             if "default_worker.py" in cmdline or cmdline.startswith("ray::"):
-                try:
-                    worker_peak = max(worker_peak, proc.memory_info().rss)
-                except psutil.Error:
-                    pass
+                worker_peak = max(worker_peak, rss(pid))
         time.sleep(0.2)
-    output = driver.stdout.read().decode(errors="replace")
+    log.seek(0)
+    output = log.read().decode(errors="replace")
     if driver.returncode != 0:
         raise RuntimeError(f"shard.py failed ({driver.returncode}):\n{output[-3000:]}")
     return {"wall_s": round(time.perf_counter() - started, 1), "driver_peak_rss_mb": round(driver_peak / 2**20, 1),

@@ -34,6 +34,7 @@ LOCK_FILE = "lock"  # in OUT/.state while a run writes there
 IMAGE_FOLDER_LIST = "image_folder_list.txt"  # in OUT/.state: an --image-folder tree as a list
 NAME_REJECTS = "rejects-names.jsonl"  # in OUT/.state: its files whose names a list cannot carry
 BUCKET_ROWS = 200_000  # list entries per duplicate-detection bucket (metadata only, ~50 MB)
+GROUP_ROWS = 50_000  # list entries per shard-grouping partition: what bounds a worker's memory there
 
 
 @dataclass(frozen=True)
@@ -275,7 +276,9 @@ def _run_pipeline(pf: Preflight, plan: ShardPlan) -> list[dict]:
         resolve_duplicates, fn_kwargs={"plan": plan}, batch_format="numpy")
     # One row per shard.  Materialising this (metadata only) stops Ray from fusing the heavy write
     # stage into the shuffle's reduce tasks, which would leave most CPUs idle.
-    groups = ds.groupby("group", num_partitions=min(num_groups, 4 * cpus)).map_groups(
+    # partitions sized by entries, not CPUs, so a partition's rows stay bounded as the corpus grows
+    partitions = min(num_groups, max(4 * cpus, math.ceil(pf.entries / GROUP_ROWS)))
+    groups = ds.groupby("group", num_partitions=partitions).map_groups(
         collect_group, fn_kwargs={"plan": plan}, batch_format="numpy").materialize()
     n = groups.count()
     writes = groups.repartition(max(1, n)).map_batches(
