@@ -29,36 +29,42 @@ def train_worker_pids() -> list[int]:
     return sorted(pids)
 
 
-def kill_one_worker_after_first_checkpoint(run_dir, killed: list) -> None:
+def kill_one_worker_after_first_checkpoint(run_dir, killed: list, settle_s: float) -> None:
     deadline = time.time() + 300
     while time.time() < deadline and not killed:
         if list(run_dir.glob("checkpoint_*/state.pt")):
-            time.sleep(1.0)  # into the next epoch
+            time.sleep(settle_s)
             pids = train_worker_pids()
             if pids:
                 os.kill(pids[-1], signal.SIGKILL)
                 killed.append(pids[-1])
                 return
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
-def test_killed_worker_recovers_and_the_stream_matches(ray_cluster, tmp_path):
+def clean_and_killed_runs(tmp_path, settings: list[str], settle_s: float) -> tuple[list[dict], list[dict]]:
+    """The epoch histories of an uninterrupted run and of the same run with one Train worker SIGKILLed
+    `settle_s` after its first checkpoint appears."""
     write_shards(tmp_path / "train", [60, 40, 25, 12], shard_samples=10, size=40)
     write_shards(tmp_path / "val", [8, 8, 8, 8], shard_samples=8, size=40)
     common = ["--set", f"data.train_shards={tmp_path}/train", "--set", f"data.val_shards={tmp_path}/val",
-              "--set", f"run.storage_path={tmp_path}/runs", "--set", "run.epochs=4", "--set", "model.num_classes=4",
-              "--set", "data.size=32", "--set", "data.eval_resize=36", "--set", "data.batch_size=8"]
+              "--set", f"run.storage_path={tmp_path}/runs", "--set", "model.num_classes=4",
+              "--set", "data.size=32", "--set", "data.eval_resize=36", *settings]
     assert run.main([*common, "--set", "run.name=clean"]) == 0
-    clean = json.loads((tmp_path / "runs" / "clean" / "report.json").read_text())["history"]
-
     killed: list[int] = []
     watcher = threading.Thread(target=kill_one_worker_after_first_checkpoint,
-                               args=(tmp_path / "runs" / "killed", killed), daemon=True)
+                               args=(tmp_path / "runs" / "killed", killed, settle_s), daemon=True)
     watcher.start()
     assert run.main([*common, "--set", "run.name=killed", "--set", "run.max_failures=2"]) == 0
     watcher.join(timeout=5)
     assert killed, "no worker was killed"
-    recovered = json.loads((tmp_path / "runs" / "killed" / "report.json").read_text())["history"]
+    return tuple(json.loads((tmp_path / "runs" / name / "report.json").read_text())["history"]
+                 for name in ("clean", "killed"))
+
+
+def test_killed_worker_recovers_and_the_stream_matches(ray_cluster, tmp_path):
+    # killed a second into the epoch after the first checkpoint
+    clean, recovered = clean_and_killed_runs(tmp_path, ["--set", "run.epochs=4", "--set", "data.batch_size=8"], 1.0)
     assert [h["epoch"] for h in recovered] == [0, 1, 2, 3]
     assert all(h["attempt_start_epoch"] == 0 for h in clean)
     assert any(h["attempt_start_epoch"] > 0 for h in recovered)  # a new worker group restored a checkpoint
@@ -68,38 +74,12 @@ def test_killed_worker_recovers_and_the_stream_matches(ray_cluster, tmp_path):
     assert [h["loss"] for h in recovered] == pytest.approx([h["loss"] for h in clean], rel=1e-4)
 
 
-def kill_one_worker_at_first_checkpoint(run_dir, killed: list) -> None:
-    deadline = time.time() + 300
-    while time.time() < deadline and not killed:
-        if list(run_dir.glob("checkpoint_*/state.pt")):
-            pids = train_worker_pids()
-            if pids:
-                os.kill(pids[-1], signal.SIGKILL)
-                killed.append(pids[-1])
-                return
-        time.sleep(0.05)
-
-
 def test_a_failure_inside_an_epoch_resumes_from_the_mid_epoch_checkpoint(ray_cluster, tmp_path):
     """Checkpoints every 3 steps inside a 17-step epoch; a worker killed right after the first one: the run
     continues that epoch from its checkpoint, with the batches and metrics of an uninterrupted run."""
-    write_shards(tmp_path / "train", [60, 40, 25, 12], shard_samples=10, size=40)
-    write_shards(tmp_path / "val", [8, 8, 8, 8], shard_samples=8, size=40)
-    common = ["--set", f"data.train_shards={tmp_path}/train", "--set", f"data.val_shards={tmp_path}/val",
-              "--set", f"run.storage_path={tmp_path}/runs", "--set", "run.epochs=1", "--set", "model.num_classes=4",
-              "--set", "data.size=32", "--set", "data.eval_resize=36", "--set", "data.batch_size=4",
-              "--set", "run.checkpoint_every_steps=3", "--set", "run.num_to_keep=1"]
-    assert run.main([*common, "--set", "run.name=clean"]) == 0
-    clean = json.loads((tmp_path / "runs" / "clean" / "report.json").read_text())["history"]
-
-    killed: list[int] = []
-    watcher = threading.Thread(target=kill_one_worker_at_first_checkpoint,
-                               args=(tmp_path / "runs" / "killed", killed), daemon=True)
-    watcher.start()
-    assert run.main([*common, "--set", "run.name=killed", "--set", "run.max_failures=2"]) == 0
-    watcher.join(timeout=5)
-    assert killed, "no worker was killed"
-    recovered = json.loads((tmp_path / "runs" / "killed" / "report.json").read_text())["history"]
+    clean, recovered = clean_and_killed_runs(tmp_path, ["--set", "run.epochs=1", "--set", "data.batch_size=4",
+                                                        "--set", "run.checkpoint_every_steps=3",
+                                                        "--set", "run.num_to_keep=1"], 0.0)
     assert [h["epoch"] for h in recovered] == [0] and all(h["resumed_from_step"] == 0 for h in clean)
     assert recovered[0]["resumed_from_step"] in (3, 6, 9, 12, 15)  # epoch 0 went on from its checkpoint
     for key in ("input_checksum", "step", "val_images"):
