@@ -53,8 +53,7 @@ def train_mode(model: nn.Module, trainable_from: str | None) -> None:
 def new_layer_parameters(model: nn.Module) -> set[int]:
     """ids of the classifier's and the auxiliary heads' parameters (what `head_lr_mult` speeds up)."""
     backbone = getattr(model, "backbone", model)
-    last = [m for m in backbone.modules() if isinstance(m, nn.Linear)][-1]
-    params = list(last.parameters())
+    params = list(backbone.classifier()[1].parameters())
     if hasattr(model, "aux_heads"):
         params += list(model.aux_heads.parameters())
     return {id(p) for p in params}

@@ -62,6 +62,7 @@ class Model:
     """A checkpoint's exported network with what scoring an image needs: class names and view geometry."""
 
     def __init__(self, checkpoint: str):
+        from pipelines.transforms import EvalTransform
         from training.config import from_dict
         from training.evaluate import class_names, resolve_checkpoint
         from training.train_loop import build_model, inference_weights
@@ -72,6 +73,7 @@ class Model:
         model.load_state_dict(inference_weights(state))
         self.backbone = model.export().eval()
         self.size, self.resize = cfg.data.size, cfg.data.eval_resize
+        self.transform = EvalTransform("center", size=self.size, resize=self.resize)
         names = state.get("class_names")
         if not names:
             try:
@@ -83,16 +85,14 @@ class Model:
     def view(self, data: bytes) -> torch.Tensor:
         """uint8 (3, size, size): the image as sharding stores it, centre-cropped as evaluation does."""
         from pipelines.images import ImageSettings, prepare_image
-        from pipelines.transforms import EvalTransform
 
         prepared = prepare_image(data, ImageSettings(image_size=max(16, self.resize), resize="shorter"))
-        return EvalTransform("center", size=self.size, resize=self.resize).views(prepared.jpeg)[0]
+        return self.transform.views(prepared.jpeg)[0]
 
     def predict(self, view: torch.Tensor, top: int, method: str) -> tuple[list[tuple[str, float]], np.ndarray]:
-        from pipelines.transforms import EvalTransform
         from training.cam import activation_map, class_scores
 
-        x = EvalTransform("center", size=self.size, resize=self.resize).normalizer()(view[None])
+        x = self.transform.normalizer()(view[None])
         logits, features = class_scores(self.backbone, x)
         probs = torch.softmax(logits.detach()[0].float(), 0)
         best = torch.topk(probs, min(top, len(probs)))

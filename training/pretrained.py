@@ -109,7 +109,7 @@ def read_weights(uri: str) -> dict:
 
 def classifier_keys(backbone: nn.Module) -> set[str]:
     """The state keys of the backbone's last linear layer (the one whose size is the class count)."""
-    last = [name for name, m in backbone.named_modules() if isinstance(m, nn.Linear)][-1]
+    last = backbone.classifier()[0]
     return {f"{last}.weight", f"{last}.bias"}
 
 

@@ -63,6 +63,10 @@ class StagedNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def classifier(self) -> tuple[str, nn.Linear]:
+        """(state name, layer) of the last linear layer: the one whose size is the class count."""
+        return [(name, m) for name, m in self.named_modules() if isinstance(m, nn.Linear)][-1]
+
     def dense_head(self) -> nn.Module:
         """The head as convolutions: whole images of any size give a class-score map."""
         if not hasattr(self.head, "to_dense"):
