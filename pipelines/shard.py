@@ -26,6 +26,7 @@ from pipelines.console import add_verbose_flag, report_failure, start_ray
 from pipelines.corpus import (UNLABELED, Categories, CorpusError, detect_labeled, image_folder_classes,
                               image_folder_files, parse_line, read_categories)
 from pipelines.images import ImageSettings
+from pipelines.settings_file import SettingsFileError, read_mapping
 from pipelines.shard_tasks import (STATE_DIR, ShardPlan, collect_group, parse_ranges, resolve_duplicates,
                                    write_group, write_rejects)
 from pipelines.storage import Location, LockedError, exclusive
@@ -52,18 +53,34 @@ class ShardConfig:
     max_pixels: int = 100_000_000
     name: str | None = None
 
+    def __post_init__(self):  # a recipe file's values arrive untyped
+        for f in fields(self):
+            value, flag = getattr(self, f.name), f"--{f.name.replace('_', '-')}"
+            wanted = int if f.type == "int" else str
+            if value is None and "None" in f.type:
+                continue
+            if not isinstance(value, wanted) or isinstance(value, bool):
+                raise CorpusError(f"{flag} ({f.name}) must be {'a whole number' if wanted is int else 'text'}, "
+                                  f"got {value!r}")
+        for flag, value, low in (("--shard-samples", self.shard_samples, 1), ("--seed", self.seed, 0),
+                                 ("--max-pixels", self.max_pixels, 1)):
+            if value < low:
+                raise CorpusError(f"{flag} must be >= {low}, got {value}")
+        try:
+            self.image_settings()
+        except ValueError as exc:
+            raise CorpusError(str(exc)) from None
+
     def image_settings(self) -> ImageSettings:
         return ImageSettings(self.image_size, self.resize, self.quality, self.max_pixels)
 
 
 def load_config_file(path: str) -> dict:
     """A YAML recipe of ShardConfig fields; unknown keys are refused by name."""
-    import yaml
-
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise CorpusError(f"{path}: expected a mapping of settings")
+    try:
+        data = read_mapping(path)
+    except SettingsFileError as exc:
+        raise CorpusError(str(exc)) from None
     known = {f.name for f in fields(ShardConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -110,9 +127,10 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ShardConfig, bool
         p.error("--list needs --images-root")
     if settings.get("image_folder") and (settings.get("images_root") or settings.get("categories")):
         p.error("--image-folder takes its classes and paths from the tree; drop --images-root/--categories")
-    if settings.get("shard_samples", 1) < 1:
-        p.error("--shard-samples must be >= 1")
-    return ShardConfig(**settings), verbose, force
+    try:
+        return ShardConfig(**settings), verbose, force
+    except CorpusError as exc:
+        p.error(str(exc))
 
 
 @dataclass
@@ -144,10 +162,6 @@ def check_out_folder(cfg: ShardConfig, out: Location, force: bool) -> None:
 
 def preflight(cfg: ShardConfig, out: Location) -> Preflight:
     """Check every argument and stream the list once; raise CorpusError with one clear message."""
-    try:
-        cfg.image_settings()
-    except ValueError as exc:
-        raise CorpusError(str(exc)) from exc
     if cfg.image_folder:
         root = Location.parse(cfg.image_folder)
         classes = image_folder_classes(root)

@@ -13,6 +13,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from pipelines.settings_file import SettingsFileError, read_mapping
+
 
 @dataclass
 class DataConfig:
@@ -107,14 +109,10 @@ class ConfigError(ValueError):
 def load(path: str | None = None, overrides: list[str] = ()) -> TrainConfig:
     raw: dict = {}
     if path:
-        with open(path) as f:
-            try:
-                raw = yaml.safe_load(f) or {}
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (data, model, optim, run), "
-                              f"got a {type(raw).__name__}")
+        try:
+            raw = read_mapping(path, "a mapping of sections (data, model, optim, run)")
+        except SettingsFileError as exc:
+            raise ConfigError(str(exc)) from None
     return with_overrides(raw, overrides)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from pipelines.catalog import Catalog, first_different_class
+from pipelines.arguments import fraction, positive_int
 from pipelines.console import add_verbose_flag, report_failure, start_ray
 from pipelines.corpus import stable_hash
 from pipelines.storage import Location
@@ -182,7 +183,11 @@ def view_geometry(configs: list, protocol: str, size: int | None, scales: list[i
     crop, resize = next(iter(trained))
     if scales is None:
         scales = [round(q * resize / 256) for q in DEFAULT_SCALES[protocol]]
-    return size or crop, tuple(scales)
+    size = size or crop
+    if protocol != "dense" and size > min(scales):  # dense alone scores whole images, no crop
+        raise CheckpointError(f"--size {size} is larger than the smallest scale {min(scales)}: {protocol}'s crops "
+                              f"would run past the image; give a smaller --size or larger --scales")
+    return size, tuple(scales)
 
 
 def check_inputs(checkpoints: list[str], shards: str) -> tuple[list[str], list]:
@@ -230,16 +235,16 @@ def main(argv: list[str] | None = None) -> int:
                         "checkpoint); repeat to fuse")
     p.add_argument("--shards", required=True)
     p.add_argument("--protocol", choices=list(DEFAULT_SCALES), default="center")
-    p.add_argument("--scales", type=int, nargs="+",
+    p.add_argument("--scales", type=positive_int, nargs="+",
                    help="shorter sides (default: the checkpoint's data.eval_resize, and the protocol's other "
                         "scales in proportion, e.g. dense 256 384 512 for 256)")
-    p.add_argument("--size", type=int, help="crop size (default: the checkpoint's data.size)")
+    p.add_argument("--size", type=positive_int, help="crop size (default: the checkpoint's data.size)")
     p.add_argument("--fusion", choices=["average", "product", "learned"], default="average")
-    p.add_argument("--heldout", type=float, default=0.2, help="learned fusion: fraction fit on, never scored")
-    p.add_argument("--workers", type=int, default=1, help="inference actors")
+    p.add_argument("--heldout", type=fraction, default=0.2, help="learned fusion: fraction fit on, never scored")
+    p.add_argument("--workers", type=positive_int, default=1, help="inference actors")
     p.add_argument("--gpu", action="store_true", help="one GPU per actor")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-skipped-fraction", type=float, default=0.01,
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--max-skipped-fraction", type=fraction, default=0.01,
                    help="fail (exit 1) when more of the listed samples cannot be read (default 0.01)")
     p.add_argument("--out", required=True)
     add_verbose_flag(p)

@@ -29,6 +29,7 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
+from pipelines.arguments import positive_int
 from pipelines.console import report_failure
 from pipelines.storage import Location
 
@@ -129,12 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--checkpoint", required=True, help="state.pt, a checkpoint folder or a run folder")
     p.add_argument("--out", default="predictions", help="folder for predictions.jsonl and the maps")
-    p.add_argument("--top", type=int, default=5, help="classes per image (>= 1)")
+    p.add_argument("--top", type=positive_int, default=5, help="classes per image")
     p.add_argument("--method", choices=["auto", "cam", "gradcam"], default="auto",
                    help="auto: CAM for global-average-pooled heads, Grad-CAM otherwise")
     a = p.parse_args(argv)
-    if a.top < 1:
-        p.error("--top must be >= 1")
     from training.evaluate import CheckpointError
     from training.models.heads import PoolLinearHead
 

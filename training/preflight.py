@@ -6,8 +6,9 @@ instead of a failure inside a Train worker after every retry, or a run that trai
   size, and no url leaves the shard folder (checked when the index loads);
 - both shard sets have the classes of `model.num_classes`, with the same names in the same order
   (an image-folder val tree missing one class folder would shift every label by one);
-- `optim.trainable_from` names a stage of the model, and `model.pretrained` fits it (built on the
-  meta device: no memory, no time).
+- the model builds from `model.*` (options, mode, branch, heads), `optim.trainable_from` names a stage
+  of it, and `model.pretrained` and `model.init_from` fit it (built on the meta device: no memory, no
+  time).
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from __future__ import annotations
 from pipelines.catalog import Catalog, first_different_class
 from training.config import ConfigError, TrainConfig
 
-PREFLIGHT_KEYS = ("model.name", "model.num_classes", "data.train_shards", "data.val_shards",  # what it reads
-                  "model.pretrained", "optim.trainable_from")
+PREFLIGHT_KEYS = ("model.", "data.train_shards", "data.val_shards", "optim.trainable_from")  # prefixes it reads
 
 
 def check_training_inputs(cfg: TrainConfig) -> None:
@@ -45,23 +45,50 @@ def check_model_start(cfg: TrainConfig) -> None:
     from training.pretrained import PretrainedError, match
 
     m = cfg.model
-    if not (m.pretrained or cfg.optim.trainable_from):
-        return
     try:
         with torch.device("meta"):
             model = create_model(m.name, m.num_classes, mode=m.mode, branch=m.branch, aux_head=m.aux_head,
                                  aux_weight=m.aux_weight, overlap=m.overlap, **m.options)
     except (TypeError, ValueError, KeyError) as exc:
-        raise ConfigError(f"config section 'model': {exc}") from None
+        reason = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # no repr quotes
+        reason = reason if len(reason) <= 200 else reason[:200] + "..."  # 'abc' * 96 reads badly in full
+        raise ConfigError(f"config section 'model': {m.name} cannot be built from it: {reason}") from None
     stages = stage_choices(model)
     if cfg.optim.trainable_from and cfg.optim.trainable_from not in stages:
         raise ConfigError(f"config key 'optim.trainable_from': {cfg.optim.trainable_from!r} is not a stage of "
                           f"{m.name}; stages: {', '.join(stages)}")
+    if m.init_from:
+        check_init_from(model, m.init_from)
     if m.pretrained:
         try:
             match(model.backbone, m.name, m.pretrained, m.options, m.pretrained_strict)
         except PretrainedError as exc:
             raise ConfigError(str(exc)) from None
+
+
+def check_init_from(model, uri: str) -> None:
+    """VGG's trick, tried on the meta device: the shallower checkpoint loads and its layers fit `model`."""
+    import torch
+
+    from training.config import from_dict
+    from training.models import init_from_shallower
+    from training.train_loop import build_model, load_checkpoint_file
+
+    try:
+        state = load_checkpoint_file(uri)
+        shallow_cfg = from_dict(state["config"])
+    except OSError as exc:
+        raise ConfigError(f"config key 'model.init_from': cannot read {uri} ({exc})") from None
+    except Exception as exc:  # torch raises a different type for every way a file is not a checkpoint
+        raise ConfigError(f"config key 'model.init_from': {uri} is not a checkpoint written by training/run.py "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    try:
+        with torch.device("meta"):
+            shallow = build_model(shallow_cfg, warm_start=False)
+        init_from_shallower(model.backbone, shallow.backbone)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ConfigError(f"config key 'model.init_from': {uri} does not fit {type(model.backbone).__name__}: "
+                          f"{exc}") from None
 
 
 def load_catalog(key: str, uri: str) -> Catalog:

@@ -27,6 +27,7 @@ import yaml
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pipelines.arguments import positive_int
 from pipelines.console import add_verbose_flag, report_failure, start_ray
 from pipelines.storage import Location
 from training.config import ConfigError, TrainConfig, load, to_dict, with_overrides
@@ -190,19 +191,13 @@ def check_sampled_inputs(setup: dict, space: Space) -> None:
     naming the space's key and value otherwise, before any trial starts."""
     name = os.path.basename(space.path)
     for key, (kind, options) in space.params.items():
-        if kind != "choice" or key not in PREFLIGHT_KEYS:
+        if kind != "choice" or not key.startswith(PREFLIGHT_KEYS):
             continue
         for option in options:
             try:
                 check_training_inputs(trial_config(setup, {key: option}))
             except ConfigError as exc:
                 raise ConfigError(f"{name}: params.{key} = {option}: {exc}") from None
-
-
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:

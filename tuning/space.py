@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from pipelines.settings_file import SettingsFileError, read_mapping
 from training.config import ConfigError, load
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
@@ -77,11 +78,11 @@ def as_yaml(value: Any) -> str:
 def load_space(path: str, base_config: str | None = None) -> Space:
     """Parse and check a space file; with `base_config`, also check every key against the training
     config (one trial's worth of overrides must load), so a typo fails before any trial starts."""
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
+    try:
+        raw = read_mapping(path, "a mapping (params, metric, ...)")
+    except SettingsFileError as exc:
+        raise ConfigError(str(exc)) from None
     name = os.path.basename(path)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{name}: expected a mapping")
     unknown = sorted(set(raw) - SPACE_KEYS)
     if unknown:
         raise ConfigError(f"{name}: unknown key '{unknown[0]}'; known: {', '.join(sorted(SPACE_KEYS))}")

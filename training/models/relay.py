@@ -27,6 +27,7 @@ from training.models.base import BranchSpec, StagedNet, initialize
 from training.models.heads import SmallAuxHead
 
 MODES = ("bp", "loss12_bp", "relay")
+AUX_HEADS = ("copy", "small")  # the layers above the branch duplicated (WM A/B), or GoogLeNet's small head
 DEFAULT_AUX_WEIGHT = {"bp": 0.0, "loss12_bp": 0.3, "relay": 1.0}  # GoogLeNet's 0.3; relay: the seed's 1:1
 
 
@@ -47,13 +48,20 @@ class RelayNet(nn.Module):
             raise ValueError(f"relay needs exactly one branch, got {len(branches)}")
         if overlap < 0:
             raise ValueError("overlap must be >= 0 stages")
+        if aux_weight < 0:
+            raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
+        # Checked in every mode, bp included, so a misspelt branch or head fails here rather than in the
+        # relay trial of a search that also tries bp.
+        last = len(backbone.stage_names) - 1
+        for b in branches:
+            if backbone.stage_index(b.after) >= last:
+                raise ValueError(f"a branch must sit below the last stage ({backbone.stage_names[-1]!r})")
+            if b.head not in AUX_HEADS:
+                raise ValueError(f"aux head must be one of {', '.join(AUX_HEADS)}, got {b.head!r}")
         self.backbone, self.mode, self.aux_weight, self.overlap = backbone, mode, float(aux_weight), overlap
         self.label_smoothing = label_smoothing
         self.branches = [] if mode == "bp" else list(branches)
         self.branch_index = [backbone.stage_index(b.after) for b in self.branches]
-        last = len(backbone.stage_names) - 1
-        if any(i >= last for i in self.branch_index):
-            raise ValueError(f"a branch must sit below the last stage ({backbone.stage_names[-1]!r})")
         self.aux_heads = nn.ModuleList(self._make_head(b, i) for b, i in zip(self.branches, self.branch_index))
 
     # -- the StagedNet interface, forwarded -------------------------------------------------------
@@ -131,9 +139,7 @@ class RelayNet(nn.Module):
                                  copy.deepcopy(self.backbone.head))
             initialize(head, self.backbone.init_scheme)
             return head
-        if spec.head == "small":
-            return SmallAuxHead(self._channels_after(index), self.backbone.num_classes)
-        raise ValueError(f"aux head must be 'copy' or 'small', got {spec.head!r}")
+        return SmallAuxHead(self._channels_after(index), self.backbone.num_classes)  # "small"
 
     def _channels_after(self, index: int) -> int:
         was_training = self.backbone.training
