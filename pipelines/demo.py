@@ -21,6 +21,7 @@ from pipelines.console import add_verbose_flag
 from pipelines.demo_corpus import make_demo_corpus
 
 SPLITS = {"train": ("train.txt", "data_256"), "val": ("val.txt", "val_256"), "test": ("test.txt", "test_256")}
+ATTRIBUTE_FILES = {"train": "attributes_train.csv", "val": "attributes_val.csv"}  # the test split has none
 
 
 def prepare_demo(data: str = "data/demo", seed: int = 0, shard_samples: int = 200,
@@ -28,7 +29,8 @@ def prepare_demo(data: str = "data/demo", seed: int = 0, shard_samples: int = 20
     """The corpus, and shards for `splits` (training needs only train and val); returns each split's
     manifest.  `verbose`: Ray's INFO output on the console too."""
     data = os.path.abspath(data)
-    if not os.path.exists(os.path.join(data, "test.txt")):  # written last by make_demo_corpus
+    # test.txt is written last by make_demo_corpus; a corpus from before the attributes is made again
+    if not all(os.path.exists(os.path.join(data, n)) for n in ("test.txt", *ATTRIBUTE_FILES.values())):
         summary = make_demo_corpus(data, seed)
         print(f"demo corpus: {summary['train']} train / {summary['val']} val / {summary['test']} test entries "
               f"in {data}")
@@ -37,11 +39,12 @@ def prepare_demo(data: str = "data/demo", seed: int = 0, shard_samples: int = 20
         listing, images = SPLITS[split]
         out = os.path.join(data, "shards", split)
         manifest_path = os.path.join(out, "manifest.json")
-        if not os.path.exists(manifest_path):
+        if not _complete(out, with_attributes=split in ATTRIBUTE_FILES):
             argv = ["--list", os.path.join(data, listing), "--images-root", os.path.join(data, images),
                     "--out", out, "--shard-samples", str(shard_samples), "--name", f"demo-{split}"]
             if split != "test":
-                argv += ["--categories", os.path.join(data, "categories.txt")]
+                argv += ["--categories", os.path.join(data, "categories.txt"),
+                         "--attributes", os.path.join(data, ATTRIBUTE_FILES[split])]
             if verbose:
                 argv.append("--verbose")
             if shard.main(argv) != 0:
@@ -49,6 +52,15 @@ def prepare_demo(data: str = "data/demo", seed: int = 0, shard_samples: int = 20
         with open(manifest_path) as f:
             manifests[split] = json.load(f)
     return manifests
+
+
+def _complete(out: str, with_attributes: bool) -> bool:
+    """A finished sharding (its manifest), with the attributes if the split has them (older demo shards
+    have none: they are sharded again, reusing nothing, since every sample changes)."""
+    if not os.path.exists(os.path.join(out, "manifest.json")):
+        return False
+    with open(os.path.join(out, "index.json")) as f:
+        return not with_attributes or "attribute_names" in json.load(f)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,12 @@ CLASSES = ["/b/beach", "/c/city_night", "/d/desert", "/f/field", "/f/forest", "/
            "/m/mountain", "/o/ocean", "/s/skyscraper", "/s/snowfield"]
 TRAIN_MAX, TRAIN_MIN, VAL_PER_CLASS, TEST_PER_CLASS = 400, 40, 40, 10
 SIZE = 256
+# Scene attributes (the SUN attribute database's kind, multi-label), true of each image by construction:
+# what its scene and its distractor patch contain, and which nuisances it got.
+ATTRIBUTES = ("water", "sand", "snow", "vegetation", "buildings", "night", "horizon", "haze", "colourless")
+CONTENT = {"beach": {"water", "sand"}, "city_night": {"buildings"}, "desert": {"sand"}, "field": {"vegetation"},
+           "forest": {"vegetation"}, "lake": {"water", "vegetation"}, "mountain": {"vegetation"}, "ocean": {"water"},
+           "skyscraper": {"buildings"}, "snowfield": {"snow"}}
 
 
 def train_counts() -> list[int]:
@@ -67,9 +73,13 @@ def _texture(rng, h, w, scale, amount):
     return np.asarray(Image.fromarray(small[..., 0]).resize((w, h), Image.Resampling.BILINEAR))[..., None]
 
 
-def render(cls: str, rng: np.random.Generator, w: int = SIZE, h: int = SIZE) -> np.ndarray:
+def render(cls: str, rng: np.random.Generator, w: int = SIZE, h: int = SIZE) -> tuple[np.ndarray, set[str]]:
     """One scene of class `cls`, with the nuisances that keep it from being trivial: a crop of a larger
-    view, a distractor from another class, haze, near-greyscale colour, brightness and noise."""
+    view, a distractor from another class, haze, near-greyscale colour, brightness and noise; and the
+    names of the ATTRIBUTES it has."""
+    name = cls.rsplit("/", 1)[-1]
+    attributes = set(CONTENT[name]) | ({"night"} if name == "city_night" else set()) | \
+        ({"horizon"} if name != "forest" else set())
     big_w, big_h = int(w * rng.uniform(1.0, 1.5)), int(h * rng.uniform(1.0, 1.5))
     img = _scene(cls, rng, big_w, big_h)
     y0, x0 = rng.integers(0, big_h - h + 1), rng.integers(0, big_w - w + 1)
@@ -79,13 +89,16 @@ def render(cls: str, rng: np.random.Generator, w: int = SIZE, h: int = SIZE) -> 
         pw, ph = int(w * rng.uniform(0.2, 0.45)), int(h * rng.uniform(0.2, 0.45))
         px, py = int(rng.integers(0, w - pw + 1)), int(rng.integers(0, h - ph + 1))
         img[py:py + ph, px:px + pw] = _scene(other, rng, pw, ph).astype(np.float32)
+        attributes |= CONTENT[other.rsplit("/", 1)[-1]]
     if rng.random() < 0.3:  # haze
         img = img * (1 - (a := rng.uniform(0.2, 0.55))) + a * rng.uniform(150, 230)
+        attributes.add("haze")
     if rng.random() < 0.25:  # nearly colourless: shape must do the work
         grey = img.mean(2, keepdims=True)
         img = grey + (img - grey) * rng.uniform(0.0, 0.25)
+        attributes.add("colourless")
     img = img * rng.uniform(0.7, 1.25) + rng.normal(0, 8, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    return np.clip(img, 0, 255).astype(np.uint8), attributes
 
 
 def _scene(cls: str, rng: np.random.Generator, w: int, h: int) -> np.ndarray:
@@ -147,10 +160,16 @@ def _encode(arr: np.ndarray, fmt="JPEG", **kw) -> bytes:
     return buf.getvalue()
 
 
-def _draw_job(job):
+def _draw_job(job) -> tuple[bytes, str]:
+    """(JPEG bytes, the image's attributes as a CSV row's values)."""
     seed, split, index, cls_id, w, h = job
     rng = np.random.default_rng([seed, ["train", "val", "test"].index(split), index])
-    return _encode(render(CLASSES[cls_id], rng, w, h))
+    image, attributes = render(CLASSES[cls_id], rng, w, h)
+    return _encode(image), _csv_values(attributes)
+
+
+def _csv_values(attributes: set[str]) -> str:
+    return ",".join("1" if a in attributes else "0" for a in ATTRIBUTES)
 
 
 # -- the corpus --------------------------------------------------------------------------------
@@ -172,10 +191,11 @@ def _plan(seed: int):
     return jobs
 
 
-def _oddities(seed: int, out: str) -> list[str]:
-    """Broken and odd files appended to train.txt: what a crawl really holds."""
+def _oddities(seed: int, out: str) -> tuple[list[str], list[str]]:
+    """Broken and odd files appended to train.txt, what a crawl really holds: (list lines, attribute rows;
+    every one has a row, so each is quarantined for what is wrong with the image itself)."""
     rng = np.random.default_rng([seed, 99])
-    beach, forest = render(CLASSES[0], rng), render(CLASSES[4], rng)
+    (beach, beach_attributes), (forest, forest_attributes) = render(CLASSES[0], rng), render(CLASSES[4], rng)
     good = _encode(beach)
     odd = {
         "data_256/b/beach/odd_cmyk.jpg": (_encode_pil(Image.fromarray(beach).convert("CMYK")), 0),
@@ -187,16 +207,18 @@ def _oddities(seed: int, out: str) -> list[str]:
         "data_256/b/beach/broken_truncated.jpg": (good[: len(good) // 2], 0),
         "data_256/f/forest/broken_html.jpg": (b"<!DOCTYPE html><html><body>404 Not Found</body></html>", 4),
     }
-    lines = []
+    lines, rows = [], []
     for rel, (data, label) in odd.items():
         path = os.path.join(out, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
             f.write(data)
         lines.append(f"/{rel.split('/', 1)[1]} {label}")
+        rows.append(f"/{rel.split('/', 1)[1]},{_csv_values(beach_attributes if label == 0 else forest_attributes)}")
     lines.append("/b/beach/broken_missing_file.jpg 0")
+    rows.append(f"/b/beach/broken_missing_file.jpg,{_csv_values(beach_attributes)}")
     lines.append(f"/f/forest/00000001.jpg {len(CLASSES) + 3}")  # label out of range
-    return lines
+    return lines, rows
 
 
 def _encode_pil(img: Image.Image, fmt: str = "JPEG") -> bytes:
@@ -219,17 +241,25 @@ def make_demo_corpus(out: str, seed: int = 0, workers: int | None = None) -> dic
     out = os.path.abspath(out)
     jobs = _plan(seed)
     with ProcessPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
-        images = pool.map(_draw_job, [(seed, s, i, c, w, h) for s, i, c, w, h, _ in jobs], chunksize=32)
-        for (split, _, _, _, _, rel), data in zip(jobs, images):
+        drawn = pool.map(_draw_job, [(seed, s, i, c, w, h) for s, i, c, w, h, _ in jobs], chunksize=32)
+        values = []
+        for (split, _, _, _, _, rel), (data, row) in zip(jobs, drawn):
             path = os.path.join(out, rel)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as f:
                 f.write(data)
-    train = [f"/{rel.split('/', 1)[1]} {c}" for s, _, c, _, _, rel in jobs if s == "train"]
-    train += _oddities(seed, out)
-    val = [f"{os.path.basename(rel)} {c}" for s, _, c, _, _, rel in jobs if s == "val"]
-    test = [os.path.basename(rel) for s, _, _, _, _, rel in jobs if s == "test"]
+            values.append(row)
+    listed = [f"/{rel.split('/', 1)[1]}" if s == "train" else os.path.basename(rel) for s, _, _, _, _, rel in jobs]
+    train = [f"{p} {c}" for p, (s, _, c, _, _, _) in zip(listed, jobs) if s == "train"]
+    train_rows = [f"{p},{v}" for p, v, job in zip(listed, values, jobs) if job[0] == "train"]
+    odd_lines, odd_rows = _oddities(seed, out)
+    train, train_rows = train + odd_lines, train_rows + odd_rows
+    val = [f"{p} {c}" for p, (s, _, c, _, _, _) in zip(listed, jobs) if s == "val"]
+    val_rows = [f"{p},{v}" for p, v, job in zip(listed, values, jobs) if job[0] == "val"]
+    test = [p for p, job in zip(listed, jobs) if job[0] == "test"]
+    header = ",".join(("path",) + ATTRIBUTES)
     lists = {"categories.txt": [f"{c} {i}" for i, c in enumerate(CLASSES)], "train.txt": train, "val.txt": val,
+             "attributes_train.csv": [header, *train_rows], "attributes_val.csv": [header, *val_rows],
              "test.txt": test}  # test.txt last: its presence means the corpus is complete (pipelines/demo.py)
     for name, lines in lists.items():
         Location.write_file(os.path.join(out, name), ("\n".join(lines) + "\n").encode())

@@ -28,6 +28,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
+from pipelines.attributes import decode as decode_attributes
 from pipelines.catalog import Catalog
 from pipelines.corpus import stable_hash
 from pipelines.streams import ClassAwareStream, SequentialStream, UniformStream, split_range
@@ -47,6 +48,7 @@ class LoaderConfig:
     buffer_size: int = 1000  # uniform: shuffle buffer, in samples
     block: int = 1  # uniform: samples per range read (1: an exact global shuffle; see epoch_order)
     decode: str = "workers"  # or "device": workers ship JPEG bytes, the batch is decoded on the device
+    attributes: int = 0  # > 0: labels are rows [class, 0/1 or MISSING per attribute] (the `attr` member)
 
     def __post_init__(self):
         if self.mode not in ("uniform", "class-aware"):
@@ -83,6 +85,7 @@ class _RankBatches(IterableDataset):
             try:
                 # extra: what the device finishes the sample with, drawn here where randomness is tracked:
                 # PCA alphas, or (decode="device") the crop offsets and flip
+                label = target(draw, self.cfg.attributes)
                 if self.cfg.decode == "device":
                     image, extra = draw.members["jpg"], [rng.random(), rng.random(), rng.random()]
                 else:
@@ -94,7 +97,7 @@ class _RankBatches(IterableDataset):
                 continue
             images.append(image)
             extras.append(extra)
-            labels.append(draw.cls)
+            labels.append(label)
             if len(images) == self.cfg.batch_size:
                 yield self._batch(images, extras, labels, worker, stream, bad)
                 images, extras, labels = [], [], []
@@ -116,22 +119,31 @@ class _RankBatches(IterableDataset):
 class _EvalSamples(IterableDataset):
     """This rank's exact share of a split, in stored order, divided between the DataLoader workers."""
 
-    def __init__(self, shards: str, transform: EvalTransform, rank: int, world_size: int):
+    def __init__(self, shards: str, transform: EvalTransform, rank: int, world_size: int, attributes: int):
         self.shards, self.transform, self.rank, self.world_size = shards, transform, rank, world_size
+        self.attributes = attributes
 
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         for draw in SequentialStream(Catalog.load(self.shards), self.rank, self.world_size, worker, workers):
-            yield self.transform.views(draw.members["jpg"]), draw.cls
+            yield self.transform.views(draw.members["jpg"]), target(draw, self.attributes)
+
+
+def target(draw, attributes: int) -> int | list[int]:
+    """A sample's label: its class, or with `attributes` [class, its `attr` bits (MISSING without)]."""
+    if not attributes:
+        return draw.cls
+    return [draw.cls, *decode_attributes(draw.members.get("attr"), attributes).tolist()]
 
 
 def eval_batches(shards: str, transform: EvalTransform, rank: int = 0, world_size: int = 1, batch_size: int = 64,
-                 num_workers: int = 1) -> DataLoader:
+                 num_workers: int = 1, attributes: int = 0) -> DataLoader:
     """(views, labels) batches of this rank's exact share of a split (no padding, no duplicates; the
     ranks together cover it once), decoded by `num_workers` processes: uint8 (batch x V, C, H, W), the
-    V views of each image in turn (`transform.normalizer()` finishes them on the device)."""
-    return DataLoader(_EvalSamples(shards, transform, rank, world_size), batch_size=batch_size,
+    V views of each image in turn (`transform.normalizer()` finishes them on the device).  Labels as
+    `target` gives them."""
+    return DataLoader(_EvalSamples(shards, transform, rank, world_size, attributes), batch_size=batch_size,
                       num_workers=num_workers, collate_fn=_stack_views, generator=_own_generator())
 
 

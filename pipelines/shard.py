@@ -25,10 +25,11 @@ from pipelines import list_file, shard_index
 from pipelines.console import add_verbose_flag, report_failure, start_ray
 from pipelines.corpus import (UNLABELED, Categories, CorpusError, detect_labeled, image_folder_classes,
                               image_folder_files, parse_line, read_categories)
+from pipelines.attributes import AttributeFile, read_attribute_file
 from pipelines.images import ImageSettings
 from pipelines.settings_file import SettingsFileError, read_mapping
-from pipelines.shard_tasks import (STATE_DIR, ShardPlan, collect_group, parse_ranges, resolve_duplicates,
-                                   write_group, write_rejects)
+from pipelines.shard_tasks import (STATE_DIR, ShardPlan, collect_group, parse_attribute_ranges, parse_ranges,
+                                   resolve_duplicates, write_group, write_rejects)
 from pipelines.storage import Location, LockedError, exclusive
 
 LOCK_FILE = "lock"  # in OUT/.state while a run writes there
@@ -52,20 +53,27 @@ class ShardConfig:
     seed: int = 0
     max_pixels: int = 100_000_000
     name: str | None = None
+    attributes: str | None = None  # CSV or JSON lines of per-image attributes (pipelines/attributes.py)
+    attribute_threshold: float = 0.5  # a vote fraction at least this is a positive label
+    keep_without_attributes: bool = False  # an image without an attribute row: kept without `attr`
 
     def __post_init__(self):  # a recipe file's values arrive untyped
         for f in fields(self):
             value, flag = getattr(self, f.name), f"--{f.name.replace('_', '-')}"
-            wanted = int if f.type == "int" else str
             if value is None and "None" in f.type:
                 continue
-            if not isinstance(value, wanted) or isinstance(value, bool):
-                raise CorpusError(f"{flag} ({f.name}) must be {'a whole number' if wanted is int else 'text'}, "
-                                  f"got {value!r}")
+            wanted, what = {"int": (int, "a whole number"), "float": ((int, float), "a number"),
+                            "bool": (bool, "true or false")}.get(f.type.split(" ")[0], (str, "text"))
+            if not isinstance(value, wanted) or (isinstance(value, bool) and f.type != "bool"):
+                raise CorpusError(f"{flag} ({f.name}) must be {what}, got {value!r}")
         for flag, value, low in (("--shard-samples", self.shard_samples, 1), ("--seed", self.seed, 0),
                                  ("--max-pixels", self.max_pixels, 1)):
             if value < low:
                 raise CorpusError(f"{flag} must be >= {low}, got {value}")
+        if not 0 < self.attribute_threshold <= 1:
+            raise CorpusError(f"--attribute-threshold must be in (0, 1], got {self.attribute_threshold}")
+        if self.keep_without_attributes and not self.attributes:
+            raise CorpusError("--keep-without-attributes needs --attributes")
         try:
             self.image_settings()
         except ValueError as exc:
@@ -109,6 +117,12 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ShardConfig, bool
     p.add_argument("--seed", type=int, help="seeds shard membership and in-shard order (default 0)")
     p.add_argument("--max-pixels", type=int, help="refuse larger images, e.g. bombs (default 1e8)")
     p.add_argument("--name", help="dataset name written into index.json (default: the list's file name)")
+    p.add_argument("--attributes", help="per-image attributes, joined into the shards: CSV with a header "
+                                        "path,attr1,... or JSON lines {\"path\": ..., \"attributes\": {...}}")
+    p.add_argument("--attribute-threshold", type=float,
+                   help="a value (a 0/1 label or a vote fraction) at least this is positive (default 0.5)")
+    p.add_argument("--keep-without-attributes", action="store_true", default=None,
+                   help="keep images that have no attribute row (without attributes) instead of quarantining them")
     p.add_argument("--force", action="store_true",
                    help="write into an OUT that holds files this tool did not write (they may be overwritten)")
     add_verbose_flag(p)
@@ -142,6 +156,7 @@ class Preflight:
     labeled: bool
     entries: int
     per_label: Counter
+    attributes: AttributeFile | None = None
 
 
 def check_out_folder(cfg: ShardConfig, out: Location, force: bool) -> None:
@@ -197,7 +212,8 @@ def preflight(cfg: ShardConfig, out: Location) -> Preflight:
         per_label[entry.label] += 1
     if labeled is None:
         raise CorpusError(f"list file has no entries: {list_loc.uri()}")
-    return Preflight(list_loc, categories, labeled, entries, per_label)
+    attributes = read_attribute_file(cfg.attributes, cfg.attribute_threshold) if cfg.attributes else None
+    return Preflight(list_loc, categories, labeled, entries, per_label, attributes)
 
 
 def _write_image_folder_list(root: Location, classes: list[str], out: Location) -> tuple[Location, int]:
@@ -221,7 +237,8 @@ def make_plan(cfg: ShardConfig, pf: Preflight, out: Location) -> ShardPlan:
     images_root = Location.parse(cfg.image_folder or cfg.images_root)
     return ShardPlan(categories=pf.categories, labeled=pf.labeled, shards_per_label=shards,
                      num_buckets=max(1, math.ceil(pf.entries / BUCKET_ROWS)), seed=cfg.seed,
-                     images_root=images_root, out=out, image=cfg.image_settings())
+                     images_root=images_root, out=out, image=cfg.image_settings(), attributes=pf.attributes,
+                     keep_without_attributes=cfg.keep_without_attributes)
 
 
 def run(cfg: ShardConfig, verbose: bool = False, force: bool = False) -> dict:
@@ -253,7 +270,8 @@ def _run_locked(cfg: ShardConfig, out: Location, started: float, verbose: bool) 
     name = cfg.name or _default_name(cfg)
     shard_index.write_quarantine(out, summaries)
     shard_index.write_classes(out, pf.categories, summaries, name)
-    shard_index.write_index(out, summaries, name, pf.categories.names)
+    shard_index.write_index(out, summaries, name, pf.categories.names,
+                            pf.attributes.names if pf.attributes else None)
     fresh = [s for s in summaries if not s["reused"]]
     elapsed = time.time() - started
     per_class = Counter()
@@ -271,6 +289,9 @@ def _run_locked(cfg: ShardConfig, out: Location, started: float, verbose: bool) 
         "worker_seconds": round(sum(s["seconds"] for s in fresh), 3),
         "images_per_s": round(sum(s["nsamples"] + s["quarantined"] for s in fresh) / max(elapsed, 1e-9), 1),
         "settings": {k: v for k, v in asdict(cfg).items()}, "versions": shard_index.package_versions(),
+        "attributes": {"names": len(pf.attributes.names), "rows": pf.attributes.rows,
+                       "written_with_attributes": sum(s["with_attributes"] for s in summaries)}
+        if pf.attributes else None,
         "cluster_cpus": ray.cluster_resources().get("CPU", 0),
     }
     shard_index.write_manifest(out, manifest)
@@ -286,6 +307,12 @@ def _run_pipeline(pf: Preflight, plan: ShardPlan) -> list[dict]:
     ds = ray.data.from_items([{"start": start, "end": end} for start, end in ranges], override_num_blocks=len(ranges))
     ds = ds.map_batches(parse_ranges, fn_kwargs={"plan": plan, "list_loc": pf.list_loc}, batch_size=1,
                         batch_format="numpy")
+    if plan.attributes is not None:  # attribute rows meet their images' entries in the key buckets
+        ranges = list_file.byte_ranges(plan.attributes.loc)
+        rows = ray.data.from_items([{"start": start, "end": end} for start, end in ranges],
+                                   override_num_blocks=len(ranges))
+        ds = ds.union(rows.map_batches(parse_attribute_ranges, fn_kwargs={"plan": plan}, batch_size=1,
+                                       batch_format="numpy"))
     ds = ds.groupby("bucket", num_partitions=plan.num_buckets).map_groups(
         resolve_duplicates, fn_kwargs={"plan": plan}, batch_format="numpy")
     # One row per shard.  Materialising this (metadata only) stops Ray from fusing the heavy write

@@ -87,9 +87,11 @@ def reject_files_in(out: Location) -> list[str]:
     return [name for name, kind in listed if kind == "file" and name.startswith("rejects-") and name.endswith(".jsonl")]
 
 
-def write_index(out: Location, summaries: list[dict], name: str, class_names: tuple[str, ...]) -> None:
+def write_index(out: Location, summaries: list[dict], name: str, class_names: tuple[str, ...],
+                attribute_names: tuple[str, ...] | None = None) -> None:
     """The wids-v1 shard index, plus our `layout`, `num_classes`, `class_names` (in label order: what
-    training checks its validation shards and checkpoints against) and `total_samples`."""
+    training checks its validation shards and checkpoints against), `total_samples`, and with attributes
+    `attribute_names` (the order of each sample's `attr` bits)."""
     shardlist = [{"url": s["url"], "nsamples": s["nsamples"], "filesize": s["filesize"], "md5sum": s["md5sum"],
                   "class": s["label"]}
                  for s in sorted(summaries, key=lambda s: s["url"]) if s["nsamples"]]
@@ -97,6 +99,8 @@ def write_index(out: Location, summaries: list[dict], name: str, class_names: tu
              "layout": "per-class", "num_classes": len(class_names), "class_names": list(class_names),
              "total_samples": sum(s["nsamples"] for s in shardlist),
              "shardlist": shardlist}
+    if attribute_names is not None:
+        index["attribute_names"] = list(attribute_names)
     out.write_atomic(INDEX_FILE, (json.dumps(index, sort_keys=True, indent=1) + "\n").encode())
 
 

@@ -20,6 +20,7 @@ from typing import Iterator
 
 import numpy as np
 
+from pipelines.attributes import AttributeFile, join, parse_row
 from pipelines.corpus import UNLABELED, Categories, parse_line, relative_image_path, sample_key, stable_hash
 from pipelines.images import ImageRejected, ImageSettings, prepare_image
 from pipelines.list_file import lines_in_range
@@ -41,6 +42,8 @@ class ShardPlan:
     images_root: Location
     out: Location
     image: ImageSettings
+    attributes: AttributeFile | None = None  # joined into the samples as their `attr` member
+    keep_without_attributes: bool = False  # an image without an attribute row: kept (no `attr`), not quarantined
 
     def group_of(self, label: int, key: str) -> str:
         index = stable_hash(self.seed, "shard", key) % self.shards_per_label[label]
@@ -68,9 +71,11 @@ def parse_ranges(batch: dict[str, np.ndarray], plan: ShardPlan, list_loc: Locati
             yield parse_lines(chunk, plan)
 
 
+ENTRY_COLUMNS = ("source", "label", "label_token", "key", "path", "problem", "bucket", "group", "kind", "attr")
+
+
 def parse_lines(lines: list[str], plan: ShardPlan) -> dict[str, np.ndarray]:
-    cols: dict[str, list] = {k: [] for k in ("source", "label", "label_token", "key", "path", "problem",
-                                             "bucket", "group")}
+    cols: dict[str, list] = {k: [] for k in ENTRY_COLUMNS}
     for line in lines:
         entry = parse_line(line, plan.categories, plan.labeled)
         if entry is None:
@@ -86,12 +91,42 @@ def parse_lines(lines: list[str], plan: ShardPlan) -> dict[str, np.ndarray]:
         cols["problem"].append(problem)
         cols["bucket"].append(stable_hash("bucket", key) % plan.num_buckets)
         cols["group"].append("" if problem else plan.group_of(entry.label, key))
+        cols["kind"].append("entry")
+        cols["attr"].append("")
+    return _columns(cols)
+
+
+def _columns(cols: dict[str, list]) -> dict[str, np.ndarray]:
     return {k: np.array(v, dtype=np.int64 if k in ("label", "bucket") else object) for k, v in cols.items()}
+
+
+def parse_attribute_ranges(batch: dict[str, np.ndarray], plan: ShardPlan) -> Iterator[dict[str, np.ndarray]]:
+    """The attribute rows in each byte range of `plan.attributes`, as rows of the entries' key buckets
+    (`kind` "attributes"), so each row meets the entry of its image in `resolve_duplicates`."""
+    table = plan.attributes
+    for start, end in zip(batch["start"], batch["end"]):
+        cols: dict[str, list] = {k: [] for k in ENTRY_COLUMNS}
+        lines = lines_in_range(table.loc, int(start), int(end))
+        if table.form == "csv" and int(start) == 0:
+            next((line for line in lines if line.strip()), None)  # the header
+        for line in lines:
+            parsed = parse_row(line, table)
+            if parsed is None:
+                continue
+            source, bits, problem = parsed
+            path, key = relative_image_path(source) or "", sample_key(source)
+            row = {"source": source, "label": -1, "label_token": "", "key": key, "path": path,
+                   "problem": problem or ("" if path else "no usable path"), "group": "", "kind": "attributes",
+                   "bucket": stable_hash("bucket", key) % plan.num_buckets, "attr": bits}
+            for name in ENTRY_COLUMNS:
+                cols[name].append(row[name])
+        yield _columns(cols)
 
 
 # -- stage 2: one bucket of keys; every duplicate of a key lands in the same bucket -----------------
 def resolve_duplicates(batch: dict[str, np.ndarray], plan: ShardPlan) -> dict[str, np.ndarray]:
-    rows = sorted(_rows(batch), key=lambda r: (r["key"], r["source"], r["label"], r["problem"]))
+    everything = sorted(_rows(batch), key=lambda r: (r["key"], r["source"], r["label"], r["problem"], r["attr"]))
+    rows = [r for r in everything if r["kind"] == "entry"]
     rejects, keep = [], []
     by_key: dict[str, list[dict]] = {}
     for row in rows:
@@ -119,6 +154,11 @@ def resolve_duplicates(batch: dict[str, np.ndarray], plan: ShardPlan) -> dict[st
                 rejects.append(_reject(r, f"duplicate_entry: {first['source']} is listed more than once"))
             else:
                 rejects.append(_reject(r, f"key_collision: key {key!r} already used by {first['source']}"))
+    if plan.attributes is not None:
+        attribute_rows = [r for r in everything if r["kind"] == "attributes"]
+        keep, missing = join(keep, attribute_rows, os.path.basename(plan.attributes.loc.uri()),
+                              plan.keep_without_attributes)
+        rejects += [_reject(r, reason) for r, reason in missing]
     if rejects:
         rejects.sort(key=lambda r: (r["source"], str(r["label"]), r["reason"]))
         write_rejects(plan.out, f"rejects-{int(batch['bucket'][0]):05d}.jsonl", rejects)
@@ -128,6 +168,7 @@ def resolve_duplicates(batch: dict[str, np.ndarray], plan: ShardPlan) -> dict[st
         "key": np.array([r["key"] for r in keep], dtype=object),
         "source": np.array([r["source"] for r in keep], dtype=object),
         "path": np.array([r["path"] for r in keep], dtype=object),
+        "attr": np.array([r["attr"] for r in keep], dtype=object),
     }
 
 
@@ -140,7 +181,7 @@ def write_rejects(out: Location, name: str, rejects: list[dict]) -> None:
 # -- stage 3: one row per shard ---------------------------------------------------------------------
 def collect_group(batch: dict[str, np.ndarray], plan: ShardPlan) -> dict[str, np.ndarray]:
     rows = sorted(_rows(batch), key=lambda r: (order_of(plan.seed, r["key"]), r["key"]))
-    members = [[r["key"], r["source"], r["path"]] for r in rows]
+    members = [[r["key"], r["source"], r["path"], r["attr"]] for r in rows]
     return {
         "group": np.array([rows[0]["group"]], dtype=object),
         "label": np.array([rows[0]["label"]], dtype=np.int64),
@@ -165,7 +206,7 @@ def _write_one(group: str, label: int, members: list[list[str]], plan: ShardPlan
 
     samples, quarantine, passthrough = [], [], 0
     cls_bytes = str(label).encode()
-    for key, source, path in members:
+    for key, source, path, attr in members:
         try:
             prepared = prepare_image(_read_source(plan.images_root, path), plan.image)
         except ImageRejected as exc:
@@ -177,11 +218,12 @@ def _write_one(group: str, label: int, members: list[list[str]], plan: ShardPlan
             continue
         passthrough += prepared.passthrough
         meta = json.dumps({"source": source, "orig_size": list(prepared.orig_size)}, sort_keys=True)
-        samples.append({"__key__": key, "cls": cls_bytes, "jpg": prepared.jpeg, "json": meta.encode()})
+        sample = {"__key__": key, "cls": cls_bytes, "jpg": prepared.jpeg, "json": meta.encode()}
+        samples.append({**sample, "attr": attr.encode()} if attr else sample)
 
     sidecar = {"group": group, "url": url, "label": label, "fingerprint": fingerprint,
-               "nsamples": len(samples), "filesize": 0, "md5sum": "", "passthrough": passthrough,
-               "samples": [], "quarantine": quarantine}
+               "nsamples": len(samples), "with_attributes": sum("attr" in s for s in samples), "filesize": 0,
+               "md5sum": "", "passthrough": passthrough, "samples": [], "quarantine": quarantine}
     if samples:
         built = build_shard(samples)
         plan.out.write_atomic(url, built.data)
@@ -229,6 +271,7 @@ def _summary(sidecar: dict, reused: bool, seconds: float) -> dict:
     return {"group": sidecar["group"], "url": sidecar["url"], "label": sidecar["label"],
             "nsamples": sidecar["nsamples"], "filesize": sidecar["filesize"], "md5sum": sidecar["md5sum"],
             "quarantined": len(sidecar["quarantine"]), "passthrough": sidecar["passthrough"],
+            "with_attributes": sidecar.get("with_attributes", 0),
             "reused": reused, "seconds": seconds}
 
 

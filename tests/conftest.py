@@ -115,8 +115,11 @@ def s3_server():
 
 
 # -- synthetic shards in shard.py's format, without running Ray ----------------------------------
-def write_shards(out, counts: list[int], shard_samples: int, size: int = 16) -> dict[int, list[str]]:
-    """Per-class shards + index.json as pipelines/shard.py lays them out; returns keys per class."""
+def write_shards(out, counts: list[int], shard_samples: int, size: int = 16,
+                 attributes: int = 0) -> dict[int, list[str]]:
+    """Per-class shards + index.json as pipelines/shard.py lays them out; returns keys per class.  With
+    `attributes`, each sample's `attr` member: attribute a is set when (class + a) is even, flipped for
+    every (a + 3)-th sample (mostly what the class says, not only)."""
     from pipelines import shard_index
     from pipelines.storage import Location
     from pipelines.tar_shard import build_shard
@@ -129,10 +132,15 @@ def write_shards(out, counts: list[int], shard_samples: int, size: int = 16) -> 
         for s, start in enumerate(range(0, n, shard_samples)):
             samples = [{"__key__": k, "cls": str(cls).encode(), "jpg": encode(scene(cls * 1000 + i, size, size)),
                         "json": b"{}"} for i, k in enumerate(keys[cls][start:start + shard_samples], start)]
+            for i, sample in enumerate(samples, start):
+                if attributes:
+                    sample["attr"] = "".join("1" if ((cls + a) % 2 == 0) != (i % (a + 3) == 0) else "0"
+                                             for a in range(attributes)).encode()
             built = build_shard(samples)
             url = f"c{cls:04d}-{s:05d}.tar"
             loc.write_atomic(url, built.data)
             summaries.append({"url": url, "nsamples": len(samples), "filesize": len(built.data),
                               "md5sum": built.md5, "label": cls, "group": url[:-4]})
-    shard_index.write_index(loc, summaries, "synthetic", tuple(f"class{c}" for c in range(len(counts))))
+    shard_index.write_index(loc, summaries, "synthetic", tuple(f"class{c}" for c in range(len(counts))),
+                            tuple(f"attr{a}" for a in range(attributes)) if attributes else None)
     return keys

@@ -215,18 +215,19 @@ def test_dense_evaluation_averages_the_class_score_map_before_the_softmax(tmp_pa
     jpegs = [encode(scene(i, 80, 64)) for i in range(2)]
     batch = {"__key__": np.array(["a", "b"], dtype=object), "url": np.array(["u", "u"], dtype=object),
              "jpg": np.array(jpegs, dtype=object), "cls": np.array([b"0", b"1"], dtype=object),
-             "json": np.array([b"{}", b"{}"], dtype=object)}
+             "json": np.array([b"{}", b"{}"], dtype=object), "attr": np.array([b"", b""], dtype=object)}
     views = cut_views(batch, "dense", (64, 96), 32)
     predictor = Predictor([str(path)], "dense", (64, 96), 32, use_gpu=False, batch_size=4)
     net = predictor.models[0]
     with torch.no_grad():
-        got = predictor.probabilities(net, views)
+        got, attributes = predictor.probabilities(net, views)
+        assert attributes is None  # no attribute head
         expected, softmax_first = [], []
         for row in range(2):
             per_view, other = [], []
             for i in range(2):
                 x = predictor.normalize(torch.from_numpy(views[f"views{i}"][row]))
-                maps = net.forward_dense(torch.cat([x, x.flip(-1)]))
+                maps = net.backbone.forward_dense(torch.cat([x, x.flip(-1)]))
                 assert maps.shape[-1] > 1  # a real map, not one position
                 per_view.append(maps.mean((2, 3)).softmax(1))
                 other.append(maps.softmax(1).mean((2, 3)))

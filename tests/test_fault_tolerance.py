@@ -49,7 +49,7 @@ def clean_and_killed_runs(tmp_path, settings: list[str], settle_s: float) -> tup
     write_shards(tmp_path / "val", [8, 8, 8, 8], shard_samples=8, size=40)
     common = ["--set", f"data.train_shards={tmp_path}/train", "--set", f"data.val_shards={tmp_path}/val",
               "--set", f"run.storage_path={tmp_path}/runs", "--set", "model.num_classes=4",
-              "--set", "data.size=32", "--set", "data.eval_resize=36", *settings]
+              "--set", "data.size=32", "--set", "data.eval_resize=36", "--set", "model.num_attributes=0", *settings]
     assert run.main([*common, "--set", "run.name=clean"]) == 0
     killed: list[int] = []
     watcher = threading.Thread(target=kill_one_worker_after_first_checkpoint,

@@ -23,7 +23,7 @@ def common(tmp_path, name: str) -> list[str]:
             "--set", f"run.storage_path={tmp_path}/runs", "--set", "run.epochs=2", "--set", "model.num_classes=3",
             "--set", "data.size=32", "--set", "data.eval_resize=36", "--set", "data.batch_size=8",
             "--set", "data.loader_workers=0", "--set", "run.workers=2", "--set", "run.cpus_per_worker=1",
-            "--set", f"run.name={name}"]
+            "--set", f"run.name={name}", "--set", "model.num_attributes=0"]
 
 
 def registered_checkpoints(snapshot) -> list:
@@ -149,7 +149,7 @@ def test_tune_trials_run_on_different_nodes(tmp_path, capsys):
             "--set", f"data.train_shards={tmp_path}/train", "--set", f"data.val_shards={tmp_path}/val",
             "--set", "model.num_classes=2", "--set", "data.batch_size=8", "--set", "data.loader_workers=0",
             "--set", "data.size=32", "--set", "data.eval_resize=36", "--set", "run.epochs=1",
-            "--set", "run.workers=1", "--set", "run.cpus_per_worker=1"]
+            "--set", "run.workers=1", "--set", "run.cpus_per_worker=1", "--set", "model.num_attributes=0"]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     cwd = os.getcwd()
     os.chdir(ROOT)

@@ -162,7 +162,8 @@ def test_fine_tuning_under_ray_train_from_a_torchvision_file_then_from_the_run(r
     common = ["--set", f"data.train_shards={tmp_path}/train", "--set", f"data.val_shards={tmp_path}/val",
               "--set", f"run.storage_path={tmp_path}/runs", "--set", "run.epochs=1", "--set", "run.workers=1",
               "--set", "model.name=resnet18", "--set", "model.num_classes=3", "--set", "model.mode=bp",
-              "--set", "data.size=32", "--set", "data.eval_resize=36", "--set", "data.batch_size=8"]
+              "--set", "data.size=32", "--set", "data.eval_resize=36", "--set", "data.batch_size=8",
+              "--set", "model.num_attributes=0"]
     probe = [*common, "--set", f"model.pretrained={path}", "--set", "optim.trainable_from=layer4",
              "--set", "optim.head_lr_mult=10", "--set", "run.name=probe"]
     assert run.main(probe) == 0

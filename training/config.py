@@ -47,6 +47,9 @@ class ModelConfig:
     init_from: str | None = None  # checkpoint of a shallower VGG to start from (VGG's trick)
     pretrained: str | None = None  # torchvision state_dict file or checkpoint to start from (training/pretrained.py)
     pretrained_strict: bool = True  # False: load the tensors that fit, warn about the rest
+    num_attributes: int = 0  # > 0: a multi-label attribute head on the shards' `attr` bits (their attribute_names)
+    attribute_weight: float = 1.0  # the attribute loss's weight in the total
+    scene_weight: float = 1.0  # the scene losses' weight; 0 with attributes: attributes alone
 
 
 @dataclass
@@ -165,7 +168,8 @@ RANGES = {
     "data.size": _at_least(1), "data.eval_resize": _at_least(1), "data.decode": _one_of("workers", "device"),
     "data.max_skipped_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "model.num_classes": _at_least(2), "model.mode": _one_of(None, "bp", "loss12_bp", "relay"),
-    "model.overlap": _at_least(0),
+    "model.overlap": _at_least(0), "model.num_attributes": _at_least(0), "model.attribute_weight": _at_least(0),
+    "model.scene_weight": _at_least(0),
     "optim.lr": (lambda v: v > 0, "> 0"), "optim.momentum": _within(0, 1), "optim.weight_decay": _at_least(0),
     "optim.schedule": _one_of("plateau", "multistep", "cosine"), "optim.factor": (lambda v: 0 < v < 1, "in (0, 1)"),
     "optim.patience": _at_least(0), "optim.warmup_epochs": _at_least(0), "optim.label_smoothing": _within(0, 1),
@@ -190,6 +194,9 @@ def check(cfg: TrainConfig) -> TrainConfig:
     milestones = list(cfg.optim.milestones)
     if milestones != sorted(set(milestones)) or any(m < 1 for m in milestones):
         raise ConfigError(f"config key 'optim.milestones' must be increasing epochs >= 1, got {milestones}")
+    if cfg.model.scene_weight == 0 and not (cfg.model.num_attributes and cfg.model.attribute_weight):
+        raise ConfigError("config key 'model.scene_weight' is 0 and no attribute loss is on "
+                          "(model.num_attributes, model.attribute_weight): nothing would be trained")
     if cfg.run.min_workers is not None and not 1 <= cfg.run.min_workers <= cfg.run.workers:
         raise ConfigError(f"config key 'run.min_workers' must be in [1, run.workers = {cfg.run.workers}], "
                           f"got {cfg.run.min_workers}")

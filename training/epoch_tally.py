@@ -29,8 +29,9 @@ class EpochTally:
             if k.startswith("loss"):
                 self.sums[k] += v.detach().double() * len(y)
         # which labels, in which order: two runs that consumed the same input have the same digest
+        labels = y if y.dim() == 1 else y[:, 0]  # (with attributes, rows [class, attribute bits...])
         positions = torch.arange(self.seen + 1, self.seen + len(y) + 1, dtype=torch.float64, device=self.device)
-        self.digest = torch.fmod(self.digest + (positions * (y.double() + 1)).sum() * (self.rank + 1), 1e12)
+        self.digest = torch.fmod(self.digest + (positions * (labels.double() + 1)).sum() * (self.rank + 1), 1e12)
         self.seen += len(y)
         self.done += 1
 

@@ -24,11 +24,12 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
-from pipelines.catalog import Catalog, first_different_class
 from pipelines.arguments import fraction, positive_int
+from pipelines.catalog import Catalog, first_different_class
 from pipelines.console import add_verbose_flag, report_failure, start_ray
 from pipelines.corpus import stable_hash
 from pipelines.storage import Location
+from training.attribute_metrics import attribute_report, plot_attribute_ap
 from training.inference import losses, predict
 
 DEFAULT_SCALES = {"center": (256,), "ten_crop": (256,), "dense": (256, 384, 512), "multi_view": (256, 320),
@@ -190,14 +191,15 @@ def view_geometry(configs: list, protocol: str, size: int | None, scales: list[i
     return size, tuple(scales)
 
 
-def check_inputs(checkpoints: list[str], shards: str) -> tuple[list[str], list]:
-    """(state.pt paths, their training configs); a path that is not a checkpoint, or shards without an
-    index, is one clear error."""
+def check_inputs(checkpoints: list[str], shards: str) -> tuple[list[str], list, dict | None]:
+    """(state.pt paths, their training configs, the attributes to score: names and the thresholds chosen
+    on validation, or None); a path that is not a checkpoint, or shards without an index, is one clear
+    error."""
     from training.config import from_dict
 
     catalog = Catalog.load(shards)
     catalog.check_shards()  # a missing shard would otherwise fail the whole run after the model loads
-    paths, configs = [], []
+    paths, configs, attributes = [], [], None
     for path in checkpoints:
         resolved, state, note = resolve_checkpoint(path)
         if note:
@@ -211,9 +213,15 @@ def check_inputs(checkpoints: list[str], shards: str) -> tuple[list[str], list]:
         if i is not None:
             raise CheckpointError(f"--checkpoint {path} was trained with class {i} = {names[i]!r}, but in {shards} "
                                   f"class {i} is {catalog.class_names[i]!r}")
+        saved = state.get("attributes") or {}
+        if cfg.model.num_attributes and saved.get("names") and catalog.attribute_names:
+            if saved["names"] != catalog.attribute_names:
+                raise CheckpointError(f"--checkpoint {path} was trained on the attributes {saved['names'][:4]}..., "
+                                      f"{shards} has {catalog.attribute_names[:4]}...: not the same list")
+            attributes = attributes or {"names": saved["names"], "thresholds": saved["thresholds"]}
         paths.append(resolved)
         configs.append(cfg)
-    return paths, configs
+    return paths, configs, attributes
 
 
 def check_room_to_read(workers: int, use_gpu: bool) -> None:
@@ -250,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     add_verbose_flag(p)
     a = p.parse_args(argv)
     try:  # before Ray starts: a wrong path is a one-line error, not a traceback from an actor
-        checkpoints, configs = check_inputs(a.checkpoint, a.shards)
+        checkpoints, configs, attributes = check_inputs(a.checkpoint, a.shards)
         size, scales = view_geometry(configs, a.protocol, a.size, a.scales)
         Location.parse(a.out).check_writable()
     except (OSError, ValueError) as exc:
@@ -263,16 +271,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluate.py: error: {exc}", file=sys.stderr)
         return 2
     try:
-        return score(a, checkpoints, size, scales)
+        return score(a, checkpoints, size, scales, attributes)
     except Exception as exc:  # one line on the console; the traceback in the log it names
         return report_failure("evaluate.py", exc)
 
 
-def score(a: argparse.Namespace, checkpoints: list[str], size: int, scales: tuple) -> int:
-    """Predict, fuse, and write the three outputs (numbers first); 1 if too much could not be read."""
+def score(a: argparse.Namespace, checkpoints: list[str], size: int, scales: tuple, attributes: dict | None) -> int:
+    """Predict, fuse, and write the outputs (numbers first); 1 if too much could not be read."""
     print(f"scoring {len(checkpoints)} model(s) on {a.shards}: {a.protocol}, crop {size}, scales "
-          f"{' '.join(map(str, scales))}", flush=True)
-    result = predict(checkpoints, a.shards, a.protocol, scales, size, a.workers, a.gpu, a.batch_size)
+          f"{' '.join(map(str, scales))}{', and attributes' if attributes else ''}", flush=True)
+    result = predict(checkpoints, a.shards, a.protocol, scales, size, a.workers, a.gpu, a.batch_size,
+                     len(attributes["names"]) if attributes else 0)
     catalog = Catalog.load(a.shards)
     skipped, differ = losses(catalog, result)
     result = {k: v[result["ok"]] for k, v in result.items()}
@@ -300,14 +309,24 @@ def score(a: argparse.Namespace, checkpoints: list[str], size: int, scales: tupl
     top5 = np.argsort(-fused, axis=1)[:, :5]
     lines = [f"{image_id(src, key)} {' '.join(map(str, row))}"
              for src, key, row in zip(result["source"], result["key"], top5)]
+    if attributes:  # the thresholds were chosen on validation when training: applied here unchanged
+        metrics["attributes"] = attribute_report(result["attr_probs"][scored], result["attr"][scored],
+                                                 attributes["names"], attributes["thresholds"])
     Location.write_file(os.path.join(a.out, "predictions.csv"), ("\n".join(lines) + "\n").encode())
     Location.write_file(os.path.join(a.out, "metrics.json"), (json.dumps(metrics, indent=1) + "\n").encode())
+    plots = []
     if labeled:  # after the numbers: a plot must never cost them
         plot_confusion(fused[scored], labels[scored], names, os.path.join(a.out, "confusion.png"))
-    if labeled:
+        plots.append("confusion.png")
         print(f"fused ({a.fusion}, {a.protocol}): top-1 error {metrics['fused']['top1_error']:.4f}, "
               f"top-5 error {metrics['fused']['top5_error']:.4f} on {int(scored.sum())} images")
-    print(f"wrote {os.path.join(a.out, 'metrics.json')}, predictions.csv" + (", confusion.png" if labeled else ""))
+    if attributes:
+        report = metrics["attributes"]
+        plot_attribute_ap(report, os.path.join(a.out, "attribute_ap.png"))
+        plots.append("attribute_ap.png")
+        print(f"attributes: mAP {report['mAP']:.4f}, macro F1 {report['macro_f1']:.4f} at the thresholds chosen "
+              f"on validation ({len(attributes['names'])} attributes)")
+    print(f"wrote {os.path.join(a.out, 'metrics.json')}, predictions.csv" + "".join(f", {p}" for p in plots))
     listed = catalog.total
     if differ:
         print(f"{len(differ)} shard(s) not as index.json lists them, {skipped} of {listed} listed samples not "

@@ -3,9 +3,9 @@
 `trainable_from: STAGE` freezes every backbone stage below STAGE (one of the model's stage names, or
 "head" for a linear probe): their parameters get no gradient and no optimiser state, and their batch-
 norm layers stay in eval mode, so their running statistics are the pretrained ones.  Auxiliary heads
-are new layers and always train.  `head_lr_mult` multiplies the learning rate of the new layers: the
-classifier (the backbone's last linear layer, replaced when the class count differs) and the
-auxiliary heads.
+and the attribute head are new layers and always train.  `head_lr_mult` multiplies the learning rate
+of the new layers: the classifier (the backbone's last linear layer, replaced when the class count
+differs), the auxiliary heads and the attribute head.
 """
 
 from __future__ import annotations
@@ -51,9 +51,12 @@ def train_mode(model: nn.Module, trainable_from: str | None) -> None:
 
 
 def new_layer_parameters(model: nn.Module) -> set[int]:
-    """ids of the classifier's and the auxiliary heads' parameters (what `head_lr_mult` speeds up)."""
+    """ids of the classifier's, the auxiliary heads' and the attribute head's parameters (what
+    `head_lr_mult` speeds up)."""
     backbone = getattr(model, "backbone", model)
     params = list(backbone.classifier()[1].parameters())
     if hasattr(model, "aux_heads"):
         params += list(model.aux_heads.parameters())
+    if getattr(model, "attribute_head", None) is not None:
+        params += list(model.attribute_head.parameters())
     return {id(p) for p in params}

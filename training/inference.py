@@ -2,6 +2,7 @@
 tasks, score them with one or more models on an actor pool (GPUs when asked).
 
     shard urls --read_shards--> samples --cut_views--> uint8 views --Predictor--> class probabilities
+                                                                                 (and attribute probabilities)
 
 A damaged shard or an image that does not decode never ends the run: what could not be scored is
 counted per shard against index.json (`losses`), as training counts what it skips.
@@ -19,6 +20,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from pipelines.attributes import decode as decode_attributes
 from pipelines.catalog import READ_ERRORS, Catalog
 from pipelines.storage import Location
 from pipelines.tar_stream import ShardReader
@@ -65,7 +67,8 @@ def _sample_columns(samples: list, url: str) -> dict[str, np.ndarray]:
     return {"__key__": np.array([s.key for s in samples], dtype=object),
             "url": np.array([url] * len(samples), dtype=object),
             **{ext: np.array([s.members.get(ext, b"{}") for s in samples], dtype=object)
-               for ext in ("cls", "jpg", "json")}}
+               for ext in ("cls", "jpg", "json")},
+            "attr": np.array([s.members.get("attr", b"") for s in samples], dtype=object)}
 
 
 @functools.lru_cache(maxsize=1)
@@ -78,25 +81,30 @@ def blank_jpeg() -> bytes:
     return buf.getvalue()
 
 
-def cut_views(batch: dict[str, np.ndarray], protocol: str, scales: tuple[int, ...], size: int) -> dict:
+def cut_views(batch: dict[str, np.ndarray], protocol: str, scales: tuple[int, ...], size: int,
+              attributes: int = 0) -> dict:
     """Ray Data CPU stage: decode and cut each image's views (uint8), so the model stage only infers.
     `views{i}`: transform i's (V, C, H, W) per image; dense images differ in size, so a ragged column.
     An image that does not decode gets a blank image's views and `ok` False: the driver drops it and
-    counts it as its shard's loss (a batch keeps its shape, whatever fails in it)."""
+    counts it as its shard's loss (a batch keeps its shape, whatever fails in it).  With `attributes`,
+    `attr` holds each image's attribute bits (MISSING where it has none)."""
     transforms = view_transforms(protocol, scales, size)
-    ok, cut, labels, sources = [], [], [], []
-    for key, url, jpeg, cls, meta in zip(batch["__key__"], batch["url"], batch["jpg"], batch["cls"], batch["json"]):
+    ok, cut, labels, sources, bits = [], [], [], [], []
+    for key, url, jpeg, cls, meta, attr in zip(batch["__key__"], batch["url"], batch["jpg"], batch["cls"],
+                                               batch["json"], batch["attr"]):
         try:
             # the image id: the path as listed when sharding (shard.py always records it), else the key
             row = (True, int(bytes(cls)), str(json.loads(bytes(meta)).get("source", key)),
-                   [t.views(bytes(jpeg)).numpy() for t in transforms])
+                   [t.views(bytes(jpeg)).numpy() for t in transforms], _bits(bytes(attr), attributes))
         except Exception as exc:  # a decoder error on one odd sample must not end the evaluation
             log.warning("evaluation skips sample %s of %s: %s: %s", key, url, type(exc).__name__, exc)
-            row = (False, -1, str(key), [t.views(blank_jpeg()).numpy() for t in transforms])
-        for column, value in zip((ok, labels, sources, cut), row):
+            row = (False, -1, str(key), [t.views(blank_jpeg()).numpy() for t in transforms],
+                   _bits(b"", attributes))
+        for column, value in zip((ok, labels, sources, cut, bits), row):
             column.append(value)
     out = {"key": batch["__key__"], "url": batch["url"], "ok": np.array(ok, dtype=bool),
-           "cls": np.array(labels, dtype=np.int64), "source": np.array(sources, dtype=object)}
+           "cls": np.array(labels, dtype=np.int64), "source": np.array(sources, dtype=object),
+           "attr": np.stack(bits).astype(np.int8).reshape(len(ok), attributes)}
     for i, transform in enumerate(transforms):
         views = [c[i] for c in cut]
         if transform.protocol == "full":
@@ -109,9 +117,16 @@ def cut_views(batch: dict[str, np.ndarray], protocol: str, scales: tuple[int, ..
     return out
 
 
+def _bits(member: bytes, attributes: int) -> np.ndarray:
+    """The sample's attribute bits when they are scored (shards sharded with attributes, a model with an
+    attribute head), else none."""
+    return decode_attributes(member, attributes) if attributes else np.zeros(0, np.int8)
+
+
 class Predictor:
     """Ray Data actor: every model's class probabilities per image, averaged over the protocol's views;
-    fixed-size views go through each model as one batch."""
+    fixed-size views go through each model as one batch.  Models with an attribute head also give
+    attribute probabilities (sigmoid, averaged over the same views), averaged over those models."""
 
     def __init__(self, checkpoints: list[str], protocol: str, scales: tuple[int, ...], size: int, use_gpu: bool,
                  batch_size: int):
@@ -124,49 +139,61 @@ class Predictor:
             state = load_checkpoint_file(path)
             model = build_model(from_dict(state["config"]), warm_start=False)
             model.load_state_dict(inference_weights(state))
-            self.models.append(model.export().to(self.device).eval())
+            self.models.append(model.to(self.device).eval())
         self.protocol, self.scales, self.batch_size = protocol, scales, batch_size
         self.normalize = view_transforms(protocol, scales, size)[0].normalizer()
 
-    def probabilities(self, model, batch: dict) -> torch.Tensor:
-        """(B, K) for one model; multi_crop_dense: the mean of the two protocols' posteriors (VGG)."""
+    def probabilities(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, K) class and (B, A) attribute probabilities (None without an attribute head) for one model;
+        multi_crop_dense: the mean of the two protocols' posteriors (VGG)."""
         if self.protocol == "dense":
             return self.dense_probabilities(model, batch, first=0)
         views = torch.from_numpy(np.asarray(batch["views0"]))  # (B, V, C, H, W)
         # a GPU takes up to batch_size views per forward; a CPU one image's views (larger batches fall
         # out of its caches: ten crops of 32 images at once ran at 0.6x on 2 cores)
         chunk = self.batch_size if self.device.type == "cuda" else views.shape[1]
-        probs = torch.cat([model(self.normalize(part.to(self.device))).softmax(1)
-                           for part in views.flatten(0, 1).split(chunk)])
-        crops = probs.view(*views.shape[:2], -1).mean(1)
+        outs = [model.predict(self.normalize(part.to(self.device))) for part in views.flatten(0, 1).split(chunk)]
+        crops = torch.cat([logits.softmax(1) for logits, _ in outs]).view(*views.shape[:2], -1).mean(1)
+        attributes = None if outs[0][1] is None else \
+            torch.cat([a.sigmoid() for _, a in outs]).view(*views.shape[:2], -1).mean(1)
         if self.protocol == "multi_crop_dense":
-            return (crops + self.dense_probabilities(model, batch, first=1)) / 2
-        return crops
+            dense, dense_attributes = self.dense_probabilities(model, batch, first=1)
+            return (crops + dense) / 2, None if attributes is None else (attributes + dense_attributes) / 2
+        return crops, attributes
 
-    def dense_probabilities(self, model, batch: dict, first: int) -> torch.Tensor:
-        """(B, K): every scale's whole image (columns views{first}...) and its mirror, as class-score maps."""
-        rows = []
+    def dense_probabilities(self, model, batch: dict, first: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, K): every scale's whole image (columns views{first}...) and its mirror, as class-score maps;
+        attributes from the same passes."""
+        backbone, rows, attribute_rows = model.backbone, [], []
         for row in range(len(batch["key"])):
-            outs = []
+            outs, attributes = [], []
             for i in range(first, first + len(self.scales)):
                 x = self.normalize(torch.from_numpy(np.asarray(batch[f"views{i}"][row])).to(self.device))
-                x = torch.cat([x, x.flip(-1)])
-                scores = model.forward_dense(x) if hasattr(model.head, "to_dense") else model(x)
+                features = backbone.forward_features(torch.cat([x, x.flip(-1)]))
+                head = backbone.dense_head() if hasattr(backbone.head, "to_dense") else backbone.forward_head
+                scores = head(features)
                 if scores.dim() == 4:  # VGG: the class-score map is averaged spatially, then the softmax
                     scores = scores.mean((2, 3))
                 outs.append(scores.softmax(1))
+                if model.attribute_head is not None:  # global pooling takes any map size
+                    attributes.append(model.attribute_head(features).sigmoid())
             rows.append(torch.cat(outs).mean(0))
-        return torch.stack(rows)
+            attribute_rows.append(torch.cat(attributes).mean(0) if attributes else None)
+        return torch.stack(rows), None if model.attribute_head is None else torch.stack(attribute_rows)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with torch.no_grad():
-            probs = torch.stack([self.probabilities(m, batch) for m in self.models], dim=1)  # (B, M, K)
-        return {**{k: batch[k] for k in ("key", "url", "ok", "cls", "source")},
-                "probs": probs.cpu().numpy().astype(np.float32)}
+            both = [self.probabilities(m, batch) for m in self.models]
+        probs = torch.stack([p for p, _ in both], dim=1)  # (B, M, K)
+        attributes = [a for _, a in both if a is not None]
+        attr_probs = torch.stack(attributes).mean(0) if attributes else torch.zeros(len(probs), 0)
+        return {**{k: batch[k] for k in ("key", "url", "ok", "cls", "source", "attr")},
+                "probs": probs.cpu().numpy().astype(np.float32),
+                "attr_probs": attr_probs.cpu().numpy().astype(np.float32)}
 
 
 def predict(checkpoints, shards: str, protocol: str, scales, size: int, workers: int, use_gpu: bool,
-            batch_size: int) -> dict[str, np.ndarray]:
+            batch_size: int, attributes: int = 0) -> dict[str, np.ndarray]:
     import ray
 
     catalog = Catalog.load(shards)
@@ -174,7 +201,7 @@ def predict(checkpoints, shards: str, protocol: str, scales, size: int, workers:
     ds = ds.map_batches(read_shards, fn_kwargs=dict(loc=catalog.loc), batch_size=1)
     # With GPU actors, decoding runs as CPU tasks beside them and scales out over the cluster's CPUs;
     # on CPUs alone Ray Data fuses the two stages into each actor.
-    ds = ds.map_batches(cut_views, fn_kwargs=dict(protocol=protocol, scales=scales, size=size),
+    ds = ds.map_batches(cut_views, fn_kwargs=dict(protocol=protocol, scales=scales, size=size, attributes=attributes),
                         batch_size=batch_size)
     ds = ds.map_batches(Predictor, fn_constructor_kwargs=dict(checkpoints=checkpoints, protocol=protocol,
                                                               scales=scales, size=size, use_gpu=use_gpu,
@@ -182,7 +209,8 @@ def predict(checkpoints, shards: str, protocol: str, scales, size: int, workers:
                         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
                         num_gpus=1 if use_gpu else 0)
     parts = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in ("key", "url", "ok", "cls", "source", "probs")}
+    merged = {k: np.concatenate([p[k] for p in parts])
+              for k in ("key", "url", "ok", "cls", "source", "probs", "attr", "attr_probs")}
     order = np.argsort(merged["key"])  # a stable order, whatever Ray's scheduling
     return {k: v[order] for k, v in merged.items()}
 

@@ -81,7 +81,8 @@ def duration(seconds: float) -> str:
 
 
 def epoch_line(m: dict, epochs: int) -> str:
+    attributes = f", attributes mAP {m['attr_mAP']:.3f}" if "attr_mAP" in m else ""
     return (f"epoch {m['epoch'] + 1}/{epochs} done: top-1 error {m['top1_error']:.2%}, "
-            f"top-5 error {m['top5_error']:.2%} ({m['val_images']} val images), "
+            f"top-5 error {m['top5_error']:.2%}{attributes} ({m['val_images']} val images), "
             f"loss {m.get('loss', float('nan')):.4f}, {m['images_per_s']:,.0f} img/s, "
             f"data wait {m['data_wait_fraction']:.0%}, lr {m['lr']:.3g}")

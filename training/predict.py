@@ -8,7 +8,9 @@ it).  A folder is searched recursively for image files (.jpg .jpeg .png .gif .bm
 case).  Every image goes through sharding's preparation (`pipelines/images.py`: EXIF rotation, CMYK,
 greyscale, palette and alpha images to RGB, large JPEGs decoded at reduced size), then evaluation's
 centre crop at the checkpoint's `data.eval_resize` / `data.size`.  For each image, one console line and
-one line of DIR/predictions.jsonl (`{"image", "top": [[class, probability], ...], "cam"}`), and
+one line of DIR/predictions.jsonl (`{"image", "top": [[class, probability], ...], "attributes", "cam"}`;
+`attributes`: for a model with an attribute head, those at or above the threshold chosen for each on
+validation, with their probabilities, most probable first), and
 DIR/<name>.cam.png: the crop the network scored beside it overlaid with the top class's activation map
 (CAM for global-average-pooled heads, Grad-CAM otherwise: `training/cam.py`).  A file that cannot be
 read is one error line; the others are still processed, and the exit code is 1.
@@ -73,6 +75,10 @@ class Model:
         model = build_model(cfg, warm_start=False)
         model.load_state_dict(inference_weights(state))
         self.backbone = model.export().eval()
+        self.attribute_head = model.attribute_head.eval() if model.attribute_head is not None else None
+        saved = state.get("attributes") or {}
+        self.attribute_names = saved.get("names") or [f"attribute{i}" for i in range(cfg.model.num_attributes)]
+        self.thresholds = saved.get("thresholds") or [0.5] * cfg.model.num_attributes
         self.size, self.resize = cfg.data.size, cfg.data.eval_resize
         self.transform = EvalTransform("center", size=self.size, resize=self.resize)
         names = state.get("class_names")
@@ -90,7 +96,8 @@ class Model:
         prepared = prepare_image(data, ImageSettings(image_size=max(16, self.resize), resize="shorter"))
         return self.transform.views(prepared.jpeg)[0]
 
-    def predict(self, view: torch.Tensor, top: int, method: str) -> tuple[list[tuple[str, float]], np.ndarray]:
+    def predict(self, view: torch.Tensor, top: int, method: str) -> tuple[list, list, np.ndarray]:
+        """(top classes, predicted attributes, activation map), names with probabilities."""
         from training.cam import activation_map, class_scores
 
         x = self.transform.normalizer()(view[None])
@@ -98,11 +105,18 @@ class Model:
         probs = torch.softmax(logits.detach()[0].float(), 0)
         best = torch.topk(probs, min(top, len(probs)))
         ranked = [(self.names[i], float(p)) for p, i in zip(best.values, best.indices.tolist())]
+        attributes = []
+        if self.attribute_head is not None:
+            with torch.no_grad():
+                scores = torch.sigmoid(self.attribute_head(features.detach())[0].float()).tolist()
+            attributes = sorted(((n, p) for n, p, t in zip(self.attribute_names, scores, self.thresholds) if p >= t),
+                                key=lambda pair: -pair[1])
         cam = activation_map(self.backbone, features, logits, int(best.indices[0]), tuple(view.shape[1:]), method)
-        return ranked, cam
+        return ranked, attributes, cam
 
 
-def overlay_png(view: torch.Tensor, cam: np.ndarray, ranked: list[tuple[str, float]], title: str) -> bytes:
+def overlay_png(view: torch.Tensor, cam: np.ndarray, ranked: list[tuple[str, float]], title: str,
+                attributes: list[tuple[str, float]] = ()) -> bytes:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -117,7 +131,9 @@ def overlay_png(view: torch.Tensor, cam: np.ndarray, ranked: list[tuple[str, flo
     b.set_title(f"where it saw {ranked[0][0]}", fontsize=9)
     for ax in (a, b):
         ax.axis("off")
-    fig.suptitle(title + "\n" + ", ".join(f"{name} {p:.0%}" for name, p in ranked), fontsize=9)
+    fig.suptitle(title + "\n" + ", ".join(f"{name} {p:.0%}" for name, p in ranked)
+                 + ("\nattributes: " + ", ".join(f"{name} {p:.0%}" for name, p in attributes) if attributes else ""),
+                 fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -159,15 +175,20 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with open(path, "rb") as f:
                 view = model.view(f.read())
-            ranked, cam = model.predict(view, a.top, a.method)
+            ranked, attributes, cam = model.predict(view, a.top, a.method)
         except Exception as exc:  # this image only: a bad file must not stop the others
             failed += 1
             print(f"{path}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
         name = output_name(path, taken)
-        out.write_atomic(name, overlay_png(view, cam, ranked, path))
-        lines.append(json.dumps({"image": path, "top": [[c, round(p, 6)] for c, p in ranked], "cam": name}))
-        print(f"{path}: " + ", ".join(f"{c} {p:.1%}" for c, p in ranked) + f" -> {out.uri(name)}")
+        out.write_atomic(name, overlay_png(view, cam, ranked, path, attributes))
+        record = {"image": path, "top": [[c, round(p, 6)] for c, p in ranked]}
+        if model.attribute_head is not None:
+            record["attributes"] = [[n, round(p, 6)] for n, p in attributes]
+        lines.append(json.dumps({**record, "cam": name}))
+        said = "; attributes: " + (", ".join(f"{n} {p:.0%}" for n, p in attributes) or "none") \
+            if model.attribute_head is not None else ""
+        print(f"{path}: " + ", ".join(f"{c} {p:.1%}" for c, p in ranked) + said + f" -> {out.uri(name)}")
     out.write_atomic("predictions.jsonl", "".join(line + "\n" for line in lines).encode())
     print(f"{len(lines)} of {len(files)} images scored -> {out.uri('predictions.jsonl')}"
           + (f"; {failed} could not be read" if failed else ""))

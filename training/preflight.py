@@ -34,6 +34,7 @@ def check_training_inputs(cfg: TrainConfig) -> None:
             raise ConfigError(f"config key 'model.num_classes' is {cfg.model.num_classes} but {key} has "
                               f"{catalog.num_classes} classes ({catalog.loc.uri('index.json')})")
     check_same_classes(train, val)
+    check_attributes(cfg.model.num_attributes, train, val)
     check_model_start(cfg)
 
 
@@ -48,7 +49,8 @@ def check_model_start(cfg: TrainConfig) -> None:
     try:
         with torch.device("meta"):
             model = create_model(m.name, m.num_classes, mode=m.mode, branch=m.branch, aux_head=m.aux_head,
-                                 aux_weight=m.aux_weight, overlap=m.overlap, **m.options)
+                                 aux_weight=m.aux_weight, overlap=m.overlap, num_attributes=m.num_attributes,
+                                 attribute_weight=m.attribute_weight, scene_weight=m.scene_weight, **m.options)
     except (TypeError, ValueError, KeyError) as exc:
         reason = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # no repr quotes
         reason = reason if len(reason) <= 200 else reason[:200] + "..."  # 'abc' * 96 reads badly in full
@@ -107,6 +109,21 @@ def check_same_classes(train: Catalog, val: Catalog) -> None:
     if i is not None:
         raise ConfigError(f"data.val_shards: class {i} is {val.class_names[i]!r} there but {train.class_names[i]!r} "
                           f"in the training shards: shard both with the same categories (names and order)")
+
+
+def check_attributes(num_attributes: int, train: Catalog, val: Catalog) -> None:
+    """With `model.num_attributes`, both shard sets carry that many attributes, the same in the same order."""
+    if not num_attributes:
+        return
+    for key, catalog in (("data.train_shards", train), ("data.val_shards", val)):
+        if len(catalog.attribute_names) != num_attributes:
+            raise ConfigError(f"config key 'model.num_attributes' is {num_attributes} but {key} has "
+                              f"{len(catalog.attribute_names)} attributes ({catalog.loc.uri('index.json')}); "
+                              f"shard with --attributes FILE")
+    i = first_different_class(train.attribute_names, val.attribute_names)
+    if i is not None:
+        raise ConfigError(f"data.val_shards: attribute {i} is {val.attribute_names[i]!r} there but "
+                          f"{train.attribute_names[i]!r} in the training shards")
 
 
 def check_shard_files(key: str, catalog: Catalog) -> None:

@@ -169,7 +169,8 @@ def train(cfg: TrainConfig, name: str, resuming: bool, verbose: bool) -> int:
 
     report_path = Location.write_file(f"{run_path}/report.json",
                                       (json.dumps(report, indent=1, default=str) + "\n").encode())
-    print(f"top-1 error {metrics['top1_error']:.4f}, top-5 error {metrics['top5_error']:.4f} "
+    attributes = f", attributes mAP {metrics['attr_mAP']:.4f}" if "attr_mAP" in metrics else ""
+    print(f"top-1 error {metrics['top1_error']:.4f}, top-5 error {metrics['top5_error']:.4f}{attributes} "
           f"after {metrics['epoch'] + 1} epochs ({metrics['val_images']} val images)")
     print(f"report: {report_path}")
     if best:

@@ -7,6 +7,7 @@ import os
 from contextlib import nullcontext
 import time
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -15,6 +16,7 @@ import torch.distributed as dist
 from pipelines.console import quiet_console_handlers
 from pipelines.loader import LoaderConfig, ShardLoader, eval_batches
 from pipelines.transforms import EvalTransform, TrainTransform
+from training.attribute_metrics import attribute_report
 from training.checkpointing import CHECKPOINT_FILE, MidEpochPolicy, mid_epoch_metrics, report_checkpoint
 from training.config import TrainConfig, from_dict
 from training.epoch_tally import EpochTally
@@ -32,7 +34,8 @@ def build_model(cfg: TrainConfig, warm_start: bool = True):
     m = cfg.model
     model = create_model(m.name, m.num_classes, mode=m.mode, branch=m.branch, aux_head=m.aux_head,
                          aux_weight=m.aux_weight, overlap=m.overlap, label_smoothing=cfg.optim.label_smoothing,
-                         **m.options)
+                         num_attributes=m.num_attributes, attribute_weight=m.attribute_weight,
+                         scene_weight=m.scene_weight, **m.options)
     if m.init_from and warm_start:
         state = load_checkpoint_file(m.init_from)
         shallow = build_model(from_dict(state["config"]), warm_start=False)
@@ -72,7 +75,7 @@ def build_train_loader(cfg: TrainConfig, rank: int, world: int, device) -> Shard
     transform = TrainTransform(crop=d.crop, size=d.size, jitter=tuple(d.jitter), pca=pca)
     return ShardLoader(LoaderConfig(shards=d.train_shards, mode=d.sampling, batch_size=d.batch_size,
                                     num_workers=d.loader_workers, seed=cfg.run.seed, buffer_size=d.shuffle_buffer,
-                                    block=d.read_block, decode=d.decode),
+                                    block=d.read_block, decode=d.decode, attributes=cfg.model.num_attributes),
                        transform, rank=rank, world_size=world, device=device,
                        channels_last=device.type == "cuda" and cfg.run.channels_last)
 
@@ -83,22 +86,33 @@ def autocast(cfg: TrainConfig, device) -> torch.autocast:
                           enabled=device.type == "cuda" and cfg.run.amp)
 
 
-def evaluate_rank(model, cfg: TrainConfig, rank: int, world: int, device) -> torch.Tensor:
+def evaluate_rank(model, cfg: TrainConfig, rank: int, world: int, device) -> tuple[torch.Tensor, tuple | None]:
     """[top-1 correct, top-5 correct, seen] over this rank's exact share of the val set (no padding),
-    under the training's autocast (as timm validates); `evaluate.py` scores checkpoints in fp32."""
+    under the training's autocast (as timm validates); `evaluate.py` scores checkpoints in fp32.  With
+    attributes also (probabilities, targets) of this rank's share, as numpy arrays."""
     transform = EvalTransform("center", size=cfg.data.size, resize=cfg.data.eval_resize)
     normalize = transform.normalizer()
     counts = torch.zeros(3, dtype=torch.float64, device=device)
+    attributes = cfg.model.num_attributes
+    scores, targets = [], []
     model.eval()
     with torch.no_grad(), autocast(cfg, device):
         for x, y in eval_batches(cfg.data.val_shards, transform, rank, world, cfg.data.batch_size,
-                                 cfg.data.loader_workers):
+                                 cfg.data.loader_workers, attributes):
             x, y = normalize(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
-            top5 = model(x).topk(min(5, model.backbone.num_classes), dim=1).indices
-            counts[0] += (top5[:, 0] == y).sum()
-            counts[1] += (top5 == y[:, None]).any(1).sum()
+            logits, attr_logits = model.predict(x)
+            labels = y[:, 0] if attributes else y
+            top5 = logits.topk(min(5, model.backbone.num_classes), dim=1).indices
+            counts[0] += (top5[:, 0] == labels).sum()
+            counts[1] += (top5 == labels[:, None]).any(1).sum()
             counts[2] += len(y)
-    return counts
+            if attributes:
+                scores.append(torch.sigmoid(attr_logits.float()).cpu().numpy())
+                targets.append(y[:, 1:].cpu().numpy())
+    if not attributes:
+        return counts, None
+    return counts, (np.concatenate(scores) if scores else np.zeros((0, attributes), np.float32),
+                    np.concatenate(targets) if targets else np.zeros((0, attributes), np.int64))
 
 
 def check_epoch_input(epoch: int, trained: int, skipped: int, max_skipped_fraction: float, validated: int) -> None:
@@ -141,6 +155,7 @@ def train_fn_per_worker(config: dict) -> None:
     scaler = torch.amp.GradScaler(device.type, enabled=gpu and cfg.run.amp and cfg.run.amp_dtype == "float16")
     step_fn = torch.compile(ddp) if cfg.run.compile else ddp
     start_epoch, step, history, resumed = 0, 0, [], None
+    attribute_state: dict = {}  # attribute names and the F1 thresholds of the latest validation
     sink = MetricsSink(config["run_name"], config.get("tensorboard_dir"), config.get("console")) if rank == 0 else None
 
     if checkpoint:
@@ -151,6 +166,7 @@ def train_fn_per_worker(config: dict) -> None:
         scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
+        attribute_state.update(state.get("attributes") or {})
         if ema is not None and state.get("ema"):
             ema.load_state_dict(state["ema"])
         step, history = state["step"], state["history"]
@@ -174,7 +190,8 @@ def train_fn_per_worker(config: dict) -> None:
                 "ema": ema.state_dict() if ema is not None else None, "scaler": scaler.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "streams": streams,
                 "rng": rng, "tallies": tallies, "config": config["train"], "history": history,
-                "class_names": loader.catalog.class_names}  # what evaluate.py checks shards against
+                "class_names": loader.catalog.class_names,  # what evaluate.py checks shards against
+                "attributes": dict(attribute_state) or None}  # names, and F1 thresholds chosen on validation
 
     for epoch in range(start_epoch, cfg.run.epochs):
         train_mode(net, cfg.optim.trainable_from)
@@ -225,7 +242,7 @@ def train_fn_per_worker(config: dict) -> None:
         if world > 1:  # each rank's last forward updated its own batch-norm statistics: validate rank 0's,
             for buffer in validated.buffers():  # which the checkpoint holds, on every rank
                 dist.broadcast(buffer, src=0)
-        counts = evaluate_rank(validated, cfg, rank, world, device)
+        counts, attribute_scores = evaluate_rank(validated, cfg, rank, world, device)
         totals = torch.tensor([tally.seen, elapsed, tally.waited, loader.skipped, float(tally.digest),
                                loader.skipped - tally.skipped_before], dtype=torch.float64, device=device)
         sums = tally.sums
@@ -245,6 +262,12 @@ def train_fn_per_worker(config: dict) -> None:
                    "resumed_from_step": resumed_from,  # > 0: this epoch continued a mid-epoch checkpoint
                    "lr": optimizer.param_groups[0]["lr"],
                    **{k: float(v / max(totals[0], 1)) for k, v in zip(sorted(sums), loss_sums)}}
+        if attribute_scores is not None:  # AP needs every score at once: gathered, the same report on every rank
+            parts = gather(attribute_scores, world)
+            report = attribute_report(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                                      loader.catalog.attribute_names)
+            attribute_state.update(names=loader.catalog.attribute_names, thresholds=report["thresholds"])
+            metrics.update(attr_mAP=report["mAP"], attr_macro_f1=report["macro_f1"])
         history.append(metrics)
         if sink is not None:
             sink.epoch(metrics, cfg.run.epochs)

@@ -19,9 +19,11 @@ from training.models.vgg import init_from_shallower
 def create_model(name: str, num_classes: int = 1000, *, mode: str | None = None,
                  branch: str | list[str] | None = None, aux_head: str | None = None,
                  aux_weight: float | None = None, overlap: int = 1, label_smoothing: float = 0.0,
+                 num_attributes: int = 0, attribute_weight: float = 1.0, scene_weight: float = 1.0,
                  **options) -> RelayNet:
     return wrap(build_backbone(name, num_classes, **options), mode=mode, branch=branch, aux_head=aux_head,
-                aux_weight=aux_weight, overlap=overlap, label_smoothing=label_smoothing)
+                aux_weight=aux_weight, overlap=overlap, label_smoothing=label_smoothing,
+                num_attributes=num_attributes, attribute_weight=attribute_weight, scene_weight=scene_weight)
 
 
 __all__ = ["create_model", "list_models", "register_model", "build_backbone", "RelayNet", "AuxOutputs",

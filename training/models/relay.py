@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from training.models.attribute_head import AttributeHead, attribute_loss
 from training.models.base import BranchSpec, StagedNet, initialize
 from training.models.heads import SmallAuxHead
 
@@ -32,15 +33,18 @@ DEFAULT_AUX_WEIGHT = {"bp": 0.0, "loss12_bp": 0.3, "relay": 1.0}  # GoogLeNet's 
 
 
 class AuxOutputs(NamedTuple):
-    """What a training forward returns: the top logits, then one entry per auxiliary head."""
+    """What a training forward returns: the top logits, one entry per auxiliary head, and the top feature
+    map the logits came from (what the attribute head reads)."""
 
     logits: torch.Tensor
     aux_logits: tuple[torch.Tensor, ...]
+    features: torch.Tensor | None = None
 
 
 class RelayNet(nn.Module):
     def __init__(self, backbone: StagedNet, mode: str, branches: list[BranchSpec], aux_weight: float,
-                 overlap: int = 1, label_smoothing: float = 0.0):
+                 overlap: int = 1, label_smoothing: float = 0.0, num_attributes: int = 0,
+                 attribute_weight: float = 1.0, scene_weight: float = 1.0):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -63,6 +67,12 @@ class RelayNet(nn.Module):
         self.branches = [] if mode == "bp" else list(branches)
         self.branch_index = [backbone.stage_index(b.after) for b in self.branches]
         self.aux_heads = nn.ModuleList(self._make_head(b, i) for b, i in zip(self.branches, self.branch_index))
+        if num_attributes < 0 or attribute_weight < 0 or scene_weight < 0:
+            raise ValueError("num_attributes, attribute_weight and scene_weight must be >= 0")
+        self.num_attributes, self.attribute_weight, self.scene_weight = num_attributes, attribute_weight, scene_weight
+        # (the probe at 224: every family's stages keep a map that large above 1x1)
+        self.attribute_head = (AttributeHead(self._channels_after(len(backbone.stage_names) - 1, 224), num_attributes)
+                               if num_attributes else None)
 
     # -- the StagedNet interface, forwarded -------------------------------------------------------
     @property
@@ -91,24 +101,43 @@ class RelayNet(nn.Module):
         if not self.training:
             return self.backbone(x)
         if self.mode == "bp":
-            return AuxOutputs(self.backbone(x), ())
+            return self._forward_top(x)
         if self.mode == "loss12_bp":
             return self._forward_deep_supervision(x)
         return self._forward_relay(x)
 
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(scene logits, attribute logits or None), from one pass through the backbone."""
+        logits, _, features = self._forward_top(x)
+        return logits, self.attribute_head(features) if self.attribute_head is not None else None
+
     def _losses(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"loss": total to back-propagate, "loss1": top, "loss2"...: auxiliary, "logits": top}``."""
-        out = self(x)
-        logits, aux = (out.logits, out.aux_logits) if isinstance(out, AuxOutputs) else (out, ())
+        """``{"loss": total to back-propagate, "loss1": top, "loss2"...: auxiliary, "logits": top}``, and
+        with attributes ``"loss_attr"`` and ``"attr_logits"``.  `y`: class ids, or with attributes one row
+        per sample, [class id, 0/1 (or MISSING) per attribute]."""
+        labels, attributes = (y[:, 0], y[:, 1:]) if y.dim() == 2 else (y, None)
+        logits, aux, features = self(x) if self.training else self._forward_top(x)  # eval: no auxiliary loss
         smoothing = self.label_smoothing
-        result = {"loss1": F.cross_entropy(logits, y, label_smoothing=smoothing)}
-        total = result["loss1"]
+        result = {"loss1": F.cross_entropy(logits, labels, label_smoothing=smoothing)}
+        scene = result["loss1"]
         for k, a in enumerate(aux, start=2):
-            result[f"loss{k}"] = F.cross_entropy(a, y, label_smoothing=smoothing)
-            total = total + self.aux_weight * result[f"loss{k}"]
+            result[f"loss{k}"] = F.cross_entropy(a, labels, label_smoothing=smoothing)
+            scene = scene + self.aux_weight * result[f"loss{k}"]
+        total = self.scene_weight * scene
+        if self.attribute_head is not None:
+            if attributes is None or attributes.shape[1] != self.num_attributes:
+                raise ValueError(f"the model has {self.num_attributes} attributes; the batch's targets "
+                                 f"have {0 if attributes is None else attributes.shape[1]}")
+            result["attr_logits"] = self.attribute_head(features)
+            result["loss_attr"] = attribute_loss(result["attr_logits"], attributes)
+            total = total + self.attribute_weight * result["loss_attr"]
         result["loss"] = total
         result["logits"] = logits
         return result
+
+    def _forward_top(self, x):
+        features = self.backbone.forward_features(x)
+        return AuxOutputs(self.backbone.forward_head(features), (), features)
 
     def _forward_deep_supervision(self, x):
         aux, h = [], x
@@ -116,7 +145,7 @@ class RelayNet(nn.Module):
             h = stage(h)
             if i in self.branch_index:
                 aux.append(self.aux_heads[self.branch_index.index(i)](h))
-        return AuxOutputs(self.backbone.forward_head(h), tuple(aux))
+        return AuxOutputs(self.backbone.forward_head(h), tuple(aux), h)
 
     def _forward_relay(self, x):
         b = self.branch_index[0]
@@ -130,8 +159,8 @@ class RelayNet(nn.Module):
         else:
             branch = trunk
             top = trunk.detach()
-        logits = self.backbone.forward_head(self.backbone.run_stages(top, b + 1))
-        return AuxOutputs(logits, (self.aux_heads[0](branch),))
+        features = self.backbone.run_stages(top, b + 1)
+        return AuxOutputs(self.backbone.forward_head(features), (self.aux_heads[0](branch),), features)
 
     def _make_head(self, spec: BranchSpec, index: int) -> nn.Module:
         if spec.head == "copy":  # the layers above the branch, duplicated with fresh weights (WM A/B)
@@ -141,11 +170,11 @@ class RelayNet(nn.Module):
             return head
         return SmallAuxHead(self._channels_after(index), self.backbone.num_classes)  # "small"
 
-    def _channels_after(self, index: int) -> int:
+    def _channels_after(self, index: int, size: int = 64) -> int:
         was_training = self.backbone.training
         self.backbone.eval()  # a probe must not touch batch-norm statistics
         with torch.no_grad():
-            channels = self.backbone.run_stages(torch.zeros(1, 3, 64, 64), 0, index + 1).shape[1]
+            channels = self.backbone.run_stages(torch.zeros(1, 3, size, size), 0, index + 1).shape[1]
         self.backbone.train(was_training)
         return channels
 
@@ -183,7 +212,8 @@ class _OverlapRelay(torch.autograd.Function):
 
 def wrap(backbone: StagedNet, mode: str | None = None, branch: str | list[str] | None = None,
          aux_head: str | None = None, aux_weight: float | None = None, overlap: int = 1,
-         label_smoothing: float = 0.0) -> RelayNet:
+         label_smoothing: float = 0.0, num_attributes: int = 0, attribute_weight: float = 1.0,
+         scene_weight: float = 1.0) -> RelayNet:
     """The family's defaults (WM: relay after the 28x28 stage; GoogLeNet: two small heads) unless overridden.
 
     A model with no declared branch gets one below its last stage, a copy of what is above it.
@@ -200,4 +230,5 @@ def wrap(backbone: StagedNet, mode: str | None = None, branch: str | list[str] |
     else:
         branches = [BranchSpec(backbone.stage_names[-2], aux_head or "copy")]
     weight = DEFAULT_AUX_WEIGHT[mode] if aux_weight is None else aux_weight
-    return RelayNet(backbone, mode, branches, weight, overlap, label_smoothing)
+    return RelayNet(backbone, mode, branches, weight, overlap, label_smoothing, num_attributes, attribute_weight,
+                    scene_weight)
