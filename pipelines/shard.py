@@ -141,10 +141,7 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ShardConfig, bool
         p.error("--list needs --images-root")
     if settings.get("image_folder") and (settings.get("images_root") or settings.get("categories")):
         p.error("--image-folder takes its classes and paths from the tree; drop --images-root/--categories")
-    try:
-        return ShardConfig(**settings), verbose, force
-    except CorpusError as exc:
-        p.error(str(exc))
+    return ShardConfig(**settings), verbose, force  # a CorpusError names what is out of range
 
 
 @dataclass
@@ -343,8 +340,8 @@ def _clean_previous_attempt(out: Location) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, verbose, force = parse_command_line(argv)
     try:
+        cfg, verbose, force = parse_command_line(argv)
         m = run(cfg, verbose, force)
     except (CorpusError, PermissionError, LockedError) as exc:
         print(f"shard.py: error: {exc}", file=sys.stderr)

@@ -17,6 +17,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def offsets_cache(tmp_path_factory):
+    """The sampler's node-local offsets files in this session's own folder (set before any Ray worker
+    starts, so they inherit it): a cache left in the system temp folder by an earlier run under the same
+    paths would otherwise be found instead of built."""
+    from pipelines.class_offsets import CACHE_ENV
+
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("places-ray-cache"))
+    yield os.environ[CACHE_ENV]
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     import ray

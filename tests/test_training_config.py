@@ -73,6 +73,9 @@ def test_every_recipe_loads_and_builds_its_model(name):
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         assert trainable == ({"backbone.head.fc.weight", "backbone.head.fc.bias"} if name == "finetune_resnet50"
                              else {n for n, _ in model.named_parameters()})
+    if name.startswith("course_part"):  # part 1 has neither batch-norm nor dropout; 2 and 4 have both
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert (not norms) == (name == "course_part1") and (model.attribute_head is not None) == (name == "course_part4")
     if name.startswith("wm_model"):
         mode = {"bp": "bp", "loss12": "loss12_bp", "relay": "relay"}[name.rsplit("_", 1)[1]]
         assert model.mode == mode and cfg.data.sampling == "class-aware"

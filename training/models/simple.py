@@ -1,5 +1,6 @@
-"""`simple_net`: a small from-scratch network for CPU demos (the course project's "simple network",
-in RGB, with batch-norm so it trains in minutes): three conv/BN/ReLU/pool stages, then pool + fc."""
+"""`simple_net`: a small from-scratch network for CPU demos (the course project's "simple network", in
+RGB): three conv/BN/ReLU/pool stages, then pool + fc.  `batch_norm: false` and `dropout: 0` give the
+course's part 1 network; the defaults (batch-norm, dropout) are its part 2 modifications."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ class SimpleNet(StagedNet):
 
     def __init__(self, num_classes: int = 15, width: float = 1.0, dropout: float = 0.3, init: str = "he",
                  input_size: int = 64,  # any input size works (global pooling)
-                 convs: tuple[int, ...] = (1, 1, 1)):
+                 convs: tuple[int, ...] = (1, 1, 1), batch_norm: bool = True):
         if len(convs) != len(STAGES) or min(convs) < 1:
             raise ValueError(f"simple_net: convs must be {len(STAGES)} counts >= 1 (one per stage), got {convs}")
         stages, cin = [], 3
@@ -25,8 +26,8 @@ class SimpleNet(StagedNet):
             c = max(4, int(c * width))
             layers: list[nn.Module] = []
             for j in range(n):
-                layers += [nn.Conv2d(cin if j == 0 else c, c, k, padding=k // 2, bias=False), nn.BatchNorm2d(c),
-                           nn.ReLU(inplace=True)]
+                layers += [nn.Conv2d(cin if j == 0 else c, c, k, padding=k // 2, bias=not batch_norm),
+                           *([nn.BatchNorm2d(c)] if batch_norm else []), nn.ReLU(inplace=True)]
             stages.append((name, nn.Sequential(*layers, nn.MaxPool2d(2, 2))))
             cin = c
         super().__init__(stages, PoolLinearHead(cin, num_classes, dropout), num_classes, init=init)
