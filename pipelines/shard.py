@@ -22,10 +22,10 @@ if __package__ in (None, ""):  # run as `python pipelines/shard.py`: make the pr
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipelines import list_file, shard_index
+from pipelines.attributes import AttributeFile, read_attribute_file
 from pipelines.console import add_verbose_flag, report_failure, start_ray
 from pipelines.corpus import (UNLABELED, Categories, CorpusError, detect_labeled, image_folder_classes,
                               image_folder_files, parse_line, read_categories)
-from pipelines.attributes import AttributeFile, read_attribute_file
 from pipelines.images import ImageSettings
 from pipelines.settings_file import SettingsFileError, read_mapping
 from pipelines.shard_tasks import (STATE_DIR, ShardPlan, collect_group, parse_attribute_ranges, parse_ranges,
