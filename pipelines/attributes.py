@@ -47,12 +47,7 @@ def read_attribute_file(uri: str, threshold: float) -> AttributeFile:
         raise CorpusError(f"--attributes: no file at {uri}")
     list_file.check_not_compressed(loc, "--attributes file")
     form, names, rows = None, (), 0
-    for lineno, line in enumerate(list_file.iter_lines(loc), 1):
-        if not line.strip():
-            continue
-        problem = list_file.text_problem(line)
-        if problem:
-            raise CorpusError(f"{uri}:{lineno}: {problem}")
+    for lineno, line in list_file.text_lines(loc):
         if form is None:
             form, names = _header(line, uri, lineno)
             if form == "csv":

@@ -48,6 +48,18 @@ def iter_lines(loc: Location) -> Iterator[str]:
         yield from _lines(f, 0, None)
 
 
+def text_lines(loc: Location) -> Iterator[tuple[int, str]]:
+    """(line number, line) of every non-blank line, streamed; a CorpusError naming the file, the line and
+    the column of the first line that is not text (the pre-flight's check of a list or attribute file)."""
+    for lineno, line in enumerate(iter_lines(loc), 1):
+        if not line.strip():
+            continue
+        problem = text_problem(line)
+        if problem:
+            raise CorpusError(f"{loc.uri()}:{lineno}: {problem}")
+        yield lineno, line
+
+
 def byte_ranges(loc: Location, range_bytes: int = RANGE_BYTES) -> list[tuple[int, int]]:
     size = loc.size()
     return [(start, min(start + range_bytes, size)) for start in range(0, max(size, 1), range_bytes)]

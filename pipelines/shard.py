@@ -190,12 +190,7 @@ def preflight(cfg: ShardConfig, out: Location) -> Preflight:
         categories = read_categories(Location.parse(cfg.categories)) if cfg.categories else None
 
     labeled, entries, per_label = True if name_rejects else None, name_rejects, Counter()
-    for lineno, line in enumerate(list_file.iter_lines(list_loc), 1):
-        if not line.strip():
-            continue
-        problem = list_file.text_problem(line)
-        if problem:
-            raise CorpusError(f"{list_loc.uri()}:{lineno}: {problem}")
+    for lineno, line in list_file.text_lines(list_loc):
         if labeled is None:
             labeled = detect_labeled(line)
             if labeled and categories is None:
