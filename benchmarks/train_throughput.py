@@ -4,7 +4,9 @@
 (c) our whole pipeline from shards: class-aware `ShardLoader` (CPU decode; also nvJPEG decode on a GPU)
     feeding the same training step;
 (d) the product: `training/run.py`'s TorchTrainer (one Ray Train worker, CPU decode) training from the
-    same shards for `--trainer-epochs` epochs; its `images_per_s` metric of the last epoch.
+    same shards for `--trainer-epochs` epochs; its `images_per_s` metric of the last epoch;
+(e) the same trainer with `data.ingest: ray_data`: the worker takes 1 CPU, Ray Data tasks decode on the
+    others (on a cluster: on any node).
 
     python benchmarks/train_throughput.py [--archs resnet50 ...] [--batch N] [--size S] [--steps N]
         [--pipeline-steps N] [--trainer-epochs N] [--compile both|off|on] [--skip-pipeline]
@@ -97,9 +99,13 @@ def pipeline_rate(name: str, shards: str, batch: int, size: int, steps: int, dev
     return count / (time.perf_counter() - start)
 
 
-def trainer_rate(name: str, shards: str, val_shards: str, a: argparse.Namespace, storage: str, gpu: bool) -> float:
+def trainer_rate(name: str, shards: str, val_shards: str, a: argparse.Namespace, storage: str, gpu: bool,
+                 ingest: str = "loader") -> float:
     from training.config import load
     from training.run import make_trainer
+
+    # loader: the worker holds its DataLoader processes' CPUs; ray_data: one CPU, the rest for Ray Data's tasks
+    cpus = min(os.cpu_count(), a.loader_workers + 1) if ingest == "loader" else 1
 
     options = {"input_size": a.size} if name in ("vgg_d", "alexnet") else {}
     cfg = load(None, [f"model.name={name}", "model.num_classes=10", "model.mode=bp",
@@ -107,9 +113,9 @@ def trainer_rate(name: str, shards: str, val_shards: str, a: argparse.Namespace,
                       f"data.val_shards={val_shards}", f"data.batch_size={a.batch}", f"data.size={a.size}",
                       f"data.eval_resize={round(a.size * 8 / 7)}", f"data.loader_workers={a.loader_workers}",
                       f"run.epochs={a.trainer_epochs}", "run.workers=1", f"run.use_gpu={str(gpu).lower()}",
-                      f"run.cpus_per_worker={min(os.cpu_count(), a.loader_workers + 1)}",
+                      f"run.cpus_per_worker={cpus}", f"data.ingest={ingest}",
                       f"run.storage_path={storage}", "run.num_to_keep=1"])
-    result = make_trainer(cfg, f"{name}-{time.strftime('%H%M%S')}").fit()
+    result = make_trainer(cfg, f"{name}-{ingest}-{time.strftime('%H%M%S')}").fit()
     if result.error:
         raise result.error
     return result.metrics["images_per_s"]
@@ -158,8 +164,9 @@ def main() -> None:
                 entry[f"c_ours_from_shards_{where}_decode_img_s"] = round(pipeline_rate(
                     name, shards, a.batch, a.size, a.pipeline_steps, device, decode, a.loader_workers), 1)
             if trainer:
-                entry["d_trainer_img_s"] = round(trainer_rate(name, shards, val_shards, a, os.path.join(tmp, "runs"),
-                                                              gpu), 1)
+                for key, ingest in (("d_trainer_img_s", "loader"), ("e_trainer_ray_data_img_s", "ray_data")):
+                    entry[key] = round(trainer_rate(name, shards, val_shards, a, os.path.join(tmp, "runs"), gpu,
+                                                    ingest), 1)
             for tag in ("eager", "compiled"):
                 peer_rate = entry.get(f"a_torchvision_{tag}_img_s")
                 if peer_rate and f"b_ours_synthetic_{tag}_img_s" in entry:
@@ -168,8 +175,9 @@ def main() -> None:
                     if peer_rate and f"c_ours_from_shards_{decode}_decode_img_s" in entry:
                         entry[f"c_{decode}_decode_over_a_{tag}"] = round(
                             entry[f"c_ours_from_shards_{decode}_decode_img_s"] / peer_rate, 3)
-                if peer_rate and "d_trainer_img_s" in entry:
-                    entry[f"d_over_a_{tag}"] = round(entry["d_trainer_img_s"] / peer_rate, 3)
+                for key, short in (("d_trainer_img_s", "d"), ("e_trainer_ray_data_img_s", "e")):
+                    if peer_rate and key in entry:
+                        entry[f"{short}_over_a_{tag}"] = round(entry[key] / peer_rate, 3)
             result["models"][name] = entry
             print(json.dumps({name: entry}), file=sys.stderr)
     print(json.dumps(result, indent=1))

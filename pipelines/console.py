@@ -38,12 +38,16 @@ def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
 
 
 class _ReportedByTheDriver(logging.Filter):
-    """A failed Train worker's traceback: Ray logs it from every worker, after the driver's own failure
-    line (`report_failure`), which already says what failed and where the traceback is.  Dropped from
-    the console only; the worker's log file keeps it."""
+    """Lines the console already has in another form, dropped from it (log files keep them):
+    - a failed Train worker's traceback: Ray logs it from every worker, after the driver's own failure
+      line (`report_failure`), which already says what failed and where the traceback is;
+    - Ray Data's warning that its progress bars are off, in a pipeline that turned them off because
+      rank 0's progress line is the console's (`data.ingest: ray_data`)."""
+
+    DROPPED = ("Error in training function", "Progress bars disabled")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Error in training function")
+        return not str(record.msg).startswith(self.DROPPED)
 
 
 REPORTED_BY_THE_DRIVER = _ReportedByTheDriver()
@@ -84,6 +88,13 @@ def start_ray(verbose: bool = False, **init_args) -> None:
     print(f"Ray dashboard: {dashboard}; Ray's own logs: {_logs_dir}", flush=True)
 
 
+def started_ray_here() -> bool:
+    """Whether this process started the Ray it is connected to (a local one), rather than joined a cluster."""
+    import ray
+
+    return bool(_our_node) and ray.is_initialized() and ray.get_runtime_context().get_node_id() == _our_node
+
+
 def what_failed(exc: BaseException) -> str:
     """The error itself, in one line: a Train run's first failed worker's, a Ray task's own (their text
     is a traceback whose last line is the error), or the exception's first line."""
@@ -102,7 +113,7 @@ def report_failure(tool: str, exc: BaseException) -> int:
     session logs when this process started Ray) whose path the line gives.  Returns the exit code, 1."""
     import ray
 
-    if _our_node and ray.is_initialized() and ray.get_runtime_context().get_node_id() == _our_node:
+    if started_ray_here():
         ray.shutdown()  # this process started Ray: stop it first, so no late line of a worker follows this one
     folder = _logs_dir if _logs_dir and os.path.isdir(_logs_dir) else tempfile.gettempdir()
     path = os.path.join(folder, f"{tool.removesuffix('.py')}-failed-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")

@@ -271,7 +271,9 @@ class ShardLoader:
         workers: each stream exactly where it was.  Otherwise class-aware streams continue the job's one
         sequence from the first draw that not every old stream had taken (nothing skipped; the few draws
         some had taken beyond it, about a batch per old stream, are drawn again), and uniform epochs
-        start afresh.  Returns which of these happened."""
+        start afresh (as they do after `data.ingest: ray_data`).  Returns which of these happened."""
+        if any(s.get("ingest") == "ray_data" for s in states):
+            return "restarted"
         if len(states) == self.world_size and states[self.rank]["workers"] == self.workers:
             self.load_state_dict(states[self.rank])
             return "exact"

@@ -33,3 +33,10 @@ def test_head_runs_no_tasks_and_auth_and_dashboard_stay_private(config):
     assert start.count("RAY_AUTH_MODE=token") == 2 and "--dashboard-host=127.0.0.1" in start
     setup = " ".join(config["setup_commands"])
     assert "ray[default,data,train,tune]==2.60.0" in setup and "torch==2.14.0" in setup
+
+
+def test_node_roles_offer_what_ray_data_ingest_takes(config):
+    """data.ingest_resource=ingest_cpu: data nodes give every CPU to decoding, GPU nodes 8 per GPU."""
+    types = config["available_node_types"]
+    gpu, data = types["gpu_8x"]["resources"], types["cpu_32"]["resources"]
+    assert gpu == {"gpu_node": 1, "ingest_cpu": 64} and data == {"data_node": 1, "ingest_cpu": 32}

@@ -95,9 +95,8 @@ def test_a_failure_during_training_ends_with_one_line_naming_it_and_its_tracebac
     code, lines = run_tool(tmp_path, os.path.join(ROOT, "training", "run.py"), "--set", "model.num_classes=3",
                            "--set", f"data.train_shards={tmp_path / 'train'}", "--set",
                            f"data.val_shards={tmp_path / 'val'}", "--set", "run.epochs=1", "--set",
-                           "run.max_failures=0", "--set", "data.max_skipped_fraction=0", "--set",
-                           "model.name=wm_model_a", "--set", "data.size=32", "--set", "data.eval_resize=36",
-                           "--set", "model.num_attributes=0")
+                           "run.max_failures=0", "--set", "data.max_skipped_fraction=0", "--set", "data.size=32",
+                           "--set", "data.eval_resize=36", "--set", "model.num_attributes=0")
     text = "\n".join(lines)
     assert code == 1, text
     last = lines[-1]

@@ -31,6 +31,11 @@ class DataConfig:
     color_pca: bool = False  # AlexNet's colour noise from TRAIN_SHARDS/color_pca.json
     eval_resize: int = 256
     decode: str = "workers"  # or "device" (nvJPEG on the GPU)
+    ingest: str = "loader"  # DataLoader processes in each training worker, or "ray_data" (pipelines/ray_ingest.py)
+    ingest_cpus: float = 1.0  # ray_data: CPUs per decode task
+    ingest_resource: str | None = None  # ray_data: a node resource decode tasks take as many of as CPUs (cluster.yaml)
+    ingest_chunk: int = 128  # ray_data: samples per decode task
+    ingest_prefetch: int = 2  # ray_data: batches each training worker keeps ready
     max_skipped_fraction: float = 0.01  # an epoch that had to skip more of its samples fails the run
 
 
@@ -77,6 +82,7 @@ class RunSettings:
     workers: int = 2  # Ray Train workers (DDP ranks)
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    worker_resource: str | None = None  # a node resource (cluster.yaml: gpu_node) that places workers on its nodes
     min_workers: int | None = None  # elastic range, when set
     storage_path: str = "runs"
     name: str | None = None  # None: a fresh unique name
@@ -166,6 +172,8 @@ RANGES = {
     "data.read_block": _at_least(1), "data.shuffle_buffer": _at_least(1),
     "data.loader_workers": _at_least(0), "data.crop": _one_of("rrc", "scale_jitter", "random_crop"),
     "data.size": _at_least(1), "data.eval_resize": _at_least(1), "data.decode": _one_of("workers", "device"),
+    "data.ingest": _one_of("loader", "ray_data"), "data.ingest_cpus": (lambda v: v > 0, "> 0"),
+    "data.ingest_chunk": _at_least(1), "data.ingest_prefetch": _at_least(0),
     "data.max_skipped_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "model.num_classes": _at_least(2), "model.mode": _one_of(None, "bp", "loss12_bp", "relay"),
     "model.overlap": _at_least(0), "model.num_attributes": _at_least(0), "model.attribute_weight": _at_least(0),
@@ -197,6 +205,9 @@ def check(cfg: TrainConfig) -> TrainConfig:
     if cfg.model.scene_weight == 0 and not (cfg.model.num_attributes and cfg.model.attribute_weight):
         raise ConfigError("config key 'model.scene_weight' is 0 and no attribute loss is on "
                           "(model.num_attributes, model.attribute_weight): nothing would be trained")
+    if cfg.data.ingest == "ray_data" and cfg.data.decode == "device":
+        raise ConfigError("config key 'data.decode': device decoding runs in the training worker's own loader; "
+                          "with data.ingest: ray_data the cluster's tasks decode (data.decode: workers)")
     if cfg.run.min_workers is not None and not 1 <= cfg.run.min_workers <= cfg.run.workers:
         raise ConfigError(f"config key 'run.min_workers' must be in [1, run.workers = {cfg.run.workers}], "
                           f"got {cfg.run.min_workers}")

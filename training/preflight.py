@@ -187,3 +187,27 @@ def _verify_on_every_node(nodes: list[dict], local: list[tuple[str, str]], stora
             raise ConfigError(f"config key '{missing[0]}': run.shared_filesystem is true, but node "
                               f"{node['NodeManagerAddress']} ({node['NodeID'][:8]}) does not see {path} as this "
                               f"machine does: mount it on every node, or use s3://...")
+
+
+def check_ingest_room(cfg: TrainConfig) -> None:
+    """`data.ingest: ray_data` decodes in Ray tasks, which need CPUs the Train workers leave free (else they
+    never schedule and training waits forever) and, with `data.ingest_resource`, nodes that offer it.
+    Checked on a Ray this process started; a cluster may still be scaling up to what the run asks for."""
+    import ray
+
+    from pipelines.console import started_ray_here
+
+    d, r = cfg.data, cfg.run
+    if d.ingest != "ray_data" or not started_ray_here():
+        return
+    have = ray.cluster_resources()
+    if d.ingest_resource and have.get(d.ingest_resource, 0) < d.ingest_cpus:
+        raise ConfigError(f"config key 'data.ingest_resource': no node of this Ray offers {d.ingest_cpus:g} "
+                          f"'{d.ingest_resource}' (nodes declare it: ray start --resources, or cluster.yaml)")
+    free = have.get("CPU", 0) - r.workers * r.cpus_per_worker
+    if free < d.ingest_cpus:
+        raise ConfigError(f"config key 'data.ingest': ray_data decodes in Ray tasks of data.ingest_cpus = "
+                          f"{d.ingest_cpus:g} CPU, and the {r.workers} Train workers take {r.workers * r.cpus_per_worker:g} "
+                          f"of this Ray's {have.get('CPU', 0):g} CPUs (run.workers x run.cpus_per_worker): lower "
+                          f"run.cpus_per_worker (e.g. --set run.cpus_per_worker=0.5) or data.ingest_cpus")
+

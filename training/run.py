@@ -21,7 +21,7 @@ if __package__ in (None, ""):
 
 from pipelines.console import ConsoleRelay, add_verbose_flag, report_failure, start_ray, train_log_level
 from training.config import ConfigError, TrainConfig, load, to_dict
-from training.preflight import check_paths_reach_every_node, check_training_inputs
+from training.preflight import check_ingest_room, check_paths_reach_every_node, check_training_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(ROOT, "configs", "demo.yaml")
@@ -87,6 +87,13 @@ def tensorboard_dir(cfg: TrainConfig, name: str) -> str | None:
     return None if "://" in cfg.run.storage_path else os.path.join(cfg.run.storage_path, name, "tensorboard")
 
 
+def worker_resources(cfg: TrainConfig) -> dict:
+    """What each Train worker reserves.  `run.worker_resource` keeps workers on the nodes offering it (a
+    token amount: it says where, not how many), e.g. off the data nodes of a cluster without GPUs."""
+    r = cfg.run
+    return {"CPU": r.cpus_per_worker, **({r.worker_resource: 0.001} if r.worker_resource else {})}
+
+
 def make_trainer(cfg: TrainConfig, name: str, callbacks: list | None = None, replay_history: bool = False,
                  console=None, verbose: bool = False):
     """The run's TorchTrainer.  `callbacks` are Ray Train callbacks; tuning passes TuneReportCallback and
@@ -100,12 +107,25 @@ def make_trainer(cfg: TrainConfig, name: str, callbacks: list | None = None, rep
     r = cfg.run
     workers = (r.min_workers, r.workers) if r.min_workers else r.workers
     storage_path, storage_filesystem = storage(r.storage_path)
+    loop_config = {"train": to_dict(cfg), "run_name": name, "replay_history": replay_history,
+                   "tensorboard_dir": tensorboard_dir(cfg, name), "console": console, "verbose": verbose}
+    data = {}
+    if cfg.data.ingest == "ray_data":
+        from pipelines.ray_ingest import EpochPlan, EpochSplit, build_dataset
+        from training.train_loop import ingest_spec
+
+        plan = EpochPlan.remote()  # the handle travels in the loop config: the actor lives as long as the run
+        d = cfg.data
+        dataset = build_dataset(ingest_spec(cfg), plan, d.ingest_cpus,
+                                {d.ingest_resource: d.ingest_cpus} if d.ingest_resource else None, verbose)
+        loop_config["ingest_plan"] = plan
+        data = {"datasets": {"train": dataset}, "dataset_config": EpochSplit(equal=d.sampling == "class-aware")}
     return TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={"train": to_dict(cfg), "run_name": name, "replay_history": replay_history,
-                           "tensorboard_dir": tensorboard_dir(cfg, name), "console": console, "verbose": verbose},
+        train_loop_config=loop_config,
+        **data,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=r.use_gpu,
-                                     resources_per_worker={"CPU": r.cpus_per_worker}),
+                                     resources_per_worker=worker_resources(cfg)),
         run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
                              callbacks=callbacks, logging_config=LoggingConfig(log_level=train_log_level(verbose)),
                              failure_config=FailureConfig(max_failures=r.max_failures),
@@ -153,6 +173,7 @@ def train(cfg: TrainConfig, name: str, resuming: bool, verbose: bool) -> int:
     """Run the checked configuration as run `name`; print where its results are."""
     start_ray(verbose)
     check_paths_reach_every_node(cfg)
+    check_ingest_room(cfg)
     run_path = f"{cfg.run.storage_path.rstrip('/')}/{name}"
     print(f"{'resuming' if resuming else 'training'} {cfg.model.name} as run {name} on {cfg.run.workers} "
           f"worker(s) ({'GPU' if cfg.run.use_gpu else 'CPU'}), {cfg.run.epochs} epochs; checkpoints in {run_path}",

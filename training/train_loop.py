@@ -15,6 +15,8 @@ import torch.distributed as dist
 
 from pipelines.console import quiet_console_handlers
 from pipelines.loader import LoaderConfig, ShardLoader, eval_batches
+from pipelines.ray_ingest import IngestSpec
+from pipelines.ray_input import RayDataInput
 from pipelines.transforms import EvalTransform, TrainTransform
 from training.attribute_metrics import attribute_report
 from training.checkpointing import CHECKPOINT_FILE, MidEpochPolicy, mid_epoch_metrics, report_checkpoint
@@ -66,18 +68,35 @@ def inference_weights(state: dict) -> dict:
     return state["model"]
 
 
-def build_train_loader(cfg: TrainConfig, rank: int, world: int, device) -> ShardLoader:
+def train_transform(cfg: TrainConfig) -> TrainTransform:
     d = cfg.data
     pca = None
     if d.color_pca:
         from pipelines import color_pca
         pca = color_pca.load(d.train_shards)
-    transform = TrainTransform(crop=d.crop, size=d.size, jitter=tuple(d.jitter), pca=pca)
+    return TrainTransform(crop=d.crop, size=d.size, jitter=tuple(d.jitter), pca=pca)
+
+
+def ingest_spec(cfg: TrainConfig) -> IngestSpec:
+    """What `data.ingest: ray_data`'s tasks need to make the training rows."""
+    d = cfg.data
+    return IngestSpec(shards=d.train_shards, mode=d.sampling, seed=cfg.run.seed, transform=train_transform(cfg),
+                      attributes=cfg.model.num_attributes, block=d.read_block, chunk=d.ingest_chunk)
+
+
+def build_train_loader(cfg: TrainConfig, rank: int, world: int, device, plan=None) -> ShardLoader | RayDataInput:
+    """The rank's training input: its own loader, or with `data.ingest: ray_data` its share of the
+    cluster's pipeline (`plan`: the run's EpochPlan actor)."""
+    d = cfg.data
+    channels_last = device.type == "cuda" and cfg.run.channels_last
+    if d.ingest == "ray_data":
+        return RayDataInput(ingest_spec(cfg), plan, rank, world, d.batch_size, device, channels_last,
+                            d.ingest_prefetch)
+    transform = train_transform(cfg)
     return ShardLoader(LoaderConfig(shards=d.train_shards, mode=d.sampling, batch_size=d.batch_size,
                                     num_workers=d.loader_workers, seed=cfg.run.seed, buffer_size=d.shuffle_buffer,
                                     block=d.read_block, decode=d.decode, attributes=cfg.model.num_attributes),
-                       transform, rank=rank, world_size=world, device=device,
-                       channels_last=device.type == "cuda" and cfg.run.channels_last)
+                       transform, rank=rank, world_size=world, device=device, channels_last=channels_last)
 
 
 def autocast(cfg: TrainConfig, device) -> torch.autocast:
@@ -147,7 +166,7 @@ def train_fn_per_worker(config: dict) -> None:
         model = model.to(memory_format=torch.channels_last)
     ddp = ray.train.torch.prepare_model(model)  # DDP on several workers; the model itself on one
     net = model  # the un-wrapped model: eval, checkpoints
-    loader = build_train_loader(cfg, rank, world, device)
+    loader = build_train_loader(cfg, rank, world, device, config.get("ingest_plan"))
     optimizer = make_optimizer(net, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, loader.steps_per_epoch, cfg.run.epochs)
     ema = make_ema(net, cfg.optim.ema_decay)  # every rank keeps one: their weights are identical under DDP
@@ -254,7 +273,7 @@ def train_fn_per_worker(config: dict) -> None:
         top1_err, top5_err = 1 - float(counts[0] / counts[2]), 1 - float(counts[1] / counts[2])
         scheduler.step_epoch(1 - top1_err)
         metrics = {"epoch": epoch, "step": step, "top1_error": top1_err, "top5_error": top5_err,
-                   "val_images": int(counts[2]), "workers": world,
+                   "val_images": int(counts[2]), "trained_samples": int(totals[0]), "workers": world,
                    "images_per_s": float(totals[0] / (totals[1] / world)),
                    "data_wait_fraction": float(totals[2] / totals[1]), "skipped_samples": int(totals[3]),
                    "input_checksum": float(totals[4]),  # which labels, in which order: equal runs, equal sums

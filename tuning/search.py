@@ -31,7 +31,7 @@ from pipelines.arguments import positive_int
 from pipelines.console import add_verbose_flag, report_failure, start_ray
 from pipelines.storage import Location
 from training.config import ConfigError, TrainConfig, load, to_dict, with_overrides
-from training.preflight import PREFLIGHT_KEYS, check_paths_reach_every_node, check_training_inputs
+from training.preflight import PREFLIGHT_KEYS, check_ingest_room, check_paths_reach_every_node, check_training_inputs
 from training.run import absolute, best_checkpoint, make_trainer, prepare_data, resolve_paths, storage
 from tuning.space import Space, load_space, space_from_dict, space_to_dict
 
@@ -103,6 +103,8 @@ def max_concurrent(cfg: TrainConfig) -> int:
     total = ray.cluster_resources()
     r = cfg.run
     need = r.workers * (1 if r.use_gpu else r.cpus_per_worker)
+    if not r.use_gpu and cfg.data.ingest == "ray_data":
+        need += cfg.data.ingest_cpus  # at least one decode task per trial
     have = total.get("GPU" if r.use_gpu else "CPU", 0)
     if have < need:
         raise ConfigError(f"one trial needs {need:g} {'GPU' if r.use_gpu else 'CPU'} ({r.workers} workers); "
@@ -242,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             check_sampled_inputs(setup, space)
             start_ray(a.verbose)
             check_paths_reach_every_node(base)  # before the experiment exists: a refused one leaves nothing
+            check_ingest_room(base)
             experiment.make_dirs()
             experiment.write_atomic(SETUP_FILE, (json.dumps(setup, indent=1) + "\n").encode())
     except (ConfigError, OSError, ValueError) as exc:
