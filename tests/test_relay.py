@@ -155,3 +155,22 @@ def test_relay_runs_each_overlap_stage_forward_once():
     x, y = batch()
     model(x, y)["loss"].backward()
     assert calls == {name: 1 for name in model.backbone.stage_names}
+
+
+def test_relay_compiles_without_graph_breaks_and_keeps_its_gradients():
+    """Under torch.compile the overlap runs in its traceable two-pass form: one graph, no break at the
+    relay, and the gradients of the eager single-pass form."""
+    import torch._dynamo
+
+    model = wm_a(overlap=2)
+    x, y = batch()
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(x, y)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+    eager = grads(model, "loss")
+    compiled = torch.compile(model, backend="eager")  # dynamo's trace, run as traced
+    model.zero_grad(set_to_none=False)
+    compiled(x, y)["loss"].backward()
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, eager[name], rtol=1e-10, atol=1e-12), name
+    torch._dynamo.reset()

@@ -152,15 +152,24 @@ class RelayNet(nn.Module):
         first_overlap = max(0, b - self.overlap + 1)
         trunk = self.backbone.run_stages(x, 0, first_overlap)  # reached by loss2 only
         if first_overlap <= b:
-            stages = list(self.backbone.stages.values())[first_overlap:b + 1]
-            params = [p for s in stages for p in s.parameters()]
-            top, branch = _OverlapRelay.apply(lambda h: self.backbone.run_stages(h, first_overlap, b + 1),
-                                              trunk, *params)
+            top, branch = self._overlap(trunk, first_overlap, b + 1, traceable=torch.compiler.is_compiling())
         else:
             branch = trunk
             top = trunk.detach()
         features = self.backbone.run_stages(top, b + 1)
         return AuxOutputs(self.backbone.forward_head(features), (self.aux_heads[0](branch),), features)
+
+    def _overlap(self, trunk: torch.Tensor, start: int, stop: int, traceable: bool):
+        """(top, branch): the overlap stages' output on loss1's path (no gradient to `trunk`) and on
+        loss2's.  Eager: one pass (`_OverlapRelay`).  Under torch.compile, whose tracer cannot follow
+        that function's nested autograd graph (a graph break per step), the reference form it stands
+        for: the stages twice with their shared weights, once on the detached trunk.  The gradients are
+        the same; dropout draws, and batch-norm statistics are updated, once per pass."""
+        run = lambda h: self.backbone.run_stages(h, start, stop)  # noqa: E731
+        if traceable:
+            return run(trunk.detach()), run(trunk)
+        params = [p for s in list(self.backbone.stages.values())[start:stop] for p in s.parameters()]
+        return _OverlapRelay.apply(run, trunk, *params)
 
     def _make_head(self, spec: BranchSpec, index: int) -> nn.Module:
         if spec.head == "copy":  # the layers above the branch, duplicated with fresh weights (WM A/B)
