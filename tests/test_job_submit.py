@@ -43,9 +43,10 @@ def head():
     yield address, env
     os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=60)
+        proc.wait(timeout=10)  # a graceful stop of every process takes half a minute; its own temp dir goes anyway
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def test_job_submit_trains_and_checkpoints(head, tmp_path):

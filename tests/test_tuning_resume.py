@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def mid_run(experiment) -> bool:
-    """Tune has saved its state and a trial's Train run has registered its first checkpoint (of 4):
+    """Tune has saved its state and a trial's Train run has registered its first checkpoint (of 3):
     the snapshot, written after the checkpoint folder, is what a restored run resumes from."""
     return any(experiment.glob("experiment_state-*.json")) and any(
         experiment.glob("train/trial-*/checkpoint_manager_snapshot.json"))
@@ -36,7 +36,7 @@ def test_killed_experiment_resumes_to_completion_and_analyzes(tmp_path):
             "model": {"name": "simple_net", "num_classes": 3, "mode": "bp", "options": {"width": 0.25}},
             "optim": {"lr": 0.05, "schedule": "cosine"},
             # 2 CPUs per single-worker trial on this 2-CPU machine: one trial at a time, in trial order
-            "run": {"epochs": 4, "workers": 1, "cpus_per_worker": 2, "storage_path": str(tmp_path / "exp")}}
+            "run": {"epochs": 3, "workers": 1, "cpus_per_worker": 2, "storage_path": str(tmp_path / "exp")}}
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     (tmp_path / "space.yaml").write_text(yaml.safe_dump({
         "params": {"optim.lr": {"loguniform": [0.01, 0.1]},
@@ -62,8 +62,8 @@ def test_killed_experiment_resumes_to_completion_and_analyzes(tmp_path):
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     # the console is ours: a line per trial epoch and per finished trial, no Tune tables or Train reports
     console = resumed.stdout + resumed.stderr
-    assert re.search(r"^trial \w+ epoch 4/4: top-1 error [\d.]+%$", console, re.M), console[-3000:]
-    assert re.search(r"^trial \w+ done after 4 epoch\(s\): best top-1 error [\d.]+%, model.options.convs=\[.*\], "
+    assert re.search(r"^trial \w+ epoch 3/3: top-1 error [\d.]+%$", console, re.M), console[-3000:]
+    assert re.search(r"^trial \w+ done after 3 epoch\(s\): best top-1 error [\d.]+%, model.options.convs=\[.*\], "
                      r"optim.lr=[\d.]+$", console, re.M), console[-3000:]
     assert not [noise for noise in ("Trial status", "Reporting training result", "TrainingReport(")
                 if noise in console], console[-3000:]
@@ -75,7 +75,7 @@ def test_killed_experiment_resumes_to_completion_and_analyzes(tmp_path):
         rows = [json.loads(line) for p in experiment.glob(f"train_driver_{trial_id}_*/result.json")
                 for line in p.read_text().splitlines()]
         histories[trial_id] = rows
-        assert sorted({r["epoch"] for r in rows}) == [0, 1, 2, 3]
+        assert sorted({r["epoch"] for r in rows}) == [0, 1, 2]
     # the trial the kill interrupted went on from its checkpoint, not from scratch
     assert any(r["attempt_start_epoch"] > 0 for rows in histories.values() for r in rows)
     # a deeper trial started from a shallower finished one's checkpoint (VGG's trick)
@@ -92,7 +92,7 @@ def test_killed_experiment_resumes_to_completion_and_analyzes(tmp_path):
     assert analyze.main([str(experiment), "--out", str(out)]) == 0
     with open(out / "trials.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 and {r["status"] for r in rows} == {"TERMINATED"} and {r["epochs"] for r in rows} == {"4"}
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"TERMINATED"} and {r["epochs"] for r in rows} == {"3"}
     errors = [float(r["best_top1_error"]) for r in rows]
     assert errors == sorted(errors)
     for png in ("curves.png", "error_vs_lr.png", "error_vs_depth.png"):
