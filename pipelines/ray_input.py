@@ -14,7 +14,6 @@ import math
 import numpy as np
 import ray
 import ray.train
-import torch
 import torch.distributed as dist
 
 from pipelines.catalog import Catalog
