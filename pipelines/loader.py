@@ -196,8 +196,7 @@ class ShardLoader:
     def steps_per_epoch(self) -> int:
         """Uniform: this rank's batches.  Class-aware: the same on every rank (DDP steps in lockstep)."""
         if self.cfg.mode == "class-aware":
-            shortest = min(UniformStream.rank_length(self.catalog, r, self.world_size) for r in range(self.world_size))
-            return max(1, shortest // self.cfg.batch_size)
+            return UniformStream.class_aware_steps(self.catalog, self.world_size, self.cfg.batch_size)
         return self._uniform_steps(self.rank)
 
     @property

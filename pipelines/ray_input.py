@@ -81,9 +81,8 @@ class RayDataInput:
     @property
     def steps_per_epoch(self) -> int:
         """Class-aware: every rank the same (the split is equal).  Uniform: this rank's expected share."""
-        if self.spec.mode == "class-aware":
-            shortest = min(UniformStream.rank_length(self.catalog, r, self.world_size) for r in range(self.world_size))
-            return max(1, shortest // self.batch_size)
+        if self.spec.mode == "class-aware":  # the loader's, so an epoch draws the same samples
+            return UniformStream.class_aware_steps(self.catalog, self.world_size, self.batch_size)
         return math.ceil(self.samples_per_epoch / self.batch_size)
 
     @property

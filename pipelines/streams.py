@@ -118,6 +118,13 @@ class UniformStream:
         start, stop = split_range(catalog.total, world_size, rank)
         return stop - start
 
+    @staticmethod
+    def class_aware_steps(catalog: Catalog, world_size: int, batch_size: int) -> int:
+        """Batches per class-aware epoch, the same on every rank (DDP steps in lockstep): as many as the
+        shortest rank's uniform share fills."""
+        shortest = min(UniformStream.rank_length(catalog, r, world_size) for r in range(world_size))
+        return max(1, shortest // batch_size)
+
     def __len__(self) -> int:
         return self.hi - self.lo
 
