@@ -108,18 +108,22 @@ def run_sharding(list_path: str, images: str, categories: str, out: str) -> dict
     log = tempfile.TemporaryFile()
     driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     driver_peak = worker_peak = 0
+    worker_title = ""  # what the largest worker was running when it peaked (Ray sets it as the process title)
     while driver.poll() is None:
         driver_peak = max(driver_peak, rss(driver.pid))
         for pid, cmdline in processes():
             if "default_worker.py" in cmdline or cmdline.startswith("ray::"):
-                worker_peak = max(worker_peak, rss(pid))
+                size = rss(pid)
+                if size > worker_peak:
+                    worker_peak, worker_title = size, cmdline.strip()[:120]
         time.sleep(0.2)
     log.seek(0)
     output = log.read().decode(errors="replace")
     if driver.returncode != 0:
         raise RuntimeError(f"shard.py failed ({driver.returncode}):\n{output[-3000:]}")
     return {"wall_s": round(time.perf_counter() - started, 1), "driver_peak_rss_mb": round(driver_peak / 2**20, 1),
-            "largest_worker_rss_mb": round(worker_peak / 2**20, 1), "last_line": output.strip().splitlines()[-1]}
+            "largest_worker_rss_mb": round(worker_peak / 2**20, 1), "largest_worker_running": worker_title,
+            "last_line": output.strip().splitlines()[-1]}
 
 
 def fit(xs: list[int], ys: list[float]) -> dict:

@@ -9,7 +9,7 @@
 (`input_size`, `width`, `fc`, `batch_norm`, `dropout`, `init` ...).
 """
 
-from training.models import alexnet, densenet, googlenet, resnet, simple, vgg, wm  # noqa: F401  (registers)
+from training.models import alexnet, densenet, googlenet, resnet, simple, vgg, video, wm  # noqa: F401  (registers)
 from training.models.base import AuxDefaults, BranchSpec, StagedNet, initialize
 from training.models.registry import build_backbone, list_models, register_model
 from training.models.relay import MODES, AuxOutputs, RelayNet, wrap

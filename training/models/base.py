@@ -88,9 +88,9 @@ def initialize(module: nn.Module, scheme: str = "he") -> None:
     if scheme not in INIT_SCHEMES:
         raise ValueError(f"unknown init {scheme!r}: {' | '.join(INIT_SCHEMES)}")
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.Linear)):
             if scheme == "he":
-                nn.init.kaiming_normal_(m.weight, mode="fan_out" if isinstance(m, nn.Conv2d) else "fan_in",
+                nn.init.kaiming_normal_(m.weight, mode="fan_in" if isinstance(m, nn.Linear) else "fan_out",
                                         nonlinearity="relu")
             elif scheme == "glorot":
                 nn.init.xavier_uniform_(m.weight)
