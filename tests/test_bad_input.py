@@ -99,6 +99,8 @@ CASES = [
      "config key 'data.loader_workers' must be >= 0"),
     ("unknown model", "run", ["--config", "{root}/base.yaml", "--set", "model.name=resnet9000"],
      "config key 'model.name': unknown model 'resnet9000'"),
+    ("a video network on image shards", "run", ["--config", "{root}/base.yaml", "--set", "model.name=video_slow_fusion"],
+     "config key 'model.name': video_slow_fusion is a video network (clips of 10 frames)"),
     ("a YAML list as config", "run", ["--config", "{root}/list.yaml"],
      "list.yaml: expected a mapping of sections"),
     ("data: 5", "run", ["--config", "{root}/data5.yaml"], "data: expected a mapping, got 5"),

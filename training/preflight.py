@@ -55,6 +55,10 @@ def check_model_start(cfg: TrainConfig) -> None:
         reason = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # no repr quotes
         reason = reason if len(reason) <= 200 else reason[:200] + "..."  # 'abc' * 96 reads badly in full
         raise ConfigError(f"config section 'model': {m.name} cannot be built from it: {reason}") from None
+    if hasattr(model.backbone, "clip_offsets"):  # training/models/video.py
+        raise ConfigError(f"config key 'model.name': {m.name} is a video network (clips of "
+                          f"{len(model.backbone.clip_offsets)} frames) and training/run.py reads image shards "
+                          f"only; video shards are not supported yet")
     stages = stage_choices(model)
     if cfg.optim.trainable_from and cfg.optim.trainable_from not in stages:
         raise ConfigError(f"config key 'optim.trainable_from': {cfg.optim.trainable_from!r} is not a stage of "

@@ -1,0 +1,53 @@
+"""Karpathy et al.'s video metrics: Clip Hit@k, Video Hit@k, and the "CNN Average" of several networks.
+
+A video is a bag of clips.  A clip's prediction is its class probabilities; a video's is the average of
+its clips' (the paper: 20 clips, each over crops and flips, averaged).  Sports-1M is multi-label, so a
+video's labels are a multi-hot row, and a prediction is a hit at k when any of its labels is among the k
+top classes.  Clip Hit@k scores every clip against its video's labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def hits_at(scores: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+    """(N,) bool: any label of row i (`targets`, (N, K) multi-hot) among the k highest `scores` of row i."""
+    if scores.shape != targets.shape:
+        raise ValueError(f"scores {scores.shape} and targets {targets.shape} differ in shape")
+    top = np.argpartition(-scores, min(k, scores.shape[1]) - 1, axis=1)[:, :k]
+    return targets[np.arange(len(scores))[:, None], top].astype(bool).any(1)
+
+
+def video_scores(clip_scores: np.ndarray, clip_video: np.ndarray, videos: int) -> np.ndarray:
+    """(V, K): each video's clips' scores averaged.  `clip_video[i]` is clip i's video, in [0, videos);
+    a video without clips is an error, not a row of zeros that would read as a miss."""
+    counts = np.bincount(clip_video, minlength=videos)
+    if len(counts) > videos or (counts == 0).any():
+        missing = np.flatnonzero(counts == 0)[:5].tolist()
+        raise ValueError(f"every video needs at least one clip and an index below {videos}; "
+                         f"without clips: {missing}")
+    order = np.argsort(clip_video, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return np.add.reduceat(clip_scores[order].astype(np.float64), starts, axis=0) / counts[:, None]
+
+
+def cnn_average(per_network: list[np.ndarray]) -> np.ndarray:
+    """The paper's "CNN Average": the networks' video probabilities averaged."""
+    return np.mean(np.stack(per_network), axis=0)
+
+
+def hit_report(clip_probs: np.ndarray, clip_video: np.ndarray, video_targets: np.ndarray,
+               ks: tuple[int, ...] = (1, 5)) -> dict:
+    """Clip Hit@1 and Video Hit@k, overall and per class (a video counts for each of its labels)."""
+    videos = video_targets.shape[0]
+    clip_hit = hits_at(clip_probs, video_targets[clip_video], 1)
+    per_video = video_scores(clip_probs, clip_video, videos)
+    video_hits = {k: hits_at(per_video, video_targets, k) for k in ks}
+    per_class = {}
+    for c in np.flatnonzero(video_targets.any(0)):
+        mask = video_targets[:, c].astype(bool)
+        per_class[str(int(c))] = {"videos": int(mask.sum()),
+                                  **{f"video_hit@{k}": float(h[mask].mean()) for k, h in video_hits.items()}}
+    return {"clips": int(len(clip_probs)), "videos": int(videos), "clip_hit@1": float(clip_hit.mean()),
+            **{f"video_hit@{k}": float(h.mean()) for k, h in video_hits.items()}, "per_class": per_class}
