@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 from loader_throughput import make_tree
-from pipelines.transforms import IMAGENET_MEAN, IMAGENET_STD
+from pipelines.online.transforms import IMAGENET_MEAN, IMAGENET_STD
 from training.config import load, to_dict
 from training.inference import predict
 from training.train_loop import build_model

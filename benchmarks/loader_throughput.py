@@ -35,10 +35,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
-from pipelines.catalog import Catalog
-from pipelines.loader import LoaderConfig, ShardLoader
-from pipelines.streams import ClassAwareStream, UniformStream
-from pipelines.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform, decode_batch_on_device
+from pipelines.online.catalog import Catalog
+from pipelines.online.loader import LoaderConfig, ShardLoader
+from pipelines.online.streams import ClassAwareStream, UniformStream
+from pipelines.online.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform, decode_batch_on_device
 
 
 def make_tree(root: str, n: int, classes: int = 10) -> None:
@@ -54,9 +54,9 @@ def make_tree(root: str, n: int, classes: int = 10) -> None:
 def bounded_at_365_classes(tmp: str, draws: int = 20000) -> dict:
     """Open files and memory of one class-aware stream over 365 classes (3 shards each): every draw is
     one range read, so nothing stays open or buffered; the node-local offsets file is 16 bytes/sample."""
-    from pipelines import shard_index
+    from pipelines.offline import shard_index
+    from pipelines.offline.tar_shard import build_shard
     from pipelines.storage import Location
-    from pipelines.tar_shard import build_shard
 
     loc = Location.parse(os.path.join(tmp, "places365_like"))
     loc.make_dirs()

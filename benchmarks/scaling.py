@@ -28,7 +28,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pipelines.tar_shard import build_shard  # noqa: E402
+from pipelines.offline.tar_shard import build_shard  # noqa: E402
 from training.models import create_model  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "h100")

@@ -34,8 +34,8 @@ sys.path.insert(0, HERE)
 import torch
 
 from model_step import PEERS, peer, step_rate
-from pipelines.loader import LoaderConfig, ShardLoader
-from pipelines.transforms import TrainTransform
+from pipelines.online.loader import LoaderConfig, ShardLoader
+from pipelines.online.transforms import TrainTransform
 from training.models import create_model
 
 ARCHS = ["resnet50", "resnet18", "vgg_d", "alexnet", "googlenet", "wm_model_a", "wm_model_b"]

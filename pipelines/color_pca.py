@@ -21,9 +21,9 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from pipelines.catalog import Catalog
-from pipelines.streams import UniformStream
-from pipelines.transforms import ColorPCA, decode
+from pipelines.online.catalog import Catalog
+from pipelines.online.streams import UniformStream
+from pipelines.online.transforms import ColorPCA, decode
 
 PCA_FILE = "color_pca.json"
 

@@ -25,10 +25,10 @@ from typing import Iterator
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipelines.catalog import Catalog
 from pipelines.console import report_failure
+from pipelines.online.catalog import Catalog
+from pipelines.online.streams import ClassAwareStream, Draw, UniformStream
 from pipelines.storage import Location
-from pipelines.streams import ClassAwareStream, Draw, UniformStream
 
 
 def rank_batches(catalog: Catalog, mode: str, seed: int, rank: int, world_size: int, workers: int, batch: int,

@@ -21,21 +21,21 @@ from dataclasses import asdict, dataclass, fields
 if __package__ in (None, ""):  # run as `python pipelines/shard.py`: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipelines import list_file, shard_index
-from pipelines.attributes import AttributeFile, read_attribute_file
 from pipelines.console import add_verbose_flag, report_failure, start_ray
-from pipelines.corpus import (UNLABELED, Categories, CorpusError, detect_labeled, image_folder_classes,
-                              image_folder_files, parse_line, read_categories)
-from pipelines.images import ImageSettings
+from pipelines.media.images import ImageSettings
+from pipelines.offline import list_file, shard_index
+from pipelines.offline.attributes import AttributeFile, read_attribute_file
+from pipelines.offline.corpus import (UNLABELED, Categories, CorpusError, detect_labeled, image_folder_classes,
+                                      image_folder_files, parse_line, read_categories)
+from pipelines.offline.shard_tasks import (STATE_DIR, ShardPlan, collect_group, parse_attribute_ranges,
+                                           parse_ranges, resolve_duplicates, write_group, write_rejects)
 from pipelines.settings_file import SettingsFileError, read_mapping
-from pipelines.shard_tasks import (STATE_DIR, ShardPlan, collect_group, parse_attribute_ranges, parse_ranges,
-                                   resolve_duplicates, write_group, write_rejects)
 from pipelines.storage import Location, LockedError, exclusive
 
 LOCK_FILE = "lock"  # in OUT/.state while a run writes there
 IMAGE_FOLDER_LIST = "image_folder_list.txt"  # in OUT/.state: an --image-folder tree as a list
 NAME_REJECTS = "rejects-names.jsonl"  # in OUT/.state: its files whose names a list cannot carry
-BUCKET_ROWS = 200_000  # list entries per duplicate-detection bucket (metadata only, ~50 MB)
+BUCKET_ROWS = 50_000  # list entries per duplicate-detection bucket: its reduce task holds them all
 GROUP_ROWS = 50_000  # list entries per shard-grouping partition: what bounds a worker's memory there
 
 
@@ -53,7 +53,7 @@ class ShardConfig:
     seed: int = 0
     max_pixels: int = 100_000_000
     name: str | None = None
-    attributes: str | None = None  # CSV or JSON lines of per-image attributes (pipelines/attributes.py)
+    attributes: str | None = None  # CSV or JSON lines of per-image attributes (pipelines/offline/attributes.py)
     attribute_threshold: float = 0.5  # a vote fraction at least this is a positive label
     keep_without_attributes: bool = False  # an image without an attribute row: kept without `attr`
 

@@ -22,7 +22,7 @@ def offsets_cache(tmp_path_factory):
     """The sampler's node-local offsets files in this session's own folder (set before any Ray worker
     starts, so they inherit it): a cache left in the system temp folder by an earlier run under the same
     paths would otherwise be found instead of built."""
-    from pipelines.class_offsets import CACHE_ENV
+    from pipelines.online.class_offsets import CACHE_ENV
 
     os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("places-ray-cache"))
     yield os.environ[CACHE_ENV]
@@ -131,9 +131,9 @@ def write_shards(out, counts: list[int], shard_samples: int, size: int = 16,
     """Per-class shards + index.json as pipelines/shard.py lays them out; returns keys per class.  With
     `attributes`, each sample's `attr` member: attribute a is set when (class + a) is even, flipped for
     every (a + 3)-th sample (mostly what the class says, not only)."""
-    from pipelines import shard_index
+    from pipelines.offline import shard_index
+    from pipelines.offline.tar_shard import build_shard
     from pipelines.storage import Location
-    from pipelines.tar_shard import build_shard
 
     loc = Location.parse(str(out))
     loc.make_dirs()

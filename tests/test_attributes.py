@@ -10,8 +10,8 @@ import webdataset as wds
 
 from conftest import encode, scene
 from pipelines import shard
-from pipelines.attributes import MISSING, decode, join, parse_row, read_attribute_file
-from pipelines.corpus import CorpusError
+from pipelines.offline.attributes import MISSING, decode, join, parse_row, read_attribute_file
+from pipelines.offline.corpus import CorpusError
 
 NAMES = ("water", "snow", "night")
 

@@ -14,7 +14,7 @@ import torch
 
 from conftest import write_shards
 from pipelines import sample, shard
-from pipelines.corpus import Categories, parse_line
+from pipelines.offline.corpus import Categories, parse_line
 from training import evaluate, run
 from training.config import load, to_dict
 from training.train_loop import build_model, check_epoch_input
@@ -304,7 +304,7 @@ def test_an_epoch_without_input_fails_the_run_instead_of_reporting_nan():
 
 def test_glob_characters_in_out_touch_no_neighbour(world, tmp_path):
     """A glob of `out [x]/.state/rejects-*` matched `outx/.state/...`: OUT's files are listed by name now."""
-    from pipelines.shard_index import reject_files_in
+    from pipelines.offline.shard_index import reject_files_in
     from pipelines.storage import Location
 
     for name in ("out [x]", "outx"):
@@ -320,7 +320,7 @@ def test_glob_characters_in_out_touch_no_neighbour(world, tmp_path):
 
 def test_rejection_reasons_carry_no_object_addresses():
     """`<_io.BytesIO object at 0x...>` in a reason made two identical runs' quarantine.jsonl differ."""
-    from pipelines.images import ImageRejected, ImageSettings, prepare_image
+    from pipelines.media.images import ImageRejected, ImageSettings, prepare_image
 
     reasons = set()
     for _ in range(2):

@@ -4,8 +4,9 @@ import codecs
 
 import pytest
 
-from pipelines.corpus import (UNLABELED, Categories, CorpusError, parse_line, read_categories,
-                              relative_image_path, sample_key, stable_hash)
+from pipelines.hashing import stable_hash
+from pipelines.offline.corpus import (UNLABELED, Categories, CorpusError, parse_line, read_categories,
+                                      relative_image_path, sample_key)
 from pipelines.storage import Location
 
 CATS = Categories.from_names(["/a/airfield", "/a/art_school", "/b/beach"])
@@ -82,7 +83,7 @@ def test_stable_hash_is_stable():
 def test_list_byte_ranges_give_every_line_once_as_the_preflight_reads_it(tmp_path, range_bytes):
     """The pre-flight counts and the Ray tasks parse the same lines: only b"\\n" ends one (U+2028, \\x0b,
     \\x1c and \\x85 are file-name characters), whichever range a line starts in."""
-    from pipelines.list_file import byte_ranges, iter_lines, lines_in_range
+    from pipelines.offline.list_file import byte_ranges, iter_lines, lines_in_range
 
     data = (codecs.BOM_UTF8 + "a/x\u2028y.jpg 0\r\nb/v\x0bt.jpg 1\n\n  \nc/\x1cz\x85.jpg 2\n".encode()
             + b"d/caf\xe9.jpg 0\nlast 3")
@@ -95,7 +96,7 @@ def test_list_byte_ranges_give_every_line_once_as_the_preflight_reads_it(tmp_pat
 
 
 def test_list_lines_that_are_not_text_are_named():
-    from pipelines.list_file import decode_line, text_problem, unlistable_name
+    from pipelines.offline.list_file import decode_line, text_problem, unlistable_name
 
     assert text_problem("a/\u2028x.jpg 0") is None and text_problem("plain.jpg 3") is None
     assert text_problem(decode_line(b"a/caf\xe9.jpg 0")).startswith("not UTF-8 text (byte 0xe9 at column 6)")

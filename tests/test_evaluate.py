@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import write_shards
-from pipelines.catalog import Catalog
-from pipelines.streams import SequentialStream
-from pipelines.transforms import EvalTransform
+from pipelines.online.catalog import Catalog
+from pipelines.online.streams import SequentialStream
+from pipelines.online.transforms import EvalTransform
 from training import evaluate
 from training.config import load, to_dict
 from training.train_loop import build_model
@@ -168,8 +168,8 @@ def test_a_damaged_shard_is_skipped_and_counted_not_fatal(setup, tmp_path, capsy
     counted, and the threshold decides the exit code.  A stale index (nsamples too small) is named too."""
     import shutil
 
+    from pipelines.online.tar_stream import ShardReader
     from pipelines.storage import Location
-    from pipelines.tar_stream import ShardReader
 
     root, paths = setup
     val = tmp_path / "val"

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import encode, odd_files, scene
-from pipelines.images import ImageRejected, ImageSettings, prepare_image, target_size
+from pipelines.media.images import ImageRejected, ImageSettings, prepare_image, target_size
 
 SETTINGS = ImageSettings(image_size=64, resize="square", quality=90, max_pixels=100_000)
 ODD = odd_files(64)

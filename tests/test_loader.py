@@ -13,11 +13,11 @@ from PIL import Image
 
 from conftest import encode, scene, write_shards
 from pipelines import color_pca
-from pipelines.catalog import Catalog
-from pipelines.loader import LoaderConfig, ShardLoader
-from pipelines.streams import SequentialStream
-from pipelines.transforms import (ColorPCA, EvalTransform, TrainTransform, decode, decode_batch_on_device,
-                                  decode_uint8)
+from pipelines.online.catalog import Catalog
+from pipelines.online.loader import LoaderConfig, ShardLoader
+from pipelines.online.streams import SequentialStream
+from pipelines.online.transforms import (ColorPCA, EvalTransform, TrainTransform, decode, decode_batch_on_device,
+                                         decode_uint8)
 
 COUNTS = [40, 25, 12, 4]
 
@@ -116,7 +116,7 @@ def test_eval_protocols(protocol, views, shape):
 
 
 def test_vgg_multi_crop_is_a_5x5_grid_and_its_mirrors_per_scale():
-    from pipelines.transforms import grid_crops, resize_shorter, to_uint8
+    from pipelines.online.transforms import grid_crops, resize_shorter, to_uint8
 
     jpeg = encode(scene(3, 300, 200))
     out = EvalTransform("multi_crop", size=64, scales=(96, 128))(jpeg)
@@ -133,7 +133,7 @@ def test_vgg_multi_crop_is_a_5x5_grid_and_its_mirrors_per_scale():
 def test_googlenet_144_crops(w, h):
     """4 scales x 3 squares (left/center/right, or top/center/bottom) x (4 corners, center, the square
     resized) x 2 mirrors."""
-    from pipelines.transforms import googlenet_crops, resize_shorter, to_uint8
+    from pipelines.online.transforms import googlenet_crops, resize_shorter, to_uint8
 
     jpeg = encode(scene(4, w, h))
     assert EvalTransform("googlenet_144", size=32, scales=(48, 56, 64, 72))(jpeg).shape == (144, 3, 32, 32)
@@ -182,7 +182,7 @@ def test_color_pca_step(shards):
 def test_decode_paths_agree():
     from PIL import Image as PILImage
 
-    from pipelines.transforms import decode_uint8, jpeg_size
+    from pipelines.online.transforms import decode_uint8, jpeg_size
 
     arr = scene(3, 96, 64)
     jpeg = encode(arr)
@@ -198,7 +198,7 @@ def test_decode_paths_agree():
 
 
 def test_resize_box_is_the_plain_antialiased_resize_of_the_box():
-    from pipelines.transforms import resize_box
+    from pipelines.online.transforms import resize_box
 
     x = decode_uint8(encode(scene(5, 90, 70)))
     for box in [(0, 0, 90, 70), (7, 3, 50, 61), (40, 10, 41, 12)]:
@@ -224,7 +224,7 @@ def test_channels_last_batches_hold_the_same_values(shards, decode):
 
 @pytest.mark.parametrize("world,workers", [(1, 0), (2, 2), (3, 2)])
 def test_eval_batches_cover_the_split_once_over_ranks_and_workers(shards, world, workers):
-    from pipelines.loader import eval_batches
+    from pipelines.online.loader import eval_batches
 
     transform = EvalTransform("center", size=16, resize=18)
     labels, sums = [], []
@@ -240,7 +240,7 @@ def test_eval_batches_cover_the_split_once_over_ranks_and_workers(shards, world,
 
 
 def test_eval_batches_flatten_each_images_views(shards):
-    from pipelines.loader import eval_batches
+    from pipelines.online.loader import eval_batches
 
     x, y = next(iter(eval_batches(shards, EvalTransform("ten_crop", size=16, resize=18), batch_size=3,
                                   num_workers=0)))

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import write_shards
-from pipelines.ray_input import merge, runs, subtract
+from pipelines.online.ray_input import merge, runs, subtract
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,17 +30,17 @@ def test_interval_bookkeeping():
 
 
 def spec(shards, mode="uniform", **kw):
-    from pipelines.ray_ingest import IngestSpec
-    from pipelines.transforms import TrainTransform
+    from pipelines.online.ray_ingest import IngestSpec
+    from pipelines.online.transforms import TrainTransform
 
     return IngestSpec(shards=str(shards), mode=mode, seed=3, transform=TrainTransform(size=16), **kw)
 
 
 def test_rows_are_a_function_of_epoch_and_position(tmp_path):
-    from pipelines.catalog import Catalog
-    from pipelines.class_offsets import ClassOffsets
-    from pipelines.ray_ingest import decode_rows
-    from pipelines.wm_sequence import WMSequence
+    from pipelines.online.catalog import Catalog
+    from pipelines.online.class_offsets import ClassOffsets
+    from pipelines.online.ray_ingest import decode_rows
+    from pipelines.online.wm_sequence import WMSequence
 
     write_shards(tmp_path / "s", [9, 5, 3], shard_samples=4, size=24, attributes=2)
     uniform = spec(tmp_path / "s", attributes=2)
@@ -125,7 +125,7 @@ def audit(tmp_path, name: str, settings: list[str], extra_stage=None, interrupt_
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipelines.ray_ingest import EpochPlan, EpochSplit, build_dataset
+    from pipelines.online.ray_ingest import EpochPlan, EpochSplit, build_dataset
     from training.config import with_overrides, to_dict
     from training.run import worker_resources
     from training.train_loop import ingest_spec
@@ -178,10 +178,10 @@ def test_ray_data_ingest_on_the_data_node_exact_per_epoch(tmp_path):
     from ray.cluster_utils import Cluster
     from ray.util.state import list_tasks
 
-    from pipelines.catalog import Catalog
-    from pipelines.class_offsets import ClassOffsets
-    from pipelines.streams import ClassAwareStream
-    from pipelines.wm_sequence import WMSequence
+    from pipelines.online.catalog import Catalog
+    from pipelines.online.class_offsets import ClassOffsets
+    from pipelines.online.streams import ClassAwareStream
+    from pipelines.online.wm_sequence import WMSequence
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
     write_shards(tmp_path / "train", [40, 24, 16], shard_samples=8, size=32)

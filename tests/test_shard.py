@@ -174,7 +174,7 @@ def test_class_index_offsets_fetch_exactly_the_members(sharded, corpus):
     """classes.parquet: a row group per class (classes.json names it), each row a sample's byte ranges."""
     import pyarrow.parquet as pq
 
-    from pipelines.class_table import read_class
+    from pipelines.offline.class_table import read_class
     from pipelines.storage import Location
 
     out, manifest = sharded
@@ -212,8 +212,8 @@ def offsets_from_table_and_from_shards(out, tmp_path, monkeypatch):
     """The node-local offsets file as built from classes.parquet, and as built from the tar headers."""
     import shutil
 
-    from pipelines.catalog import Catalog
-    from pipelines.class_offsets import ClassOffsets
+    from pipelines.online.catalog import Catalog
+    from pipelines.online.class_offsets import ClassOffsets
 
     copy = tmp_path / "no_table"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("classes.parquet"))
@@ -298,7 +298,7 @@ def test_val_list_with_bare_names_and_unlabeled_test_list(ray_cluster, corpus, t
                        "--out", str(tmp_path / "test"), *ARGS]) == 0
     classes = read_json(tmp_path / "test" / "classes.json")
     assert classes["unlabeled"]["count"] == 4 and classes["num_classes"] == 0
-    from pipelines.class_table import read_class
+    from pipelines.offline.class_table import read_class
     from pipelines.storage import Location
     unlabeled = read_class(Location.parse(str(tmp_path / "test")), classes["unlabeled"]["row_group"])
     assert unlabeled.column("class_id").to_pylist() == [-1] * 4

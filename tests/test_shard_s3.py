@@ -91,8 +91,8 @@ def test_s3_round_trip_matches_a_local_run(sharded):
 
 def test_streams_read_shards_straight_from_s3(sharded, tmp_path):
     """Both samplers over s3:// give exactly what they give over a local copy of the same shards."""
-    from pipelines.catalog import Catalog
-    from pipelines.streams import ClassAwareStream, UniformStream
+    from pipelines.online.catalog import Catalog
+    from pipelines.online.streams import ClassAwareStream, UniformStream
 
     remote = Location.parse("s3://shards/train")
     index = json.loads(remote.read_bytes("index.json"))

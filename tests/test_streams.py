@@ -11,8 +11,8 @@ import pytest
 from scipy.stats import chisquare
 
 from conftest import write_shards
-from pipelines.catalog import Catalog
-from pipelines.streams import ClassAwareStream, UniformStream
+from pipelines.online.catalog import Catalog
+from pipelines.online.streams import ClassAwareStream, UniformStream
 
 COUNTS = [100, 60, 35, 20, 10]  # imbalanced 10:1
 
@@ -67,7 +67,7 @@ def test_uniform_order_is_seeded_and_changes_per_epoch(shards):
 @pytest.mark.parametrize("rows", [1, 7, 100, 1001])
 @pytest.mark.parametrize("block", [1, 3, 8, 100, 2000])
 def test_epoch_order_is_a_permutation_read_in_blocks_of_neighbouring_rows(rows, block):
-    from pipelines.epoch_order import EpochOrder
+    from pipelines.online.epoch_order import EpochOrder
 
     order = EpochOrder(rows, block, seed=2, epoch=5)
     drawn = [order.row(q) for q in range(rows)]
@@ -85,10 +85,10 @@ def model_draws(catalog, keys, seed, epoch, rank, world, worker, workers, buffer
     """What a uniform stream must yield, computed from `epoch_order` alone (no shard read)."""
     import random
 
-    from pipelines.class_offsets import ClassOffsets
-    from pipelines.corpus import stable_hash
-    from pipelines.epoch_order import EpochOrder, ShuffleBuffer
-    from pipelines.streams import consumer_range
+    from pipelines.hashing import stable_hash
+    from pipelines.online.class_offsets import ClassOffsets
+    from pipelines.online.epoch_order import EpochOrder, ShuffleBuffer
+    from pipelines.online.streams import consumer_range
 
     offsets = ClassOffsets(catalog)
     by_row = [(key, k) for k in sorted(keys) for key in sorted(keys[k])]  # class-major, tar order
@@ -118,7 +118,7 @@ def test_uniform_stream_yields_the_epoch_order_through_its_buffer(shards, block,
 
 
 def test_uniform_reads_a_block_with_one_request(shards, monkeypatch):
-    from pipelines.catalog import RangeReader
+    from pipelines.online.catalog import RangeReader
 
     reads = []
     real = RangeReader.read
@@ -165,9 +165,9 @@ def test_class_aware_is_uniform_over_classes_and_covers_each_class_before_repeat
 def test_the_streams_of_a_job_draw_one_wm_sequence_together(shards, world, workers, batch):
     """Every rank's batches of every step, in step order, are the job's WM sequence itself: no draw
     twice, and every class's first n draws (n = its size) are all its samples."""
-    from pipelines.class_offsets import ClassOffsets
+    from pipelines.online.class_offsets import ClassOffsets
+    from pipelines.online.wm_sequence import WMSequence
     from pipelines.sample import job_draws
-    from pipelines.wm_sequence import WMSequence
 
     out, keys = shards
     catalog = Catalog.load(str(out))
@@ -217,7 +217,7 @@ def test_unreadable_shard_is_skipped_counted_and_logged_once(shards, tmp_path, c
     assert 0 < stream.skipped < 16 and len(draws) == sum(COUNTS) - stream.skipped
     # once where the offsets file is built (once per node), once by the stream that met it
     assert sorted(r.name for r in caplog.records if "c0000-00002.tar" in r.message) == [
-        "pipelines.class_offsets", "pipelines.streams"]
+        "pipelines.online.class_offsets", "pipelines.online.streams"]
 
 
 def test_samples_past_a_stale_index_count_are_skipped_and_named(shards, tmp_path, caplog):
@@ -270,8 +270,8 @@ def test_after_the_world_or_workers_change_the_sequence_continues_with_nothing_s
     """Elastic restart: 2 ranks x 2 workers (batch 4) consumed `steps` steps, then 3 ranks x 1 worker go
     on from `next_job_draws`' minimum: every earlier draw was taken, and at most a batch per old stream
     beyond it is drawn twice."""
-    from pipelines.loader import next_job_draws
-    from pipelines.wm_sequence import job_draw, stream_index
+    from pipelines.online.loader import next_job_draws
+    from pipelines.online.wm_sequence import job_draw, stream_index
 
     world, workers, batch = 2, 2, 4
     states, taken = [], set()

@@ -4,9 +4,9 @@ import tarfile
 
 import pytest
 
+from pipelines.offline.tar_shard import build_shard
+from pipelines.online.tar_stream import ShardReader, fetch_sample
 from pipelines.storage import Location
-from pipelines.tar_shard import build_shard
-from pipelines.tar_stream import ShardReader, fetch_sample
 
 
 def samples(n, long_every=3):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare, spearmanr
 
-from pipelines.wm_sequence import WMSequence, job_draw, permute, stream_index
+from pipelines.online.wm_sequence import WMSequence, job_draw, permute, stream_index
 
 PLACES = {k: int(n) for k, n in enumerate(np.geomspace(4000, 40000, 365).round())}  # Places-like imbalance
 

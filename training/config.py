@@ -23,7 +23,7 @@ class DataConfig:
     sampling: str = "class-aware"  # or "uniform"
     batch_size: int = 64  # per worker
     read_block: int = 1  # uniform: samples per range read; on object stores 4 (with shuffle_buffer 4000)
-    shuffle_buffer: int = 1000  # uniform: samples each loader worker mixes (see pipelines/epoch_order.py)
+    shuffle_buffer: int = 1000  # uniform: samples each loader worker mixes (see pipelines/online/epoch_order.py)
     loader_workers: int = 1  # DataLoader processes per training worker
     crop: str = "rrc"  # rrc | scale_jitter | random_crop
     size: int = 224
@@ -31,7 +31,7 @@ class DataConfig:
     color_pca: bool = False  # AlexNet's colour noise from TRAIN_SHARDS/color_pca.json
     eval_resize: int = 256
     decode: str = "workers"  # or "device" (nvJPEG on the GPU)
-    ingest: str = "loader"  # DataLoader processes in each training worker, or "ray_data" (pipelines/ray_ingest.py)
+    ingest: str = "loader"  # DataLoader processes in each worker, or "ray_data" (pipelines/online/ray_ingest.py)
     ingest_cpus: float = 1.0  # ray_data: CPUs per decode task
     ingest_resource: str | None = None  # ray_data: a node resource decode tasks take as many of as CPUs (cluster.yaml)
     ingest_chunk: int = 128  # ray_data: samples per decode task

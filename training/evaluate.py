@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from pipelines.arguments import fraction, positive_int
-from pipelines.catalog import Catalog, first_different_class
 from pipelines.console import add_verbose_flag, report_failure, start_ray
-from pipelines.corpus import stable_hash
+from pipelines.hashing import stable_hash
+from pipelines.online.catalog import Catalog, first_different_class
 from pipelines.storage import Location
 from training.attribute_metrics import attribute_report, plot_attribute_ap
 from training.inference import losses, predict

@@ -20,11 +20,11 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from pipelines.attributes import decode as decode_attributes
-from pipelines.catalog import READ_ERRORS, Catalog
+from pipelines.offline.attributes import decode as decode_attributes
+from pipelines.online.catalog import READ_ERRORS, Catalog
+from pipelines.online.tar_stream import ShardReader
+from pipelines.online.transforms import EvalTransform
 from pipelines.storage import Location
-from pipelines.tar_stream import ShardReader
-from pipelines.transforms import EvalTransform
 
 log = logging.getLogger(__name__)
 

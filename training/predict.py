@@ -5,7 +5,7 @@
 
 CKPT: a `state.pt`, its checkpoint folder, or a run folder (its best checkpoint, as evaluate.py picks
 it).  A folder is searched recursively for image files (.jpg .jpeg .png .gif .bmp .tif .tiff .webp, any
-case).  Every image goes through sharding's preparation (`pipelines/images.py`: EXIF rotation, CMYK,
+case).  Every image goes through sharding's preparation (`pipelines/media/images.py`: EXIF rotation, CMYK,
 greyscale, palette and alpha images to RGB, large JPEGs decoded at reduced size), then evaluation's
 centre crop at the checkpoint's `data.eval_resize` / `data.size`.  For each image, one console line and
 one line of DIR/predictions.jsonl (`{"image", "top": [[class, probability], ...], "attributes", "cam"}`;
@@ -65,7 +65,7 @@ class Model:
     """A checkpoint's exported network with what scoring an image needs: class names and view geometry."""
 
     def __init__(self, checkpoint: str):
-        from pipelines.transforms import EvalTransform
+        from pipelines.online.transforms import EvalTransform
         from training.config import from_dict
         from training.evaluate import class_names, resolve_checkpoint
         from training.train_loop import build_model, inference_weights
@@ -91,7 +91,7 @@ class Model:
 
     def view(self, data: bytes) -> torch.Tensor:
         """uint8 (3, size, size): the image as sharding stores it, centre-cropped as evaluation does."""
-        from pipelines.images import ImageSettings, prepare_image
+        from pipelines.media.images import ImageSettings, prepare_image
 
         prepared = prepare_image(data, ImageSettings(image_size=max(16, self.resize), resize="shorter"))
         return self.transform.views(prepared.jpeg)[0]

@@ -13,7 +13,7 @@ instead of a failure inside a Train worker after every retry, or a run that trai
 
 from __future__ import annotations
 
-from pipelines.catalog import Catalog, first_different_class
+from pipelines.online.catalog import Catalog, first_different_class
 from training.config import ConfigError, TrainConfig
 
 PREFLIGHT_KEYS = ("model.", "data.train_shards", "data.val_shards", "optim.trainable_from")  # prefixes it reads

@@ -111,7 +111,7 @@ def make_trainer(cfg: TrainConfig, name: str, callbacks: list | None = None, rep
                    "tensorboard_dir": tensorboard_dir(cfg, name), "console": console, "verbose": verbose}
     data = {}
     if cfg.data.ingest == "ray_data":
-        from pipelines.ray_ingest import EpochPlan, EpochSplit, build_dataset
+        from pipelines.online.ray_ingest import EpochPlan, EpochSplit, build_dataset
         from training.train_loop import ingest_spec
 
         plan = EpochPlan.remote()  # the handle travels in the loop config: the actor lives as long as the run

@@ -14,10 +14,10 @@ import torch
 import torch.distributed as dist
 
 from pipelines.console import quiet_console_handlers
-from pipelines.loader import LoaderConfig, ShardLoader, eval_batches
-from pipelines.ray_ingest import IngestSpec
-from pipelines.ray_input import RayDataInput
-from pipelines.transforms import EvalTransform, TrainTransform
+from pipelines.online.loader import LoaderConfig, ShardLoader, eval_batches
+from pipelines.online.ray_ingest import IngestSpec
+from pipelines.online.ray_input import RayDataInput
+from pipelines.online.transforms import EvalTransform, TrainTransform
 from training.attribute_metrics import attribute_report
 from training.checkpointing import CHECKPOINT_FILE, MidEpochPolicy, mid_epoch_metrics, report_checkpoint
 from training.config import TrainConfig, from_dict

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MISSING = -1  # pipelines.attributes.MISSING: no label for this attribute of this sample
+MISSING = -1  # pipelines.offline.attributes.MISSING: no label for this attribute of this sample
 
 
 class AttributeHead(nn.Module):

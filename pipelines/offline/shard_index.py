@@ -18,9 +18,9 @@ from collections import Counter, defaultdict
 from importlib import metadata
 from typing import Iterator
 
-from pipelines import class_table
-from pipelines.corpus import UNLABELED, Categories
-from pipelines.shard_tasks import STATE_DIR
+from pipelines.offline import class_table
+from pipelines.offline.corpus import UNLABELED, Categories
+from pipelines.offline.shard_tasks import STATE_DIR
 from pipelines.storage import Location
 
 INDEX_FILE, CLASSES_FILE, MANIFEST_FILE, QUARANTINE_FILE = (

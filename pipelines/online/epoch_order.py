@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import random
 
-from pipelines.corpus import stable_hash
-from pipelines.wm_sequence import permute
+from pipelines.hashing import stable_hash
+from pipelines.online.wm_sequence import permute
 
 
 class EpochOrder:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from pipelines.corpus import stable_hash
+from pipelines.hashing import stable_hash
 
 ROUNDS = 4
 

@@ -28,12 +28,12 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from pipelines.attributes import decode as decode_attributes
-from pipelines.catalog import Catalog
-from pipelines.corpus import stable_hash
-from pipelines.streams import ClassAwareStream, SequentialStream, UniformStream, split_range
-from pipelines.wm_sequence import job_draw, stream_index
-from pipelines.transforms import EvalTransform, TrainTransform, decode_batch_on_device
+from pipelines.hashing import stable_hash
+from pipelines.offline.attributes import decode as decode_attributes
+from pipelines.online.catalog import Catalog
+from pipelines.online.streams import ClassAwareStream, SequentialStream, UniformStream, split_range
+from pipelines.online.transforms import EvalTransform, TrainTransform, decode_batch_on_device
+from pipelines.online.wm_sequence import job_draw, stream_index
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipelines import class_table
-from pipelines.catalog import READ_ERRORS, Catalog
-from pipelines.tar_stream import ShardReader
+from pipelines.offline import class_table
+from pipelines.online.catalog import READ_ERRORS, Catalog
+from pipelines.online.tar_stream import ShardReader
 
 log = logging.getLogger(__name__)
 CACHE_ENV = "PLACES_CACHE"  # where the node-local files go (default: the system temp folder)

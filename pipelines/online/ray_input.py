@@ -16,9 +16,9 @@ import ray
 import ray.train
 import torch.distributed as dist
 
-from pipelines.catalog import Catalog
-from pipelines.ray_ingest import DATASET, IngestSpec
-from pipelines.streams import UniformStream
+from pipelines.online.catalog import Catalog
+from pipelines.online.ray_ingest import DATASET, IngestSpec
+from pipelines.online.streams import UniformStream
 
 
 def merge(intervals: list) -> list[list[int]]:

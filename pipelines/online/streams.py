@@ -23,12 +23,12 @@ import logging
 import random
 from dataclasses import dataclass
 
-from pipelines.catalog import READ_ERRORS, Catalog, Cursor, RangeReader, ReaderPool
-from pipelines.class_offsets import ClassOffsets, Row
-from pipelines.corpus import stable_hash
-from pipelines.epoch_order import EpochOrder, ShuffleBuffer
-from pipelines.tar_stream import RawSample, fetch_sample, parse_sample
-from pipelines.wm_sequence import WMSequence, job_draw, stream_index
+from pipelines.hashing import stable_hash
+from pipelines.online.catalog import READ_ERRORS, Catalog, Cursor, RangeReader, ReaderPool
+from pipelines.online.class_offsets import ClassOffsets, Row
+from pipelines.online.epoch_order import EpochOrder, ShuffleBuffer
+from pipelines.online.tar_stream import RawSample, fetch_sample, parse_sample
+from pipelines.online.wm_sequence import WMSequence, job_draw, stream_index
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import codecs
 from typing import Iterator
 
-from pipelines.corpus import GZIP_MAGIC, CorpusError
+from pipelines.offline.corpus import GZIP_MAGIC, CorpusError
 from pipelines.storage import Location
 
 RANGE_BYTES = 16 << 20  # ~300k Places365 lines per Ray task

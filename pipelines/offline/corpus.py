@@ -12,12 +12,12 @@ every entry's fate.
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import re
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from pipelines.hashing import stable_hash
 from pipelines.storage import Location
 
 UNLABELED = -1
@@ -157,12 +157,6 @@ def sample_key(source: str) -> str:
     stem, _ = posixpath.splitext(rel)
     key = _KEY_UNSAFE.sub("_", stem.replace("/", "_")).strip("_")
     return key or "sample_" + stable_hash(source).to_bytes(8, "big").hex()
-
-
-def stable_hash(*parts: object) -> int:
-    """A 64-bit hash that, unlike `hash()`, is the same in every process and every run."""
-    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
 
 
 def image_folder_classes(root: Location) -> list[str]:

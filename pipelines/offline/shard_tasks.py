@@ -20,12 +20,13 @@ from typing import Iterator
 
 import numpy as np
 
-from pipelines.attributes import AttributeFile, join, parse_row
-from pipelines.corpus import UNLABELED, Categories, parse_line, relative_image_path, sample_key, stable_hash
-from pipelines.images import ImageRejected, ImageSettings, prepare_image
-from pipelines.list_file import lines_in_range
+from pipelines.hashing import stable_hash
+from pipelines.media.images import ImageRejected, ImageSettings, prepare_image
+from pipelines.offline.attributes import AttributeFile, join, parse_row
+from pipelines.offline.corpus import UNLABELED, Categories, parse_line, relative_image_path, sample_key
+from pipelines.offline.list_file import lines_in_range
+from pipelines.offline.tar_shard import build_shard
 from pipelines.storage import Location
-from pipelines.tar_shard import build_shard
 
 STATE_DIR = ".state"  # per-shard sidecars and per-bucket reject lists: what makes a rerun resumable
 

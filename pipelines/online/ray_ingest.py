@@ -35,15 +35,15 @@ from ray.data import DataContext, Datasource, ExecutionOptions, ReadTask
 from ray.data.block import BlockMetadata
 from ray.train import DataConfig
 
-from pipelines.attributes import decode as decode_attributes
-from pipelines.catalog import READ_ERRORS, Catalog, RangeReader
-from pipelines.class_offsets import ClassOffsets
 from pipelines.console import quiet_console_handlers
-from pipelines.corpus import stable_hash
-from pipelines.epoch_order import EpochOrder
-from pipelines.tar_stream import parse_sample
-from pipelines.transforms import TrainTransform
-from pipelines.wm_sequence import WMSequence
+from pipelines.hashing import stable_hash
+from pipelines.offline.attributes import decode as decode_attributes
+from pipelines.online.catalog import READ_ERRORS, Catalog, RangeReader
+from pipelines.online.class_offsets import ClassOffsets
+from pipelines.online.epoch_order import EpochOrder
+from pipelines.online.tar_stream import parse_sample
+from pipelines.online.transforms import TrainTransform
+from pipelines.online.wm_sequence import WMSequence
 
 log = logging.getLogger(__name__)
 

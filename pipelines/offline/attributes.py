@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines import list_file
-from pipelines.corpus import CorpusError
+from pipelines.offline import list_file
+from pipelines.offline.corpus import CorpusError
 from pipelines.storage import Location
 
 MISSING = -1  # a sample kept without attributes: ignored by the loss and the metrics

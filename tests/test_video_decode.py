@@ -1,0 +1,117 @@
+"""pipelines/media/video.py on real files written by FFmpeg's encoders (through PyAV): containers and
+codecs users have, resampling by time, resizing, and every reason a file is refused."""
+
+import io
+
+import av
+import numpy as np
+import pytest
+
+from pipelines.media.video import REASONS, VideoRejected, VideoSettings, decode_video, encode_video
+
+
+def gray_ramp(n: int, w: int = 64, h: int = 48, step: int = 6) -> np.ndarray:
+    """Frame i is uniformly gray at level i * step: which input frame an output frame shows is readable."""
+    return np.stack([np.full((h, w, 3), i * step, np.uint8) for i in range(n)])
+
+
+def shown(video, step: int = 6) -> list[int]:
+    return [int(round(f.mean() / step)) for f in video.frames]
+
+
+@pytest.mark.parametrize("container, codec", [("mp4", "libx264"), ("avi", "mpeg4"), ("matroska", "libvpx-vp9"),
+                                              ("webm", "libvpx"), ("matroska", "ffv1")])
+def test_containers_and_codecs_users_have(container, codec):
+    data = encode_video(gray_ramp(40), 30, container, codec)
+    video = decode_video(data, VideoSettings(fps=30, size=48, min_frames=1))
+    assert video.frames.shape == (40, 48, 64, 3) and video.frames.dtype == np.uint8
+    assert video.orig_size == (64, 48) and video.orig_fps == 30 and not video.truncated
+    assert max(abs(a - b) for a, b in zip(shown(video), range(40))) <= 1  # lossy codecs: within one level
+
+
+def test_resampling_shows_the_frame_on_screen_at_each_output_time():
+    data = encode_video(gray_ramp(40), 30, "matroska", "ffv1")  # lossless: levels read back exactly
+    down = decode_video(data, VideoSettings(fps=25, size=48, min_frames=1))
+    # output k at k/25 s shows input floor(k * 30/25); the last input frame lasts until 40/30 s
+    assert shown(down) == [int(k * 30 / 25) for k in range(34)]
+    up = decode_video(encode_video(gray_ramp(10), 10, "matroska", "ffv1"), VideoSettings(fps=25, size=48, min_frames=1))
+    assert shown(up) == [int(k * 10 / 25) for k in range(25)]  # 1 s at 25 fps: frames repeated, none blended
+
+
+def test_max_frames_keeps_the_start():
+    data = encode_video(gray_ramp(40), 30, "matroska", "ffv1")
+    video = decode_video(data, VideoSettings(fps=30, size=48, min_frames=1, max_frames=12))
+    assert shown(video) == list(range(12))
+
+
+@pytest.mark.parametrize("w, h, resize, expected", [
+    (320, 240, "shorter", (238, 178)), (240, 320, "shorter", (178, 238)),
+    (320, 240, "square", (178, 178)), (178, 100, "shorter", (316, 178))])
+def test_frame_size(w, h, resize, expected):
+    data = encode_video(gray_ramp(16, w, h), 25, "mp4", "libx264")
+    video = decode_video(data, VideoSettings(size=178, resize=resize))
+    assert video.frames.shape[1:3] == expected[::-1] and video.orig_size == (w, h)
+
+
+def reason(data: bytes, **settings) -> str:
+    with pytest.raises(VideoRejected) as info:
+        decode_video(data, VideoSettings(**settings))
+    assert info.value.reason in REASONS
+    return info.value.reason
+
+
+def audio_only() -> bytes:
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="flt", layout="mono")
+        frame.sample_rate = 16000
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return buf.getvalue()
+
+
+def test_every_reason_a_file_is_refused():
+    avi = encode_video(gray_ramp(20), 25, "avi", "mpeg4")
+    assert b"FMP4" in avi
+    assert reason(b"") == "zero_length"
+    assert reason(b"<html>not found</html>" * 20) == "undecodable"
+    assert reason(audio_only()) == "audio_only"
+    subtitles = b"1\n00:00:00,000 --> 00:00:01,000\nhello\n\n2\n00:00:02,000 --> 00:00:03,000\nworld\n"
+    assert reason(subtitles) == "no_video_stream"
+    assert reason(avi.replace(b"FMP4", b"ZZZ9")) == "unsupported_codec"  # a FourCC no decoder claims
+    assert reason(encode_video(gray_ramp(5), 25, "mp4", "libx264"), min_frames=16) == "too_short"
+    assert reason(avi[:200]) == "undecodable"  # the header alone
+
+
+def test_a_broken_off_stream_keeps_what_decoded():
+    full = encode_video(gray_ramp(40, step=5), 25, "matroska", "ffv1")
+    cut = decode_video(full[: len(full) * 2 // 3], VideoSettings(size=48, min_frames=1))
+    assert 10 <= len(cut.frames) < 40
+    assert shown(cut, 5) == list(range(len(cut.frames)))  # the frames before the break, in order
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="resize must be one of shorter, square"):
+        VideoSettings(resize="crop")
+    with pytest.raises(ValueError, match="fps > 0"):
+        VideoSettings(fps=0)
+
+
+def test_display_rotation_is_applied():
+    """A phone video stored landscape with a 90-degree counter-clockwise display matrix is decoded
+    upright: portrait, and the stored top-left corner at the bottom left."""
+    image = np.zeros((48, 64, 3), np.uint8)
+    image[:8, :8] = 255
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.set_display_rotation(90)
+        for _ in range(16):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode())
+    video = decode_video(buf.getvalue(), VideoSettings(size=48))
+    assert video.orig_size == (48, 64) and video.frames.shape == (16, 64, 48, 3)
+    frame = video.frames[0].mean(2)
+    assert frame[-6:, :6].mean() > 200 and max(frame[:6, :6].mean(), frame[:6, -6:].mean(), frame[-6:, -6:].mean()) < 30
