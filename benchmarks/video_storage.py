@@ -10,7 +10,8 @@ background, with per-frame sensor noise (sigma 3), at the sharder's frame size (
   seek to the keyframe at or before its first frame, then decoding up to its last frame;
 - `jpeg_qQ`: one JPEG per frame (Pillow, quality Q); a clip decodes its T frames only.
 Per contender: KB per video and per second of video, and per clip (T = 10 contiguous frames, early and
-slow fusion's input, and T = 2 frames 15 apart, late fusion's) the decode time in ms on one core.
+slow fusion's input, and T = 2 frames 15 apart, late fusion's) the decode time in ms on one core (one
+decoder thread), from the stored bytes to RGB arrays.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def synthetic_video(rng: np.random.Generator, frames: int, w: int, h: int) -> np
 def clip_h264(data: bytes, first: int, offsets: tuple[int, ...], fps: float) -> int:
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = 1  # per core, as a loader worker decodes
         container.seek(int(first / fps / stream.time_base), stream=stream, backward=True)
         wanted, got = {first + o for o in offsets}, 0
         for frame in container.decode(stream):

@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as `python pipelines/shard.py`: make the pr
 
 from pipelines.console import add_verbose_flag, report_failure, start_ray
 from pipelines.media.images import ImageSettings
+from pipelines.media.video import VideoSettings
 from pipelines.offline import list_file, shard_index
 from pipelines.offline.attributes import AttributeFile, read_attribute_file
 from pipelines.offline.corpus import (UNLABELED, Categories, CorpusError, detect_labeled, image_folder_classes,
@@ -56,6 +57,12 @@ class ShardConfig:
     attributes: str | None = None  # CSV or JSON lines of per-image attributes (pipelines/offline/attributes.py)
     attribute_threshold: float = 0.5  # a vote fraction at least this is a positive label
     keep_without_attributes: bool = False  # an image without an attribute row: kept without `attr`
+    video: bool = False  # the inputs are videos (pipelines/media/video.py): re-encoded H.264 at a fixed rate
+    fps: float = 25.0
+    frame_size: int = 178  # the shorter side (frame_resize: shorter) or both sides (square)
+    frame_resize: str = "shorter"
+    min_frames: int = 16  # fewer frames at fps: quarantined as too_short
+    max_frames: int = 0  # keep at most this many frames from a video's start (0: all)
 
     def __post_init__(self):  # a recipe file's values arrive untyped
         for f in fields(self):
@@ -74,12 +81,16 @@ class ShardConfig:
             raise CorpusError(f"--attribute-threshold must be in (0, 1], got {self.attribute_threshold}")
         if self.keep_without_attributes and not self.attributes:
             raise CorpusError("--keep-without-attributes needs --attributes")
+        if self.video and self.attributes:
+            raise CorpusError("--attributes are per image: they cannot be joined into video shards")
         try:
-            self.image_settings()
+            self.media_settings()
         except ValueError as exc:
             raise CorpusError(str(exc)) from None
 
-    def image_settings(self) -> ImageSettings:
+    def media_settings(self) -> ImageSettings | VideoSettings:
+        if self.video:
+            return VideoSettings(self.fps, self.frame_size, self.frame_resize, self.min_frames, self.max_frames)
         return ImageSettings(self.image_size, self.resize, self.quality, self.max_pixels)
 
 
@@ -123,6 +134,15 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ShardConfig, bool
                    help="a value (a 0/1 label or a vote fraction) at least this is positive (default 0.5)")
     p.add_argument("--keep-without-attributes", action="store_true", default=None,
                    help="keep images that have no attribute row (without attributes) instead of quarantining them")
+    p.add_argument("--video", action="store_true", default=None,
+                   help="the list or folder holds videos (.avi .mp4 .mkv .webm ...): each becomes one sample, "
+                        "its frames at --fps and --frame-size re-encoded as H.264")
+    p.add_argument("--fps", type=float, help="video frame rate after resampling (default 25)")
+    p.add_argument("--frame-size", type=int, help="video frames' shorter side, or both with --frame-resize "
+                                                  "square (default 178, the paper's)")
+    p.add_argument("--frame-resize", choices=["shorter", "square"], help="default shorter (aspect kept)")
+    p.add_argument("--min-frames", type=int, help="shorter videos are quarantined as too_short (default 16)")
+    p.add_argument("--max-frames", type=int, help="keep at most this many frames of a video (default 0: all)")
     p.add_argument("--force", action="store_true",
                    help="write into an OUT that holds files this tool did not write (they may be overwritten)")
     add_verbose_flag(p)
@@ -229,7 +249,7 @@ def make_plan(cfg: ShardConfig, pf: Preflight, out: Location) -> ShardPlan:
     images_root = Location.parse(cfg.image_folder or cfg.images_root)
     return ShardPlan(categories=pf.categories, labeled=pf.labeled, shards_per_label=shards,
                      num_buckets=max(1, math.ceil(pf.entries / BUCKET_ROWS)), seed=cfg.seed,
-                     images_root=images_root, out=out, image=cfg.image_settings(), attributes=pf.attributes,
+                     images_root=images_root, out=out, media=cfg.media_settings(), attributes=pf.attributes,
                      keep_without_attributes=cfg.keep_without_attributes)
 
 
@@ -262,8 +282,11 @@ def _run_locked(cfg: ShardConfig, out: Location, started: float, verbose: bool) 
     name = cfg.name or _default_name(cfg)
     shard_index.write_quarantine(out, summaries)
     shard_index.write_classes(out, pf.categories, summaries, name)
+    media = cfg.media_settings()
     shard_index.write_index(out, summaries, name, pf.categories.names,
-                            pf.attributes.names if pf.attributes else None)
+                            pf.attributes.names if pf.attributes else None,
+                            {"fps": media.fps, "size": media.size, "resize": media.resize, "codec": "h264"}
+                            if cfg.video else None)
     fresh = [s for s in summaries if not s["reused"]]
     elapsed = time.time() - started
     per_class = Counter()
@@ -346,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     reasons = ", ".join(f"{reason} {n}" for reason, n in m["quarantine_reasons"].items())
     print(f"entries read {m['entries_read']} = written {m['written']} + quarantined {m['quarantined']}"
           f"{f' ({reasons})' if reasons else ''}; {m['shards']} shards ({m['shards_reused']} reused) in {cfg.out}; "
-          f"{m['elapsed_s']:.1f} s, {m['images_per_s']:.0f} img/s")
+          f"{m['elapsed_s']:.1f} s, {m['images_per_s']:.0f} {'videos' if cfg.video else 'img'}/s")
     return 0
 
 

@@ -29,6 +29,9 @@ def check_training_inputs(cfg: TrainConfig) -> None:
     train = load_catalog("data.train_shards", cfg.data.train_shards)
     val = load_catalog("data.val_shards", cfg.data.val_shards)
     for key, catalog in (("data.train_shards", train), ("data.val_shards", val)):
+        if catalog.video is not None:
+            raise ConfigError(f"config key '{key}': {catalog.loc.uri()} holds video shards, and training/run.py "
+                              f"reads image shards only: training from videos is not built yet")
         check_shard_files(key, catalog)
         if catalog.num_classes != cfg.model.num_classes:
             raise ConfigError(f"config key 'model.num_classes' is {cfg.model.num_classes} but {key} has "

@@ -7,7 +7,7 @@ so frames are repeated or dropped, never blended, and a 30 and a 25 fps copy of 
 clips of the same duration.  Each frame is converted once, to RGB at the target size (FFmpeg's area
 filter when shrinking), with its display rotation applied.
 
-A file is refused with one reason of `REASONS`, the quarantine report's vocabulary.  A stream that breaks
+A file is refused with one code of `REASONS`, the quarantine report's vocabulary.  A stream that breaks
 off mid-way keeps the frames decoded before the break when they are enough for a clip (`truncated`), as
 a truncated download still holds its first seconds.
 """
@@ -33,10 +33,13 @@ RESIZE_MODES = ("shorter", "square")
 
 
 class VideoRejected(Exception):
-    def __init__(self, reason: str, detail: str = ""):
-        assert reason in REASONS, reason
-        self.reason = reason
-        super().__init__(f"{reason}: {detail or REASONS[reason]}")
+    """As `images.ImageRejected`: `code` is one of REASONS, `reason` the quarantine report's line."""
+
+    def __init__(self, code: str, detail: str = ""):
+        assert code in REASONS, code
+        super().__init__(f"{code}: {detail or REASONS[code]}")
+        self.code = code
+        self.reason = str(self)
 
 
 @dataclass(frozen=True)
@@ -50,12 +53,13 @@ class VideoSettings:
     resize: str = "shorter"
     min_frames: int = 16
     max_frames: int = 0
+    crf: int = 23  # H.264 quality of the stored video (lower: better, larger)
 
     def __post_init__(self):
         if self.resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
-        if self.fps <= 0 or self.size < 2 or self.min_frames < 1 or self.max_frames < 0:
-            raise ValueError(f"fps > 0, size >= 2, min_frames >= 1 and max_frames >= 0, got {self}")
+        if self.fps <= 0 or self.size < 2 or self.min_frames < 1 or self.max_frames < 0 or not 0 <= self.crf <= 51:
+            raise ValueError(f"fps > 0, size >= 2, min_frames >= 1, max_frames >= 0 and crf in [0, 51], got {self}")
 
     def target_size(self, width: int, height: int) -> tuple[int, int]:
         if self.resize == "square":
@@ -128,6 +132,48 @@ def _resample(container, stream, settings: VideoSettings) -> DecodedVideo:
                                          f"{settings.min_frames}")
     return DecodedVideo(np.stack(frames), settings.fps, _displayed_size(prev), rate, stream.codec_context.name,
                         truncated)
+
+
+@dataclass(frozen=True)
+class PreparedVideo:
+    mp4: bytes  # H.264 at settings.fps, a keyframe every second
+    meta: dict  # what the shard's json member records about it
+
+
+def prepare_video(data: bytes, settings: VideoSettings) -> PreparedVideo:
+    """A user's video file -> what a shard stores: its frames at the fixed rate and size, re-encoded as
+    H.264 (crf 23) with a keyframe every second, so a clip anywhere decodes at most a second of frames
+    it does not use (`benchmarks/video_storage.py`: 1/16 of JPEG frames' bytes)."""
+    video = decode_video(data, settings)
+    gop = max(1, round(settings.fps))
+    mp4 = encode_video(video.frames, settings.fps, "mp4", "libx264",
+                       {"crf": str(settings.crf), "g": str(gop), "preset": "fast"})
+    height, width = video.frames.shape[1:3]
+    return PreparedVideo(mp4, {"frames": len(video.frames), "fps": settings.fps, "size": [width, height],
+                               "orig_size": list(video.orig_size), "orig_fps": round(video.orig_fps, 3),
+                               "codec": video.codec, "truncated": video.truncated})
+
+
+def decode_clip(mp4: bytes, first: int, offsets: tuple[int, ...], fps: float) -> np.ndarray:
+    """Frames first + o (o in `offsets`, ascending) of a stored video -> (T, H, W, 3) uint8: a seek to the
+    keyframe at or before the first, then decoding up to the last."""
+    wanted = [first + o for o in offsets]
+    out: list[np.ndarray | None] = [None] * len(wanted)
+    with av.open(io.BytesIO(mp4)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1  # one core per loader worker
+        container.seek(int(first / fps / stream.time_base), stream=stream, backward=True)
+        for frame in container.decode(stream):
+            index = int(round(frame.time * fps))
+            for i, w in enumerate(wanted):
+                if w == index:
+                    out[i] = frame.to_ndarray(format="rgb24")
+            if index >= wanted[-1]:
+                break
+    missing = [w for w, f in zip(wanted, out) if f is None]
+    if missing:
+        raise EOFError(f"frames {missing} are not in the stored video")
+    return np.stack(out)
 
 
 def encode_video(frames: np.ndarray, fps: float, container: str = "mp4", codec: str = "libx264",

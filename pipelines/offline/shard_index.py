@@ -88,10 +88,11 @@ def reject_files_in(out: Location) -> list[str]:
 
 
 def write_index(out: Location, summaries: list[dict], name: str, class_names: tuple[str, ...],
-                attribute_names: tuple[str, ...] | None = None) -> None:
+                attribute_names: tuple[str, ...] | None = None, video: dict | None = None) -> None:
     """The wids-v1 shard index, plus our `layout`, `num_classes`, `class_names` (in label order: what
-    training checks its validation shards and checkpoints against), `total_samples`, and with attributes
-    `attribute_names` (the order of each sample's `attr` bits)."""
+    training checks its validation shards and checkpoints against), `total_samples`, with attributes
+    `attribute_names` (the order of each sample's `attr` bits), and for video shards `video` (the
+    stored frame rate and size: what clip sampling reads)."""
     shardlist = [{"url": s["url"], "nsamples": s["nsamples"], "filesize": s["filesize"], "md5sum": s["md5sum"],
                   "class": s["label"]}
                  for s in sorted(summaries, key=lambda s: s["url"]) if s["nsamples"]]
@@ -101,6 +102,8 @@ def write_index(out: Location, summaries: list[dict], name: str, class_names: tu
              "shardlist": shardlist}
     if attribute_names is not None:
         index["attribute_names"] = list(attribute_names)
+    if video is not None:
+        index["video"] = video
     out.write_atomic(INDEX_FILE, (json.dumps(index, sort_keys=True, indent=1) + "\n").encode())
 
 
@@ -109,7 +112,7 @@ def write_manifest(out: Location, manifest: dict) -> None:
 
 
 def package_versions() -> dict[str, str]:
-    names = ("ray", "webdataset", "pillow", "pyarrow", "numpy", "fsspec", "places-ray")
+    names = ("ray", "webdataset", "pillow", "av", "pyarrow", "numpy", "fsspec", "places-ray")
     versions = {}
     for n in names:
         try:

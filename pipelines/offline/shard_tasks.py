@@ -22,6 +22,7 @@ import numpy as np
 
 from pipelines.hashing import stable_hash
 from pipelines.media.images import ImageRejected, ImageSettings, prepare_image
+from pipelines.media.video import VideoRejected, VideoSettings, prepare_video
 from pipelines.offline.attributes import AttributeFile, join, parse_row
 from pipelines.offline.corpus import UNLABELED, Categories, parse_line, relative_image_path, sample_key
 from pipelines.offline.list_file import lines_in_range
@@ -42,7 +43,7 @@ class ShardPlan:
     seed: int
     images_root: Location
     out: Location
-    image: ImageSettings
+    media: ImageSettings | VideoSettings  # what each input is prepared as
     attributes: AttributeFile | None = None  # joined into the samples as their `attr` member
     keep_without_attributes: bool = False  # an image without an attribute row: kept (no `attr`), not quarantined
 
@@ -200,26 +201,33 @@ def write_group(batch: dict[str, np.ndarray], plan: ShardPlan) -> dict[str, np.n
 def _write_one(group: str, label: int, members: list[list[str]], plan: ShardPlan) -> dict:
     started = time.perf_counter()
     url, sidecar_rel = f"{group}.tar", f"{STATE_DIR}/{group}.json"
-    fingerprint = hashlib.sha256(json.dumps([asdict(plan.image), label, members]).encode()).hexdigest()
+    fingerprint = hashlib.sha256(json.dumps([asdict(plan.media), label, members]).encode()).hexdigest()
     previous = _completed_sidecar(plan.out, sidecar_rel, url, fingerprint)
     if previous is not None:
         return _summary(previous, reused=True, seconds=time.perf_counter() - started)
 
     samples, quarantine, passthrough = [], [], 0
     cls_bytes = str(label).encode()
+    video = isinstance(plan.media, VideoSettings)
     for key, source, path, attr in members:
         try:
-            prepared = prepare_image(_read_source(plan.images_root, path), plan.image)
-        except ImageRejected as exc:
+            data = _read_source(plan.images_root, path)
+            if video:
+                prepared_video = prepare_video(data, plan.media)
+                media, meta = {"mp4": prepared_video.mp4}, prepared_video.meta
+            else:
+                prepared = prepare_image(data, plan.media)
+                media, meta = {"jpg": prepared.jpeg}, {"orig_size": list(prepared.orig_size)}
+                passthrough += prepared.passthrough
+        except (ImageRejected, VideoRejected) as exc:
             quarantine.append({"source": source, "label": label, "reason": exc.reason})
             continue
         except Exception as exc:  # a decoder bug on one odd file must not take the shard down
             quarantine.append({"source": source, "label": label,
-                               "reason": f"corrupt_image: {type(exc).__name__}: {exc}"})
+                               "reason": f"corrupt_{'video' if video else 'image'}: {type(exc).__name__}: {exc}"})
             continue
-        passthrough += prepared.passthrough
-        meta = json.dumps({"source": source, "orig_size": list(prepared.orig_size)}, sort_keys=True)
-        sample = {"__key__": key, "cls": cls_bytes, "jpg": prepared.jpeg, "json": meta.encode()}
+        meta = json.dumps({"source": source, **meta}, sort_keys=True)
+        sample = {"__key__": key, "cls": cls_bytes, **media, "json": meta.encode()}
         samples.append({**sample, "attr": attr.encode()} if attr else sample)
 
     sidecar = {"group": group, "url": url, "label": label, "fingerprint": fingerprint,

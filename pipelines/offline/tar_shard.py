@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import webdataset as wds
 
 TAR_OWNER = "places"
-SAMPLE_EXTENSIONS = ("cls", "jpg", "json")  # the order TarWriter writes them in (sorted)
 
 
 @dataclass(frozen=True)

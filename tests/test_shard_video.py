@@ -1,0 +1,164 @@
+"""`pipelines/shard.py --video` end to end: real video files of the containers and codecs users have,
+written by FFmpeg's encoders, and every kind of bad one, through a real local Ray cluster."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import av
+import numpy as np
+import pytest
+
+from pipelines import shard
+from pipelines.media.video import decode_clip, encode_video
+from test_video_decode import moving_square
+
+pytestmark = pytest.mark.slow  # two sharding runs on a local Ray cluster
+
+# (class, file) -> (container, codec, frames, fps, width, height)
+GOOD = {
+    ("left", "a.avi"): ("avi", "mpeg4", 40, 30, 96, 72),
+    ("left", "b.mp4"): ("mp4", "libx264", 30, 25, 64, 48),
+    ("right", "c.mkv"): ("matroska", "libvpx-vp9", 36, 24, 72, 96),  # portrait
+    ("right", "d.webm"): ("webm", "libvpx", 25, 25, 80, 60),
+}
+REJECTS = {  # file -> reason code
+    "left/empty.mp4": "zero_length",
+    "left/page.mp4": "undecodable",
+    "left/short.mp4": "too_short",
+    "right/song.mp4": "audio_only",
+    "right/subtitles.mkv": "no_video_stream",
+    "right/fourcc.avi": "unsupported_codec",
+    "right/notes.txt": "undecodable",
+}
+
+
+def audio_only() -> bytes:
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="flt", layout="mono")
+        frame.sample_rate = 16000
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    for (cls, name), (container, codec, frames, fps, w, h) in GOOD.items():
+        (root / cls).mkdir(exist_ok=True)
+        clip = moving_square(frames, w, h, -2 if cls == "left" else 2)
+        (root / cls / name).write_bytes(encode_video(clip, fps, container, codec))
+    avi = encode_video(moving_square(20, 64, 48, 2), 25, "avi", "mpeg4")
+    files = {
+        "left/empty.mp4": b"",
+        "left/page.mp4": b"<html><body>404 Not Found</body></html>\n" * 10,
+        "left/short.mp4": encode_video(moving_square(5, 64, 48, 2), 25, "mp4", "libx264"),
+        "right/song.mp4": audio_only(),
+        "right/subtitles.mkv": b"1\n00:00:00,000 --> 00:00:01,000\nhello\n\n2\n00:00:02,000 --> 00:00:03,000\nbye\n",
+        "right/fourcc.avi": avi.replace(b"FMP4", b"ZZZ9"),
+        "right/notes.txt": b"filmed on a phone\n",
+    }
+    for rel, data in files.items():
+        (root / rel).write_bytes(data)
+    return root
+
+
+@pytest.fixture(scope="module")
+def sharded(ray_cluster, tree, tmp_path_factory):
+    out = tmp_path_factory.mktemp("video_shards")
+    assert shard.main(["--video", "--image-folder", str(tree), "--out", str(out), "--fps", "25",
+                       "--frame-size", "48", "--shard-samples", "2"]) == 0
+    return out
+
+
+def samples_of(out) -> dict[str, dict[str, bytes]]:
+    index = json.loads((out / "index.json").read_text())
+    samples: dict[str, dict[str, bytes]] = {}
+    for entry in index["shardlist"]:
+        with tarfile.open(out / entry["url"]) as tar:
+            for member in tar:
+                key, _, ext = member.name.partition(".")
+                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return samples
+
+
+def test_every_video_is_written_or_quarantined_with_its_reason(sharded):
+    manifest = json.loads((sharded / "manifest.json").read_text())
+    assert manifest["entries_read"] == len(GOOD) + len(REJECTS)
+    assert manifest["written"] == len(GOOD)
+    reasons = {}
+    for line in (sharded / "quarantine.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        reasons[row["source"]] = row["reason"].split(":")[0]
+    assert reasons == REJECTS
+    assert manifest["per_class_written"] == {"left": 2, "right": 2}
+
+
+def test_each_video_is_stored_at_the_fixed_rate_and_size(sharded):
+    index = json.loads((sharded / "index.json").read_text())
+    assert index["video"] == {"fps": 25.0, "size": 48, "resize": "shorter", "codec": "h264"}
+    assert index["class_names"] == ["left", "right"] and index["total_samples"] == 4
+    samples = samples_of(sharded)
+    assert len(samples) == 4
+    by_source = {json.loads(s["json"])["source"]: s for s in samples.values()}
+    for (cls, name), (_, codec, frames, fps, w, h) in GOOD.items():
+        sample = by_source[f"{cls}/{name}"]
+        meta = json.loads(sample["json"])
+        assert set(sample) == {"cls", "mp4", "json"} and int(sample["cls"]) == ["left", "right"].index(cls)
+        assert meta["frames"] == round(frames / fps * 25) and meta["orig_size"] == [w, h]
+        assert min(meta["size"]) == 48 and meta["size"][0] * h == pytest.approx(meta["size"][1] * w, rel=0.05)
+        clip = decode_clip(sample["mp4"], 0, tuple(range(10)), 25)
+        assert clip.shape == (10, meta["size"][1], meta["size"][0], 3)
+        # the square moves the way its class says: its centre of brightness drifts left or right
+        xs = [np.average(np.arange(clip.shape[2]), weights=f.mean((0, 2))) for f in clip[:4]]
+        assert (xs[-1] < xs[0]) == (cls == "left")
+
+
+def test_rerun_stores_the_same_samples_and_frames(sharded, tree, tmp_path):
+    """Same shards, same samples in the same order, same metadata, and videos that decode to the same
+    frames (their H.264 bytes may differ: see test_video_decode)."""
+    again = tmp_path / "again"
+    assert shard.main(["--video", "--image-folder", str(tree), "--out", str(again), "--fps", "25",
+                       "--frame-size", "48", "--shard-samples", "2"]) == 0
+    first = json.loads((sharded / "index.json").read_text())["shardlist"]
+    assert [(e["url"], e["nsamples"]) for e in json.loads((again / "index.json").read_text())["shardlist"]] == \
+        [(e["url"], e["nsamples"]) for e in first]
+    before, after = samples_of(sharded), samples_of(again)
+    assert list(before) == list(after)
+    for key, sample in before.items():
+        assert after[key]["json"] == sample["json"] and after[key]["cls"] == sample["cls"]
+        frames = json.loads(sample["json"])["frames"]
+        np.testing.assert_array_equal(decode_clip(after[key]["mp4"], 0, tuple(range(frames)), 25),
+                                      decode_clip(sample["mp4"], 0, tuple(range(frames)), 25))
+
+
+def test_video_settings_are_checked(tree, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        shard.main(["--video", "--image-folder", str(tree), "--out", str(tmp_path / "x"), "--frame-resize", "crop"])
+    assert shard.main(["--video", "--image-folder", str(tree), "--out", str(tmp_path / "y"), "--fps", "0"]) == 2
+    assert "fps > 0" in capsys.readouterr().err
+
+
+def test_image_training_refuses_video_shards(sharded):
+    from training.config import ConfigError, load
+    from training.preflight import check_training_inputs
+
+    cfg = load(None, ["model.num_classes=2", f"data.train_shards={sharded}", f"data.val_shards={sharded}"])
+    with pytest.raises(ConfigError, match="data.train_shards.*holds video shards"):
+        check_training_inputs(cfg)
+
+
+def test_a_list_of_videos_with_a_missing_file(ray_cluster, tree, tmp_path):
+    (tmp_path / "classes.txt").write_text("left\nright\n")
+    (tmp_path / "list.txt").write_text("left/b.mp4 0\nright/d.webm 1\nright/gone.mp4 1\n")
+    out = tmp_path / "out"
+    assert shard.main(["--video", "--list", str(tmp_path / "list.txt"), "--images-root", str(tree),
+                       "--categories", str(tmp_path / "classes.txt"), "--out", str(out), "--frame-size", "48"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["entries_read"], manifest["written"]) == (3, 2)
+    assert manifest["quarantine_reasons"] == {"missing_file": 1}
