@@ -36,7 +36,7 @@ from pipelines.storage import Location, LockedError, exclusive
 LOCK_FILE = "lock"  # in OUT/.state while a run writes there
 IMAGE_FOLDER_LIST = "image_folder_list.txt"  # in OUT/.state: an --image-folder tree as a list
 NAME_REJECTS = "rejects-names.jsonl"  # in OUT/.state: its files whose names a list cannot carry
-BUCKET_ROWS = 50_000  # list entries per duplicate-detection bucket: its reduce task holds them all
+BUCKET_ROWS = 200_000  # list entries per duplicate-detection bucket: its reduce task holds them all
 GROUP_ROWS = 50_000  # list entries per shard-grouping partition: what bounds a worker's memory there
 
 

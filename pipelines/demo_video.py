@@ -1,0 +1,131 @@
+"""A small synthetic video corpus whose classes need motion to tell apart, for demos and tests.
+
+    python pipelines/demo_video.py --out data/video_demo [--train-per-class 40] [--val-per-class 10] [--seed 0]
+
+Writes class-per-folder trees ``train/`` and ``val/`` (the UCF-101 layout) of short videos, in the
+containers and codecs users have (.mp4 H.264, .avi MPEG-4, .mkv VP9, .webm VP8).  Every video shows
+a shape of random colour, size and place over a random textured background, so no single frame
+tells its class apart from its motion partner's:
+
+- ``moves_left`` / ``moves_right``: the same drift, opposite directions;
+- ``drifts_slowly`` / ``drifts_fast``: a random direction, 1 or 4 pixels per frame;
+- ``turns_clockwise`` / ``turns_anticlockwise``: a bar rotating about its centre;
+- ``pulses`` / ``stays_still``: a shape whose size oscillates (period 8 frames), or does not move;
+- ``red_discs`` / ``blue_squares``: still shapes that one frame tells apart (what a single-frame
+  network can learn).
+
+``train/`` also holds the kinds of file a real video folder holds by mistake, so the sharding
+quarantine has something to show: an empty file, a web page saved as .mp4, an audio-only .m4a, a
+subtitle file, and a clip too short for a network's input.  Deterministic per seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import os
+import sys
+
+import av
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pipelines.media.video import encode_video
+
+CLASSES = ("moves_left", "moves_right", "drifts_slowly", "drifts_fast", "turns_clockwise", "turns_anticlockwise",
+           "pulses", "stays_still", "red_discs", "blue_squares")
+CONTAINERS = (("mp4", "libx264", ".mp4"), ("avi", "mpeg4", ".avi"), ("matroska", "libvpx-vp9", ".mkv"),
+              ("webm", "libvpx", ".webm"))
+W, H, FRAMES, FPS = 96, 72, 40, 25
+
+
+def draw(cls: str, rng: np.random.Generator) -> np.ndarray:
+    """(FRAMES, H, W, 3) uint8 frames of one video of class `cls`."""
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    ground = rng.uniform(40, 140, 3) + 25 * np.sin(xx[..., None] / rng.uniform(4, 12) + rng.uniform(0, 6, 3))
+    color = {"red_discs": (220, 40, 40), "blue_squares": (40, 60, 220)}.get(cls) or rng.uniform(120, 255, 3)
+    radius = rng.uniform(7, 12)
+    x0, y0 = rng.uniform(20, W - 20), rng.uniform(16, H - 16)
+    heading = rng.uniform(0, 2 * math.pi)
+    speed = {"moves_left": 2.0, "moves_right": 2.0, "drifts_slowly": 1.0, "drifts_fast": 4.0}.get(cls, 0.0)
+    dx = {"moves_left": -1.0, "moves_right": 1.0}.get(cls, math.cos(heading))
+    dy = 0.0 if cls in ("moves_left", "moves_right") else math.sin(heading)
+    spin = {"turns_clockwise": 0.15, "turns_anticlockwise": -0.15}.get(cls, 0.0)
+    angle0 = rng.uniform(0, math.pi)
+    out = np.empty((FRAMES, H, W, 3), np.uint8)
+    for t in range(FRAMES):
+        cx, cy = (x0 + speed * dx * t) % W, (y0 + speed * dy * t) % H
+        if cls.startswith("turns"):  # a bar through the centre at angle a (y grows downwards: + is clockwise)
+            a = angle0 + spin * t
+            along = (xx - cx) * math.cos(a) + (yy - cy) * math.sin(a)
+            across = -(xx - cx) * math.sin(a) + (yy - cy) * math.cos(a)
+            mask = (np.abs(along) < 2 * radius) & (np.abs(across) < 3)
+        else:
+            r = radius * (1 + 0.45 * math.sin(2 * math.pi * t / 8)) if cls == "pulses" else radius
+            if cls == "blue_squares":
+                mask = (np.abs(xx - cx) < r) & (np.abs(yy - cy) < r)
+            else:
+                mask = (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
+        frame = ground.copy()
+        frame[mask] = color
+        out[t] = np.clip(frame + rng.normal(0, 4, frame.shape), 0, 255)
+    return out
+
+
+def bad_files(rng: np.random.Generator) -> dict[str, bytes]:
+    """What ends up in a video folder by mistake: each must be quarantined with its reason."""
+    audio = io.BytesIO()
+    with av.open(audio, "w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=16000)
+        tone = np.sin(np.arange(16000, dtype=np.float32) * 2 * math.pi * 440 / 16000)[None] * 0.1
+        frame = av.AudioFrame.from_ndarray(tone, format="flt", layout="mono")
+        frame.sample_rate = 16000
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return {
+        "moves_left/empty.mp4": b"",
+        "moves_right/download.mp4": b"<!doctype html><title>Video unavailable</title>\n" * 8,
+        "pulses/soundtrack.m4a": audio.getvalue(),
+        "stays_still/captions.mkv": b"1\n00:00:00,000 --> 00:00:02,000\na shape\n",
+        "drifts_fast/too_short.mp4": encode_video(draw("drifts_fast", rng)[:6], FPS, "mp4", "libx264"),
+    }
+
+
+def write(out: str, train_per_class: int, val_per_class: int, seed: int = 0) -> dict[str, int]:
+    counts = {}
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for k, cls in enumerate(CLASSES):
+            folder = os.path.join(out, split, cls)
+            os.makedirs(folder, exist_ok=True)
+            for i in range(n):
+                rng = np.random.default_rng([seed, k, i, split == "val"])
+                container, codec, ext = CONTAINERS[(i + k) % len(CONTAINERS)]
+                data = encode_video(draw(cls, rng), FPS, container, codec)
+                with open(os.path.join(folder, f"v_{cls}_{i:03d}{ext}"), "wb") as f:
+                    f.write(data)
+            counts[split] = counts.get(split, 0) + n
+    for rel, data in bad_files(np.random.default_rng([seed, 99])).items():
+        with open(os.path.join(out, "train", rel), "wb") as f:
+            f.write(data)
+    counts["train_bad"] = 5
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--train-per-class", type=int, default=40)
+    p.add_argument("--val-per-class", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    counts = write(a.out, a.train_per_class, a.val_per_class, a.seed)
+    print(f"wrote {counts['train']} training videos (+ {counts['train_bad']} files to quarantine) and "
+          f"{counts['val']} validation videos of {len(CLASSES)} classes in {a.out}/train and {a.out}/val")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
