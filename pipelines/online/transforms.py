@@ -174,18 +174,20 @@ class TrainTransform:
 
 
 class BatchNormalize:
-    """uint8 (N, 3, H, W) batch -> float, PCA colour noise, mean/std: one pass, on the training device."""
+    """uint8 (N, 3, H, W) batch, or clips (N, 3, T, H, W) -> float, PCA colour noise, mean/std: one
+    pass, on the training device."""
 
     def __init__(self, mean, std, pca: ColorPCA | None = None):
         self.mean, self.std, self.pca = mean, std, pca
 
     def __call__(self, images: torch.Tensor, alphas: torch.Tensor | None = None) -> torch.Tensor:
         # (x/255 + shift - mean) / std  ==  x * scale + bias, bias per image when there is colour noise
-        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
+        channels = (1, 3) + (1,) * (images.dim() - 2)
+        std = torch.tensor(self.std, device=images.device).view(channels)
         scale = 1 / (255 * std)
-        bias = -torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1) / std
+        bias = -torch.tensor(self.mean, device=images.device).view(channels) / std
         if self.pca is not None and alphas is not None and alphas.numel():
-            bias = bias + self.pca.shift(alphas.to(images.device, torch.float32)).view(-1, 3, 1, 1) / std
+            bias = bias + self.pca.shift(alphas.to(images.device, torch.float32)).view(-1, *channels[1:]) / std
         return images.float().mul_(scale).add_(bias)
 
 
