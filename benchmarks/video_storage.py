@@ -7,7 +7,8 @@ The frames are synthetic (this machine has no video corpus): textured shapes mov
 background, with per-frame sensor noise (sigma 3), at the sharder's frame size (shorter side 178,
 4:3), UCF-101's 25 fps and about its mean length (7 s).  Contenders:
 - `h264_gopN`: one H.264 stream (libx264, crf 23, preset fast), a keyframe every N frames; a clip is a
-  seek to the keyframe at or before its first frame, then decoding up to its last frame;
+  seek to the keyframe at or before its first frame, then decoding up to its last frame (the clip
+  decoder training uses, `media.video.decode_clip`);
 - `jpeg_qQ`: one JPEG per frame (Pillow, quality Q); a clip decodes its T frames only.
 Per contender: KB per video and per second of video, and per clip (T = 10 contiguous frames, early and
 slow fusion's input, and T = 2 frames 15 apart, late fusion's) the decode time in ms on one core (one
@@ -24,13 +25,12 @@ import random
 import sys
 import time
 
-import av
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipelines.media.video import encode_video  # noqa: E402
+from pipelines.media.video import decode_clip, encode_video  # noqa: E402
 
 
 def synthetic_video(rng: np.random.Generator, frames: int, w: int, h: int) -> np.ndarray:
@@ -48,22 +48,6 @@ def synthetic_video(rng: np.random.Generator, frames: int, w: int, h: int) -> np
             img[mask] = color * (0.8 + 0.2 * np.sin((xx[mask] + yy[mask]) / 3))[:, None]
         out[t] = np.clip(img + rng.normal(0, 3, img.shape), 0, 255)
     return out
-
-
-def clip_h264(data: bytes, first: int, offsets: tuple[int, ...], fps: float) -> int:
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.video[0]
-        stream.codec_context.thread_count = 1  # per core, as a loader worker decodes
-        container.seek(int(first / fps / stream.time_base), stream=stream, backward=True)
-        wanted, got = {first + o for o in offsets}, 0
-        for frame in container.decode(stream):
-            index = int(round(frame.time * fps))
-            if index in wanted:
-                frame.to_ndarray(format="rgb24")
-                got += 1
-            if index >= first + offsets[-1]:
-                break
-    return got
 
 
 def clip_jpeg(jpegs: list[bytes], first: int, offsets: tuple[int, ...]) -> int:
@@ -111,7 +95,7 @@ def main() -> None:
             draws = [(pick.randrange(len(stored)), pick.randrange(n - offsets[-1])) for _ in range(a.clips)]
             start = time.perf_counter()
             for v, first in draws:
-                got = clip_h264(stored[v], first, offsets, a.fps) if kind == "h264" else \
+                got = len(decode_clip(stored[v], first, offsets, a.fps)) if kind == "h264" else \
                     clip_jpeg(stored[v], first, offsets)
                 assert got == len(offsets), (name, v, first, got)
             row[f"{clip_name}_ms_per_clip"] = round((time.perf_counter() - start) / a.clips * 1000, 2)

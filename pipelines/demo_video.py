@@ -75,20 +75,26 @@ def draw(cls: str, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def bad_files(rng: np.random.Generator) -> dict[str, bytes]:
-    """What ends up in a video folder by mistake: each must be quarantined with its reason."""
-    audio = io.BytesIO()
-    with av.open(audio, "w", format="mp4") as out:
+def audio_track(seconds: float = 1.0) -> bytes:
+    """An .mp4 holding one AAC track of a 440 Hz tone and no video stream."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
         stream = out.add_stream("aac", rate=16000)
-        tone = np.sin(np.arange(16000, dtype=np.float32) * 2 * math.pi * 440 / 16000)[None] * 0.1
+        samples = int(16000 * seconds)
+        tone = np.sin(np.arange(samples, dtype=np.float32) * 2 * math.pi * 440 / 16000)[None] * 0.1
         frame = av.AudioFrame.from_ndarray(tone, format="flt", layout="mono")
         frame.sample_rate = 16000
         out.mux(stream.encode(frame))
         out.mux(stream.encode())
+    return buf.getvalue()
+
+
+def bad_files(rng: np.random.Generator) -> dict[str, bytes]:
+    """What ends up in a video folder by mistake: each must be quarantined with its reason."""
     return {
         "moves_left/empty.mp4": b"",
         "moves_right/download.mp4": b"<!doctype html><title>Video unavailable</title>\n" * 8,
-        "pulses/soundtrack.m4a": audio.getvalue(),
+        "pulses/soundtrack.m4a": audio_track(),
         "stays_still/captions.mkv": b"1\n00:00:00,000 --> 00:00:02,000\na shape\n",
         "drifts_fast/too_short.mp4": encode_video(draw("drifts_fast", rng)[:6], FPS, "mp4", "libx264"),
     }

@@ -282,7 +282,7 @@ def _run_locked(cfg: ShardConfig, out: Location, started: float, verbose: bool) 
     name = cfg.name or _default_name(cfg)
     shard_index.write_quarantine(out, summaries)
     shard_index.write_classes(out, pf.categories, summaries, name)
-    media = cfg.media_settings()
+    media = plan.media
     shard_index.write_index(out, summaries, name, pf.categories.names,
                             pf.attributes.names if pf.attributes else None,
                             {"fps": media.fps, "size": media.size, "resize": media.resize, "codec": "h264"}

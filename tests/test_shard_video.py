@@ -3,15 +3,14 @@ written by FFmpeg's encoders, and every kind of bad one, through a real local Ra
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 
-import av
 import numpy as np
 import pytest
 
 from pipelines import shard
+from pipelines.demo_video import audio_track
 from pipelines.media.video import decode_clip, encode_video
 from test_video_decode import moving_square
 
@@ -35,17 +34,6 @@ REJECTS = {  # file -> reason code
 }
 
 
-def audio_only() -> bytes:
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as out:
-        stream = out.add_stream("aac", rate=16000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="flt", layout="mono")
-        frame.sample_rate = 16000
-        out.mux(stream.encode(frame))
-        out.mux(stream.encode())
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("videos")
@@ -58,7 +46,7 @@ def tree(tmp_path_factory):
         "left/empty.mp4": b"",
         "left/page.mp4": b"<html><body>404 Not Found</body></html>\n" * 10,
         "left/short.mp4": encode_video(moving_square(5, 64, 48, 2), 25, "mp4", "libx264"),
-        "right/song.mp4": audio_only(),
+        "right/song.mp4": audio_track(),
         "right/subtitles.mkv": b"1\n00:00:00,000 --> 00:00:01,000\nhello\n\n2\n00:00:02,000 --> 00:00:03,000\nbye\n",
         "right/fourcc.avi": avi.replace(b"FMP4", b"ZZZ9"),
         "right/notes.txt": b"filmed on a phone\n",

@@ -7,6 +7,7 @@ import av
 import numpy as np
 import pytest
 
+from pipelines.demo_video import audio_track
 from pipelines.media.video import (REASONS, VideoRejected, VideoSettings, decode_clip, decode_video, encode_video,
                                    prepare_video)
 
@@ -69,23 +70,12 @@ def reason(data: bytes, **settings) -> str:
     return info.value.code
 
 
-def audio_only() -> bytes:
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as out:
-        stream = out.add_stream("aac", rate=16000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="flt", layout="mono")
-        frame.sample_rate = 16000
-        out.mux(stream.encode(frame))
-        out.mux(stream.encode())
-    return buf.getvalue()
-
-
 def test_every_reason_a_file_is_refused():
     avi = encode_video(gray_ramp(20), 25, "avi", "mpeg4")
     assert b"FMP4" in avi
     assert reason(b"") == "zero_length"
     assert reason(b"<html>not found</html>" * 20) == "undecodable"
-    assert reason(audio_only()) == "audio_only"
+    assert reason(audio_track()) == "audio_only"
     subtitles = b"1\n00:00:00,000 --> 00:00:01,000\nhello\n\n2\n00:00:02,000 --> 00:00:03,000\nworld\n"
     assert reason(subtitles) == "no_video_stream"
     assert reason(avi.replace(b"FMP4", b"ZZZ9")) == "unsupported_codec"  # a FourCC no decoder claims

@@ -211,14 +211,7 @@ def _write_one(group: str, label: int, members: list[list[str]], plan: ShardPlan
     video = isinstance(plan.media, VideoSettings)
     for key, source, path, attr in members:
         try:
-            data = _read_source(plan.images_root, path)
-            if video:
-                prepared_video = prepare_video(data, plan.media)
-                media, meta = {"mp4": prepared_video.mp4}, prepared_video.meta
-            else:
-                prepared = prepare_image(data, plan.media)
-                media, meta = {"jpg": prepared.jpeg}, {"orig_size": list(prepared.orig_size)}
-                passthrough += prepared.passthrough
+            media, meta, kept = _prepare(_read_source(plan.images_root, path), plan.media)
         except (ImageRejected, VideoRejected) as exc:
             quarantine.append({"source": source, "label": label, "reason": exc.reason})
             continue
@@ -226,6 +219,7 @@ def _write_one(group: str, label: int, members: list[list[str]], plan: ShardPlan
             quarantine.append({"source": source, "label": label,
                                "reason": f"corrupt_{'video' if video else 'image'}: {type(exc).__name__}: {exc}"})
             continue
+        passthrough += kept
         meta = json.dumps({"source": source, **meta}, sort_keys=True)
         sample = {"__key__": key, "cls": cls_bytes, **media, "json": meta.encode()}
         samples.append({**sample, "attr": attr.encode()} if attr else sample)
@@ -242,6 +236,15 @@ def _write_one(group: str, label: int, members: list[list[str]], plan: ShardPlan
         plan.out.remove(url)  # an all-rejected shard must not leave an old tar behind
     plan.out.write_atomic(sidecar_rel, json.dumps(sidecar, sort_keys=True).encode())
     return _summary(sidecar, reused=False, seconds=time.perf_counter() - started)
+
+
+def _prepare(data: bytes, media: ImageSettings | VideoSettings) -> tuple[dict[str, bytes], dict, int]:
+    """An input's members as the shard stores them, its json metadata, and 1 if its bytes passed through."""
+    if isinstance(media, VideoSettings):
+        video = prepare_video(data, media)
+        return {"mp4": video.mp4}, video.meta, 0
+    image = prepare_image(data, media)
+    return {"jpg": image.jpeg}, {"orig_size": list(image.orig_size)}, int(image.passthrough)
 
 
 def _read_source(root: Location, path: str) -> bytes:
