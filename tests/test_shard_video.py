@@ -107,22 +107,14 @@ def test_each_video_is_stored_at_the_fixed_rate_and_size(sharded):
         assert (xs[-1] < xs[0]) == (cls == "left")
 
 
-def test_rerun_stores_the_same_samples_and_frames(sharded, tree, tmp_path):
-    """Same shards, same samples in the same order, same metadata, and videos that decode to the same
-    frames (their H.264 bytes may differ: see test_video_decode)."""
+def test_rerun_is_byte_identical(sharded, tree, tmp_path):
     again = tmp_path / "again"
     assert shard.main(["--video", "--image-folder", str(tree), "--out", str(again), "--fps", "25",
                        "--frame-size", "48", "--shard-samples", "2"]) == 0
     first = json.loads((sharded / "index.json").read_text())["shardlist"]
-    assert [(e["url"], e["nsamples"]) for e in json.loads((again / "index.json").read_text())["shardlist"]] == \
-        [(e["url"], e["nsamples"]) for e in first]
-    before, after = samples_of(sharded), samples_of(again)
-    assert list(before) == list(after)
-    for key, sample in before.items():
-        assert after[key]["json"] == sample["json"] and after[key]["cls"] == sample["cls"]
-        frames = json.loads(sample["json"])["frames"]
-        np.testing.assert_array_equal(decode_clip(after[key]["mp4"], 0, tuple(range(frames)), 25),
-                                      decode_clip(sample["mp4"], 0, tuple(range(frames)), 25))
+    assert json.loads((again / "index.json").read_text())["shardlist"] == first
+    for entry in first:
+        assert (again / entry["url"]).read_bytes() == (sharded / entry["url"]).read_bytes()
 
 
 def test_video_settings_are_checked(tree, tmp_path, capsys):

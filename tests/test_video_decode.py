@@ -130,15 +130,13 @@ def test_prepared_video_stores_fixed_rate_frames_that_clips_seek_into():
         decode_clip(prepared.mp4, 70, (0, 5), 25)
 
 
-def test_stored_video_content_does_not_depend_on_the_run():
-    """What a shard stores is a function of the input video alone, as decoded frames.  Its bytes are not
-    always: libx264 here gives one of two bitstreams for the same frames now and then (2 variants in 300
-    encodes), and both decode to the same pixels, so reruns compare content, not bytes."""
+def test_stored_video_bytes_do_not_depend_on_the_run():
+    """What a shard stores is a function of the input video alone, byte for byte (libx264 with its SIMD
+    paths gave one of several bitstreams for the same frames, some decoding to other pixels)."""
     first = encode_video(moving_square(30, 64, 48, -2), 25, "mp4", "libx264")
     other = encode_video(moving_square(25, 80, 60, 2), 25, "webm", "libvpx")
     settings = VideoSettings(fps=25, size=48)
-    alone = decode_clip(prepare_video(first, settings).mp4, 0, tuple(range(30)), 25)
-    for _ in range(20):
+    alone = prepare_video(first, settings).mp4
+    for _ in range(30):
         prepare_video(other, settings)
-        again = decode_clip(prepare_video(first, settings).mp4, 0, tuple(range(30)), 25)
-        np.testing.assert_array_equal(again, alone)
+        assert prepare_video(first, settings).mp4 == alone
