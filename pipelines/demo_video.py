@@ -14,15 +14,23 @@ tells its class apart from its motion partner's:
 - ``red_discs`` / ``blue_squares``: still shapes that one frame tells apart (what a single-frame
   network can learn).
 
+``transfer_train/`` and ``transfer_val/`` play UCF-101's part in the paper's transfer study: few videos
+of 4 new classes, all told apart by motion (``moves_up``, ``moves_down``, ``grows``, ``shrinks``).
+
 ``train/`` also holds the kinds of file a real video folder holds by mistake, so the sharding
 quarantine has something to show: an empty file, a web page saved as .mp4, an audio-only .m4a, a
 subtitle file, and a clip too short for a network's input.  Deterministic per seed.
+
+`prepare_video_demo` (what `training/run.py --config configs/video_demo.yaml` or a transfer recipe calls
+when the shards are absent) writes the corpus and shards the splits asked for with `pipelines/shard.py
+--video`, frames stored at their drawn 96x72.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 import os
 import sys
@@ -37,9 +45,12 @@ from pipelines.media.video import encode_video
 
 CLASSES = ("moves_left", "moves_right", "drifts_slowly", "drifts_fast", "turns_clockwise", "turns_anticlockwise",
            "pulses", "stays_still", "red_discs", "blue_squares")
+TRANSFER_CLASSES = ("moves_up", "moves_down", "grows", "shrinks")
 CONTAINERS = (("mp4", "libx264", ".mp4"), ("avi", "mpeg4", ".avi"), ("matroska", "libvpx-vp9", ".mkv"),
               ("webm", "libvpx", ".webm"))
 W, H, FRAMES, FPS = 96, 72, 40, 25
+COMPLETE = "corpus.json"  # written last
+TRANSFER_COMPLETE = "transfer.json"
 
 
 def draw(cls: str, rng: np.random.Generator) -> np.ndarray:
@@ -50,9 +61,10 @@ def draw(cls: str, rng: np.random.Generator) -> np.ndarray:
     radius = rng.uniform(7, 12)
     x0, y0 = rng.uniform(20, W - 20), rng.uniform(16, H - 16)
     heading = rng.uniform(0, 2 * math.pi)
-    speed = {"moves_left": 2.0, "moves_right": 2.0, "drifts_slowly": 1.0, "drifts_fast": 4.0}.get(cls, 0.0)
-    dx = {"moves_left": -1.0, "moves_right": 1.0}.get(cls, math.cos(heading))
-    dy = 0.0 if cls in ("moves_left", "moves_right") else math.sin(heading)
+    speed = {"moves_left": 2.0, "moves_right": 2.0, "drifts_slowly": 1.0, "drifts_fast": 4.0, "moves_up": 2.0,
+             "moves_down": 2.0}.get(cls, 0.0)
+    dx = {"moves_left": -1.0, "moves_right": 1.0, "moves_up": 0.0, "moves_down": 0.0}.get(cls, math.cos(heading))
+    dy = {"moves_left": 0.0, "moves_right": 0.0, "moves_up": -1.0, "moves_down": 1.0}.get(cls, math.sin(heading))
     spin = {"turns_clockwise": 0.15, "turns_anticlockwise": -0.15}.get(cls, 0.0)
     angle0 = rng.uniform(0, math.pi)
     out = np.empty((FRAMES, H, W, 3), np.uint8)
@@ -64,7 +76,8 @@ def draw(cls: str, rng: np.random.Generator) -> np.ndarray:
             across = -(xx - cx) * math.sin(a) + (yy - cy) * math.cos(a)
             mask = (np.abs(along) < 2 * radius) & (np.abs(across) < 3)
         else:
-            r = radius * (1 + 0.45 * math.sin(2 * math.pi * t / 8)) if cls == "pulses" else radius
+            r = {"pulses": radius * (1 + 0.45 * math.sin(2 * math.pi * t / 8)),
+                 "grows": radius * (0.5 + t / FRAMES), "shrinks": radius * (1.5 - t / FRAMES)}.get(cls, radius)
             if cls == "blue_squares":
                 mask = (np.abs(xx - cx) < r) & (np.abs(yy - cy) < r)
             else:
@@ -117,7 +130,56 @@ def write(out: str, train_per_class: int, val_per_class: int, seed: int = 0) -> 
         with open(os.path.join(out, "train", rel), "wb") as f:
             f.write(data)
     counts["train_bad"] = 5
+    with open(os.path.join(out, COMPLETE), "w") as f:  # last: a corpus cut short is written again
+        json.dump({"seed": seed, **counts}, f)
     return counts
+
+
+def write_transfer(out: str, train_per_class: int, val_per_class: int, seed: int = 0) -> dict[str, int]:
+    """The transfer study's small target set: `transfer_train/` and `transfer_val/`, .mp4 only."""
+    counts = {}
+    for split, n in (("transfer_train", train_per_class), ("transfer_val", val_per_class)):
+        for k, cls in enumerate(TRANSFER_CLASSES):
+            folder = os.path.join(out, split, cls)
+            os.makedirs(folder, exist_ok=True)
+            for i in range(n):
+                rng = np.random.default_rng([seed, 100 + k, i, split == "transfer_val"])
+                with open(os.path.join(folder, f"v_{cls}_{i:03d}.mp4"), "wb") as f:
+                    f.write(encode_video(draw(cls, rng), FPS, "mp4", "libx264"))
+        counts[split] = n * len(TRANSFER_CLASSES)
+    with open(os.path.join(out, TRANSFER_COMPLETE), "w") as f:
+        json.dump({"seed": seed, **counts}, f)
+    return counts
+
+
+def prepare_video_demo(data: str = "data/video_demo", seed: int = 0, verbose: bool = False,
+                       train_per_class: int = 40, val_per_class: int = 10,
+                       splits: tuple[str, ...] = ("train", "val")) -> dict[str, dict]:
+    """The corpus (when absent) and the shards of `splits` (train, val, transfer_train, transfer_val; when
+    unfinished: a rerun resumes them, as `shard.py` does); returns each split's manifest.  The transfer
+    set has a quarter of the videos per class."""
+    from pipelines import shard
+
+    data = os.path.abspath(data)
+    if {"train", "val"} & set(splits) and not os.path.exists(os.path.join(data, COMPLETE)):
+        counts = write(data, train_per_class, val_per_class, seed)
+        print(f"video demo corpus: {counts['train']} train (+ {counts['train_bad']} files to quarantine) / "
+              f"{counts['val']} val videos in {data}")
+    if {"transfer_train", "transfer_val"} & set(splits) and not os.path.exists(os.path.join(data, TRANSFER_COMPLETE)):
+        counts = write_transfer(data, max(1, train_per_class // 4), max(1, val_per_class // 2), seed)
+        print(f"video demo transfer set: {counts['transfer_train']} train / {counts['transfer_val']} val videos "
+              f"in {data}")
+    manifests = {}
+    for split in splits:
+        out = os.path.join(data, "shards", split)
+        if not os.path.exists(os.path.join(out, "manifest.json")):
+            argv = ["--video", "--image-folder", os.path.join(data, split), "--out", out, "--frame-size", str(H),
+                    "--name", f"video-demo-{split}", *(["--verbose"] if verbose else [])]
+            if shard.main(argv) != 0:
+                raise RuntimeError(f"sharding the video demo's {split} split failed")
+        with open(os.path.join(out, "manifest.json")) as f:
+            manifests[split] = json.load(f)
+    return manifests
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """Clips of stored videos: the frames a network takes, one crop and flip per clip, evenly spaced test
 clips, and clips normalised on the device like images."""
 
+import json
 import random
 
 import numpy as np
@@ -57,6 +58,22 @@ def test_test_views_are_evenly_spaced_clips_and_their_mirrors(stored):
     assert views.shape == (8, 3, 10, 40, 40)
     assert [level(v[:, 0]) for v in views] == [0, 0, 17, 17, 33, 33, 50, 50]  # starts 0 .. 50 of 51
     assert torch.equal(views[1], views[0].flip(-1))
+
+
+def test_every_video_gives_the_same_number_of_views(stored):
+    mp4, meta = stored  # 51 starts for a 10-frame clip: 60 clips repeat some, so batches stay rectangular
+    t = ClipTransform(offsets=tuple(range(10)), fps=25, size=40, clips=60)
+    views = t.sample_views({"mp4": mp4, "json": json.dumps(meta).encode()})
+    assert views.shape == (120, 3, 10, 40, 40)
+    starts = [level(v[:, 0]) for v in views[::2]]
+    assert starts == sorted(starts) and starts[0] == 0 and starts[-1] == 50 and len(set(starts)) == 51
+
+
+def test_a_sample_is_read_from_its_members(stored):
+    mp4, meta = stored
+    t = ClipTransform(offsets=(0, 15), fps=25, size=48)
+    clip, extras = t.sample({"mp4": mp4, "json": json.dumps(meta).encode(), "cls": b"0"}, random.Random(5))
+    assert extras == [] and torch.equal(clip, t(mp4, meta, random.Random(5)))
 
 
 def test_a_video_too_short_for_the_clip_is_named(stored):

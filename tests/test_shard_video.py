@@ -124,13 +124,19 @@ def test_video_settings_are_checked(tree, tmp_path, capsys):
     assert "fps > 0" in capsys.readouterr().err
 
 
-def test_image_training_refuses_video_shards(sharded):
+def test_training_checks_network_and_shards_agree(sharded, tmp_path):
     from training.config import ConfigError, load
     from training.preflight import check_training_inputs
 
-    cfg = load(None, ["model.num_classes=2", f"data.train_shards={sharded}", f"data.val_shards={sharded}"])
-    with pytest.raises(ConfigError, match="data.train_shards.*holds video shards"):
-        check_training_inputs(cfg)
+    on_videos = ["model.num_classes=2", f"data.train_shards={sharded}", f"data.val_shards={sharded}"]
+    with pytest.raises(ConfigError, match="simple_net is an image network and data.train_shards holds videos"):
+        check_training_inputs(load(None, on_videos))
+    slow = [*on_videos, "model.name=video_slow_fusion", "model.options={input_size: 40, width: 0.25, fc: 64}"]
+    with pytest.raises(ConfigError, match=r"'data.size' is 224 but video_slow_fusion is built for 40x40"):
+        check_training_inputs(load(None, slow))
+    with pytest.raises(ConfigError, match="data.ingest.*own loader"):
+        check_training_inputs(load(None, [*slow, "data.size=40", "data.ingest=ray_data"]))
+    check_training_inputs(load(None, [*slow, "data.size=40"]))
 
 
 def test_a_list_of_videos_with_a_missing_file(ray_cluster, tree, tmp_path):

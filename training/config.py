@@ -28,8 +28,10 @@ class DataConfig:
     crop: str = "rrc"  # rrc | scale_jitter | random_crop
     size: int = 224
     jitter: tuple[int, int] = (256, 512)
+    flip: bool = True  # random horizontal flips (videos: and mirrored test clips); off when a mirror changes the class
     color_pca: bool = False  # AlexNet's colour noise from TRAIN_SHARDS/color_pca.json
     eval_resize: int = 256
+    eval_clips: int = 20  # video shards: clips per validation video, each also mirrored (Karpathy et al.: 20)
     decode: str = "workers"  # or "device" (nvJPEG on the GPU)
     ingest: str = "loader"  # DataLoader processes in each worker, or "ray_data" (pipelines/online/ray_ingest.py)
     ingest_cpus: float = 1.0  # ray_data: CPUs per decode task
@@ -171,7 +173,7 @@ RANGES = {
     "data.sampling": _one_of("class-aware", "uniform"), "data.batch_size": _at_least(1),
     "data.read_block": _at_least(1), "data.shuffle_buffer": _at_least(1),
     "data.loader_workers": _at_least(0), "data.crop": _one_of("rrc", "scale_jitter", "random_crop"),
-    "data.size": _at_least(1), "data.eval_resize": _at_least(1), "data.decode": _one_of("workers", "device"),
+    "data.size": _at_least(1), "data.eval_resize": _at_least(1), "data.eval_clips": _at_least(1), "data.decode": _one_of("workers", "device"),
     "data.ingest": _one_of("loader", "ray_data"), "data.ingest_cpus": (lambda v: v > 0, "> 0"),
     "data.ingest_chunk": _at_least(1), "data.ingest_prefetch": _at_least(0),
     "data.max_skipped_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),

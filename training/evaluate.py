@@ -2,6 +2,13 @@
 
     python training/evaluate.py --checkpoint PATH [--checkpoint PATH ...] --shards VAL_SHARDS \
         --protocol center|ten_crop|dense|multi_view|multi_crop|multi_crop_dense|googlenet_144 [--fusion average|product|learned] --out DIR
+    python training/evaluate.py --checkpoint VIDEO_RUN [--checkpoint VIDEO_RUN ...] --shards VIDEO_SHARDS \
+        [--clips 20] --out DIR
+
+Video shards (`shard.py --video`) are scored as Karpathy et al. test (protocol `clips`, their default):
+each video's `--clips` evenly spaced clips, centre-cropped and mirrored, class probabilities averaged
+per clip and per video; metrics.json gives Clip Hit@1 and Video Hit@1/@5 per model and for their
+average ("CNN Average"), per class too; `fused` and the plots follow `--fusion` as for images.
 
 Runs as Ray Data batch inference (an actor pool, on GPUs when asked), so a 328k-image test set scales
 out.  Writes DIR/metrics.json (top-1/top-5 error overall and per class, per model and fused),
@@ -24,6 +31,8 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
+from pipelines.online.clips import ClipTransform
+
 from pipelines.arguments import fraction, positive_int
 from pipelines.console import add_verbose_flag, report_failure, start_ray
 from pipelines.hashing import stable_hash
@@ -31,10 +40,11 @@ from pipelines.online.catalog import Catalog, first_different_class
 from pipelines.storage import Location
 from training.attribute_metrics import attribute_report, plot_attribute_ap
 from training.inference import losses, predict
+from training.video_metrics import hit_report
 
 DEFAULT_SCALES = {"center": (256,), "ten_crop": (256,), "dense": (256, 384, 512), "multi_view": (256, 320),
                   "multi_crop": (256, 384, 512), "multi_crop_dense": (256, 384, 512),
-                  "googlenet_144": (256, 288, 320, 352)}
+                  "googlenet_144": (256, 288, 320, 352), "clips": ()}
 
 
 def image_id(source: str, key: str) -> str:
@@ -121,6 +131,25 @@ def plot_confusion(fused: np.ndarray, labels: np.ndarray, names: list[str], path
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     Location.write_file(path, buf.getvalue())
+
+
+def video_hits(clip_probs: np.ndarray, labels: np.ndarray, checkpoints: list[str], names: list[str]) -> dict:
+    """Karpathy et al.'s table: Clip Hit@1 and Video Hit@1/@5 of each model, and of their "CNN Average"
+    (clip i's probabilities averaged over the models, then over the clips); per class, by name.
+    `clip_probs`: (videos, models, clips, K)."""
+    videos, models, clips, k = clip_probs.shape
+    targets = np.eye(k, dtype=np.int8)[labels]  # one label per video; video_metrics takes several
+    clip_video = np.repeat(np.arange(videos), clips)
+
+    def report(per_clip: np.ndarray) -> dict:
+        hits = hit_report(per_clip.reshape(videos * clips, k), clip_video, targets)
+        hits["per_class"] = {names[int(c)]: row for c, row in hits["per_class"].items()}
+        return hits
+
+    table = {path: report(clip_probs[:, i]) for i, path in enumerate(checkpoints)}
+    if models > 1:
+        table["CNN Average"] = report(clip_probs.mean(1))
+    return table
 
 
 class CheckpointError(ValueError):
@@ -224,6 +253,24 @@ def check_inputs(checkpoints: list[str], shards: str) -> tuple[list[str], list, 
     return paths, configs, attributes
 
 
+def clip_transforms(configs: list, shards: str, clips: int) -> list[ClipTransform]:
+    """Each checkpoint's test clips of the video shards: the frames its network takes (built on the meta
+    device: no memory, no time), at the crop size and mirroring it was trained with."""
+    from training.train_loop import build_model
+
+    fps = Catalog.load(shards).video["fps"]
+    out = []
+    for cfg in configs:
+        with torch.device("meta"):
+            offsets = getattr(build_model(cfg, warm_start=False).backbone, "clip_offsets", None)
+        if offsets is None:
+            raise CheckpointError(f"{shards} holds videos and a checkpoint's model, {cfg.model.name}, is an image "
+                                  f"network")
+        out.append(ClipTransform(offsets=tuple(offsets), fps=fps, size=cfg.data.size, flip=cfg.data.flip,
+                                 clips=clips))
+    return out
+
+
 def check_room_to_read(workers: int, use_gpu: bool) -> None:
     """CPU model actors that hold every CPU leave none for Ray Data's read tasks, which then wait
     forever (ray-project/ray#44687): refuse that up front.  GPU actors do not compete for the CPUs; a
@@ -242,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="a state.pt written by training, its checkpoint folder, or a run folder (its best "
                         "checkpoint); repeat to fuse")
     p.add_argument("--shards", required=True)
-    p.add_argument("--protocol", choices=list(DEFAULT_SCALES), default="center")
+    p.add_argument("--protocol", choices=list(DEFAULT_SCALES),
+                   help="test protocol (default: center for images, clips for video shards, the only one for them)")
+    p.add_argument("--clips", type=positive_int, default=20, help="video shards: test clips per video (default 20, "
+                                                                  "as Karpathy et al.)")
     p.add_argument("--scales", type=positive_int, nargs="+",
                    help="shorter sides (default: the checkpoint's data.eval_resize, and the protocol's other "
                         "scales in proportion, e.g. dense 256 384 512 for 256)")
@@ -259,7 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:  # before Ray starts: a wrong path is a one-line error, not a traceback from an actor
         checkpoints, configs, attributes = check_inputs(a.checkpoint, a.shards)
-        size, scales = view_geometry(configs, a.protocol, a.size, a.scales)
+        video = Catalog.load(a.shards).video is not None
+        a.protocol = a.protocol or ("clips" if video else "center")
+        if video != (a.protocol == "clips"):
+            raise CheckpointError(f"--protocol {a.protocol}: {a.shards} holds {'videos' if video else 'images'}; "
+                                  f"videos are scored with --protocol clips, images with the others")
+        clips = clip_transforms(configs, a.shards, a.clips) if video else None
+        size, scales = (configs[0].data.size, ()) if video else view_geometry(configs, a.protocol, a.size, a.scales)
         Location.parse(a.out).check_writable()
     except (OSError, ValueError) as exc:
         print(f"evaluate.py: error: {exc}", file=sys.stderr)
@@ -271,17 +327,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluate.py: error: {exc}", file=sys.stderr)
         return 2
     try:
-        return score(a, checkpoints, size, scales, attributes)
+        return score(a, checkpoints, size, scales, attributes, clips)
     except Exception as exc:  # one line on the console; the traceback in the log it names
         return report_failure("evaluate.py", exc)
 
 
-def score(a: argparse.Namespace, checkpoints: list[str], size: int, scales: tuple, attributes: dict | None) -> int:
+def score(a: argparse.Namespace, checkpoints: list[str], size: int, scales: tuple, attributes: dict | None,
+          clips: list[ClipTransform] | None = None) -> int:
     """Predict, fuse, and write the outputs (numbers first); 1 if too much could not be read."""
-    print(f"scoring {len(checkpoints)} model(s) on {a.shards}: {a.protocol}, crop {size}, scales "
-          f"{' '.join(map(str, scales))}{', and attributes' if attributes else ''}", flush=True)
+    if clips:
+        print(f"scoring {len(checkpoints)} model(s) on {a.shards}: {a.clips} clips per video"
+              f"{', and their mirrors' if any(c.flip for c in clips) else ''}", flush=True)
+    else:
+        print(f"scoring {len(checkpoints)} model(s) on {a.shards}: {a.protocol}, crop {size}, scales "
+              f"{' '.join(map(str, scales))}{', and attributes' if attributes else ''}", flush=True)
     result = predict(checkpoints, a.shards, a.protocol, scales, size, a.workers, a.gpu, a.batch_size,
-                     len(attributes["names"]) if attributes else 0)
+                     len(attributes["names"]) if attributes else 0, clips)
     catalog = Catalog.load(a.shards)
     skipped, differ = losses(catalog, result)
     result = {k: v[result["ok"]] for k, v in result.items()}
@@ -306,6 +367,8 @@ def score(a: argparse.Namespace, checkpoints: list[str], size: int, scales: tupl
         if len(checkpoints) > 1:
             metrics["fusions"] = {mode: {"weights": w, **top_errors(f[scored], labels[scored], len(names))}
                                   for mode, (f, w) in fusions.items()}
+        if clips:
+            metrics["video"] = video_hits(result["clip_probs"][scored], labels[scored], checkpoints, names)
     top5 = np.argsort(-fused, axis=1)[:, :5]
     lines = [f"{image_id(src, key)} {' '.join(map(str, row))}"
              for src, key, row in zip(result["source"], result["key"], top5)]
@@ -318,8 +381,13 @@ def score(a: argparse.Namespace, checkpoints: list[str], size: int, scales: tupl
     if labeled:  # after the numbers: a plot must never cost them
         plot_confusion(fused[scored], labels[scored], names, os.path.join(a.out, "confusion.png"))
         plots.append("confusion.png")
-        print(f"fused ({a.fusion}, {a.protocol}): top-1 error {metrics['fused']['top1_error']:.4f}, "
-              f"top-5 error {metrics['fused']['top5_error']:.4f} on {int(scored.sum())} images")
+        if clips:
+            for label, hits in metrics["video"].items():
+                print(f"{label}: Clip Hit@1 {hits['clip_hit@1']:.4f}, Video Hit@1 {hits['video_hit@1']:.4f}, "
+                      f"Video Hit@5 {hits['video_hit@5']:.4f} on {hits['videos']} videos")
+        else:
+            print(f"fused ({a.fusion}, {a.protocol}): top-1 error {metrics['fused']['top1_error']:.4f}, "
+                  f"top-5 error {metrics['fused']['top5_error']:.4f} on {int(scored.sum())} images")
     if attributes:
         report = metrics["attributes"]
         plot_attribute_ap(report, os.path.join(a.out, "attribute_ap.png"))

@@ -4,6 +4,9 @@ tasks, score them with one or more models on an actor pool (GPUs when asked).
     shard urls --read_shards--> samples --cut_views--> uint8 views --Predictor--> class probabilities
                                                                                  (and attribute probabilities)
 
+Video shards go the same way with `clips` (one `ClipTransform` per model: networks take different
+frames): each video's test clips, scored per clip (`clip_probs`) and averaged per video (`probs`).
+
 A damaged shard or an image that does not decode never ends the run: what could not be scored is
 counted per shard against index.json (`losses`), as training counts what it skips.
 """
@@ -22,6 +25,7 @@ import torch
 
 from pipelines.offline.attributes import decode as decode_attributes
 from pipelines.online.catalog import READ_ERRORS, Catalog
+from pipelines.online.clips import ClipTransform
 from pipelines.online.tar_stream import ShardReader
 from pipelines.online.transforms import EvalTransform
 from pipelines.storage import Location
@@ -49,7 +53,7 @@ def read_shards(batch: dict[str, np.ndarray], loc: Location, rows: int = 32) -> 
         try:
             reader = ShardReader(loc, str(url))
             while (sample := reader.next()) is not None:
-                if {"jpg", "cls"} <= sample.members.keys():
+                if "cls" in sample.members and ("jpg" in sample.members or "mp4" in sample.members):
                     got.append(sample)
                 if len(got) == rows:
                     yield _sample_columns(got, str(url))
@@ -67,7 +71,7 @@ def _sample_columns(samples: list, url: str) -> dict[str, np.ndarray]:
     return {"__key__": np.array([s.key for s in samples], dtype=object),
             "url": np.array([url] * len(samples), dtype=object),
             **{ext: np.array([s.members.get(ext, b"{}") for s in samples], dtype=object)
-               for ext in ("cls", "jpg", "json")},
+               for ext in ("cls", "jpg", "mp4", "json")},
             "attr": np.array([s.members.get("attr", b"") for s in samples], dtype=object)}
 
 
@@ -81,25 +85,45 @@ def blank_jpeg() -> bytes:
     return buf.getvalue()
 
 
+def unique_clips(clips: list[ClipTransform]) -> tuple[list[ClipTransform], list[int]]:
+    """The distinct clip transforms, and each model's index among them (models taking the same frames
+    share their views)."""
+    distinct = list(dict.fromkeys(clips))
+    return distinct, [distinct.index(c) for c in clips]
+
+
+def _blank_clip_views(t: ClipTransform) -> np.ndarray:
+    return np.zeros((t.clips * t.views_per_clip, 3, len(t.offsets), t.size, t.size), np.uint8)
+
+
 def cut_views(batch: dict[str, np.ndarray], protocol: str, scales: tuple[int, ...], size: int,
-              attributes: int = 0) -> dict:
+              attributes: int = 0, clips: list[ClipTransform] | None = None) -> dict:
     """Ray Data CPU stage: decode and cut each image's views (uint8), so the model stage only infers.
-    `views{i}`: transform i's (V, C, H, W) per image; dense images differ in size, so a ragged column.
-    An image that does not decode gets a blank image's views and `ok` False: the driver drops it and
+    `views{i}`: transform i's (V, C, H, W) per image; dense images differ in size, so a ragged column;
+    with `clips`, distinct clip transform i's (V, C, T, S, S) per video.
+    A sample that does not decode gets a blank image's views and `ok` False: the driver drops it and
     counts it as its shard's loss (a batch keeps its shape, whatever fails in it).  With `attributes`,
     `attr` holds each image's attribute bits (MISSING where it has none)."""
-    transforms = view_transforms(protocol, scales, size)
+    if clips:
+        transforms = unique_clips(clips)[0]
+        cut_one = lambda jpeg, mp4, meta: [t.views(mp4, json.loads(meta)).numpy() for t in transforms]  # noqa: E731
+        blank = lambda: [_blank_clip_views(t) for t in transforms]  # noqa: E731
+    else:
+        transforms = view_transforms(protocol, scales, size)
+        cut_one = lambda jpeg, mp4, meta: [t.views(jpeg).numpy() for t in transforms]  # noqa: E731
+        blank = lambda: [t.views(blank_jpeg()).numpy() for t in transforms]  # noqa: E731
     ok, cut, labels, sources, bits = [], [], [], [], []
-    for key, url, jpeg, cls, meta, attr in zip(batch["__key__"], batch["url"], batch["jpg"], batch["cls"],
-                                               batch["json"], batch["attr"]):
+    absent = [b""] * len(batch["__key__"])  # images have no mp4 column, videos no jpg
+    for key, url, jpeg, mp4, cls, meta, attr in zip(batch["__key__"], batch["url"], batch.get("jpg", absent),
+                                                    batch.get("mp4", absent), batch["cls"], batch["json"],
+                                                    batch["attr"]):
         try:
             # the image id: the path as listed when sharding (shard.py always records it), else the key
             row = (True, int(bytes(cls)), str(json.loads(bytes(meta)).get("source", key)),
-                   [t.views(bytes(jpeg)).numpy() for t in transforms], _bits(bytes(attr), attributes))
+                   cut_one(bytes(jpeg), bytes(mp4), bytes(meta)), _bits(bytes(attr), attributes))
         except Exception as exc:  # a decoder error on one odd sample must not end the evaluation
             log.warning("evaluation skips sample %s of %s: %s: %s", key, url, type(exc).__name__, exc)
-            row = (False, -1, str(key), [t.views(blank_jpeg()).numpy() for t in transforms],
-                   _bits(b"", attributes))
+            row = (False, -1, str(key), blank(), _bits(b"", attributes))
         for column, value in zip((ok, labels, sources, cut, bits), row):
             column.append(value)
     out = {"key": batch["__key__"], "url": batch["url"], "ok": np.array(ok, dtype=bool),
@@ -107,7 +131,7 @@ def cut_views(batch: dict[str, np.ndarray], protocol: str, scales: tuple[int, ..
            "attr": np.stack(bits).astype(np.int8).reshape(len(ok), attributes)}
     for i, transform in enumerate(transforms):
         views = [c[i] for c in cut]
-        if transform.protocol == "full":
+        if getattr(transform, "protocol", None) == "full":
             column = np.empty(len(views), dtype=object)
             for row, v in enumerate(views):
                 column[row] = v
@@ -126,10 +150,11 @@ def _bits(member: bytes, attributes: int) -> np.ndarray:
 class Predictor:
     """Ray Data actor: every model's class probabilities per image, averaged over the protocol's views;
     fixed-size views go through each model as one batch.  Models with an attribute head also give
-    attribute probabilities (sigmoid, averaged over the same views), averaged over those models."""
+    attribute probabilities (sigmoid, averaged over the same views), averaged over those models.
+    Videos (`clips`): every model's probabilities per clip (its views averaged) and per video."""
 
     def __init__(self, checkpoints: list[str], protocol: str, scales: tuple[int, ...], size: int, use_gpu: bool,
-                 batch_size: int):
+                 batch_size: int, clips: list[ClipTransform] | None = None):
         from training.config import from_dict
         from training.train_loop import build_model, inference_weights, load_checkpoint_file
 
@@ -140,8 +165,17 @@ class Predictor:
             model = build_model(from_dict(state["config"]), warm_start=False)
             model.load_state_dict(inference_weights(state))
             self.models.append(model.to(self.device).eval())
-        self.protocol, self.scales, self.batch_size = protocol, scales, batch_size
-        self.normalize = view_transforms(protocol, scales, size)[0].normalizer()
+        self.protocol, self.scales, self.batch_size, self.clips = protocol, scales, batch_size, clips
+        self.normalize = clips[0].normalizer() if clips else view_transforms(protocol, scales, size)[0].normalizer()
+        self.columns = unique_clips(clips)[1] if clips else []
+
+    def clip_probabilities(self, i: int, batch: dict) -> torch.Tensor:
+        """(B, clips, K): model i's class probabilities per test clip, over the clip's views."""
+        views = torch.from_numpy(np.asarray(batch[f"views{self.columns[i]}"]))  # (B, V, C, T, S, S)
+        chunk = self.batch_size if self.device.type == "cuda" else views.shape[1]
+        outs = [self.models[i].predict(self.normalize(part.to(self.device)))[0].softmax(1)
+                for part in views.flatten(0, 1).split(chunk)]
+        return torch.cat(outs).view(len(views), self.clips[i].clips, self.clips[i].views_per_clip, -1).mean(2)
 
     def probabilities(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, K) class and (B, A) attribute probabilities (None without an attribute head) for one model;
@@ -182,18 +216,24 @@ class Predictor:
         return torch.stack(rows), None if model.attribute_head is None else torch.stack(attribute_rows)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        keep = {k: batch[k] for k in ("key", "url", "ok", "cls", "source", "attr")}
+        if self.clips:
+            with torch.no_grad():
+                per_clip = torch.stack([self.clip_probabilities(i, batch) for i in range(len(self.models))], 1)
+            return {**keep, "probs": per_clip.mean(2).cpu().numpy().astype(np.float32),  # (B, M, K)
+                    "clip_probs": per_clip.cpu().numpy().astype(np.float32),  # (B, M, clips, K)
+                    "attr_probs": np.zeros((len(per_clip), 0), np.float32)}
         with torch.no_grad():
             both = [self.probabilities(m, batch) for m in self.models]
         probs = torch.stack([p for p, _ in both], dim=1)  # (B, M, K)
         attributes = [a for _, a in both if a is not None]
         attr_probs = torch.stack(attributes).mean(0) if attributes else torch.zeros(len(probs), 0)
-        return {**{k: batch[k] for k in ("key", "url", "ok", "cls", "source", "attr")},
-                "probs": probs.cpu().numpy().astype(np.float32),
+        return {**keep, "probs": probs.cpu().numpy().astype(np.float32),
                 "attr_probs": attr_probs.cpu().numpy().astype(np.float32)}
 
 
 def predict(checkpoints, shards: str, protocol: str, scales, size: int, workers: int, use_gpu: bool,
-            batch_size: int, attributes: int = 0) -> dict[str, np.ndarray]:
+            batch_size: int, attributes: int = 0, clips: list[ClipTransform] | None = None) -> dict[str, np.ndarray]:
     import ray
 
     catalog = Catalog.load(shards)
@@ -201,16 +241,18 @@ def predict(checkpoints, shards: str, protocol: str, scales, size: int, workers:
     ds = ds.map_batches(read_shards, fn_kwargs=dict(loc=catalog.loc), batch_size=1)
     # With GPU actors, decoding runs as CPU tasks beside them and scales out over the cluster's CPUs;
     # on CPUs alone Ray Data fuses the two stages into each actor.
-    ds = ds.map_batches(cut_views, fn_kwargs=dict(protocol=protocol, scales=scales, size=size, attributes=attributes),
-                        batch_size=batch_size)
+    # a video's views are its clips': batches of fewer videos hold as many tensors as batches of images
+    rows = max(1, batch_size // max(c.clips * c.views_per_clip for c in clips)) if clips else batch_size
+    ds = ds.map_batches(cut_views, fn_kwargs=dict(protocol=protocol, scales=scales, size=size, attributes=attributes,
+                                                  clips=clips), batch_size=rows)
     ds = ds.map_batches(Predictor, fn_constructor_kwargs=dict(checkpoints=checkpoints, protocol=protocol,
                                                               scales=scales, size=size, use_gpu=use_gpu,
-                                                              batch_size=batch_size),
-                        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
+                                                              batch_size=batch_size, clips=clips),
+                        batch_size=rows, compute=ray.data.ActorPoolStrategy(size=workers),
                         num_gpus=1 if use_gpu else 0)
     parts = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
-    merged = {k: np.concatenate([p[k] for p in parts])
-              for k in ("key", "url", "ok", "cls", "source", "probs", "attr", "attr_probs")}
+    columns = ("key", "url", "ok", "cls", "source", "probs", "attr", "attr_probs", *(("clip_probs",) if clips else ()))
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in columns}
     order = np.argsort(merged["key"])  # a stable order, whatever Ray's scheduling
     return {k: v[order] for k, v in merged.items()}
 

@@ -80,9 +80,18 @@ def duration(seconds: float) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
-def epoch_line(m: dict, epochs: int) -> str:
+def scores_text(m: dict) -> str:
+    """An epoch's validation scores: top-1/top-5 error, or for videos Karpathy et al.'s Hit@k (Video Hit@k
+    is 1 - top-k error over videos)."""
     attributes = f", attributes mAP {m['attr_mAP']:.3f}" if "attr_mAP" in m else ""
-    return (f"epoch {m['epoch'] + 1}/{epochs} done: top-1 error {m['top1_error']:.2%}, "
-            f"top-5 error {m['top5_error']:.2%}{attributes} ({m['val_images']} val images), "
+    if "clip_hit1" in m:
+        return (f"Video Hit@1 {1 - m['top1_error']:.2%}, Video Hit@5 {1 - m['top5_error']:.2%}, "
+                f"Clip Hit@1 {m['clip_hit1']:.2%}{attributes} ({m['val_images']} val videos)")
+    return (f"top-1 error {m['top1_error']:.2%}, top-5 error {m['top5_error']:.2%}{attributes} "
+            f"({m['val_images']} val images)")
+
+
+def epoch_line(m: dict, epochs: int) -> str:
+    return (f"epoch {m['epoch'] + 1}/{epochs} done: {scores_text(m)}, "
             f"loss {m.get('loss', float('nan')):.4f}, {m['images_per_s']:,.0f} img/s, "
             f"data wait {m['data_wait_fraction']:.0%}, lr {m['lr']:.3g}")

@@ -8,7 +8,9 @@ instead of a failure inside a Train worker after every retry, or a run that trai
   (an image-folder val tree missing one class folder would shift every label by one);
 - the model builds from `model.*` (options, mode, branch, heads), `optim.trainable_from` names a stage
   of it, and `model.pretrained` and `model.init_from` fit it (built on the meta device: no memory, no
-  time).
+  time);
+- a video network trains on video shards and an image network on image shards, and a video network's
+  `input_size` is the clip crop (`data.size`).
 """
 
 from __future__ import annotations
@@ -29,19 +31,19 @@ def check_training_inputs(cfg: TrainConfig) -> None:
     train = load_catalog("data.train_shards", cfg.data.train_shards)
     val = load_catalog("data.val_shards", cfg.data.val_shards)
     for key, catalog in (("data.train_shards", train), ("data.val_shards", val)):
-        if catalog.video is not None:
-            raise ConfigError(f"config key '{key}': {catalog.loc.uri()} holds video shards, and training/run.py "
-                              f"reads image shards only: training from videos is not built yet")
         check_shard_files(key, catalog)
         if catalog.num_classes != cfg.model.num_classes:
             raise ConfigError(f"config key 'model.num_classes' is {cfg.model.num_classes} but {key} has "
                               f"{catalog.num_classes} classes ({catalog.loc.uri('index.json')})")
     check_same_classes(train, val)
     check_attributes(cfg.model.num_attributes, train, val)
-    check_model_start(cfg)
+    if (train.video is None) != (val.video is None):
+        raise ConfigError(f"data.val_shards: {val.loc.uri()} holds {'videos' if val.video else 'images'} and the "
+                          f"training shards {'videos' if train.video else 'images'}")
+    check_model_start(cfg, video=train.video is not None)
 
 
-def check_model_start(cfg: TrainConfig) -> None:
+def check_model_start(cfg: TrainConfig, video: bool = False) -> None:
     import torch
 
     from training.freezing import stage_choices
@@ -58,10 +60,7 @@ def check_model_start(cfg: TrainConfig) -> None:
         reason = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # no repr quotes
         reason = reason if len(reason) <= 200 else reason[:200] + "..."  # 'abc' * 96 reads badly in full
         raise ConfigError(f"config section 'model': {m.name} cannot be built from it: {reason}") from None
-    if hasattr(model.backbone, "clip_offsets"):  # training/models/video.py
-        raise ConfigError(f"config key 'model.name': {m.name} is a video network (clips of "
-                          f"{len(model.backbone.clip_offsets)} frames) and training/run.py reads image shards "
-                          f"only; video shards are not supported yet")
+    check_media(cfg, model, video)
     stages = stage_choices(model)
     if cfg.optim.trainable_from and cfg.optim.trainable_from not in stages:
         raise ConfigError(f"config key 'optim.trainable_from': {cfg.optim.trainable_from!r} is not a stage of "
@@ -73,6 +72,29 @@ def check_model_start(cfg: TrainConfig) -> None:
             match(model.backbone, m.name, m.pretrained, m.options, m.pretrained_strict)
         except PretrainedError as exc:
             raise ConfigError(str(exc)) from None
+
+
+def check_media(cfg: TrainConfig, model, video: bool) -> None:
+    """Video networks (training/models/video.py name the frames they take) on video shards, read by the
+    training worker's own loader, with crops of the size the network was built for."""
+    m, d = cfg.model, cfg.data
+    offsets = getattr(model.backbone, "clip_offsets", None)
+    if offsets is None:
+        if video:
+            raise ConfigError(f"config key 'model.name': {m.name} is an image network and data.train_shards holds "
+                              f"videos; video networks: video_single_frame, video_early_fusion, video_late_fusion, "
+                              f"video_slow_fusion (and their _multires variants)")
+        return
+    if not video:
+        raise ConfigError(f"config key 'model.name': {m.name} is a video network (clips of {len(offsets)} frames) "
+                          f"and data.train_shards holds images: shard videos with pipelines/shard.py --video")
+    if d.ingest != "loader" or d.decode != "workers":
+        raise ConfigError("config key 'data.ingest': video clips are decoded by the training worker's own loader "
+                          "(data.ingest: loader, data.decode: workers)")
+    if d.size != model.backbone.input_size:
+        raise ConfigError(f"config key 'data.size' is {d.size} but {m.name} is built for {model.backbone.input_size}"
+                          f"x{model.backbone.input_size} clips: set model.options.input_size to {d.size} (or "
+                          f"data.size to {model.backbone.input_size})")
 
 
 def check_init_from(model, uri: str) -> None:

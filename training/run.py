@@ -21,6 +21,7 @@ if __package__ in (None, ""):
 
 from pipelines.console import ConsoleRelay, add_verbose_flag, report_failure, start_ray, train_log_level
 from training.config import ConfigError, TrainConfig, load, to_dict
+from training.metrics_sink import scores_text
 from training.preflight import check_ingest_room, check_paths_reach_every_node, check_training_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,12 +60,19 @@ def best_checkpoint(result, storage_path: str) -> tuple[str, dict] | None:
 
 
 def prepare_data(cfg: TrainConfig, verbose: bool = False) -> None:
-    """Create the demo corpus and shards when the config points at the demo's and they are absent."""
+    """Create a demo corpus and its shards when the config points at a demo's (data/demo, data/video_demo)
+    and they are absent."""
     for shards in (cfg.data.train_shards, cfg.data.val_shards):
         if "://" in shards or os.path.exists(os.path.join(shards, "index.json")):
             continue
         demo_root = os.path.dirname(os.path.dirname(shards))
-        if os.path.basename(os.path.dirname(shards)) == "shards" and "demo" in os.path.basename(demo_root):
+        if os.path.basename(os.path.dirname(shards)) == "shards" and "video_demo" in os.path.basename(demo_root):
+            from pipelines.demo_video import prepare_video_demo
+            split = os.path.basename(shards)
+            prepare_video_demo(demo_root, seed=cfg.run.seed, verbose=verbose,
+                               splits=("transfer_train", "transfer_val") if split.startswith("transfer") else
+                               ("train", "val"))
+        elif os.path.basename(os.path.dirname(shards)) == "shards" and "demo" in os.path.basename(demo_root):
             from pipelines.demo import prepare_demo
             prepare_demo(demo_root, seed=cfg.run.seed, verbose=verbose, splits=("train", "val"))
         else:
@@ -190,9 +198,7 @@ def train(cfg: TrainConfig, name: str, resuming: bool, verbose: bool) -> int:
 
     report_path = Location.write_file(f"{run_path}/report.json",
                                       (json.dumps(report, indent=1, default=str) + "\n").encode())
-    attributes = f", attributes mAP {metrics['attr_mAP']:.4f}" if "attr_mAP" in metrics else ""
-    print(f"top-1 error {metrics['top1_error']:.4f}, top-5 error {metrics['top5_error']:.4f}{attributes} "
-          f"after {metrics['epoch'] + 1} epochs ({metrics['val_images']} val images)")
+    print(f"{scores_text(metrics)} after {metrics['epoch'] + 1} epochs")
     print(f"report: {report_path}")
     if best:
         print(f"best checkpoint: {best[0]} (top-1 error {best[1]['top1_error']:.4f}, epoch {best[1]['epoch'] + 1})")

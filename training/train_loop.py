@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 
 from pipelines.console import quiet_console_handlers
+from pipelines.online.catalog import Catalog
+from pipelines.online.clips import ClipTransform
 from pipelines.online.loader import LoaderConfig, ShardLoader, eval_batches
 from pipelines.online.ray_ingest import IngestSpec
 from pipelines.online.ray_input import RayDataInput
@@ -74,7 +76,18 @@ def train_transform(cfg: TrainConfig) -> TrainTransform:
     if d.color_pca:
         from pipelines import color_pca
         pca = color_pca.load(d.train_shards)
-    return TrainTransform(crop=d.crop, size=d.size, jitter=tuple(d.jitter), pca=pca)
+    return TrainTransform(crop=d.crop, size=d.size, jitter=tuple(d.jitter), flip=d.flip, pca=pca)
+
+
+def clip_transform(cfg: TrainConfig, model) -> ClipTransform | None:
+    """For a video network (its backbone names the frames it takes: `clip_offsets`), clips of the stored
+    videos at their stored rate; None for an image network."""
+    offsets = getattr(model.backbone, "clip_offsets", None)
+    if offsets is None:
+        return None
+    fps = Catalog.load(cfg.data.train_shards).video["fps"]
+    return ClipTransform(offsets=tuple(offsets), fps=fps, size=cfg.data.size, flip=cfg.data.flip,
+                         clips=cfg.data.eval_clips)
 
 
 def ingest_spec(cfg: TrainConfig) -> IngestSpec:
@@ -84,15 +97,16 @@ def ingest_spec(cfg: TrainConfig) -> IngestSpec:
                       attributes=cfg.model.num_attributes, block=d.read_block, chunk=d.ingest_chunk)
 
 
-def build_train_loader(cfg: TrainConfig, rank: int, world: int, device, plan=None) -> ShardLoader | RayDataInput:
-    """The rank's training input: its own loader, or with `data.ingest: ray_data` its share of the
-    cluster's pipeline (`plan`: the run's EpochPlan actor)."""
+def build_train_loader(cfg: TrainConfig, rank: int, world: int, device, plan=None,
+                       clips: ClipTransform | None = None) -> ShardLoader | RayDataInput:
+    """The rank's training input: its own loader (of `clips` for a video network), or with
+    `data.ingest: ray_data` its share of the cluster's pipeline (`plan`: the run's EpochPlan actor)."""
     d = cfg.data
-    channels_last = device.type == "cuda" and cfg.run.channels_last
+    channels_last = device.type == "cuda" and cfg.run.channels_last and clips is None
     if d.ingest == "ray_data":
         return RayDataInput(ingest_spec(cfg), plan, rank, world, d.batch_size, device, channels_last,
                             d.ingest_prefetch)
-    transform = train_transform(cfg)
+    transform = clips or train_transform(cfg)
     return ShardLoader(LoaderConfig(shards=d.train_shards, mode=d.sampling, batch_size=d.batch_size,
                                     num_workers=d.loader_workers, seed=cfg.run.seed, buffer_size=d.shuffle_buffer,
                                     block=d.read_block, decode=d.decode, attributes=cfg.model.num_attributes),
@@ -105,23 +119,34 @@ def autocast(cfg: TrainConfig, device) -> torch.autocast:
                           enabled=device.type == "cuda" and cfg.run.amp)
 
 
-def evaluate_rank(model, cfg: TrainConfig, rank: int, world: int, device) -> tuple[torch.Tensor, tuple | None]:
-    """[top-1 correct, top-5 correct, seen] over this rank's exact share of the val set (no padding),
-    under the training's autocast (as timm validates); `evaluate.py` scores checkpoints in fp32.  With
-    attributes also (probabilities, targets) of this rank's share, as numpy arrays."""
-    transform = EvalTransform("center", size=cfg.data.size, resize=cfg.data.eval_resize)
+def evaluate_rank(model, cfg: TrainConfig, rank: int, world: int, device,
+                  clips: ClipTransform | None = None) -> tuple[torch.Tensor, tuple | None]:
+    """[top-1 correct, top-5 correct, seen, clip hits, clips] over this rank's exact share of the val set
+    (no padding), under the training's autocast (as timm validates); `evaluate.py` scores checkpoints in
+    fp32.  Images: the centre crop.  Videos (`clips`): Karpathy et al.'s protocol, each video's
+    `clips.clips` clips (and their mirrors), class probabilities averaged per clip (Clip Hit@1) and per
+    video (top-1/top-5 are Video Hit@1/5).  With attributes also (probabilities, targets) of this rank's
+    share, as numpy arrays."""
+    transform = clips or EvalTransform("center", size=cfg.data.size, resize=cfg.data.eval_resize)
+    batch = max(1, cfg.data.batch_size // (clips.views_per_clip * clips.clips)) if clips else cfg.data.batch_size
     normalize = transform.normalizer()
-    counts = torch.zeros(3, dtype=torch.float64, device=device)
+    counts = torch.zeros(5, dtype=torch.float64, device=device)
     attributes = cfg.model.num_attributes
+    k = model.backbone.num_classes
     scores, targets = [], []
     model.eval()
     with torch.no_grad(), autocast(cfg, device):
-        for x, y in eval_batches(cfg.data.val_shards, transform, rank, world, cfg.data.batch_size,
-                                 cfg.data.loader_workers, attributes):
+        for x, y in eval_batches(cfg.data.val_shards, transform, rank, world, batch, cfg.data.loader_workers,
+                                 attributes):
             x, y = normalize(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
             logits, attr_logits = model.predict(x)
             labels = y[:, 0] if attributes else y
-            top5 = logits.topk(min(5, model.backbone.num_classes), dim=1).indices
+            if clips is not None:  # (videos x clips x views_per_clip, K) -> per clip, per video
+                per_clip = logits.float().softmax(1).view(len(labels), -1, clips.views_per_clip, k).mean(2)
+                counts[3] += (per_clip.argmax(2) == labels[:, None]).sum()
+                counts[4] += per_clip.shape[0] * per_clip.shape[1]
+                logits = per_clip.mean(1)
+            top5 = logits.topk(min(5, k), dim=1).indices
             counts[0] += (top5[:, 0] == labels).sum()
             counts[1] += (top5 == labels[:, None]).any(1).sum()
             counts[2] += len(y)
@@ -162,11 +187,12 @@ def train_fn_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.run.seed)
     checkpoint = ray.train.get_checkpoint()
     model = build_model(cfg, warm_start=checkpoint is None)
-    if gpu and cfg.run.channels_last:
+    clips = clip_transform(cfg, model)
+    if gpu and cfg.run.channels_last and clips is None:  # (Conv3d's layout would be channels_last_3d)
         model = model.to(memory_format=torch.channels_last)
     ddp = ray.train.torch.prepare_model(model)  # DDP on several workers; the model itself on one
     net = model  # the un-wrapped model: eval, checkpoints
-    loader = build_train_loader(cfg, rank, world, device, config.get("ingest_plan"))
+    loader = build_train_loader(cfg, rank, world, device, config.get("ingest_plan"), clips)
     optimizer = make_optimizer(net, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, loader.steps_per_epoch, cfg.run.epochs)
     ema = make_ema(net, cfg.optim.ema_decay)  # every rank keeps one: their weights are identical under DDP
@@ -261,7 +287,7 @@ def train_fn_per_worker(config: dict) -> None:
         if world > 1:  # each rank's last forward updated its own batch-norm statistics: validate rank 0's,
             for buffer in validated.buffers():  # which the checkpoint holds, on every rank
                 dist.broadcast(buffer, src=0)
-        counts, attribute_scores = evaluate_rank(validated, cfg, rank, world, device)
+        counts, attribute_scores = evaluate_rank(validated, cfg, rank, world, device, clips)
         totals = torch.tensor([tally.seen, elapsed, tally.waited, loader.skipped, float(tally.digest),
                                loader.skipped - tally.skipped_before], dtype=torch.float64, device=device)
         sums = tally.sums
@@ -280,6 +306,7 @@ def train_fn_per_worker(config: dict) -> None:
                    "attempt_start_epoch": attempt_start,  # > 0: this epoch ran after a restore
                    "resumed_from_step": resumed_from,  # > 0: this epoch continued a mid-epoch checkpoint
                    "lr": optimizer.param_groups[0]["lr"],
+                   **({"clip_hit1": float(counts[3] / counts[4])} if clips else {}),
                    **{k: float(v / max(totals[0], 1)) for k, v in zip(sorted(sums), loss_sums)}}
         if attribute_scores is not None:  # AP needs every score at once: gathered, the same report on every rank
             parts = gather(attribute_scores, world)

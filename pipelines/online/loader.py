@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 from pipelines.hashing import stable_hash
 from pipelines.offline.attributes import decode as decode_attributes
 from pipelines.online.catalog import Catalog
+from pipelines.online.clips import ClipTransform
 from pipelines.online.streams import ClassAwareStream, SequentialStream, UniformStream, split_range
 from pipelines.online.transforms import EvalTransform, TrainTransform, decode_batch_on_device
 from pipelines.online.wm_sequence import job_draw, stream_index
@@ -88,8 +89,8 @@ class _RankBatches(IterableDataset):
                 label = target(draw, self.cfg.attributes)
                 if self.cfg.decode == "device":
                     image, extra = draw.members["jpg"], [rng.random(), rng.random(), rng.random()]
-                else:
-                    image, extra = self.transform(draw.members["jpg"], rng)
+                else:  # an image's crop, or a video's clip (`clips.ClipTransform`)
+                    image, extra = self.transform.sample(draw.members, rng)
             except Exception as exc:  # a corrupt sample: skipped, counted, reported once per worker
                 if not bad:
                     log.warning("skipping undecodable sample %s in %s: %s", draw.key, draw.url, exc)
@@ -111,7 +112,7 @@ class _RankBatches(IterableDataset):
         # (as decoded), so stacking them channels-last is a plain copy.
         if not isinstance(images[0], bytes):
             images = (default_collate([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
-                      if self.channels_last else default_collate(images))
+                      if self.channels_last and images[0].dim() == 3 else default_collate(images))
         return (images, torch.tensor(extras, dtype=torch.float32), torch.tensor(labels),
                 {"worker": worker, "state": state, "skipped": stream.skipped + bad})
 
@@ -119,7 +120,8 @@ class _RankBatches(IterableDataset):
 class _EvalSamples(IterableDataset):
     """This rank's exact share of a split, in stored order, divided between the DataLoader workers."""
 
-    def __init__(self, shards: str, transform: EvalTransform, rank: int, world_size: int, attributes: int):
+    def __init__(self, shards: str, transform: EvalTransform | ClipTransform, rank: int, world_size: int,
+                 attributes: int):
         self.shards, self.transform, self.rank, self.world_size = shards, transform, rank, world_size
         self.attributes = attributes
 
@@ -127,7 +129,7 @@ class _EvalSamples(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         for draw in SequentialStream(Catalog.load(self.shards), self.rank, self.world_size, worker, workers):
-            yield self.transform.views(draw.members["jpg"]), target(draw, self.attributes)
+            yield self.transform.sample_views(draw.members), target(draw, self.attributes)
 
 
 def target(draw, attributes: int) -> int | list[int]:
@@ -137,12 +139,12 @@ def target(draw, attributes: int) -> int | list[int]:
     return [draw.cls, *decode_attributes(draw.members.get("attr"), attributes).tolist()]
 
 
-def eval_batches(shards: str, transform: EvalTransform, rank: int = 0, world_size: int = 1, batch_size: int = 64,
+def eval_batches(shards: str, transform: EvalTransform | ClipTransform, rank: int = 0, world_size: int = 1, batch_size: int = 64,
                  num_workers: int = 1, attributes: int = 0) -> DataLoader:
     """(views, labels) batches of this rank's exact share of a split (no padding, no duplicates; the
     ranks together cover it once), decoded by `num_workers` processes: uint8 (batch x V, C, H, W), the
-    V views of each image in turn (`transform.normalizer()` finishes them on the device).  Labels as
-    `target` gives them."""
+    V views of each image in turn (`transform.normalizer()` finishes them on the device); of videos
+    (a `ClipTransform`), (batch x V, C, T, H, W) clip views.  Labels as `target` gives them."""
     return DataLoader(_EvalSamples(shards, transform, rank, world_size, attributes), batch_size=batch_size,
                       num_workers=num_workers, collate_fn=_stack_views, generator=_own_generator())
 
@@ -165,14 +167,15 @@ def _as_is(batch):
 
 
 class ShardLoader:
-    """`transform(jpeg, rng) -> (uint8 CHW, PCA alphas)` runs in the workers (a `TrainTransform`);
+    """`transform.sample(members, rng) -> (uint8 CHW, PCA alphas)` runs in the workers (a `TrainTransform`;
+    a `ClipTransform` gives video shards' uint8 (3, T, S, S) clips);
     its `batch_normalizer()` finishes each batch on `device` (float, colour noise, mean/std).
     With `decode="device"` the workers only read and draw crop offsets/flips, and each batch is
     decoded on `device` (nvJPEG on CUDA) with a random `transform.size` crop, flip and mean/std there.
     Batches come channels-last with `channels_last` (for a channels-last model), else NCHW-contiguous."""
 
-    def __init__(self, cfg: LoaderConfig, transform: TrainTransform, rank: int = 0, world_size: int = 1,
-                 device: str | torch.device = "cpu", channels_last: bool = False):
+    def __init__(self, cfg: LoaderConfig, transform: TrainTransform | ClipTransform, rank: int = 0,
+                 world_size: int = 1, device: str | torch.device = "cpu", channels_last: bool = False):
         self.cfg, self.transform, self.rank, self.world_size = cfg, transform, rank, world_size
         self.device = torch.device(device)
         self.channels_last = channels_last

@@ -169,6 +169,10 @@ class TrainTransform:
             out = out.flip(-1)
         return out, (self.pca.draw(rng) if self.pca is not None else [])
 
+    def sample(self, members: dict[str, bytes], rng: random.Random) -> tuple[torch.Tensor, list[float]]:
+        """The same, from a stored sample's members (the loaders' one call for images and clips alike)."""
+        return self(members["jpg"], rng)
+
     def batch_normalizer(self) -> "BatchNormalize":
         return BatchNormalize(self.mean, self.std, self.pca)
 
@@ -228,6 +232,9 @@ class EvalTransform:
 
     def normalizer(self) -> "BatchNormalize":
         return BatchNormalize(self.mean, self.std)
+
+    def sample_views(self, members: dict[str, bytes]) -> torch.Tensor:
+        return self.views(members["jpg"])
 
     def views(self, jpeg: bytes) -> torch.Tensor:
         if self.protocol == "center":

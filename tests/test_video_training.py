@@ -1,0 +1,125 @@
+"""Videos end to end: the demo's folder of real video files sharded, every fusion network trained under Ray
+Train (2 DDP workers) with Clip and Video Hit@k in its validation, `evaluate.py` scoring checkpoints alone
+and averaged (CNN Average), and clip streams that resume to the exact batch."""
+
+import contextlib
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+NETWORKS = ("video_single_frame", "video_early_fusion", "video_late_fusion", "video_slow_fusion",
+            "video_slow_fusion_multires")
+
+
+@pytest.fixture(scope="module")
+def demo(ray_cluster, tmp_path_factory):
+    """The video demo, small: 3 training and 2 validation videos per class (+ the 5 files to quarantine)."""
+    from pipelines.demo_video import prepare_video_demo
+
+    root = tmp_path_factory.mktemp("data") / "video_demo"
+    manifests = prepare_video_demo(str(root), train_per_class=3, val_per_class=2)
+    assert manifests["train"]["written"] == 30 and manifests["val"]["written"] == 20
+    assert sum(manifests["train"]["quarantine_reasons"].values()) == 5
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(demo, tmp_path_factory):
+    """One epoch of each network on the demo's recipe: ({network: report.json}, the console's text)."""
+    from training import run
+
+    storage = tmp_path_factory.mktemp("runs")
+    reports, console = {}, io.StringIO()
+    for name in NETWORKS:
+        argv = ["--config", os.path.join(run.ROOT, "configs", "video_demo.yaml"),
+                "--set", f"data.train_shards={demo}/shards/train", "--set", f"data.val_shards={demo}/shards/val",
+                "--set", f"model.name={name}", "--set", "run.epochs=1", "--set", "data.loader_workers=0",
+                "--set", "data.eval_clips=3", "--set", "data.sampling=uniform", "--set", f"run.storage_path={storage}", "--set", f"run.name={name}"]
+        with contextlib.redirect_stdout(console):
+            assert run.main(argv) == 0, name
+        reports[name] = json.loads((storage / name / "report.json").read_text())
+    return reports, console.getvalue()
+
+
+def test_every_fusion_network_trains_under_ray_train_and_reports_hit_at_k(runs):
+    reports, out = runs
+    for name, report in reports.items():
+        final = report["final"]
+        assert final["workers"] == 2 and final["val_images"] == 20, name  # every val video, once
+        assert final["trained_samples"] == 30 and final["skipped_samples"] == 0, name  # uniform: each once
+        assert 0 <= final["clip_hit1"] <= 1 and 0 <= final["top1_error"] <= final["top5_error"] + 1, name
+        # clip hits come in steps of one clip of 20 videos x 3 clips
+        assert final["clip_hit1"] * 60 == pytest.approx(round(final["clip_hit1"] * 60)), name
+    assert out.count("epoch 1/1 done: Video Hit@1 ") == len(NETWORKS), out
+    assert out.count(" val videos) after 1 epochs") == len(NETWORKS), out
+
+
+def test_evaluate_scores_videos_alone_and_averaged(runs, demo, tmp_path, capsys):
+    from training import evaluate
+
+    runs = runs[0]
+    folders = [runs[n]["best_checkpoint"] for n in ("video_late_fusion", "video_slow_fusion")]
+    out = tmp_path / "eval"
+    argv = ["--shards", f"{demo}/shards/val", "--clips", "3", "--out", str(out)]
+    assert evaluate.main([*sum((["--checkpoint", c] for c in folders), []), *argv]) == 0
+    checkpoints = [f"{c}/state.pt" for c in folders]  # as metrics.json names them
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["protocol"] == "clips" and metrics["images"] == 20
+    video = metrics["video"]
+    assert set(video) == {*checkpoints, "CNN Average"}
+    for name, checkpoint in zip(("video_late_fusion", "video_slow_fusion"), checkpoints):
+        # the same clips, in fp32 on CPU, as the training's own validation
+        assert video[checkpoint]["video_hit@1"] == pytest.approx(1 - runs[name]["final"]["top1_error"])
+        assert video[checkpoint]["video_hit@5"] == pytest.approx(1 - runs[name]["final"]["top5_error"])
+        assert video[checkpoint]["clip_hit@1"] == pytest.approx(runs[name]["final"]["clip_hit1"])
+        assert video[checkpoint]["clips"] == 60 and video[checkpoint]["videos"] == 20
+    # CNN Average is --fusion average's video probabilities
+    assert video["CNN Average"]["video_hit@1"] == pytest.approx(1 - metrics["fused"]["top1_error"])
+    assert sorted(video["CNN Average"]["per_class"]) == sorted(os.listdir(demo / "val"))
+    assert all(row["videos"] == 2 for row in video["CNN Average"]["per_class"].values())
+    assert len((out / "predictions.csv").read_text().splitlines()) == 20
+    assert (out / "confusion.png").stat().st_size > 0
+    assert "CNN Average: Clip Hit@1 " in capsys.readouterr().out
+
+
+def test_evaluate_refuses_an_image_protocol_on_videos(runs, demo, tmp_path, capsys):
+    from training import evaluate
+
+    assert evaluate.main(["--checkpoint", runs[0]["video_slow_fusion"]["best_checkpoint"], "--shards",
+                          f"{demo}/shards/val", "--protocol", "ten_crop", "--out", str(tmp_path)]) == 2
+    assert "videos are scored with --protocol clips" in capsys.readouterr().err
+
+
+def test_clip_streams_resume_to_the_exact_batch(demo):
+    from pipelines.online.clips import ClipTransform
+    from pipelines.online.loader import LoaderConfig, ShardLoader
+
+    clips = ClipTransform(offsets=tuple(range(10)), fps=25, size=64)
+    for mode in ("uniform", "class-aware"):
+        cfg = LoaderConfig(shards=f"{demo}/shards/train", mode=mode, batch_size=4, num_workers=2, seed=3)
+        reference = ShardLoader(cfg, clips)
+        whole = [(x.clone(), y.clone()) for e in range(2) for x, y in reference.epoch(e)]
+        assert whole[0][0].shape == (4, 3, 10, 64, 64) and whole[0][0].dtype == torch.float32
+        if mode == "uniform":  # every training video once an epoch
+            labels = np.concatenate([y.numpy() for _, y in whole[:len(whole) // 2]])
+            assert sorted(labels.tolist()) == sorted([*range(10)] * 3)
+
+        first = ShardLoader(cfg, clips)
+        got = []
+        for x, y in first.epoch(0):
+            got.append((x.clone(), y.clone()))
+            if len(got) == 3:
+                break
+        state = json.loads(json.dumps(first.state_dict()))  # as a checkpoint stores it
+        second = ShardLoader(cfg, clips)
+        second.load_state_dict(state)
+        got += [(x.clone(), y.clone()) for e in range(2) for x, y in second.epoch(e)]
+        assert len(got) == len(whole), mode
+        for (a, la), (b, lb) in zip(got, whole):
+            assert torch.equal(la, lb) and torch.equal(a, b), mode
