@@ -34,6 +34,19 @@ def test_motion_partners_differ_only_in_motion():
     assert not np.array_equal(left[0], right[0])
 
 
+def test_the_transfer_classes_move_as_named():
+    rng = lambda cls: np.random.default_rng([0, 100 + demo_video.TRANSFER_CLASSES.index(cls), 0, 0])  # noqa: E731
+    up, down = demo_video.draw("moves_up", rng("moves_up")), demo_video.draw("moves_down", rng("moves_down"))
+    ys = lambda v: shape_x(v.transpose(0, 2, 1, 3))  # noqa: E731  (the same measure along the other axis)
+    assert all(b < a for a, b in zip(ys(up), ys(up)[1:])) and all(b > a for a, b in zip(ys(down), ys(down)[1:]))
+    # a shape that changes size in place: between the first and last frames, a ring of pixels turns from
+    # shape to background or back (sensor noise alone changes no pixel that much)
+    changed = lambda v: int((np.abs(v[-1].astype(np.float32) - v[0]).sum(2) > 60).sum())  # noqa: E731
+    assert changed(demo_video.draw("stays_still", np.random.default_rng(0))) == 0
+    for cls in ("grows", "shrinks"):
+        assert changed(demo_video.draw(cls, rng(cls))) > 100, cls
+
+
 @pytest.mark.slow
 def test_the_demo_folder_shards_with_its_mistakes_quarantined(ray_cluster, tmp_path):
     counts = demo_video.write(str(tmp_path / "demo"), train_per_class=2, val_per_class=1)

@@ -123,3 +123,14 @@ def test_clip_streams_resume_to_the_exact_batch(demo):
         assert len(got) == len(whole), mode
         for (a, la), (b, lb) in zip(got, whole):
             assert torch.equal(la, lb) and torch.equal(a, b), mode
+
+
+def test_predict_refuses_a_video_checkpoint(runs, tmp_path, capsys):
+    from PIL import Image
+
+    from training import predict
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "frame.jpg")
+    assert predict.main(["--checkpoint", runs[0]["video_early_fusion"]["best_checkpoint"], str(tmp_path / "frame.jpg"),
+                         "--out", str(tmp_path / "out")]) == 2
+    assert "video_early_fusion is a video network; predict.py scores images" in capsys.readouterr().err

@@ -67,12 +67,15 @@ class Model:
     def __init__(self, checkpoint: str):
         from pipelines.online.transforms import EvalTransform
         from training.config import from_dict
-        from training.evaluate import class_names, resolve_checkpoint
+        from training.evaluate import CheckpointError, class_names, resolve_checkpoint
         from training.train_loop import build_model, inference_weights
 
         self.path, state, self.note = resolve_checkpoint(checkpoint)
         cfg = from_dict(state["config"])
         model = build_model(cfg, warm_start=False)
+        if hasattr(model.backbone, "clip_offsets"):
+            raise CheckpointError(f"--checkpoint {checkpoint}: {cfg.model.name} is a video network; predict.py "
+                                  f"scores images (videos: training/evaluate.py on video shards)")
         model.load_state_dict(inference_weights(state))
         self.backbone = model.export().eval()
         self.attribute_head = model.attribute_head.eval() if model.attribute_head is not None else None
