@@ -134,3 +134,24 @@ def test_predict_refuses_a_video_checkpoint(runs, tmp_path, capsys):
     assert predict.main(["--checkpoint", runs[0]["video_early_fusion"]["best_checkpoint"], str(tmp_path / "frame.jpg"),
                          "--out", str(tmp_path / "out")]) == 2
     assert "video_early_fusion is a video network; predict.py scores images" in capsys.readouterr().err
+
+
+def test_transfer_recipe_trains_only_the_top_layer(runs, demo, tmp_path):
+    """configs/video_transfer_top.yaml from the demo's slow fusion run: everything below the classifier
+    stays as pretrained (here on the demo's own classes, so the classifier itself is loaded too)."""
+    from training import run
+    from training.train_loop import inference_weights, load_checkpoint_file
+
+    source = runs[0]["video_slow_fusion"]["best_checkpoint"]
+    argv = ["--config", os.path.join(run.ROOT, "configs", "video_transfer_top.yaml"),
+            "--set", f"data.train_shards={demo}/shards/train", "--set", f"data.val_shards={demo}/shards/val",
+            "--set", "model.num_classes=10", "--set", f"model.pretrained={source}", "--set", "run.epochs=1",
+            "--set", "data.loader_workers=0", "--set", f"run.storage_path={tmp_path}", "--set", "run.name=top"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert run.main(argv) == 0
+    report = json.loads((tmp_path / "top" / "report.json").read_text())
+    before = inference_weights(load_checkpoint_file(source))
+    after = load_checkpoint_file(report["best_checkpoint"])["model"]
+    frozen = [k for k in before if not k.startswith("backbone.head.")]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("backbone.head."))
