@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import write_shards
 
 pytestmark = pytest.mark.slow
 
@@ -94,6 +95,13 @@ def test_evaluate_refuses_an_image_protocol_on_videos(runs, demo, tmp_path, caps
     assert evaluate.main(["--checkpoint", runs[0]["video_slow_fusion"]["best_checkpoint"], "--shards",
                           f"{demo}/shards/val", "--protocol", "ten_crop", "--out", str(tmp_path)]) == 2
     assert "videos are scored with --protocol clips" in capsys.readouterr().err
+    write_shards(tmp_path / "images", [2] * 10, shard_samples=2)  # images of the same ten classes
+    index = json.loads((tmp_path / "images" / "index.json").read_text())
+    index["class_names"] = sorted(os.listdir(demo / "val"))
+    (tmp_path / "images" / "index.json").write_text(json.dumps(index))
+    assert evaluate.main(["--checkpoint", runs[0]["video_slow_fusion"]["best_checkpoint"], "--shards",
+                          str(tmp_path / "images"), "--out", str(tmp_path / "out")]) == 2
+    assert "holds images and a checkpoint's model is a video network" in capsys.readouterr().err
 
 
 def test_clip_streams_resume_to_the_exact_batch(demo):

@@ -253,16 +253,22 @@ def check_inputs(checkpoints: list[str], shards: str) -> tuple[list[str], list, 
     return paths, configs, attributes
 
 
-def clip_transforms(configs: list, shards: str, clips: int) -> list[ClipTransform]:
-    """Each checkpoint's test clips of the video shards: the frames its network takes (built on the meta
-    device: no memory, no time), at the crop size and mirroring it was trained with."""
+def clip_offsets(cfg) -> tuple[int, ...] | None:
+    """The frames a checkpoint's video network takes (built on the meta device: no memory, no time);
+    None for an image network."""
     from training.train_loop import build_model
 
+    with torch.device("meta"):
+        return getattr(build_model(cfg, warm_start=False).backbone, "clip_offsets", None)
+
+
+def clip_transforms(configs: list, shards: str, clips: int) -> list[ClipTransform]:
+    """Each checkpoint's test clips of the video shards: the frames its network takes, at the crop size
+    and mirroring it was trained with."""
     fps = Catalog.load(shards).video["fps"]
     out = []
     for cfg in configs:
-        with torch.device("meta"):
-            offsets = getattr(build_model(cfg, warm_start=False).backbone, "clip_offsets", None)
+        offsets = clip_offsets(cfg)
         if offsets is None:
             raise CheckpointError(f"{shards} holds videos and a checkpoint's model, {cfg.model.name}, is an image "
                                   f"network")
@@ -315,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
             raise CheckpointError(f"--protocol {a.protocol}: {a.shards} holds {'videos' if video else 'images'}; "
                                   f"videos are scored with --protocol clips, images with the others")
         clips = clip_transforms(configs, a.shards, a.clips) if video else None
+        if not video and any(clip_offsets(c) is not None for c in configs):
+            raise CheckpointError(f"{a.shards} holds images and a checkpoint's model is a video network")
         size, scales = (configs[0].data.size, ()) if video else view_geometry(configs, a.protocol, a.size, a.scales)
         Location.parse(a.out).check_writable()
     except (OSError, ValueError) as exc:
