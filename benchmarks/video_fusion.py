@@ -17,7 +17,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -45,24 +44,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="also write the JSON here")
     a = p.parse_args(argv)
     from pipelines.console import start_ray
-    from training import evaluate, run
+    from training import evaluate
+    from video_transfer import train  # (this folder is on the path of a script run from it)
 
     start_ray()
     storage = tempfile.mkdtemp(prefix="video-fusion-")
     shards = os.path.abspath(os.path.join(a.data, "shards"))
     results, best = {}, {}
     for name in a.networks:
-        started = time.perf_counter()
-        code = run.main(["--config", os.path.join(ROOT, "configs", "video_demo.yaml"),
-                         "--set", f"data.train_shards={shards}/train", "--set", f"data.val_shards={shards}/val",
-                         "--set", f"model.name={name}", "--set", f"run.epochs={a.epochs}",
-                         "--set", f"run.storage_path={storage}", "--set", f"run.name={name}"])
-        if code != 0:
-            raise SystemExit(f"training {name} failed")
-        with open(os.path.join(storage, name, "report.json")) as f:
-            report = json.load(f)
+        report, seconds = train("video_demo.yaml", storage, name, [
+            f"data.train_shards={shards}/train", f"data.val_shards={shards}/val", f"model.name={name}",
+            f"run.epochs={a.epochs}"])
         best[name] = report["best_checkpoint"]
-        results[name] = {"train_s": time.perf_counter() - started, "epochs": a.epochs,
+        results[name] = {"train_s": seconds, "epochs": a.epochs,
                          "validation_video_hit@1": 1 - report["final"]["top1_error"]}
     out = os.path.join(storage, "eval")
     if evaluate.main([*sum((["--checkpoint", best[n]] for n in a.networks), []), "--shards", f"{shards}/val",

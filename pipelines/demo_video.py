@@ -113,19 +113,24 @@ def bad_files(rng: np.random.Generator) -> dict[str, bytes]:
     }
 
 
+def _write_split(out: str, split: str, classes: tuple[str, ...], n: int, seed: int, first_class: int,
+                 containers: tuple) -> int:
+    """`n` videos of each class into `out/split/<class>/`, containers in turn; returns how many.  Each video's
+    randomness is keyed by (seed, first_class + class index, video, validation or not)."""
+    for k, cls in enumerate(classes):
+        folder = os.path.join(out, split, cls)
+        os.makedirs(folder, exist_ok=True)
+        for i in range(n):
+            rng = np.random.default_rng([seed, first_class + k, i, split.endswith("val")])
+            container, codec, ext = containers[(i + k) % len(containers)]
+            with open(os.path.join(folder, f"v_{cls}_{i:03d}{ext}"), "wb") as f:
+                f.write(encode_video(draw(cls, rng), FPS, container, codec))
+    return n * len(classes)
+
+
 def write(out: str, train_per_class: int, val_per_class: int, seed: int = 0) -> dict[str, int]:
-    counts = {}
-    for split, n in (("train", train_per_class), ("val", val_per_class)):
-        for k, cls in enumerate(CLASSES):
-            folder = os.path.join(out, split, cls)
-            os.makedirs(folder, exist_ok=True)
-            for i in range(n):
-                rng = np.random.default_rng([seed, k, i, split == "val"])
-                container, codec, ext = CONTAINERS[(i + k) % len(CONTAINERS)]
-                data = encode_video(draw(cls, rng), FPS, container, codec)
-                with open(os.path.join(folder, f"v_{cls}_{i:03d}{ext}"), "wb") as f:
-                    f.write(data)
-            counts[split] = counts.get(split, 0) + n
+    counts = {split: _write_split(out, split, CLASSES, n, seed, 0, CONTAINERS)
+              for split, n in (("train", train_per_class), ("val", val_per_class))}
     for rel, data in bad_files(np.random.default_rng([seed, 99])).items():
         with open(os.path.join(out, "train", rel), "wb") as f:
             f.write(data)
@@ -137,16 +142,8 @@ def write(out: str, train_per_class: int, val_per_class: int, seed: int = 0) -> 
 
 def write_transfer(out: str, train_per_class: int, val_per_class: int, seed: int = 0) -> dict[str, int]:
     """The transfer study's small target set: `transfer_train/` and `transfer_val/`, .mp4 only."""
-    counts = {}
-    for split, n in (("transfer_train", train_per_class), ("transfer_val", val_per_class)):
-        for k, cls in enumerate(TRANSFER_CLASSES):
-            folder = os.path.join(out, split, cls)
-            os.makedirs(folder, exist_ok=True)
-            for i in range(n):
-                rng = np.random.default_rng([seed, 100 + k, i, split == "transfer_val"])
-                with open(os.path.join(folder, f"v_{cls}_{i:03d}.mp4"), "wb") as f:
-                    f.write(encode_video(draw(cls, rng), FPS, "mp4", "libx264"))
-        counts[split] = n * len(TRANSFER_CLASSES)
+    counts = {split: _write_split(out, split, TRANSFER_CLASSES, n, seed, 100, CONTAINERS[:1])
+              for split, n in (("transfer_train", train_per_class), ("transfer_val", val_per_class))}
     with open(os.path.join(out, TRANSFER_COMPLETE), "w") as f:
         json.dump({"seed": seed, **counts}, f)
     return counts

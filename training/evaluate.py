@@ -40,7 +40,7 @@ from pipelines.online.catalog import Catalog, first_different_class
 from pipelines.storage import Location
 from training.attribute_metrics import attribute_report, plot_attribute_ap
 from training.inference import losses, predict
-from training.video_metrics import hit_report
+from training.video_metrics import video_hits
 
 DEFAULT_SCALES = {"center": (256,), "ten_crop": (256,), "dense": (256, 384, 512), "multi_view": (256, 320),
                   "multi_crop": (256, 384, 512), "multi_crop_dense": (256, 384, 512),
@@ -131,25 +131,6 @@ def plot_confusion(fused: np.ndarray, labels: np.ndarray, names: list[str], path
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     Location.write_file(path, buf.getvalue())
-
-
-def video_hits(clip_probs: np.ndarray, labels: np.ndarray, checkpoints: list[str], names: list[str]) -> dict:
-    """Karpathy et al.'s table: Clip Hit@1 and Video Hit@1/@5 of each model, and of their "CNN Average"
-    (clip i's probabilities averaged over the models, then over the clips); per class, by name.
-    `clip_probs`: (videos, models, clips, K)."""
-    videos, models, clips, k = clip_probs.shape
-    targets = np.eye(k, dtype=np.int8)[labels]  # one label per video; video_metrics takes several
-    clip_video = np.repeat(np.arange(videos), clips)
-
-    def report(per_clip: np.ndarray) -> dict:
-        hits = hit_report(per_clip.reshape(videos * clips, k), clip_video, targets)
-        hits["per_class"] = {names[int(c)]: row for c, row in hits["per_class"].items()}
-        return hits
-
-    table = {path: report(clip_probs[:, i]) for i, path in enumerate(checkpoints)}
-    if models > 1:
-        table["CNN Average"] = report(clip_probs.mean(1))
-    return table
 
 
 class CheckpointError(ValueError):

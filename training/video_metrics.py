@@ -43,11 +43,30 @@ def hit_report(clip_probs: np.ndarray, clip_video: np.ndarray, video_targets: np
     videos = video_targets.shape[0]
     clip_hit = hits_at(clip_probs, video_targets[clip_video], 1)
     per_video = video_scores(clip_probs, clip_video, videos)
-    video_hits = {k: hits_at(per_video, video_targets, k) for k in ks}
+    per_k = {k: hits_at(per_video, video_targets, k) for k in ks}
     per_class = {}
     for c in np.flatnonzero(video_targets.any(0)):
         mask = video_targets[:, c].astype(bool)
         per_class[str(int(c))] = {"videos": int(mask.sum()),
-                                  **{f"video_hit@{k}": float(h[mask].mean()) for k, h in video_hits.items()}}
+                                  **{f"video_hit@{k}": float(h[mask].mean()) for k, h in per_k.items()}}
     return {"clips": int(len(clip_probs)), "videos": int(videos), "clip_hit@1": float(clip_hit.mean()),
-            **{f"video_hit@{k}": float(h.mean()) for k, h in video_hits.items()}, "per_class": per_class}
+            **{f"video_hit@{k}": float(h.mean()) for k, h in per_k.items()}, "per_class": per_class}
+
+
+def video_hits(clip_probs: np.ndarray, labels: np.ndarray, checkpoints: list[str], names: list[str]) -> dict:
+    """Karpathy et al.'s table: Clip Hit@1 and Video Hit@1/@5 of each model, and of their "CNN Average"
+    (clip i's probabilities averaged over the models, then over the clips); per class, by name.
+    `clip_probs`: (videos, models, clips, K)."""
+    videos, models, clips, k = clip_probs.shape
+    targets = np.eye(k, dtype=np.int8)[labels]  # one label per video; hit_report takes several
+    clip_video = np.repeat(np.arange(videos), clips)
+
+    def report(per_clip: np.ndarray) -> dict:
+        hits = hit_report(per_clip.reshape(videos * clips, k), clip_video, targets)
+        hits["per_class"] = {names[int(c)]: row for c, row in hits["per_class"].items()}
+        return hits
+
+    table = {path: report(clip_probs[:, i]) for i, path in enumerate(checkpoints)}
+    if models > 1:
+        table["CNN Average"] = report(clip_probs.mean(1))
+    return table
