@@ -26,8 +26,8 @@ from pipelines.media.images import ImageSettings
 from pipelines.media.video import VideoSettings
 from pipelines.offline import list_file, shard_index
 from pipelines.offline.attributes import AttributeFile, read_attribute_file
-from pipelines.offline.corpus import (UNLABELED, Categories, CorpusError, detect_labeled, image_folder_classes,
-                                      image_folder_files, parse_line, read_categories)
+from pipelines.offline.corpus import (LISTED, UNLABELED, Categories, CorpusError, image_folder_classes,
+                                      image_folder_files, label_source, parse_line, read_categories)
 from pipelines.offline.shard_tasks import (STATE_DIR, ShardPlan, collect_group, parse_attribute_ranges,
                                            parse_ranges, resolve_duplicates, write_group, write_rejects)
 from pipelines.settings_file import SettingsFileError, read_mapping
@@ -115,10 +115,13 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ShardConfig, bool
     """(settings, --verbose, --force)"""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML recipe (configs/shard_*.yaml); flags given here override it")
-    p.add_argument("--list", help="Places365-style list: 'path label' or bare file names per line")
+    p.add_argument("--list", help="list of 'path label' lines (Places365, UCF-101's trainlist), 'path l1,l2' "
+                                  "(several labels: Sports-1M), or bare paths (a test list; labelled by their "
+                                  "class folder when it names a class: UCF-101's testlist)")
     p.add_argument("--image-folder", help="class-per-folder tree (classes = sorted subfolder names)")
     p.add_argument("--images-root", help="folder the list's paths are relative to (with --list)")
-    p.add_argument("--categories", help="categories file: '/a/airfield 0' lines, or one name per line")
+    p.add_argument("--categories", help="categories file: '/a/airfield 0' lines, '1 ApplyEyeMakeup' lines "
+                                        "(UCF-101's classInd.txt), or one name per line")
     p.add_argument("--out", help="output folder or URI (s3://bucket/prefix)")
     p.add_argument("--image-size", type=int, help="S, in pixels (default 256)")
     p.add_argument("--resize", choices=["square", "shorter", "keep"],
@@ -170,9 +173,10 @@ class Preflight:
 
     list_loc: Location
     categories: Categories
-    labeled: bool
+    labels: str  # where the list's labels are: corpus.LISTED, FOLDER or NONE
     entries: int
     per_label: Counter
+    several_labels: int = 0  # entries with more than one label (Sports-1M's multi-label lists)
     attributes: AttributeFile | None = None
 
 
@@ -209,23 +213,27 @@ def preflight(cfg: ShardConfig, out: Location) -> Preflight:
             raise CorpusError(f"images root not found: {cfg.images_root}")
         categories = read_categories(Location.parse(cfg.categories)) if cfg.categories else None
 
-    labeled, entries, per_label = True if name_rejects else None, name_rejects, Counter()
+    labels, entries, per_label, several = LISTED if name_rejects else None, name_rejects, Counter(), 0
     for lineno, line in list_file.text_lines(list_loc):
-        if labeled is None:
-            labeled = detect_labeled(line)
-            if labeled and categories is None:
+        if labels is None:
+            labels = label_source(line, categories)
+            if labels == LISTED and categories is None:
                 raise CorpusError(f"{cfg.list} has labels: pass --categories so they can be named")
             categories = categories or Categories.from_names([])
-        entry = parse_line(line, categories, labeled)
+        entry = parse_line(line, categories, labels)
         if entry.problem.startswith("unknown_class"):
             raise CorpusError(f"{list_loc.uri()}:{lineno}: {entry.problem[len('unknown_class: '):]}"
                               f" (categories has {len(categories)} classes)")
         entries += 1
         per_label[entry.label] += 1
-    if labeled is None:
+        several += len(entry.labels) > 1
+    if labels is None:
         raise CorpusError(f"list file has no entries: {list_loc.uri()}")
+    if several and cfg.attributes:
+        raise CorpusError(f"{list_loc.uri()} gives several labels per entry: --attributes are for "
+                          f"single-label scene lists")
     attributes = read_attribute_file(cfg.attributes, cfg.attribute_threshold) if cfg.attributes else None
-    return Preflight(list_loc, categories, labeled, entries, per_label, attributes)
+    return Preflight(list_loc, categories, labels, entries, per_label, several, attributes)
 
 
 def _write_image_folder_list(root: Location, classes: list[str], out: Location) -> tuple[Location, int]:
@@ -247,7 +255,7 @@ def _write_image_folder_list(root: Location, classes: list[str], out: Location) 
 def make_plan(cfg: ShardConfig, pf: Preflight, out: Location) -> ShardPlan:
     shards = {label: max(1, math.ceil(n / cfg.shard_samples)) for label, n in pf.per_label.items() if label >= -1}
     images_root = Location.parse(cfg.image_folder or cfg.images_root)
-    return ShardPlan(categories=pf.categories, labeled=pf.labeled, shards_per_label=shards,
+    return ShardPlan(categories=pf.categories, labels=pf.labels, shards_per_label=shards,
                      num_buckets=max(1, math.ceil(pf.entries / BUCKET_ROWS)), seed=cfg.seed,
                      images_root=images_root, out=out, media=cfg.media_settings(), attributes=pf.attributes,
                      keep_without_attributes=cfg.keep_without_attributes)
@@ -286,7 +294,7 @@ def _run_locked(cfg: ShardConfig, out: Location, started: float, verbose: bool) 
     shard_index.write_index(out, summaries, name, pf.categories.names,
                             pf.attributes.names if pf.attributes else None,
                             {"fps": media.fps, "size": media.size, "resize": media.resize, "codec": "h264"}
-                            if cfg.video else None)
+                            if cfg.video else None, multi_label=pf.several_labels > 0)
     fresh = [s for s in summaries if not s["reused"]]
     elapsed = time.time() - started
     per_class = Counter()
@@ -297,6 +305,7 @@ def _run_locked(cfg: ShardConfig, out: Location, started: float, verbose: bool) 
         "quarantine_reasons": dict(sorted(reasons.items())),
         "per_class_written": {n: per_class[i] for i, n in enumerate(pf.categories.names)},
         "unlabeled_written": per_class[UNLABELED],
+        "labels_from": pf.labels, "entries_with_several_labels": pf.several_labels,
         "shards": sum(1 for s in summaries if s["nsamples"]), "shards_reused": len(summaries) - len(fresh),
         "passthrough": sum(s["passthrough"] for s in summaries),
         "images_processed_this_run": sum(s["nsamples"] + s["quarantined"] for s in fresh),

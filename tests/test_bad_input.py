@@ -14,7 +14,7 @@ import torch
 
 from conftest import write_shards
 from pipelines import sample, shard
-from pipelines.offline.corpus import Categories, parse_line
+from pipelines.offline.corpus import LISTED, Categories, parse_line
 from training import evaluate, run
 from training.config import load, to_dict
 from training.train_loop import build_model, check_epoch_input
@@ -74,6 +74,14 @@ def world(tmp_path_factory):
     (lists / "latin.txt").write_bytes("beach/a.jpg 0\nforest/caf\u00e9.jpg 1\n".encode("latin-1"))
     (lists / "list.txt.gz").write_bytes(gzip.compress(b"beach/a.jpg 0\n"))
     (lists / "photo.txt").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01")
+    (lists / "testlist.txt").write_text("beach/a.jpg\nvolcano/b.jpg\n")  # UCF-101's form: the folder is the label
+    (lists / "multi.txt").write_text("beach/a.jpg 0\nforest/b.jpg 0,1\n")
+    (lists / "cats_from2.txt").write_text("2 beach\n3 forest\n")
+    (lists / "attributes.csv").write_text("path,sunny\nbeach/a.jpg,1\n")
+    multi = root / "train_multi_label"  # shards whose samples may carry several classes
+    write_shards(multi, COUNTS, shard_samples=4)
+    index = json.loads((multi / "index.json").read_text())
+    (multi / "index.json").write_text(json.dumps({**index, "multi_label": True}))
     (root / "users_folder").mkdir()
     (root / "users_folder" / "index.json").write_text('{"mine": true}')
     return root
@@ -190,6 +198,22 @@ CASES = [
      ["--list", "{root}/lists/latin.txt", "--images-root", "{root}/lists/images", "--categories",
       "{root}/lists/cats.txt", "--out", "{out}"],
      "{root}/lists/latin.txt:2: not UTF-8 text (byte 0xe9 at column 11); re-encode the file as UTF-8"),
+    ("shard.py: a label-less list whose path sits in a folder naming no class", "shard",
+     ["--list", "{root}/lists/testlist.txt", "--images-root", "{root}/lists/images", "--categories",
+      "{root}/lists/cats.txt", "--out", "{out}"],
+     "{root}/lists/testlist.txt:2: folder 'volcano' of 'volcano/b.jpg' names no class of the categories"),
+    ("shard.py: attributes with a multi-label list", "shard",
+     ["--list", "{root}/lists/multi.txt", "--images-root", "{root}/lists/images", "--categories",
+      "{root}/lists/cats.txt", "--attributes", "{root}/lists/attributes.csv", "--out", "{out}"],
+     "{root}/lists/multi.txt gives several labels per entry: --attributes are for single-label scene lists"),
+    ("shard.py: categories numbered from 2", "shard",
+     ["--list", "{root}/lists/multi.txt", "--images-root", "{root}/lists/images", "--categories",
+      "{root}/lists/cats_from2.txt", "--out", "{out}"],
+     "{root}/lists/cats_from2.txt: class ids must be 0..1 or 1..2 with no gaps"),
+    ("multi-label shards with ray_data ingest", "run",
+     ["--config", "{root}/base.yaml", "--set", "data.train_shards={root}/train_multi_label", "--set",
+      "data.ingest=ray_data"],
+     "config key 'data.ingest': {root}/train_multi_label is multi-label"),
     ("shard.py: a gzipped list", "shard",
      ["--list", "{root}/lists/list.txt.gz", "--images-root", "{root}/lists/images", "--categories",
       "{root}/lists/cats.txt", "--out", "{out}"],
@@ -274,7 +298,7 @@ def test_class_names_in_a_list_match_whole_names_or_unique_tails():
     cats = Categories.from_names(["/b/bazaar/indoor", "/b/bazaar/outdoor", "/c/church/indoor"])
     tokens = ("church/indoor", "c/church/indoor", "/c/church/indoor", "bazaar/indoor", "outdoor", "indoor",
               "hurch/indoor")
-    label = {t: parse_line(f"x.jpg {t}", cats, labeled=True) for t in tokens}
+    label = {t: parse_line(f"x.jpg {t}", cats, labels=LISTED) for t in tokens}
     assert [label[t].label for t in ("church/indoor", "c/church/indoor", "/c/church/indoor")] == [2, 2, 2]
     assert (label["bazaar/indoor"].label, label["outdoor"].label) == (0, 1)
     assert "'indoor' is ambiguous: it could be any of /b/bazaar/indoor, /c/church/indoor" in label["indoor"].problem
@@ -401,6 +425,9 @@ ROWS = {
                             "evaluate.py --max-skipped-fraction 2",
                             "evaluate.py: a crop larger than the image it is cut from (it padded silently)",
                             "an unknown ingest", "device decoding with ray_data ingest",
+                            "shard.py: a label-less list whose path sits in a folder naming no class",
+                            "shard.py: attributes with a multi-label list", "shard.py: categories numbered from 2",
+                            "multi-label shards with ray_data ingest",
                             "test_ray_ingest::test_run_py_trains_from_ray_data_and_refuses_a_machine_without_room_for_it"],
     "each sampled trial": ["search.py on a base config with a bad value",
                            "search.py: a value a trial may sample fails training's pre-flight"],

@@ -5,8 +5,9 @@ import codecs
 import pytest
 
 from pipelines.hashing import stable_hash
-from pipelines.offline.corpus import (UNLABELED, Categories, CorpusError, parse_line, read_categories,
-                                      relative_image_path, sample_key)
+from pipelines.offline.corpus import (FOLDER, LISTED, NONE, UNLABELED, Categories, CorpusError, decode_labels,
+                                      encode_labels, label_source, parse_line, read_categories, relative_image_path,
+                                      sample_key)
 from pipelines.storage import Location
 
 CATS = Categories.from_names(["/a/airfield", "/a/art_school", "/b/beach"])
@@ -41,12 +42,12 @@ def test_bad_categories_are_refused_with_the_file_named(tmp_path, text, message)
     ("/b/beach/1.jpg beach", "/b/beach/1.jpg", 2),
 ])
 def test_list_lines(line, source, label):
-    entry = parse_line(line, CATS, labeled=True)
+    entry = parse_line(line, CATS, labels=LISTED)
     assert (entry.source, entry.label, entry.problem) == (source, label, "")
 
 
 def test_unlabeled_test_list_line():
-    entry = parse_line("Places365_test_00000001.jpg", CATS, labeled=False)
+    entry = parse_line("Places365_test_00000001.jpg", CATS, labels=NONE)
     assert entry.label == UNLABELED and entry.source == "Places365_test_00000001.jpg"
 
 
@@ -55,11 +56,11 @@ def test_unlabeled_test_list_line():
                                           ("/b/beach/1.jpg", "missing_label"),
                                           ("/b/beach/1.jpg volcano", "unknown_class")])
 def test_problem_lines(line, problem):
-    assert parse_line(line, CATS, labeled=True).problem.startswith(problem)
+    assert parse_line(line, CATS, labels=LISTED).problem.startswith(problem)
 
 
 def test_blank_lines_are_not_entries():
-    assert parse_line("   ", CATS, labeled=True) is None
+    assert parse_line("   ", CATS, labels=LISTED) is None
 
 
 def test_paths_escaping_the_root_are_caught():
@@ -104,3 +105,60 @@ def test_list_lines_that_are_not_text_are_named():
     assert unlistable_name(decode_line(b"beach/caf\xe9.jpg")) == "undecodable_name: the file name is not UTF-8"
     assert unlistable_name("beach/a\nb.jpg").startswith("unlistable_name: the file name holds a line break")
     assert unlistable_name("beach/x.jpg ").startswith("unlistable_name") and unlistable_name("beach/a b.jpg") is None
+
+
+# -- UCF-101's split files and multi-label lists (Sports-1M) ---------------------------------------
+UCF_CLASSES = "1 ApplyEyeMakeup\n2 ApplyLipstick\n3 Archery\n"
+
+
+def test_ucf101_class_index_counts_from_one(tmp_path):
+    (tmp_path / "classInd.txt").write_text(UCF_CLASSES)
+    cats = read_categories(Location.parse(str(tmp_path / "classInd.txt")))
+    assert cats.names == ("ApplyEyeMakeup", "ApplyLipstick", "Archery") and cats.first_id == 1
+    # trainlist01.txt: its labels count as classInd.txt counts them
+    assert parse_line("ApplyLipstick/v_ApplyLipstick_g01_c01.avi 2", cats, LISTED).label == 1
+    assert parse_line("Archery/v_Archery_g01_c01.avi 3", cats, LISTED).label == 2
+    assert parse_line("x.avi 4", cats, LISTED).problem == "label_out_of_range: 4 not in [1, 4)"
+    assert parse_line("x.avi 0", cats, LISTED).problem.startswith("label_out_of_range")
+
+
+def test_ucf101_test_list_takes_its_labels_from_the_class_folders(tmp_path):
+    (tmp_path / "classInd.txt").write_text(UCF_CLASSES)
+    cats = read_categories(Location.parse(str(tmp_path / "classInd.txt")))
+    first = "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi"
+    assert label_source(first, cats) == FOLDER
+    assert label_source(first, None) == NONE  # no categories: an unlabeled list
+    assert label_source("Places365_test_00000001.jpg", cats) == NONE
+    assert label_source("Archery/v_Archery_g01_c01.avi 3", cats) == LISTED
+    entry = parse_line("Archery/v_Archery_g02_c01.avi", cats, FOLDER)
+    assert (entry.source, entry.label, entry.label_token, entry.problem) == (
+        "Archery/v_Archery_g02_c01.avi", 2, "Archery", "")
+    assert parse_line("Bowling/v_Bowling_g01_c01.avi", cats, FOLDER).problem == (
+        "unknown_class: folder 'Bowling' of 'Bowling/v_Bowling_g01_c01.avi' names no class of the categories")
+    assert parse_line("v_Archery_g01_c01.avi", cats, FOLDER).problem.startswith("missing_label")
+
+
+@pytest.mark.parametrize("text,first", [("0 a\n1 b\n", 0), ("a 1\nb 2\n", 1), ("a 0\nb 1\n", 0)])
+def test_numbered_categories_count_from_zero_or_one(tmp_path, text, first):
+    (tmp_path / "cats.txt").write_text(text)
+    cats = read_categories(Location.parse(str(tmp_path / "cats.txt")))
+    assert cats.names == ("a", "b") and cats.first_id == first
+
+
+def test_ids_from_two_are_refused(tmp_path):
+    (tmp_path / "cats.txt").write_text("2 a\n3 b\n")
+    with pytest.raises(CorpusError, match=r"0\.\.1 or 1\.\.2 with no gaps"):
+        read_categories(Location.parse(str(tmp_path / "cats.txt")))
+
+
+def test_multi_label_lines():
+    entry = parse_line("https://youtu.be/abc 2,0,2", CATS, LISTED)
+    assert (entry.source, entry.label, entry.labels, entry.problem) == ("https://youtu.be/abc", 2, (2, 0), "")
+    assert parse_line("v.mp4 beach,airfield", CATS, LISTED).labels == (2, 0)
+    assert parse_line("v.mp4 1,1", CATS, LISTED).labels == ()  # one distinct label: a single-label entry
+    assert parse_line("v.mp4 1,3", CATS, LISTED).problem.startswith("label_out_of_range: 3")
+    assert parse_line("v.mp4 1,", CATS, LISTED).problem.startswith("unknown_class: ''")
+    assert parse_line("v.mp4 1,volcano", CATS, LISTED).problem.startswith("unknown_class: 'volcano'")
+    comma = Categories.from_names(["a,b", "a", "b"])  # a class whose name holds a comma is that class
+    assert parse_line("v.mp4 a,b", comma, LISTED).label == 0 and parse_line("v.mp4 b,a", comma, LISTED).labels == (2, 1)
+    assert encode_labels((2, 0)) == b"2,0" and decode_labels(b"2,0", 2) == [2, 0] and decode_labels(None, 5) == [5]

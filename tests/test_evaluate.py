@@ -215,7 +215,8 @@ def test_dense_evaluation_averages_the_class_score_map_before_the_softmax(tmp_pa
     jpegs = [encode(scene(i, 80, 64)) for i in range(2)]
     batch = {"__key__": np.array(["a", "b"], dtype=object), "url": np.array(["u", "u"], dtype=object),
              "jpg": np.array(jpegs, dtype=object), "cls": np.array([b"0", b"1"], dtype=object),
-             "json": np.array([b"{}", b"{}"], dtype=object), "attr": np.array([b"", b""], dtype=object)}
+             "json": np.array([b"{}", b"{}"], dtype=object), "attr": np.array([b"", b""], dtype=object),
+             "labels": np.array([b"", b""], dtype=object)}
     views = cut_views(batch, "dense", (64, 96), 32)
     predictor = Predictor([str(path)], "dense", (64, 96), 32, use_gpu=False, batch_size=4)
     net = predictor.models[0]

@@ -174,3 +174,27 @@ def test_relay_compiles_without_graph_breaks_and_keeps_its_gradients():
     for name, p in model.named_parameters():
         assert torch.allclose(p.grad, eager[name], rtol=1e-10, atol=1e-12), name
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("mode", ["relay", "bp"])
+def test_multi_label_rows_train_the_softmax_on_equal_shares_of_each_samples_classes(mode):
+    """A multi-label split's rows [class, 0/1 per class]: every loss is the cross-entropy against 1/n on
+    each of the sample's n classes; a row of one class gives the plain single-label loss."""
+    model = wm_a(mode)
+    x, y = batch()
+    rows = torch.zeros(4, 6, dtype=torch.long)
+    rows[:, 0] = torch.tensor([0, 1, 2, 4])
+    for i, classes in enumerate([[0, 3], [1], [2, 3, 4], [4]]):
+        rows[i, 1 + torch.tensor(classes)] = 1
+    torch.manual_seed(3)  # the same dropout draws (none here: dropout=0) and the same forward
+    got = model(x, rows)
+    shares = rows[:, 1:].double() / rows[:, 1:].sum(1, keepdim=True)
+    logits, aux, _ = model(x)
+    assert torch.allclose(got["loss1"], -(shares * logits.log_softmax(1)).sum(1).mean())
+    for k, a in enumerate(aux, start=2):
+        assert torch.allclose(got[f"loss{k}"], -(shares * a.log_softmax(1)).sum(1).mean())
+    single = rows.clone()
+    single[:, 1:] = torch.nn.functional.one_hot(y, 5)
+    assert torch.allclose(model(x, single)["loss"], model(x, y)["loss"])
+    with pytest.raises(ValueError, match="neither the model's 5 classes nor its 0 attributes"):
+        model(x, rows[:, :4])

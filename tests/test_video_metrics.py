@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from training.video_metrics import cnn_average, hit_report, hits_at, video_scores
+from training.topk import hits_at
+from training.video_metrics import cnn_average, hit_report, video_scores
 
 
 def multi_hot(labels: list[list[int]], classes: int) -> np.ndarray:
@@ -68,3 +69,19 @@ def test_at_sports1m_size_matches_a_plain_loop():
     assert report["clip_hit@1"] == pytest.approx(clip_hit)
     assert report["clips"] == videos * clips and report["videos"] == videos
     assert 0.2 < report["clip_hit@1"] < report["video_hit@1"] < report["video_hit@5"] < 1  # averaging helps
+
+
+def test_top_errors_count_a_hit_on_any_of_a_samples_classes():
+    from training.topk import multi_hot, top_errors
+
+    targets = multi_hot(np.array([0, 2, 1]), np.array(["0,3", "", "1,0,2"], dtype=object), 4)
+    assert targets.tolist() == [[1, 0, 0, 1], [0, 0, 1, 0], [1, 1, 1, 0]]
+    probs = np.array([[0.1, 0.2, 0.3, 0.4],  # top-1 is 3: one of its classes
+                      [0.4, 0.3, 0.2, 0.1],  # its class 2 third
+                      [0.1, 0.2, 0.3, 0.4]])  # top-1 3, its classes 0-2 below: a top-5 hit only
+    report = top_errors(probs, targets)
+    assert report["top1_error"] == pytest.approx(2 / 3) and report["top5_error"] == 0
+    assert report["per_class"]["0"] == {"count": 2, "top1_error": 0.5, "top5_error": 0.0}
+    assert report["per_class"]["3"] == {"count": 1, "top1_error": 0.0, "top5_error": 0.0}
+    one = top_errors(probs, multi_hot(np.array([3, 0, 1]), np.array(["", "", ""], dtype=object), 4))
+    assert (one["top1_error"], sorted(one["per_class"])) == (pytest.approx(1 / 3), ["0", "1", "3"])

@@ -163,3 +163,99 @@ def test_transfer_recipe_trains_only_the_top_layer(runs, demo, tmp_path):
     frozen = [k for k in before if not k.startswith("backbone.head.")]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("backbone.head."))
+
+
+def shard_list(listed, root, categories, out) -> dict:
+    from pipelines import shard
+    from pipelines.demo_video import H
+
+    assert shard.main(["--video", "--list", str(listed), "--images-root", str(root), "--categories", str(categories),
+                       "--out", str(out), "--frame-size", str(H), "--name", f"video-demo-{root.name}"]) == 0
+    return json.loads((out / "manifest.json").read_text())
+
+
+def test_ucf101_split_files_shard_as_the_class_folders_do(demo, tmp_path):
+    """UCF-101's classInd.txt (`1 ApplyEyeMakeup`: ids from 1), trainlist01.txt (labels from 1) and
+    testlist01.txt (no labels: the class folder is the label), with its CRLF line ends."""
+    classes = sorted(os.listdir(demo / "train"))
+    (tmp_path / "classInd.txt").write_bytes("".join(f"{i} {c}\r\n" for i, c in enumerate(classes, 1)).encode())
+
+    def files(split):  # every file of the folders, the ones to quarantine too
+        return [f"{c}/{f}" for c in classes for f in sorted(os.listdir(demo / split / c))]
+
+    (tmp_path / "trainlist01.txt").write_bytes(
+        "".join(f"{p} {classes.index(p.split('/')[0]) + 1}\r\n" for p in files("train")).encode())
+    (tmp_path / "testlist01.txt").write_bytes("".join(f"{p}\r\n" for p in files("val")).encode())
+    for split, listed, labels_from in (("train", "trainlist01.txt", "listed"), ("val", "testlist01.txt", "folder")):
+        manifest = shard_list(tmp_path / listed, demo / split, tmp_path / "classInd.txt", tmp_path / split)
+        folders = json.loads((demo / "shards" / split / "manifest.json").read_text())
+        assert manifest["labels_from"] == labels_from
+        for key in ("entries_read", "written", "quarantine_reasons", "per_class_written"):
+            assert manifest[key] == folders[key], (split, key)
+        index = json.loads((tmp_path / split / "index.json").read_text())
+        assert index == json.loads((demo / "shards" / split / "index.json").read_text())
+        for entry in index["shardlist"]:  # the very same shards, byte for byte
+            assert (tmp_path / split / entry["url"]).read_bytes() == (demo / "shards" / split / entry["url"]).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def multi_label(demo, tmp_path_factory):
+    """The demo's validation videos as a multi-label set: the first video of each class also carries the
+    next class (`v.mp4 moves_left,moves_right`, names or ids), the rest one label.  (list, shards, labels)."""
+    classes = sorted(os.listdir(demo / "val"))
+    folder = tmp_path_factory.mktemp("multi_label")
+    (folder / "classes.txt").write_text("\n".join(classes) + "\n")
+    lines, labels = [], {}
+    for c, name in enumerate(classes):
+        for i, f in enumerate(sorted(os.listdir(demo / "val" / name))):
+            labels[f"{name}/{f}"] = [c, (c + 1) % len(classes)] if i == 0 else [c]
+            token = f"{name},{classes[(c + 1) % len(classes)]}" if i == 0 and c % 2 else ",".join(map(str, labels[f"{name}/{f}"]))
+            lines.append(f"{name}/{f} {token}\n")
+    (folder / "list.txt").write_text("".join(lines))
+    manifest = shard_list(folder / "list.txt", demo / "val", folder / "classes.txt", folder / "shards")
+    assert (manifest["written"], manifest["entries_with_several_labels"], manifest["labels_from"]) == (20, 10, "listed")
+    return folder / "shards", labels
+
+
+def test_multi_label_lists_give_each_video_its_classes(multi_label):
+    from pipelines.online.catalog import Catalog
+    from pipelines.online.loader import target
+    from pipelines.online.streams import SequentialStream
+
+    shards, labels = multi_label
+    catalog = Catalog.load(str(shards))
+    assert catalog.multi_label and catalog.num_classes == 10
+    seen = {}
+    for draw in SequentialStream(catalog, 0, 1, 0, 1):
+        source = json.loads(draw.members["json"])["source"]
+        assert ("labels" in draw.members) == (len(labels[source]) > 1)  # only where there are several
+        row = target(draw, 0, catalog.num_classes)
+        assert row[0] == draw.cls == labels[source][0]  # in its first class's shard
+        seen[source] = [c for c in range(10) if row[1 + c]]
+    assert seen == {s: sorted(ls) for s, ls in labels.items()}
+
+
+def test_multi_label_videos_train_and_score_a_hit_on_any_of_their_classes(multi_label, tmp_path, capsys):
+    """Ray Train on the multi-label set (the softmax on equal shares of each video's classes); its
+    validation and evaluate.py agree, and count a hit on any of a video's classes."""
+    from training import evaluate, run
+
+    shards, labels = multi_label
+    argv = ["--config", os.path.join(run.ROOT, "configs", "video_demo.yaml"), "--set", f"data.train_shards={shards}",
+            "--set", f"data.val_shards={shards}", "--set", "model.name=video_single_frame", "--set", "run.epochs=1",
+            "--set", "data.loader_workers=0", "--set", "data.eval_clips=2", "--set", "data.sampling=uniform",
+            "--set", f"run.storage_path={tmp_path}", "--set", "run.name=ml"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert run.main(argv) == 0
+    final = json.loads((tmp_path / "ml" / "report.json").read_text())["final"]
+    assert final["trained_samples"] == 20 and final["val_images"] == 20
+    checkpoint = json.loads((tmp_path / "ml" / "report.json").read_text())["best_checkpoint"]
+    assert evaluate.main(["--checkpoint", checkpoint, "--shards", str(shards), "--clips", "2",
+                          "--out", str(tmp_path / "eval")]) == 0
+    video = json.loads((tmp_path / "eval" / "metrics.json").read_text())["video"][f"{checkpoint}/state.pt"]
+    assert video["video_hit@1"] == pytest.approx(1 - final["top1_error"])
+    assert video["clip_hit@1"] == pytest.approx(final["clip_hit1"])
+    top1 = {line.split()[0]: int(line.split()[1]) for line in (tmp_path / "eval" / "predictions.csv").read_text().splitlines()}
+    assert video["video_hit@1"] == pytest.approx(np.mean([top1[s] in ls for s, ls in labels.items()]))
+    # a class's row counts the videos that carry it: 2 of its own, 1 more from the class before
+    assert all(row["videos"] == 3 for row in video["per_class"].values())

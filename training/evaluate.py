@@ -40,6 +40,7 @@ from pipelines.online.catalog import Catalog, first_different_class
 from pipelines.storage import Location
 from training.attribute_metrics import attribute_report, plot_attribute_ap
 from training.inference import losses, predict
+from training.topk import multi_hot, top_errors
 from training.video_metrics import video_hits
 
 DEFAULT_SCALES = {"center": (256,), "ten_crop": (256,), "dense": (256, 384, 512), "multi_view": (256, 320),
@@ -52,19 +53,6 @@ def image_id(source: str, key: str) -> str:
     ids); a class-folder path stays whole, so `0.jpg` of two classes are two ids.  The sample key where
     the name holds whitespace, which the space-separated format cannot carry."""
     return key if any(c.isspace() for c in source) else source.lstrip("/")
-
-
-def top_errors(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
-    top5 = np.argsort(-probs, axis=1)[:, :5]
-    hit1, hit5 = top5[:, 0] == labels, (top5 == labels[:, None]).any(1)
-    per_class = {}
-    for c in range(num_classes):
-        mask = labels == c
-        if mask.any():
-            per_class[str(c)] = {"count": int(mask.sum()), "top1_error": float(1 - hit1[mask].mean()),
-                                 "top5_error": float(1 - hit5[mask].mean())}
-    return {"images": int(len(labels)), "top1_error": float(1 - hit1.mean()), "top5_error": float(1 - hit5.mean()),
-            "per_class": per_class}
 
 
 def fuse(probs: np.ndarray, kind: str, fit_mask: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, list[float]]:
@@ -349,15 +337,15 @@ def score(a: argparse.Namespace, checkpoints: list[str], size: int, scales: tupl
                "fusion_weights": weights, "checkpoints": checkpoints, "images": int(len(labels)),
                "heldout_for_fusion": int(fit_mask.sum()), "skipped_samples": skipped, "shards_not_as_listed": differ}
     names = class_names(a.shards)
-    if labeled:
-        metrics["models"] = {path: top_errors(probs[scored, i], labels[scored], len(names))
-                             for i, path in enumerate(checkpoints)}
-        metrics["fused"] = top_errors(fused[scored], labels[scored], len(names))
+    if labeled:  # a hit is any of a sample's classes (several in a multi-label set)
+        targets = multi_hot(labels[scored], result["labels"][scored], len(names))
+        metrics["models"] = {path: top_errors(probs[scored, i], targets) for i, path in enumerate(checkpoints)}
+        metrics["fused"] = top_errors(fused[scored], targets)
         if len(checkpoints) > 1:
-            metrics["fusions"] = {mode: {"weights": w, **top_errors(f[scored], labels[scored], len(names))}
+            metrics["fusions"] = {mode: {"weights": w, **top_errors(f[scored], targets)}
                                   for mode, (f, w) in fusions.items()}
         if clips:
-            metrics["video"] = video_hits(result["clip_probs"][scored], labels[scored], checkpoints, names)
+            metrics["video"] = video_hits(result["clip_probs"][scored], targets, checkpoints, names)
     top5 = np.argsort(-fused, axis=1)[:, :5]
     lines = [f"{image_id(src, key)} {' '.join(map(str, row))}"
              for src, key, row in zip(result["source"], result["key"], top5)]

@@ -72,7 +72,7 @@ def _sample_columns(samples: list, url: str) -> dict[str, np.ndarray]:
             "url": np.array([url] * len(samples), dtype=object),
             **{ext: np.array([s.members.get(ext, b"{}") for s in samples], dtype=object)
                for ext in ("cls", "jpg", "mp4", "json")},
-            "attr": np.array([s.members.get("attr", b"") for s in samples], dtype=object)}
+            **{ext: np.array([s.members.get(ext, b"") for s in samples], dtype=object) for ext in ("attr", "labels")}}
 
 
 @functools.lru_cache(maxsize=1)
@@ -112,22 +112,24 @@ def cut_views(batch: dict[str, np.ndarray], protocol: str, scales: tuple[int, ..
         transforms = view_transforms(protocol, scales, size)
         cut_one = lambda jpeg, mp4, meta: [t.views(jpeg).numpy() for t in transforms]  # noqa: E731
         blank = lambda: [t.views(blank_jpeg()).numpy() for t in transforms]  # noqa: E731
-    ok, cut, labels, sources, bits = [], [], [], [], []
+    ok, cut, labels, sources, bits, several = [], [], [], [], [], []
     absent = [b""] * len(batch["__key__"])  # images have no mp4 column, videos no jpg
-    for key, url, jpeg, mp4, cls, meta, attr in zip(batch["__key__"], batch["url"], batch.get("jpg", absent),
-                                                    batch.get("mp4", absent), batch["cls"], batch["json"],
-                                                    batch["attr"]):
+    for key, url, jpeg, mp4, cls, meta, attr, classes in zip(
+            batch["__key__"], batch["url"], batch.get("jpg", absent), batch.get("mp4", absent), batch["cls"],
+            batch["json"], batch["attr"], batch["labels"]):
         try:
             # the image id: the path as listed when sharding (shard.py always records it), else the key
             row = (True, int(bytes(cls)), str(json.loads(bytes(meta)).get("source", key)),
-                   cut_one(bytes(jpeg), bytes(mp4), bytes(meta)), _bits(bytes(attr), attributes))
+                   cut_one(bytes(jpeg), bytes(mp4), bytes(meta)), _bits(bytes(attr), attributes),
+                   bytes(classes).decode())
         except Exception as exc:  # a decoder error on one odd sample must not end the evaluation
             log.warning("evaluation skips sample %s of %s: %s: %s", key, url, type(exc).__name__, exc)
-            row = (False, -1, str(key), blank(), _bits(b"", attributes))
-        for column, value in zip((ok, labels, sources, cut, bits), row):
+            row = (False, -1, str(key), blank(), _bits(b"", attributes), "")
+        for column, value in zip((ok, labels, sources, cut, bits, several), row):
             column.append(value)
     out = {"key": batch["__key__"], "url": batch["url"], "ok": np.array(ok, dtype=bool),
            "cls": np.array(labels, dtype=np.int64), "source": np.array(sources, dtype=object),
+           "labels": np.array(several, dtype=object),  # a multi-label sample's classes ("2,7"), else ""
            "attr": np.stack(bits).astype(np.int8).reshape(len(ok), attributes)}
     for i, transform in enumerate(transforms):
         views = [c[i] for c in cut]
@@ -216,7 +218,7 @@ class Predictor:
         return torch.stack(rows), None if model.attribute_head is None else torch.stack(attribute_rows)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        keep = {k: batch[k] for k in ("key", "url", "ok", "cls", "source", "attr")}
+        keep = {k: batch[k] for k in ("key", "url", "ok", "cls", "source", "attr", "labels")}
         if self.clips:
             with torch.no_grad():
                 per_clip = torch.stack([self.clip_probabilities(i, batch) for i in range(len(self.models))], 1)
@@ -251,7 +253,8 @@ def predict(checkpoints, shards: str, protocol: str, scales, size: int, workers:
                         batch_size=rows, compute=ray.data.ActorPoolStrategy(size=workers),
                         num_gpus=1 if use_gpu else 0)
     parts = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
-    columns = ("key", "url", "ok", "cls", "source", "probs", "attr", "attr_probs", *(("clip_probs",) if clips else ()))
+    columns = ("key", "url", "ok", "cls", "labels", "source", "probs", "attr", "attr_probs",
+               *(("clip_probs",) if clips else ()))
     merged = {k: np.concatenate([p[k] for p in parts]) for k in columns}
     order = np.argsort(merged["key"])  # a stable order, whatever Ray's scheduling
     return {k: v[order] for k, v in merged.items()}

@@ -40,6 +40,9 @@ def check_training_inputs(cfg: TrainConfig) -> None:
     if (train.video is None) != (val.video is None):
         raise ConfigError(f"data.val_shards: {val.loc.uri()} holds {'videos' if val.video else 'images'} and the "
                           f"training shards {'videos' if train.video else 'images'}")
+    if train.multi_label and cfg.data.ingest == "ray_data":
+        raise ConfigError(f"config key 'data.ingest': {train.loc.uri()} is multi-label (samples with several "
+                          f"classes); its targets are made by the training worker's own loader (data.ingest: loader)")
     check_model_start(cfg, video=train.video is not None)
 
 

@@ -12,6 +12,7 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from pipelines.console import quiet_console_handlers
 from pipelines.online.catalog import Catalog
@@ -140,15 +141,16 @@ def evaluate_rank(model, cfg: TrainConfig, rank: int, world: int, device,
                                  attributes):
             x, y = normalize(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
             logits, attr_logits = model.predict(x)
-            labels = y[:, 0] if attributes else y
+            # a hit is any of the sample's classes: its one class, or a multi-label split's row of them
+            hot = y[:, 1:] if y.dim() == 2 and not attributes else F.one_hot(y[:, 0] if attributes else y, k)
             if clips is not None:  # (videos x clips x views_per_clip, K) -> per clip, per video
-                per_clip = logits.float().softmax(1).view(len(labels), -1, clips.views_per_clip, k).mean(2)
-                counts[3] += (per_clip.argmax(2) == labels[:, None]).sum()
+                per_clip = logits.float().softmax(1).view(len(y), -1, clips.views_per_clip, k).mean(2)
+                counts[3] += hot.gather(1, per_clip.argmax(2)).sum()
                 counts[4] += per_clip.shape[0] * per_clip.shape[1]
                 logits = per_clip.mean(1)
             top5 = logits.topk(min(5, k), dim=1).indices
-            counts[0] += (top5[:, 0] == labels).sum()
-            counts[1] += (top5 == labels[:, None]).any(1).sum()
+            counts[0] += hot.gather(1, top5[:, :1]).sum()
+            counts[1] += hot.gather(1, top5).amax(1).sum()
             counts[2] += len(y)
             if attributes:
                 scores.append(torch.sigmoid(attr_logits.float()).cpu().numpy())

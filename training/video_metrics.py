@@ -10,13 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def hits_at(scores: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
-    """(N,) bool: any label of row i (`targets`, (N, K) multi-hot) among the k highest `scores` of row i."""
-    if scores.shape != targets.shape:
-        raise ValueError(f"scores {scores.shape} and targets {targets.shape} differ in shape")
-    top = np.argpartition(-scores, min(k, scores.shape[1]) - 1, axis=1)[:, :k]
-    return targets[np.arange(len(scores))[:, None], top].astype(bool).any(1)
+from training.topk import hits_at
 
 
 def video_scores(clip_scores: np.ndarray, clip_video: np.ndarray, videos: int) -> np.ndarray:
@@ -53,12 +47,11 @@ def hit_report(clip_probs: np.ndarray, clip_video: np.ndarray, video_targets: np
             **{f"video_hit@{k}": float(h.mean()) for k, h in per_k.items()}, "per_class": per_class}
 
 
-def video_hits(clip_probs: np.ndarray, labels: np.ndarray, checkpoints: list[str], names: list[str]) -> dict:
+def video_hits(clip_probs: np.ndarray, targets: np.ndarray, checkpoints: list[str], names: list[str]) -> dict:
     """Karpathy et al.'s table: Clip Hit@1 and Video Hit@1/@5 of each model, and of their "CNN Average"
     (clip i's probabilities averaged over the models, then over the clips); per class, by name.
-    `clip_probs`: (videos, models, clips, K)."""
+    `clip_probs`: (videos, models, clips, K); `targets`: (videos, K) multi-hot."""
     videos, models, clips, k = clip_probs.shape
-    targets = np.eye(k, dtype=np.int8)[labels]  # one label per video; hit_report takes several
     clip_video = np.repeat(np.arange(videos), clips)
 
     def report(per_clip: np.ndarray) -> dict:

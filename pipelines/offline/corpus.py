@@ -1,9 +1,13 @@
 """What a raw corpus says: its classes and its entries (image path + label), as published.
 
 Formats accepted (REFERENCE.md):
-- categories: ``/a/airfield 0`` per line (Places365), or one bare class name per line (id = line number);
+- categories: ``/a/airfield 0`` per line (Places365), ``1 ApplyEyeMakeup`` (UCF-101's classInd.txt:
+  the id first, counted from 1), or one bare class name per line (id = line number);
 - lists: ``/a/art_school/00002916.jpg 20`` (with or without the leading ``/``),
-  ``Places365_val_00020696.jpg 156`` (bare names), or file names only (the unlabeled test list);
+  ``Places365_val_00020696.jpg 156`` (bare names), ``ApplyEyeMakeup/v_x.avi 1`` (UCF-101's trainlist:
+  labels counted as its classInd.txt counts them), ``VIDEO 208,209`` (several labels, Sports-1M's
+  multi-label lists), or file names only: the unlabeled test list, or, when every path sits in a
+  class's folder, a list whose labels are those folders (UCF-101's testlist);
 - a class-per-folder tree (ImageFolder layout): classes are the sorted subfolder names.
 
 Parsing is per line and pure, so the driver's streaming pre-flight and the Ray Data workers agree on
@@ -30,13 +34,20 @@ class CorpusError(ValueError):
     """A bad argument or input file, found before any work starts."""
 
 
+# Where a list's labels come from (`parse_line`)
+LISTED = "listed"  # the last token of each line: one label, or several joined by commas
+FOLDER = "folder"  # the folder each listed path sits in (UCF-101's testlist)
+NONE = "none"  # nowhere: an unlabeled test list
+
+
 @dataclass(frozen=True)
 class Categories:
     names: tuple[str, ...]
     ids_by_name: dict[str, int] = field(default_factory=dict, compare=False)
+    first_id: int = 0  # what a list's numeric labels count from: 0 (Places365) or 1 (UCF-101)
 
     @classmethod
-    def from_names(cls, names: list[str]) -> "Categories":
+    def from_names(cls, names: list[str], first_id: int = 0) -> "Categories":
         """Each class is found by its full name (leading and trailing `/` ignored: `c/church/indoor`) and by
         every shorter tail of it (`church/indoor`, `indoor`) that no other class shares."""
         ids: dict[str, int] = {}
@@ -53,7 +64,7 @@ class Categories:
             shared.discard(name.strip("/"))
         for tail in shared:
             ids[tail] = AMBIGUOUS
-        return cls(tuple(names), ids)
+        return cls(tuple(names), ids, first_id)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -62,7 +73,7 @@ class Categories:
         """The class id a list's label token means, None if it names no class, AMBIGUOUS if it is the
         tail of several classes' names (`indoor` for `/b/bazaar/indoor` and `/c/church/indoor`)."""
         if re.fullmatch(r"[+-]?\d+", token):
-            return int(token)
+            return int(token) - self.first_id
         return self.ids_by_name.get(token.strip("/"))
 
     def sharing(self, token: str) -> list[str]:
@@ -71,7 +82,7 @@ class Categories:
 
 
 def read_categories(loc: Location, rel: str = "") -> Categories:
-    """Parse ``name id`` lines (ids must be 0..K-1, each once) or bare names."""
+    """Parse ``name id`` or ``id name`` lines (ids 0..K-1 or 1..K, each once) or bare names."""
     where = loc.uri(rel)
     if not loc.is_file(rel):
         raise CorpusError(f"categories file not found: {where}")
@@ -86,22 +97,32 @@ def read_categories(loc: Location, rel: str = "") -> Categories:
     lines = [ln for ln in lines if ln]
     if not lines:
         raise CorpusError(f"categories file is empty: {where}")
-    pairs = [ln.rsplit(None, 1) for ln in lines]
-    if all(len(p) == 2 and p[1].isdigit() for p in pairs):
-        by_id: dict[int, str] = {}
-        for lineno, (name, idx) in enumerate(pairs, 1):
-            if int(idx) in by_id:
-                raise CorpusError(f"{where}:{lineno}: class id {idx} is given twice")
-            by_id[int(idx)] = name
-        if sorted(by_id) != list(range(len(by_id))):
-            raise CorpusError(f"{where}: class ids must be 0..{len(by_id) - 1} with no gaps")
-        names = [by_id[i] for i in range(len(by_id))]
+    name_id = [ln.rsplit(None, 1) for ln in lines]
+    id_name = [ln.split(None, 1)[::-1] for ln in lines]
+    first_id = 0
+    if all(len(p) == 2 and p[1].isdigit() for p in name_id):
+        names, first_id = _numbered(name_id, where)
+    elif all(len(p) == 2 and p[1].isdigit() and not p[0].isdigit() for p in id_name):
+        names, first_id = _numbered(id_name, where)
     else:
         names = lines
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise CorpusError(f"{where}: class name {dup!r} appears twice")
-    return Categories.from_names(names)
+    return Categories.from_names(names, first_id)
+
+
+def _numbered(pairs: list[list[str]], where: str) -> tuple[list[str], int]:
+    """(names in id order, the first id) of (name, id) pairs numbered 0..K-1 or 1..K."""
+    by_id: dict[int, str] = {}
+    for lineno, (name, idx) in enumerate(pairs, 1):
+        if int(idx) in by_id:
+            raise CorpusError(f"{where}:{lineno}: class id {idx} is given twice")
+        by_id[int(idx)] = name
+    first = min(by_id)
+    if first not in (0, 1) or sorted(by_id) != list(range(first, first + len(by_id))):
+        raise CorpusError(f"{where}: class ids must be 0..{len(by_id) - 1} or 1..{len(by_id)} with no gaps")
+    return [by_id[i] for i in range(first, first + len(by_id))], first
 
 
 @dataclass(frozen=True)
@@ -109,38 +130,85 @@ class Entry:
     """One list line after parsing. `problem` set means the entry goes to quarantine."""
 
     source: str  # the path exactly as listed
-    label: int  # class id, UNLABELED, or -2 when unusable
+    label: int  # class id (the first, with several), UNLABELED, or -2 when unusable
     label_token: str | None  # the label as written, for the quarantine report
     problem: str = ""
+    labels: tuple[int, ...] = ()  # every class id, in list order, when the line gives several
 
 
-def parse_line(line: str, categories: Categories, labeled: bool) -> Entry | None:
-    """Parse one list line; None for blank lines (they are not entries)."""
+def parse_line(line: str, categories: Categories, labels: str) -> Entry | None:
+    """Parse one list line (`labels`: LISTED, FOLDER or NONE); None for blank lines (not entries)."""
     text = line.strip()
     if not text:
         return None
-    if not labeled:
+    if labels == NONE:
         return Entry(source=text, label=UNLABELED, label_token=None)
-    parts = text.rsplit(None, 1)
-    if len(parts) == 1:
-        return Entry(source=text, label=-2, label_token=None, problem="missing_label: line has no label")
-    source, token = parts
+    if labels == FOLDER:
+        source, token = text, class_folder(text)
+        if not token:
+            return Entry(source, -2, None, problem="missing_label: the path is in no class folder")
+    else:
+        parts = text.rsplit(None, 1)
+        if len(parts) == 1:
+            return Entry(source=text, label=-2, label_token=None, problem="missing_label: line has no label")
+        source, token = parts
+    if labels == LISTED and categories.lookup(token) is None and "," in token:  # several labels (a class name may hold a comma)
+        ids = []
+        for part in token.split(","):
+            label, problem = _label(part, categories)
+            if problem:
+                return Entry(source, -2, token, problem=problem)
+            if label not in ids:
+                ids.append(label)
+        return Entry(source, ids[0], token, labels=tuple(ids) if len(ids) > 1 else ())
+    label, problem = _label(token, categories)
+    if problem and labels == FOLDER and problem.startswith("unknown_class"):
+        problem = f"unknown_class: folder {token!r} of {source!r} names no class of the categories"
+    return Entry(source, -2 if problem else label, token, problem=problem)
+
+
+def _label(token: str, categories: Categories) -> tuple[int, str]:
+    """(class id, "") of one label token, or (-2, the problem)."""
     label = categories.lookup(token)
     if label is None:
         # Callers decide: the pre-flight turns unknown class names into a CorpusError.
-        return Entry(source, -2, token, problem=f"unknown_class: {token!r} is not in the categories")
+        return -2, f"unknown_class: {token!r} is not in the categories"
     if label == AMBIGUOUS:
-        return Entry(source, -2, token, problem=f"unknown_class: {token!r} is ambiguous: it could be any of "
-                                                 f"{', '.join(categories.sharing(token))}; give the full name")
+        return -2, (f"unknown_class: {token!r} is ambiguous: it could be any of "
+                    f"{', '.join(categories.sharing(token))}; give the full name")
     if not 0 <= label < len(categories):
-        return Entry(source, -2, token, problem=f"label_out_of_range: {label} not in [0, {len(categories)})")
-    return Entry(source, label, token)
+        first = categories.first_id
+        return -2, f"label_out_of_range: {token} not in [{first}, {first + len(categories)})"
+    return label, ""
 
 
-def detect_labeled(first_line: str) -> bool:
-    """A list is labeled if its first entry ends in a label token (test lists have names only)."""
-    parts = first_line.strip().rsplit(None, 1)
-    return len(parts) == 2
+def class_folder(source: str) -> str:
+    """The folder a listed path sits in (``ApplyEyeMakeup`` of ``ApplyEyeMakeup/v_x.avi``), or ""."""
+    return posixpath.dirname(posixpath.normpath(source.strip().strip("/")))
+
+
+def label_source(first_line: str, categories: Categories | None) -> str:
+    """Where a list's labels are, from its first entry: a label token (LISTED); else the class folder
+    its path sits in (FOLDER), when that folder names a class; else nowhere (NONE)."""
+    if len(first_line.strip().rsplit(None, 1)) == 2:
+        return LISTED
+    folder = class_folder(first_line)
+    label = categories.lookup(folder) if categories is not None and folder else None
+    if label is not None and 0 <= label < len(categories):
+        return FOLDER
+    return NONE
+
+
+def encode_labels(labels: tuple[int, ...]) -> bytes:
+    """A sample's `labels` member: every class id, first the one its shard is for (``b"3,7"``)."""
+    return ",".join(map(str, labels)).encode()
+
+
+def decode_labels(member: bytes | None, cls: int) -> list[int]:
+    """A sample's class ids: its `labels` member, or its one class `cls` without one."""
+    if not member:
+        return [cls]
+    return [int(x) for x in member.decode().split(",")]
 
 
 def relative_image_path(source: str) -> str | None:

@@ -88,11 +88,13 @@ def reject_files_in(out: Location) -> list[str]:
 
 
 def write_index(out: Location, summaries: list[dict], name: str, class_names: tuple[str, ...],
-                attribute_names: tuple[str, ...] | None = None, video: dict | None = None) -> None:
+                attribute_names: tuple[str, ...] | None = None, video: dict | None = None,
+                multi_label: bool = False) -> None:
     """The wids-v1 shard index, plus our `layout`, `num_classes`, `class_names` (in label order: what
     training checks its validation shards and checkpoints against), `total_samples`, with attributes
-    `attribute_names` (the order of each sample's `attr` bits), and for video shards `video` (the
-    stored frame rate and size: what clip sampling reads)."""
+    `attribute_names` (the order of each sample's `attr` bits), for video shards `video` (the
+    stored frame rate and size: what clip sampling reads), and `multi_label` when samples may carry
+    several classes (a `labels` member; the shard's class is the first)."""
     shardlist = [{"url": s["url"], "nsamples": s["nsamples"], "filesize": s["filesize"], "md5sum": s["md5sum"],
                   "class": s["label"]}
                  for s in sorted(summaries, key=lambda s: s["url"]) if s["nsamples"]]
@@ -104,6 +106,8 @@ def write_index(out: Location, summaries: list[dict], name: str, class_names: tu
         index["attribute_names"] = list(attribute_names)
     if video is not None:
         index["video"] = video
+    if multi_label:
+        index["multi_label"] = True
     out.write_atomic(INDEX_FILE, (json.dumps(index, sort_keys=True, indent=1) + "\n").encode())
 
 

@@ -24,7 +24,8 @@ from pipelines.hashing import stable_hash
 from pipelines.media.images import ImageRejected, ImageSettings, prepare_image
 from pipelines.media.video import VideoRejected, VideoSettings, prepare_video
 from pipelines.offline.attributes import AttributeFile, join, parse_row
-from pipelines.offline.corpus import UNLABELED, Categories, parse_line, relative_image_path, sample_key
+from pipelines.offline.corpus import (UNLABELED, Categories, encode_labels, parse_line, relative_image_path,
+                                      sample_key)
 from pipelines.offline.list_file import lines_in_range
 from pipelines.offline.tar_shard import build_shard
 from pipelines.storage import Location
@@ -37,7 +38,7 @@ class ShardPlan:
     """Everything a worker needs to place an entry, decided by the driver's pre-flight."""
 
     categories: Categories
-    labeled: bool
+    labels: str  # where each line's labels are: corpus.LISTED, FOLDER or NONE
     shards_per_label: dict[int, int]
     num_buckets: int
     seed: int
@@ -73,13 +74,14 @@ def parse_ranges(batch: dict[str, np.ndarray], plan: ShardPlan, list_loc: Locati
             yield parse_lines(chunk, plan)
 
 
-ENTRY_COLUMNS = ("source", "label", "label_token", "key", "path", "problem", "bucket", "group", "kind", "attr")
+ENTRY_COLUMNS = ("source", "label", "label_token", "key", "path", "problem", "bucket", "group", "kind", "attr",
+                 "labels")
 
 
 def parse_lines(lines: list[str], plan: ShardPlan) -> dict[str, np.ndarray]:
     cols: dict[str, list] = {k: [] for k in ENTRY_COLUMNS}
     for line in lines:
-        entry = parse_line(line, plan.categories, plan.labeled)
+        entry = parse_line(line, plan.categories, plan.labels)
         if entry is None:
             continue
         key = sample_key(entry.source)
@@ -95,6 +97,7 @@ def parse_lines(lines: list[str], plan: ShardPlan) -> dict[str, np.ndarray]:
         cols["group"].append("" if problem else plan.group_of(entry.label, key))
         cols["kind"].append("entry")
         cols["attr"].append("")
+        cols["labels"].append(encode_labels(entry.labels).decode())  # "" for one label (the shard's)
     return _columns(cols)
 
 
@@ -119,7 +122,7 @@ def parse_attribute_ranges(batch: dict[str, np.ndarray], plan: ShardPlan) -> Ite
             path, key = relative_image_path(source) or "", sample_key(source)
             row = {"source": source, "label": -1, "label_token": "", "key": key, "path": path,
                    "problem": problem or ("" if path else "no usable path"), "group": "", "kind": "attributes",
-                   "bucket": stable_hash("bucket", key) % plan.num_buckets, "attr": bits}
+                   "bucket": stable_hash("bucket", key) % plan.num_buckets, "attr": bits, "labels": ""}
             for name in ENTRY_COLUMNS:
                 cols[name].append(row[name])
         yield _columns(cols)
@@ -127,7 +130,8 @@ def parse_attribute_ranges(batch: dict[str, np.ndarray], plan: ShardPlan) -> Ite
 
 # -- stage 2: one bucket of keys; every duplicate of a key lands in the same bucket -----------------
 def resolve_duplicates(batch: dict[str, np.ndarray], plan: ShardPlan) -> dict[str, np.ndarray]:
-    everything = sorted(_rows(batch), key=lambda r: (r["key"], r["source"], r["label"], r["problem"], r["attr"]))
+    everything = sorted(_rows(batch), key=lambda r: (r["key"], r["source"], r["label"], r["labels"], r["problem"],
+                                                     r["attr"]))
     rows = [r for r in everything if r["kind"] == "entry"]
     rejects, keep = [], []
     by_key: dict[str, list[dict]] = {}
@@ -138,13 +142,15 @@ def resolve_duplicates(batch: dict[str, np.ndarray], plan: ShardPlan) -> dict[st
             by_key.setdefault(row["key"], []).append(row)
     for key, same in by_key.items():
         # Compare normalised paths: "a/x.jpg" and "/a/x.jpg" are the same file listed twice.
-        labels_of: dict[str, set[int]] = {}
+        labels_of: dict[str, set[str]] = {}
         for r in same:
-            labels_of.setdefault(r["path"], set()).add(r["label"])
+            labels_of.setdefault(r["path"], set()).add(r["labels"] or str(r["label"]))
         usable = []
         for r in same:
             if len(labels_of[r["path"]]) > 1:  # one image in two classes: which is right is unknowable
-                rejects.append(_reject(r, f"conflicting_labels: listed with labels {sorted(labels_of[r['path']])}"))
+                listed = sorted(labels_of[r["path"]], key=lambda t: [int(x) for x in t.split(",")])
+                listed = [int(t) if t.lstrip("-").isdigit() else t for t in listed]
+                rejects.append(_reject(r, f"conflicting_labels: listed with labels {listed}"))
             else:
                 usable.append(r)
         if not usable:
@@ -171,6 +177,7 @@ def resolve_duplicates(batch: dict[str, np.ndarray], plan: ShardPlan) -> dict[st
         "source": np.array([r["source"] for r in keep], dtype=object),
         "path": np.array([r["path"] for r in keep], dtype=object),
         "attr": np.array([r["attr"] for r in keep], dtype=object),
+        "labels": np.array([r["labels"] for r in keep], dtype=object),
     }
 
 
@@ -183,7 +190,7 @@ def write_rejects(out: Location, name: str, rejects: list[dict]) -> None:
 # -- stage 3: one row per shard ---------------------------------------------------------------------
 def collect_group(batch: dict[str, np.ndarray], plan: ShardPlan) -> dict[str, np.ndarray]:
     rows = sorted(_rows(batch), key=lambda r: (order_of(plan.seed, r["key"]), r["key"]))
-    members = [[r["key"], r["source"], r["path"], r["attr"]] for r in rows]
+    members = [[r["key"], r["source"], r["path"], r["attr"], r["labels"]] for r in rows]
     return {
         "group": np.array([rows[0]["group"]], dtype=object),
         "label": np.array([rows[0]["label"]], dtype=np.int64),
@@ -209,7 +216,7 @@ def _write_one(group: str, label: int, members: list[list[str]], plan: ShardPlan
     samples, quarantine, passthrough = [], [], 0
     cls_bytes = str(label).encode()
     video = isinstance(plan.media, VideoSettings)
-    for key, source, path, attr in members:
+    for key, source, path, attr, labels in members:
         try:
             media, meta, kept = _prepare(_read_source(plan.images_root, path), plan.media)
         except (ImageRejected, VideoRejected) as exc:
@@ -222,7 +229,11 @@ def _write_one(group: str, label: int, members: list[list[str]], plan: ShardPlan
         passthrough += kept
         meta = json.dumps({"source": source, **meta}, sort_keys=True)
         sample = {"__key__": key, "cls": cls_bytes, **media, "json": meta.encode()}
-        samples.append({**sample, "attr": attr.encode()} if attr else sample)
+        if attr:
+            sample["attr"] = attr.encode()
+        if labels:  # several classes, the shard's first (corpus.encode_labels)
+            sample["labels"] = labels.encode()
+        samples.append(sample)
 
     sidecar = {"group": group, "url": url, "label": label, "fingerprint": fingerprint,
                "nsamples": len(samples), "with_attributes": sum("attr" in s for s in samples), "filesize": 0,

@@ -34,11 +34,12 @@ class Shard:
 class Catalog:
     def __init__(self, loc: Location, shards: list[Shard], num_classes: int, name: str,
                  class_names: list[str] | None = None, attribute_names: list[str] | None = None,
-                 video: dict | None = None):
+                 video: dict | None = None, multi_label: bool = False):
         self.loc, self.shards, self.num_classes, self.name = loc, shards, num_classes, name
         self.class_names = class_names  # in label order; None in an index written before they were kept
         self.attribute_names = attribute_names or []  # the order of each sample's `attr` bits
         self.video = video  # video shards: their stored frame rate and size; None for images
+        self.multi_label = multi_label  # samples may carry several classes (a `labels` member)
         self.by_url = {s.url: s for s in shards}
         self.by_class: dict[int, list[Shard]] = {}
         for s in shards:
@@ -70,7 +71,7 @@ class Catalog:
             raise ValueError(f"{loc.uri('index.json')} lists no shards")
         num_classes = int(index.get("num_classes", max(s.cls for s in shards) + 1))
         return cls(loc, shards, num_classes, index.get("name", ""), index.get("class_names"),
-                   index.get("attribute_names"), index.get("video"))
+                   index.get("attribute_names"), index.get("video"), bool(index.get("multi_label")))
 
 
     def unavailable_shards(self) -> list[str]:

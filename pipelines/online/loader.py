@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 
 from pipelines.hashing import stable_hash
 from pipelines.offline.attributes import decode as decode_attributes
+from pipelines.offline.corpus import decode_labels
 from pipelines.online.catalog import Catalog
 from pipelines.online.clips import ClipTransform
 from pipelines.online.streams import ClassAwareStream, SequentialStream, UniformStream, split_range
@@ -79,6 +80,7 @@ class _RankBatches(IterableDataset):
             stream = ClassAwareStream(catalog, self.cfg.seed, self.rank, self.world_size, worker, workers,
                                       self.cfg.batch_size, start=self.start, state=state)
         bad = (state or {}).get("bad_samples", 0)
+        multi_hot = catalog.num_classes if catalog.multi_label else 0
         images, extras, labels = [], [], []
         for draw in stream:
             rng = random.Random(stable_hash(self.cfg.seed, "augment", self.epoch, self.rank, worker, stream.yielded))
@@ -86,7 +88,7 @@ class _RankBatches(IterableDataset):
             try:
                 # extra: what the device finishes the sample with, drawn here where randomness is tracked:
                 # PCA alphas, or (decode="device") the crop offsets and flip
-                label = target(draw, self.cfg.attributes)
+                label = target(draw, self.cfg.attributes, multi_hot)
                 if self.cfg.decode == "device":
                     image, extra = draw.members["jpg"], [rng.random(), rng.random(), rng.random()]
                 else:  # an image's crop, or a video's clip (`clips.ClipTransform`)
@@ -128,15 +130,23 @@ class _EvalSamples(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        for draw in SequentialStream(Catalog.load(self.shards), self.rank, self.world_size, worker, workers):
-            yield self.transform.sample_views(draw.members), target(draw, self.attributes)
+        catalog = Catalog.load(self.shards)
+        multi_hot = catalog.num_classes if catalog.multi_label else 0
+        for draw in SequentialStream(catalog, self.rank, self.world_size, worker, workers):
+            yield self.transform.sample_views(draw.members), target(draw, self.attributes, multi_hot)
 
 
-def target(draw, attributes: int) -> int | list[int]:
-    """A sample's label: its class, or with `attributes` [class, its `attr` bits (MISSING without)]."""
-    if not attributes:
-        return draw.cls
-    return [draw.cls, *decode_attributes(draw.members.get("attr"), attributes).tolist()]
+def target(draw, attributes: int, multi_hot: int = 0) -> int | list[int]:
+    """A sample's label: its class; with `attributes` [class, its `attr` bits (MISSING without)]; in a
+    multi-label split (`multi_hot`: its class count) [class, 0/1 per class: its `labels` member's]."""
+    if attributes:
+        return [draw.cls, *decode_attributes(draw.members.get("attr"), attributes).tolist()]
+    if multi_hot:
+        row = [0] * multi_hot
+        for c in decode_labels(draw.members.get("labels"), draw.cls):
+            row[c] = 1
+        return [draw.cls, *row]
+    return draw.cls
 
 
 def eval_batches(shards: str, transform: EvalTransform | ClipTransform, rank: int = 0, world_size: int = 1, batch_size: int = 64,

@@ -113,9 +113,12 @@ class RelayNet(nn.Module):
 
     def _losses(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"loss": total to back-propagate, "loss1": top, "loss2"...: auxiliary, "logits": top}``, and
-        with attributes ``"loss_attr"`` and ``"attr_logits"``.  `y`: class ids, or with attributes one row
-        per sample, [class id, 0/1 (or MISSING) per attribute]."""
+        with attributes ``"loss_attr"`` and ``"attr_logits"``.  `y`: class ids, or one row per sample:
+        with attributes [class id, 0/1 (or MISSING) per attribute]; in a multi-label split [class id,
+        0/1 per class], the softmax's target then being the sample's classes in equal shares."""
         labels, attributes = (y[:, 0], y[:, 1:]) if y.dim() == 2 else (y, None)
+        if attributes is not None and self.attribute_head is None:
+            labels, attributes = self._shares(attributes), None
         logits, aux, features = self(x) if self.training else self._forward_top(x)  # eval: no auxiliary loss
         smoothing = self.label_smoothing
         result = {"loss1": F.cross_entropy(logits, labels, label_smoothing=smoothing)}
@@ -134,6 +137,15 @@ class RelayNet(nn.Module):
         result["loss"] = total
         result["logits"] = logits
         return result
+
+    def _shares(self, multi_hot: torch.Tensor) -> torch.Tensor:
+        """A multi-label row's target distribution: 1/n on each of its n classes."""
+        if multi_hot.shape[1] != self.backbone.num_classes:
+            raise ValueError(f"the batch's label rows have {multi_hot.shape[1]} columns after the class id: "
+                             f"neither the model's {self.backbone.num_classes} classes nor its "
+                             f"{self.num_attributes} attributes")
+        shares = multi_hot.float()
+        return shares / shares.sum(1, keepdim=True).clamp(min=1)
 
     def _forward_top(self, x):
         features = self.backbone.forward_features(x)
