@@ -1,7 +1,7 @@
 """Sharding at Places2 scale, measured: how the driver's memory, the workers' memory, every output file
 and the wall time grow with the number of list entries, extrapolated to Places365-Challenge (8,026,628).
 
-    python benchmarks/shard_scale.py --entries 100000 300000 1000000 [--classes 365] [--keep-corpus]
+    python benchmarks/shard_scale.py --entries 100000 300000 1000000 [--classes 365] [--shard-samples 1000]
 
 For each size, a Places-style list over 365 classes with Places' imbalance (class sizes spaced
 geometrically from 1 to 10) is built cheaply: every entry is a distinct path, a hard link to one of 64
@@ -101,9 +101,9 @@ def processes():
             continue
 
 
-def run_sharding(list_path: str, images: str, categories: str, out: str) -> dict:
+def run_sharding(list_path: str, images: str, categories: str, out: str, shard_samples: int = 1000) -> dict:
     cmd = [sys.executable, os.path.join(ROOT, "pipelines", "shard.py"), "--list", list_path, "--images-root", images,
-           "--categories", categories, "--out", out, "--image-size", "16", "--shard-samples", "1000"]
+           "--categories", categories, "--out", out, "--image-size", "16", "--shard-samples", str(shard_samples)]
     started = time.perf_counter()
     log = tempfile.TemporaryFile()
     driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -135,6 +135,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--entries", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
     p.add_argument("--classes", type=int, default=365)
+    p.add_argument("--shard-samples", type=int, default=1000, help="shard.py's --shard-samples: fewer, more shards")
     p.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
     a = p.parse_args()
     work = a.work or tempfile.mkdtemp(prefix="shard-scale-")
@@ -147,7 +148,7 @@ def main() -> None:
             built = time.perf_counter() - t0
             out = os.path.join(folder, "out")
             row = {"entries": n, "corpus_build_s": round(built, 1),
-                   **run_sharding(list_path, images, categories, out), "outputs": output_sizes(out)}
+                   **run_sharding(list_path, images, categories, out, a.shard_samples), "outputs": output_sizes(out)}
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)  # progress, while the next size runs
             shutil.rmtree(folder)
@@ -158,7 +159,8 @@ def main() -> None:
     trend = {m: fit(xs, [r[m] for r in rows]) for m in ("wall_s", "driver_peak_rss_mb", "largest_worker_rss_mb")}
     kinds = sorted({k for r in rows for k in r["outputs"]})
     files = {k: fit(xs, [r["outputs"].get(k, {}).get("largest_bytes", 0) / 2**20 for r in rows]) for k in kinds}
-    print(json.dumps({"classes": a.classes, "cpus": os.cpu_count(), "runs": rows, "trend": trend,
+    print(json.dumps({"classes": a.classes, "shard_samples": a.shard_samples, "cpus": os.cpu_count(), "runs": rows,
+                      "trend": trend,
                       "largest_file_mb_trend": files}, indent=1))
 
 

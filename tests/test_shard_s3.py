@@ -110,3 +110,41 @@ def test_unreachable_bucket_fails_before_any_work(cluster_with_s3, capsys):
     assert shard.main(["--list", "s3://no-such-bucket/train.txt", "--images-root", "s3://no-such-bucket/i",
                        "--categories", "s3://no-such-bucket/c.txt", "--out", "s3://no-such-bucket/out"]) == 2
     assert "no-such-bucket" in capsys.readouterr().err
+
+
+def test_ucf101_videos_shard_from_a_bucket_as_from_a_local_folder(cluster_with_s3, tmp_path):
+    """UCF-101's layout in a bucket (classInd.txt, a trainlist with CRLF ends, one line of two labels, one
+    video missing), sharded bucket to bucket and from a local copy: the same files, byte for byte."""
+    from pipelines.media.video import encode_video
+    from test_video_decode import moving_square
+
+    files = {"classInd.txt": b"1 Left\r\n2 Right\r\n",
+             "trainlist01.txt": b"Left/v_a.avi 1\r\nRight/v_b.mp4 2\r\nRight/v_c.mkv 2,1\r\nLeft/v_gone.avi 1\r\n",
+             "UCF-101/Left/v_a.avi": encode_video(moving_square(30, 64, 48, -2), 25, "avi", "mpeg4"),
+             "UCF-101/Right/v_b.mp4": encode_video(moving_square(30, 64, 48, 2), 25, "mp4", "libx264"),
+             "UCF-101/Right/v_c.mkv": encode_video(moving_square(30, 48, 64, 3), 24, "matroska", "libvpx-vp9")}
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="ucf")
+    for key, data in files.items():
+        client.put_object(Bucket="ucf", Key=key, Body=data)
+        (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / key).write_bytes(data)
+    common = ["--video", "--frame-size", "32", "--shard-samples", "2", "--name", "ucf"]
+    assert shard.main(["--list", "s3://ucf/trainlist01.txt", "--images-root", "s3://ucf/UCF-101", "--categories",
+                       "s3://ucf/classInd.txt", "--out", "s3://ucf/shards", *common]) == 0
+    assert shard.main(["--list", str(tmp_path / "trainlist01.txt"), "--images-root", str(tmp_path / "UCF-101"),
+                       "--categories", str(tmp_path / "classInd.txt"), "--out", str(tmp_path / "out"), *common]) == 0
+    remote = Location.parse("s3://ucf/shards")
+    manifest = json.loads(remote.read_bytes("manifest.json"))
+    assert (manifest["entries_read"], manifest["written"], manifest["entries_with_several_labels"]) == (4, 3, 1)
+    assert manifest["quarantine_reasons"] == {"missing_file": 1}
+    assert manifest["per_class_written"] == {"Left": 1, "Right": 2}
+    index = json.loads(remote.read_bytes("index.json"))
+    assert index["multi_label"] and index["class_names"] == ["Left", "Right"]
+    for name in ["index.json", "classes.json", "classes.parquet", *[s["url"] for s in index["shardlist"]]]:
+        assert remote.read_bytes(name) == (tmp_path / "out" / name).read_bytes(), name
+    labels = {}
+    for entry in index["shardlist"]:
+        for sample in wds.WebDataset(str(tmp_path / "out" / entry["url"]), shardshuffle=False, empty_check=False):
+            labels[sample["__key__"]] = (int(sample["cls"]), sample.get("labels"))
+    assert labels == {"Left_v_a": (0, None), "Right_v_b": (1, None), "Right_v_c": (1, b"1,0")}

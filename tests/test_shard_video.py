@@ -134,9 +134,10 @@ def test_training_checks_network_and_shards_agree(sharded, tmp_path):
     slow = [*on_videos, "model.name=video_slow_fusion", "model.options={input_size: 40, width: 0.25, fc: 64}"]
     with pytest.raises(ConfigError, match=r"'data.size' is 224 but video_slow_fusion is built for 40x40"):
         check_training_inputs(load(None, slow))
-    with pytest.raises(ConfigError, match="data.ingest.*own loader"):
-        check_training_inputs(load(None, [*slow, "data.size=40", "data.ingest=ray_data"]))
+    with pytest.raises(ConfigError, match=r"'data.decode': video clips are decoded on CPUs"):
+        check_training_inputs(load(None, [*slow, "data.size=40", "data.decode=device"]))
     check_training_inputs(load(None, [*slow, "data.size=40"]))
+    check_training_inputs(load(None, [*slow, "data.size=40", "data.ingest=ray_data"]))
 
 
 def test_a_list_of_videos_with_a_missing_file(ray_cluster, tree, tmp_path):

@@ -259,3 +259,44 @@ def test_multi_label_videos_train_and_score_a_hit_on_any_of_their_classes(multi_
     assert video["video_hit@1"] == pytest.approx(np.mean([top1[s] in ls for s, ls in labels.items()]))
     # a class's row counts the videos that carry it: 2 of its own, 1 more from the class before
     assert all(row["videos"] == 3 for row in video["per_class"].values())
+
+
+def test_ray_data_ingest_makes_the_loaders_clips_and_trains_every_video_once(demo, tmp_path):
+    """`data.ingest: ray_data` on video shards: a task's row for (epoch, position) is the clip the worker's
+    own loader makes of that video with that position's randomness; a uniform epoch trains each video once."""
+    import random
+
+    from pipelines.hashing import stable_hash
+    from pipelines.online.catalog import Catalog
+    from pipelines.online.class_offsets import ClassOffsets
+    from pipelines.online.epoch_order import EpochOrder
+    from pipelines.online.ray_ingest import IngestSpec, decode_rows
+    from pipelines.online.tar_stream import ShardReader
+    from training import run
+    from training.config import load
+    from training.train_loop import network_clips
+
+    cfg = load(os.path.join(run.ROOT, "configs", "video_demo.yaml"), [
+        f"data.train_shards={demo}/shards/train", "model.name=video_late_fusion"])
+    clips = network_clips(cfg)
+    assert clips.offsets == (0, 15) and clips.size == cfg.data.size
+    spec = IngestSpec(shards=f"{demo}/shards/train", mode="uniform", seed=4, transform=clips)
+    rows = decode_rows({"epoch": np.array([1, 1]), "position": np.array([0, 7])}, spec)
+    assert rows["image"].shape == (2, 3, 2, cfg.data.size, cfg.data.size) and rows["ok"].all()
+    catalog = Catalog.load(spec.shards)
+    offsets = ClassOffsets(catalog)
+    for j, position in enumerate((0, 7)):
+        row = offsets.row(EpochOrder(offsets.rows, 1, 4, 1).row(position))
+        sample = ShardReader(catalog.loc, row.url, offset=row.offset).next()  # the stream reader's way in
+        clip, _ = clips.sample(sample.members, random.Random(stable_hash(4, "augment", 1, position)))
+        assert np.array_equal(rows["image"][j], clip.numpy()) and rows["label"][j] == row.cls
+
+    argv = ["--config", os.path.join(run.ROOT, "configs", "video_demo.yaml"),
+            "--set", f"data.train_shards={demo}/shards/train", "--set", f"data.val_shards={demo}/shards/val",
+            "--set", "model.name=video_late_fusion", "--set", "run.epochs=1", "--set", "run.workers=1",
+            "--set", "data.ingest=ray_data", "--set", "data.sampling=uniform", "--set", "data.eval_clips=2",
+            "--set", "data.loader_workers=0", "--set", f"run.storage_path={tmp_path}", "--set", "run.name=ingest"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert run.main(argv) == 0
+    final = json.loads((tmp_path / "ingest" / "report.json").read_text())["final"]
+    assert (final["trained_samples"], final["skipped_samples"], final["val_images"]) == (30, 0, 20)

@@ -91,9 +91,9 @@ def check_media(cfg: TrainConfig, model, video: bool) -> None:
     if not video:
         raise ConfigError(f"config key 'model.name': {m.name} is a video network (clips of {len(offsets)} frames) "
                           f"and data.train_shards holds images: shard videos with pipelines/shard.py --video")
-    if d.ingest != "loader" or d.decode != "workers":
-        raise ConfigError("config key 'data.ingest': video clips are decoded by the training worker's own loader "
-                          "(data.ingest: loader, data.decode: workers)")
+    if d.decode != "workers":
+        raise ConfigError("config key 'data.decode': video clips are decoded on CPUs, by the worker's loader "
+                          "or Ray Data's tasks (data.decode: workers)")
     if d.size != model.backbone.input_size:
         raise ConfigError(f"config key 'data.size' is {d.size} but {m.name} is built for {model.backbone.input_size}"
                           f"x{model.backbone.input_size} clips: set model.options.input_size to {d.size} (or "

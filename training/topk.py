@@ -16,7 +16,7 @@ def hits_at(scores: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
     """(N,) bool: any label of row i (`targets`, (N, K) multi-hot) among the k highest `scores` of row i."""
     if scores.shape != targets.shape:
         raise ValueError(f"scores {scores.shape} and targets {targets.shape} differ in shape")
-    top = np.argpartition(-scores, min(k, scores.shape[1]) - 1, axis=1)[:, :k]
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # ties: the lower class first
     return targets[np.arange(len(scores))[:, None], top].astype(bool).any(1)
 
 

@@ -91,11 +91,18 @@ def clip_transform(cfg: TrainConfig, model) -> ClipTransform | None:
                          clips=cfg.data.eval_clips)
 
 
-def ingest_spec(cfg: TrainConfig) -> IngestSpec:
-    """What `data.ingest: ray_data`'s tasks need to make the training rows."""
+def network_clips(cfg: TrainConfig) -> ClipTransform | None:
+    """`clip_transform` of the configured network, built without weights (on the meta device): what the
+    driver hands `data.ingest: ray_data`'s tasks."""
+    with torch.device("meta"):
+        return clip_transform(cfg, build_model(cfg, warm_start=False))
+
+
+def ingest_spec(cfg: TrainConfig, clips: ClipTransform | None = None) -> IngestSpec:
+    """What `data.ingest: ray_data`'s tasks need to make the training rows (a video network's `clips`)."""
     d = cfg.data
-    return IngestSpec(shards=d.train_shards, mode=d.sampling, seed=cfg.run.seed, transform=train_transform(cfg),
-                      attributes=cfg.model.num_attributes, block=d.read_block, chunk=d.ingest_chunk)
+    return IngestSpec(shards=d.train_shards, mode=d.sampling, seed=cfg.run.seed,
+                      transform=clips or train_transform(cfg), attributes=cfg.model.num_attributes, block=d.read_block, chunk=d.ingest_chunk)
 
 
 def build_train_loader(cfg: TrainConfig, rank: int, world: int, device, plan=None,
@@ -105,7 +112,7 @@ def build_train_loader(cfg: TrainConfig, rank: int, world: int, device, plan=Non
     d = cfg.data
     channels_last = device.type == "cuda" and cfg.run.channels_last and clips is None
     if d.ingest == "ray_data":
-        return RayDataInput(ingest_spec(cfg), plan, rank, world, d.batch_size, device, channels_last,
+        return RayDataInput(ingest_spec(cfg, clips), plan, rank, world, d.batch_size, device, channels_last,
                             d.ingest_prefetch)
     transform = clips or train_transform(cfg)
     return ShardLoader(LoaderConfig(shards=d.train_shards, mode=d.sampling, batch_size=d.batch_size,

@@ -10,8 +10,9 @@ One epoch:
 - a task maps each position to a sample (uniform: the epoch's global shuffle, `epoch_order`; class-aware:
   draw d of the job's one WM sequence, `wm_sequence`), fetches it with one range read, decodes and
   augments it with randomness drawn from (seed, epoch, position) (so a retried task yields the same
-  rows), and returns uint8 crops with labels and positions.  A sample that cannot be read or decoded
-  stays in the block with `ok` false: it is counted as skipped, never silently lost;
+  rows), and returns uint8 crops (of a video: its clip, `clips.ClipTransform`) with labels and
+  positions.  A sample that cannot be read or decoded stays in the block with `ok` false: it is
+  counted as skipped, never silently lost;
 - `streaming_split` gives each block to the rank that has received the fewest rows so far.
 
 What is exact: every epoch trains each of its positions once across the ranks (uniform: every sample of
@@ -40,6 +41,7 @@ from pipelines.hashing import stable_hash
 from pipelines.offline.attributes import decode as decode_attributes
 from pipelines.online.catalog import READ_ERRORS, Catalog, RangeReader
 from pipelines.online.class_offsets import ClassOffsets
+from pipelines.online.clips import ClipTransform
 from pipelines.online.epoch_order import EpochOrder
 from pipelines.online.tar_stream import parse_sample
 from pipelines.online.transforms import TrainTransform
@@ -57,7 +59,7 @@ class IngestSpec:
     shards: str
     mode: str  # uniform | class-aware
     seed: int
-    transform: TrainTransform
+    transform: TrainTransform | ClipTransform  # an image's crop, or a video's clip
     attributes: int = 0
     block: int = 1  # uniform: samples per block of the epoch order (see epoch_order)
     chunk: int = 128  # positions per data task (at most: small epochs get smaller ones)
@@ -134,13 +136,13 @@ def _reader(shards: str, mode: str, seed: int) -> RangeReader:
 
 
 def decode_rows(batch: dict[str, np.ndarray], spec: IngestSpec) -> dict[str, np.ndarray]:
-    """Positions of an epoch -> uint8 HWC crops (a batch of them permutes to channels-last NCHW for free),
-    PCA alphas, labels, positions and an `ok` flag."""
+    """Positions of an epoch -> uint8 HWC crops (a batch of them permutes to channels-last NCHW for free)
+    or (3, T, S, S) clips, PCA alphas, labels, positions and an `ok` flag."""
     catalog, offsets, sequence = _corpus(spec.shards, spec.mode, spec.seed)
     reader = _reader(spec.shards, spec.mode, spec.seed)
-    size = spec.transform.size
-    n = len(batch["position"])
-    images = np.zeros((n, size, size, 3), np.uint8)
+    t, n = spec.transform, len(batch["position"])
+    clips = isinstance(t, ClipTransform)
+    images = np.zeros((n, 3, len(t.offsets), t.size, t.size) if clips else (n, t.size, t.size, 3), np.uint8)
     extras = np.zeros((n, 3), np.float32)
     labels = np.zeros((n, 1 + spec.attributes) if spec.attributes else (n,), np.int64)
     ok = np.zeros(n, bool)
@@ -154,7 +156,7 @@ def decode_rows(batch: dict[str, np.ndarray], spec: IngestSpec) -> dict[str, np.
             if not row.size:
                 raise EOFError(f"{row.url}: a sample that could not be indexed")
             members = parse_sample(reader.read(row.url, row.offset, row.size), row.url, row.offset).members
-            image, extra = spec.transform(members["jpg"], rng)
+            image, extra = t.sample(members, rng)
             attrs = decode_attributes(members.get("attr"), spec.attributes).tolist() if spec.attributes else []
         except (*READ_ERRORS, KeyError) as exc:
             log.warning("skipping unreadable sample at %s:%d: %s: %s", catalog.loc.uri(row.url), row.offset,
@@ -163,7 +165,7 @@ def decode_rows(batch: dict[str, np.ndarray], spec: IngestSpec) -> dict[str, np.
         except Exception as exc:  # an undecodable image: skipped and counted like an unreadable one
             log.warning("skipping undecodable sample at %s:%d: %s", catalog.loc.uri(row.url), row.offset, exc)
             continue
-        images[j] = image.permute(1, 2, 0).numpy()
+        images[j] = image.numpy() if clips else image.permute(1, 2, 0).numpy()
         extras[j, :len(extra)] = extra
         labels[j] = [row.cls, *attrs] if spec.attributes else row.cls
         ok[j] = True

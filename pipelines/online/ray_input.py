@@ -146,9 +146,11 @@ class RayDataInput:
             images, extras, labels = batch["image"], batch["extra"], batch["label"]
             if bad:
                 images, extras, labels = images[ok], extras[ok], labels[ok]
-            images = images.to(self.device, non_blocking=cuda).permute(0, 3, 1, 2)  # HWC rows: channels-last
-            if not self.channels_last:
-                images = images.contiguous()
+            images = images.to(self.device, non_blocking=cuda)
+            if images.dim() == 4:  # HWC rows (a video's clip rows are (3, T, S, S) already)
+                images = images.permute(0, 3, 1, 2)  # channels-last
+                if not self.channels_last:
+                    images = images.contiguous()
             yield self.normalize(images, extras), labels.to(self.device, non_blocking=cuda)
         self._epoch, self._in_epoch, self._done, self._consumed = None, 0, [], []
 
