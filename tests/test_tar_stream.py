@@ -63,3 +63,20 @@ def test_corruption_is_reported_after_the_last_whole_sample(shard, tmp_path):
     short.next(), short.next()
     with pytest.raises(EOFError):
         short.next()
+
+
+def test_shards_are_the_bytes_webdatasets_tar_writer_writes():
+    """tar_shard writes with `tarfile` (webdataset imports torch): the same bytes as webdataset.TarWriter,
+    long (PAX) and non-ASCII names, empty and several-block members included."""
+    import io
+
+    import webdataset as wds
+
+    rows = [*samples(7), {"__key__": "caf\u00e9_\u2028x", "cls": b"1", "labels": b"1,0", "mp4": b"", "json": "{}"}]
+    buf = io.BytesIO()
+    writer = wds.TarWriter(buf, user="places", group="places", mtime=0, encoder=False)
+    for row in rows:
+        writer.write({k: v.encode() if isinstance(v, str) else v for k, v in row.items() if k != "__key__"}
+                     | {"__key__": row["__key__"]})
+    writer.tarstream.close()
+    assert build_shard(rows).data == buf.getvalue()
