@@ -18,6 +18,17 @@ pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def writer_nodes(list_tasks) -> set[str]:
+    """The nodes that ran sharding's `write_group` tasks.  Workers report task events about once a second,
+    so a run that has just ended may not be in the state API yet: ask again for up to 30 s."""
+    deadline = time.time() + 30
+    while True:
+        nodes = {t["node_id"] for t in list_tasks(detail=True, limit=10_000) if "write_group" in t["name"]}
+        if len(nodes) >= 2 or time.time() > deadline:
+            return nodes
+        time.sleep(0.5)
+
+
 def common(tmp_path, name: str) -> list[str]:
     return ["--set", f"data.train_shards={tmp_path}/train", "--set", f"data.val_shards={tmp_path}/val",
             "--set", f"run.storage_path={tmp_path}/runs", "--set", "run.epochs=2", "--set", "model.num_classes=3",
@@ -86,8 +97,7 @@ def test_sharding_and_ddp_across_nodes_match_one_node(tmp_path, capsys):
             cluster.add_node(num_cpus=1, resources={"gpu_node": 1})
         ray.init(address=cluster.address)
         shard(tmp_path / "tree", tmp_path / "sharded-on-3-nodes")
-        writers = [t for t in list_tasks(detail=True, limit=10_000) if "write_group" in t["name"]]
-        assert len({t["node_id"] for t in writers}) == 2  # both worker nodes wrote shards
+        assert len(writer_nodes(list_tasks)) == 2  # both worker nodes wrote shards
 
         assert run.main(common(tmp_path, "refused")) == 2
         err = capsys.readouterr().err
