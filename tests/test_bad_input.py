@@ -92,6 +92,12 @@ def files_under(root) -> dict[str, tuple[int, int]]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def shard_list(listed: str, categories: str = "cats.txt", *extra: str) -> list[str]:
+    """shard.py's argv for a list and a categories file of the module's `lists` folder."""
+    return ["--list", f"{{root}}/lists/{listed}", "--images-root", "{root}/lists/images", "--categories",
+            f"{{root}}/lists/{categories}", *extra, "--out", "{out}"]
+
+
 # (row, tool, argv with {root} for the module's folder, the message the one error line must hold)
 CASES = [
     ("batch_size -1 (it hung, growing memory)", "run", ["--config", "{root}/base.yaml", "--set", "data.batch_size=-1"],
@@ -195,36 +201,29 @@ CASES = [
      ["--image-folder", "{root}/tree", "--out", "{root}/busy_out"],
      "another run (pid {pid} on {host}, since earlier) is writing to {root}/busy_out; wait for it to end"),
     ("shard.py: a latin-1 list (a raw UnicodeDecodeError without a line)", "shard",
-     ["--list", "{root}/lists/latin.txt", "--images-root", "{root}/lists/images", "--categories",
-      "{root}/lists/cats.txt", "--out", "{out}"],
+     shard_list("latin.txt"),
      "{root}/lists/latin.txt:2: not UTF-8 text (byte 0xe9 at column 11); re-encode the file as UTF-8"),
     ("shard.py: a label-less list whose path sits in a folder naming no class", "shard",
-     ["--list", "{root}/lists/testlist.txt", "--images-root", "{root}/lists/images", "--categories",
-      "{root}/lists/cats.txt", "--out", "{out}"],
+     shard_list("testlist.txt"),
      "{root}/lists/testlist.txt:2: folder 'volcano' of 'volcano/b.jpg' names no class of the categories"),
     ("shard.py: attributes with a multi-label list", "shard",
-     ["--list", "{root}/lists/multi.txt", "--images-root", "{root}/lists/images", "--categories",
-      "{root}/lists/cats.txt", "--attributes", "{root}/lists/attributes.csv", "--out", "{out}"],
+     shard_list("multi.txt", "cats.txt", "--attributes", "{root}/lists/attributes.csv"),
      "{root}/lists/multi.txt gives several labels per entry: --attributes are for single-label scene lists"),
     ("shard.py: categories numbered from 2", "shard",
-     ["--list", "{root}/lists/multi.txt", "--images-root", "{root}/lists/images", "--categories",
-      "{root}/lists/cats_from2.txt", "--out", "{out}"],
+     shard_list("multi.txt", "cats_from2.txt"),
      "{root}/lists/cats_from2.txt: class ids must be 0..1 or 1..2 with no gaps"),
     ("multi-label shards with ray_data ingest", "run",
      ["--config", "{root}/base.yaml", "--set", "data.train_shards={root}/train_multi_label", "--set",
       "data.ingest=ray_data"],
      "config key 'data.ingest': {root}/train_multi_label is multi-label"),
     ("shard.py: a gzipped list", "shard",
-     ["--list", "{root}/lists/list.txt.gz", "--images-root", "{root}/lists/images", "--categories",
-      "{root}/lists/cats.txt", "--out", "{out}"],
+     shard_list("list.txt.gz"),
      "list file {root}/lists/list.txt.gz is gzip-compressed: decompress it first"),
     ("shard.py: a binary file as list", "shard",
-     ["--list", "{root}/lists/photo.txt", "--images-root", "{root}/lists/images", "--categories",
-      "{root}/lists/cats.txt", "--out", "{out}"],
+     shard_list("photo.txt"),
      "{root}/lists/photo.txt:1: not a text list (a NUL byte at column 5)"),
     ("shard.py: a latin-1 categories file", "shard",
-     ["--list", "{root}/lists/latin.txt", "--images-root", "{root}/lists/images", "--categories",
-      "{root}/lists/cats_latin.txt", "--out", "{out}"],
+     shard_list("latin.txt", "cats_latin.txt"),
      "{root}/lists/cats_latin.txt:2: not UTF-8 text (byte 0xe9); re-encode it as UTF-8"),
     ("evaluate.py: a 3-class checkpoint on 5-class shards", "evaluate",
      ["--checkpoint", "{root}/model3.pt", "--shards", "{root}/val5", "--out", "{out}"],
