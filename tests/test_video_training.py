@@ -274,11 +274,11 @@ def test_ray_data_ingest_makes_the_loaders_clips_and_trains_every_video_once(dem
     from pipelines.online.tar_stream import ShardReader
     from training import run
     from training.config import load
-    from training.train_loop import network_clips
+    from training.train_loop import clip_offsets, clip_transform
 
     cfg = load(os.path.join(run.ROOT, "configs", "video_demo.yaml"), [
         f"data.train_shards={demo}/shards/train", "model.name=video_late_fusion"])
-    clips = network_clips(cfg)
+    clips = clip_transform(cfg, clip_offsets(cfg))
     assert clips.offsets == (0, 15) and clips.size == cfg.data.size
     spec = IngestSpec(shards=f"{demo}/shards/train", mode="uniform", seed=4, transform=clips)
     rows = decode_rows({"epoch": np.array([1, 1]), "position": np.array([0, 7])}, spec)

@@ -222,18 +222,11 @@ def check_inputs(checkpoints: list[str], shards: str) -> tuple[list[str], list, 
     return paths, configs, attributes
 
 
-def clip_offsets(cfg) -> tuple[int, ...] | None:
-    """The frames a checkpoint's video network takes (built on the meta device: no memory, no time);
-    None for an image network."""
-    from training.train_loop import build_model
-
-    with torch.device("meta"):
-        return getattr(build_model(cfg, warm_start=False).backbone, "clip_offsets", None)
-
-
 def clip_transforms(configs: list, shards: str, clips: int) -> list[ClipTransform]:
     """Each checkpoint's test clips of the video shards: the frames its network takes, at the crop size
     and mirroring it was trained with."""
+    from training.train_loop import clip_offsets
+
     fps = Catalog.load(shards).video["fps"]
     out = []
     for cfg in configs:
@@ -282,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     add_verbose_flag(p)
     a = p.parse_args(argv)
+    from training.train_loop import clip_offsets  # (Ray Train's import: once the arguments parse)
+
     try:  # before Ray starts: a wrong path is a one-line error, not a traceback from an actor
         checkpoints, configs, attributes = check_inputs(a.checkpoint, a.shards)
         video = Catalog.load(a.shards).video is not None

@@ -120,11 +120,11 @@ def make_trainer(cfg: TrainConfig, name: str, callbacks: list | None = None, rep
     data = {}
     if cfg.data.ingest == "ray_data":
         from pipelines.online.ray_ingest import EpochPlan, EpochSplit, build_dataset
-        from training.train_loop import ingest_spec, network_clips
+        from training.train_loop import clip_offsets, clip_transform, ingest_spec
 
         plan = EpochPlan.remote()  # the handle travels in the loop config: the actor lives as long as the run
         d = cfg.data
-        dataset = build_dataset(ingest_spec(cfg, network_clips(cfg)), plan, d.ingest_cpus,
+        dataset = build_dataset(ingest_spec(cfg, clip_transform(cfg, clip_offsets(cfg))), plan, d.ingest_cpus,
                                 {d.ingest_resource: d.ingest_cpus} if d.ingest_resource else None, verbose)
         loop_config["ingest_plan"] = plan
         data = {"datasets": {"train": dataset}, "dataset_config": EpochSplit(equal=d.sampling == "class-aware")}

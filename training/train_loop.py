@@ -80,10 +80,16 @@ def train_transform(cfg: TrainConfig) -> TrainTransform:
     return TrainTransform(crop=d.crop, size=d.size, jitter=tuple(d.jitter), flip=d.flip, pca=pca)
 
 
-def clip_transform(cfg: TrainConfig, model) -> ClipTransform | None:
-    """For a video network (its backbone names the frames it takes: `clip_offsets`), clips of the stored
+def clip_offsets(cfg) -> tuple[int, ...] | None:
+    """The frames the configured video network takes (built on the meta device: no memory, no time);
+    None for an image network."""
+    with torch.device("meta"):
+        return getattr(build_model(cfg, warm_start=False).backbone, "clip_offsets", None)
+
+
+def clip_transform(cfg: TrainConfig, offsets: tuple[int, ...] | None) -> ClipTransform | None:
+    """For a video network (`offsets`: the frames its backbone takes, `clip_offsets`), clips of the stored
     videos at their stored rate; None for an image network."""
-    offsets = getattr(model.backbone, "clip_offsets", None)
     if offsets is None:
         return None
     fps = Catalog.load(cfg.data.train_shards).video["fps"]
@@ -91,18 +97,12 @@ def clip_transform(cfg: TrainConfig, model) -> ClipTransform | None:
                          clips=cfg.data.eval_clips)
 
 
-def network_clips(cfg: TrainConfig) -> ClipTransform | None:
-    """`clip_transform` of the configured network, built without weights (on the meta device): what the
-    driver hands `data.ingest: ray_data`'s tasks."""
-    with torch.device("meta"):
-        return clip_transform(cfg, build_model(cfg, warm_start=False))
-
-
 def ingest_spec(cfg: TrainConfig, clips: ClipTransform | None = None) -> IngestSpec:
     """What `data.ingest: ray_data`'s tasks need to make the training rows (a video network's `clips`)."""
     d = cfg.data
     return IngestSpec(shards=d.train_shards, mode=d.sampling, seed=cfg.run.seed,
-                      transform=clips or train_transform(cfg), attributes=cfg.model.num_attributes, block=d.read_block, chunk=d.ingest_chunk)
+                      transform=clips or train_transform(cfg), attributes=cfg.model.num_attributes,
+                      block=d.read_block, chunk=d.ingest_chunk)
 
 
 def build_train_loader(cfg: TrainConfig, rank: int, world: int, device, plan=None,
@@ -196,7 +196,7 @@ def train_fn_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.run.seed)
     checkpoint = ray.train.get_checkpoint()
     model = build_model(cfg, warm_start=checkpoint is None)
-    clips = clip_transform(cfg, model)
+    clips = clip_transform(cfg, getattr(model.backbone, "clip_offsets", None))
     if gpu and cfg.run.channels_last and clips is None:  # (Conv3d's layout would be channels_last_3d)
         model = model.to(memory_format=torch.channels_last)
     ddp = ray.train.torch.prepare_model(model)  # DDP on several workers; the model itself on one
