@@ -7,8 +7,9 @@ For each size, a Places-style list over 365 classes with Places' imbalance (clas
 geometrically from 1 to 10) is built cheaply: every entry is a distinct path, a hard link to one of 64
 tiny 16x16 baseline JPEGs, which sharding passes through byte for byte (`--image-size 16`), so the
 figures are sharding's own bookkeeping, not JPEG decoding.  Then `pipelines/shard.py` runs in a
-subprocess (starting its own local Ray on every CPU), sampled every 0.2 s from /proc: peak RSS of the driver, and of the
-largest Ray worker process.  Printed as JSON per size: wall time, those peaks, the size of every
+subprocess (starting its own local Ray on every CPU), sampled every 0.2 s from /proc: peak RSS of the driver
+(and of each of its parts: private, mapped files, Ray object store pages), and of the largest Ray worker
+process.  Printed as JSON per size: wall time, those peaks, the size of every
 output file type (total and largest file), then per metric the least-squares slope per entry and
 the value it extrapolates to at 8,026,628 entries.
 """
@@ -83,13 +84,23 @@ def output_sizes(out: str) -> dict[str, dict]:
     return {k: {"files": len(v), "total_bytes": sum(v), "largest_bytes": max(v)} for k, v in sorted(sizes.items())}
 
 
-def rss(pid: int) -> int:
-    """Resident bytes of a process (Linux /proc), 0 once it is gone."""
+RSS_PARTS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")  # total = private heap + mapped files + shared memory
+
+
+def rss_parts(pid: int) -> dict[str, int]:
+    """Resident bytes of a process (Linux /proc) and its three parts: RssShmem counts the pages of Ray's
+    object store that the process has touched, which are the store's memory, not the process's.  {} once
+    the process is gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-    except (OSError, StopIteration, ValueError):
-        return 0
+            parts = {k: int(v.split()[0]) * 1024 for k, _, v in (line.partition(":") for line in f) if k in RSS_PARTS}
+    except (OSError, ValueError):
+        return {}
+    return parts if len(parts) == len(RSS_PARTS) else {}
+
+
+def rss(pid: int) -> int:
+    return rss_parts(pid).get("VmRSS", 0)
 
 
 def processes():
@@ -107,10 +118,12 @@ def run_sharding(list_path: str, images: str, categories: str, out: str, shard_s
     started = time.perf_counter()
     log = tempfile.TemporaryFile()
     driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    driver_peak = worker_peak = 0
+    driver_peak: dict[str, int] = dict.fromkeys(RSS_PARTS, 0)  # each part's own peak
+    worker_peak = 0
     worker_title = ""  # what the largest worker was running when it peaked (Ray sets it as the process title)
     while driver.poll() is None:
-        driver_peak = max(driver_peak, rss(driver.pid))
+        for part, size in rss_parts(driver.pid).items():
+            driver_peak[part] = max(driver_peak[part], size)
         for pid, cmdline in processes():
             if "default_worker.py" in cmdline or cmdline.startswith("ray::"):
                 size = rss(pid)
@@ -121,7 +134,10 @@ def run_sharding(list_path: str, images: str, categories: str, out: str, shard_s
     output = log.read().decode(errors="replace")
     if driver.returncode != 0:
         raise RuntimeError(f"shard.py failed ({driver.returncode}):\n{output[-3000:]}")
-    return {"wall_s": round(time.perf_counter() - started, 1), "driver_peak_rss_mb": round(driver_peak / 2**20, 1),
+    mb = {part: round(size / 2**20, 1) for part, size in driver_peak.items()}
+    return {"wall_s": round(time.perf_counter() - started, 1), "driver_peak_rss_mb": mb["VmRSS"],
+            "driver_peak_anon_mb": mb["RssAnon"], "driver_peak_file_mb": mb["RssFile"],
+            "driver_peak_shmem_mb": mb["RssShmem"],
             "largest_worker_rss_mb": round(worker_peak / 2**20, 1), "largest_worker_running": worker_title,
             "last_line": output.strip().splitlines()[-1]}
 
@@ -156,7 +172,8 @@ def main() -> None:
         if not a.work:
             shutil.rmtree(work, ignore_errors=True)
     xs = [r["entries"] for r in rows]
-    trend = {m: fit(xs, [r[m] for r in rows]) for m in ("wall_s", "driver_peak_rss_mb", "largest_worker_rss_mb")}
+    trend = {m: fit(xs, [r[m] for r in rows]) for m in ("wall_s", "driver_peak_rss_mb", "driver_peak_anon_mb",
+                                                       "driver_peak_shmem_mb", "largest_worker_rss_mb")}
     kinds = sorted({k for r in rows for k in r["outputs"]})
     files = {k: fit(xs, [r["outputs"].get(k, {}).get("largest_bytes", 0) / 2**20 for r in rows]) for k in kinds}
     print(json.dumps({"classes": a.classes, "shard_samples": a.shard_samples, "cpus": os.cpu_count(), "runs": rows,

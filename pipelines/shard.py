@@ -28,8 +28,9 @@ from pipelines.offline import list_file, shard_index
 from pipelines.offline.attributes import AttributeFile, read_attribute_file
 from pipelines.offline.corpus import (LISTED, UNLABELED, Categories, CorpusError, image_folder_classes,
                                       image_folder_files, label_source, parse_line, read_categories)
-from pipelines.offline.shard_tasks import (STATE_DIR, ShardPlan, collect_group, parse_attribute_ranges,
-                                           parse_ranges, resolve_duplicates, write_group, write_rejects)
+from pipelines.offline.shard_tasks import (MEMBERS_DIR, STATE_DIR, ShardPlan, collect_group,
+                                           parse_attribute_ranges, parse_ranges, resolve_duplicates, write_group,
+                                           write_rejects)
 from pipelines.settings_file import SettingsFileError, read_mapping
 from pipelines.storage import Location, LockedError, exclusive
 
@@ -280,6 +281,7 @@ def _run_locked(cfg: ShardConfig, out: Location, started: float, verbose: bool) 
     plan = make_plan(cfg, pf, out)
     start_ray(verbose)
     summaries = _run_pipeline(pf, plan)
+    out.remove_tree(MEMBERS_DIR)  # the shards' member lists: every shard is written, its sidecar says what it holds
 
     reasons = shard_index.quarantine_reasons(out, summaries)
     written = sum(s["nsamples"] for s in summaries)
@@ -339,8 +341,8 @@ def _run_pipeline(pf: Preflight, plan: ShardPlan) -> list[dict]:
                                        batch_format="numpy"))
     ds = ds.groupby("bucket", num_partitions=plan.num_buckets).map_groups(
         resolve_duplicates, fn_kwargs={"plan": plan}, batch_format="numpy")
-    # One row per shard.  Materialising this (metadata only) stops Ray from fusing the heavy write
-    # stage into the shuffle's reduce tasks, which would leave most CPUs idle.
+    # One row per shard (its member list is a file: shard_tasks).  Materialising these stops Ray from
+    # fusing the heavy write stage into the shuffle's reduce tasks, which would leave most CPUs idle.
     # partitions sized by entries, not CPUs, so a partition's rows stay bounded as the corpus grows
     partitions = min(num_groups, max(4 * cpus, math.ceil(pf.entries / GROUP_ROWS)))
     groups = ds.groupby("group", num_partitions=partitions).map_groups(
@@ -362,6 +364,7 @@ def _clean_previous_attempt(out: Location) -> None:
     out.make_dirs(STATE_DIR)
     out.remove_temp_files()
     out.remove_temp_files(STATE_DIR)
+    out.remove_tree(MEMBERS_DIR)  # a killed run's member lists: this run writes its own
     for name in shard_index.reject_files_in(out):  # listed, not globbed: OUT may hold [ or ?
         out.remove(f"{STATE_DIR}/{name}")
 

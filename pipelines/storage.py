@@ -157,6 +157,11 @@ class Location:
         if self.fs.exists(self.path(rel)):
             self.fs.rm(self.path(rel))
 
+    def remove_tree(self, rel: str) -> None:
+        """`rel` and everything below it (an object store: every key under the prefix, in bulk requests)."""
+        if self.fs.exists(self.path(rel)):
+            self.fs.rm(self.path(rel), recursive=True)
+
     def remove_temp_files(self, rel: str = "") -> int:
         """Delete leftovers of `write_atomic` from an interrupted run; returns how many."""
         if not self.is_local or not self.is_dir(rel):

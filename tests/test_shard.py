@@ -9,12 +9,17 @@ import os
 import tarfile
 from collections import Counter
 
+import numpy as np
 import pytest
 import webdataset as wds
 from PIL import Image
 
 from conftest import encode, odd_files, scene
 from pipelines import shard
+from pipelines.media.images import ImageSettings
+from pipelines.offline.corpus import LISTED, Categories, sample_key
+from pipelines.offline.shard_tasks import ShardPlan, collect_group, order_of, write_group
+from pipelines.storage import Location
 
 CLASSES = ["/a/alpha", "/b/beta", "/c/gamma"]
 COUNTS = [12, 6, 3]
@@ -237,6 +242,33 @@ def test_rerun_elsewhere_is_byte_identical(sharded, corpus, tmp_path):
     assert first == sorted(p.name for p in tmp_path.iterdir() if p.is_file() and p.name != "manifest.json")
     for name in first:
         assert (out / name).read_bytes() == (tmp_path / name).read_bytes(), name
+
+
+def test_a_shards_member_list_goes_by_file_not_through_the_driver(sharded, corpus, tmp_path):
+    """Ray keeps a task result under 100 KB in the submitting process, here the driver: carried as the
+    rows of a shard, every shard's member list gathered there (per entry: 2.4 GB extrapolated to 8M).
+    The row holds the shard's name and class; the list is a file in .state/members that write_group reads,
+    and a finished run leaves none."""
+    out, _ = sharded
+    assert not (out / ".state" / "members").exists()
+    plan = ShardPlan(categories=Categories.from_names(["a"]), labels=LISTED, shards_per_label={0: 1}, num_buckets=1,
+                     seed=0, images_root=Location.parse(str(corpus["images"])), out=Location.parse(str(tmp_path)),
+                     media=ImageSettings(64, "square", 90, 100_000))
+    sources = ["/a/alpha/003.jpg", "/a/alpha/004.jpg", "/a/alpha/005.jpg"]
+    keys = [sample_key(s) for s in sources]
+    batch = {"group": np.array(["c0000-00000"] * 3, dtype=object), "label": np.zeros(3, dtype=np.int64),
+             "key": np.array(keys, dtype=object), "source": np.array(sources, dtype=object),
+             "path": np.array([s[1:] for s in sources], dtype=object), "attr": np.array([""] * 3, dtype=object),
+             "labels": np.array([""] * 3, dtype=object)}
+    row = collect_group(batch, plan)
+    assert {k: v.tolist() for k, v in row.items()} == {"group": ["c0000-00000"], "label": [0]}
+    listed = json.loads((tmp_path / ".state" / "members" / "c0000-00000.json").read_text())
+    assert sorted(listed) == sorted([k, s, s[1:], "", ""] for k, s in zip(keys, sources))
+    assert [m[0] for m in listed] == sorted(keys, key=lambda k: (order_of(0, k), k))
+    summary = write_group(row, plan)
+    assert summary["nsamples"].tolist() == [3]
+    with tarfile.open(tmp_path / "c0000-00000.tar") as tar:
+        assert [m.name for m in tar.getmembers() if m.name.endswith(".jpg")] == [f"{m[0]}.jpg" for m in listed]
 
 
 def test_rerun_in_place_reuses_verified_shards_and_rebuilds_tampered_ones(sharded, corpus):

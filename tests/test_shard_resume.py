@@ -69,6 +69,7 @@ def test_killed_driver_resumes_and_matches_an_uninterrupted_run(ray_cluster, big
     total_shards = 4 * 15
     assert done_at_kill < total_shards
     assert not (out / "manifest.json").exists() and not (out / "index.json").exists()
+    assert len(list((out / ".state" / "members").glob("c*.json"))) == total_shards  # lists of the shards to write
     complete_tars(out)
 
     time.sleep(2)  # let Ray reap the dead driver's tasks
@@ -77,6 +78,7 @@ def test_killed_driver_resumes_and_matches_an_uninterrupted_run(ray_cluster, big
     assert manifest["written"] == 240 and manifest["shards"] == total_shards
     assert manifest["shards_reused"] >= done_at_kill
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+    assert not (out / ".state" / "members").exists()
 
     fresh = tmp_path / "fresh"
     assert shard.main(argv(big_corpus, fresh)) == 0

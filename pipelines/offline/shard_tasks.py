@@ -1,11 +1,14 @@
 """The functions Ray Data runs on workers while sharding, one per pipeline stage.
 
     list lines --parse--> entries --by key bucket: resolve_duplicates--> valid entries
-               --by shard: collect_group--> one row per shard --write_group--> tar + sidecar
+               --by shard: collect_group--> member list file, one row per shard --write_group--> tar + sidecar
 
 Only metadata crosses the shuffles; image bytes are read, converted and written inside `write_group`,
-one shard at a time, so a worker's memory is bounded by one shard.  Every function is deterministic
-given its input rows, whatever order Ray delivers them in.
+one shard at a time, so a worker's memory is bounded by one shard.  A shard's member list goes from
+`collect_group` to `write_group` as a file in OUT/.state/members, not as a Ray object: Ray keeps a task
+result under 100 KB (a shard's list is about that) in the memory of the process that submitted the
+task, so carried as rows, the lists of the whole corpus gathered in the sharding driver.  Every function
+is deterministic given its input rows, whatever order Ray delivers them in.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pipelines.offline.tar_shard import build_shard
 from pipelines.storage import Location
 
 STATE_DIR = ".state"  # per-shard sidecars and per-bucket reject lists: what makes a rerun resumable
+MEMBERS_DIR = f"{STATE_DIR}/members"  # each shard's member list, from collect_group to write_group; removed after
 
 
 @dataclass(frozen=True)
@@ -191,17 +195,22 @@ def write_rejects(out: Location, name: str, rejects: list[dict]) -> None:
 def collect_group(batch: dict[str, np.ndarray], plan: ShardPlan) -> dict[str, np.ndarray]:
     rows = sorted(_rows(batch), key=lambda r: (order_of(plan.seed, r["key"]), r["key"]))
     members = [[r["key"], r["source"], r["path"], r["attr"], r["labels"]] for r in rows]
+    group = rows[0]["group"]
+    plan.out.write_atomic(members_file(group), json.dumps(members).encode())
     return {
-        "group": np.array([rows[0]["group"]], dtype=object),
+        "group": np.array([group], dtype=object),
         "label": np.array([rows[0]["label"]], dtype=np.int64),
-        "members": np.array([json.dumps(members)], dtype=object),
     }
+
+
+def members_file(group: str) -> str:
+    return f"{MEMBERS_DIR}/{group}.json"
 
 
 # -- stage 4: read, convert, write one shard --------------------------------------------------------
 def write_group(batch: dict[str, np.ndarray], plan: ShardPlan) -> dict[str, np.ndarray]:
-    summaries = [_write_one(str(g), int(lab), json.loads(str(m)), plan)
-                 for g, lab, m in zip(batch["group"], batch["label"], batch["members"])]
+    summaries = [_write_one(str(g), int(lab), json.loads(plan.out.read_bytes(members_file(str(g)))), plan)
+                 for g, lab in zip(batch["group"], batch["label"])]
     return {k: np.array([s[k] for s in summaries]) for k in summaries[0]}
 
 
