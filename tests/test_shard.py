@@ -246,7 +246,7 @@ def test_rerun_elsewhere_is_byte_identical(sharded, corpus, tmp_path):
 
 def test_a_shards_member_list_goes_by_file_not_through_the_driver(sharded, corpus, tmp_path):
     """Ray keeps a task result under 100 KB in the submitting process, here the driver: carried as the
-    rows of a shard, every shard's member list gathered there (per entry: 2.4 GB extrapolated to 8M).
+    rows of a shard, every shard's member list gathered there (2.0 GB at 8M by shard_scale.py's fit).
     The row holds the shard's name and class; the list is a file in .state/members that write_group reads,
     and a finished run leaves none."""
     out, _ = sharded
