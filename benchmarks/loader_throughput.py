@@ -8,11 +8,11 @@ same train transform (random-resized crop to 224, flip, normalise) + collate, wi
 of DataLoader workers and batch size, for one pass over the images after a warm-up (one batch per
 worker), delivered as normalised float batches on the training device (the GPU when there is one:
 ours ship uint8 and normalise there, ImageFolder pins its float batches and copies them); "per core"
-= images/s / workers.  On a GPU machine, also the batched nvJPEG decode path (decode + crop + flip +
-normalise on the GPU).  Then the per-image cost, on one core, of what each data worker does
-(`worker_us_per_image_*`).  Finally, the bounds of a class-aware stream over 365 classes: peak extra
-open files, the offsets file's bytes per sample, and how much the process's resident memory grew
-while streaming.
+= images/s / workers.  On a GPU machine, also the batched nvJPEG decode path (`device_decode`: decode,
+the planned random-resized crop, resize, flip, normalise, on the GPU).  Then the per-image cost, on
+one core, of what each data worker does (`worker_us_per_image_*`).  Finally, the bounds of a
+class-aware stream over 365 classes: peak extra open files, the offsets file's bytes per sample, and
+how much the process's resident memory grew while streaming.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import io
 import itertools
 import json
 import os
+import random
 import sys
 import tempfile
 import time
@@ -38,7 +39,8 @@ from torchvision.datasets import ImageFolder
 from pipelines.online.catalog import Catalog
 from pipelines.online.loader import LoaderConfig, ShardLoader
 from pipelines.online.streams import ClassAwareStream, UniformStream
-from pipelines.online.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform, decode_batch_on_device
+from pipelines.online.device_decode import decode_planned
+from pipelines.online.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform
 
 
 def make_tree(root: str, n: int, classes: int = 10) -> None:
@@ -178,13 +180,20 @@ def main() -> None:
         if torch.cuda.is_available():
             catalog = Catalog.load(shards)
             jpegs = [d.members["jpg"] for d in UniformStream(catalog)][: a.batch * 20]
-            draws = torch.rand(a.batch, 3)
-            decode_batch_on_device(jpegs[: a.batch], 224, "cuda", draws)
+            plans = torch.tensor([ours.plan(j, random.Random(i)) for i, j in enumerate(jpegs)])
+            normalize = ours.batch_normalizer()
+            out = torch.empty(a.batch, 3, 224, 224, device="cuda")
+
+            def decode_batch(i: int) -> None:
+                chunk = jpegs[i:i + a.batch]
+                decode_planned(chunk, plans[i:i + a.batch], out[:len(chunk)])
+                normalize(out[:len(chunk)])
+
+            decode_batch(0)  # warm-up
             torch.cuda.synchronize()
             start = time.perf_counter()
             for i in range(0, len(jpegs), a.batch):
-                chunk = jpegs[i:i + a.batch]
-                decode_batch_on_device(chunk, 224, "cuda", draws[: len(chunk)])
+                decode_batch(i)
             torch.cuda.synchronize()
             result["gpu_decode_img_s"] = round(len(jpegs) / (time.perf_counter() - start), 1)
             result["gpu"] = torch.cuda.get_device_name()

@@ -1,10 +1,12 @@
 """Training throughput, per architecture, all in one run:
 (a) torchvision's model in a plain loop on synthetic batches already on the device (eager; compiled on GPU);
 (b) our training step (`model(x, y)["loss"]`, relay-capable model) on the same synthetic batches;
-(c) our whole pipeline from shards: class-aware `ShardLoader` (CPU decode; also nvJPEG decode on a GPU)
+(c) our whole pipeline from shards: class-aware `ShardLoader` (CPU decode; on a GPU also nvJPEG decode,
+    and the hybrid of the two, `data.decode: hybrid`, with the share of each batch the GPU ended with)
     feeding the same training step;
-(d) the product: `training/run.py`'s TorchTrainer (one Ray Train worker, CPU decode) training from the
-    same shards for `--trainer-epochs` epochs; its `images_per_s` metric of the last epoch;
+(d) the product: `training/run.py`'s TorchTrainer (one Ray Train worker, CPU decode; on a GPU also
+    hybrid decode) training from the same shards for `--trainer-epochs` epochs; its `images_per_s`
+    metric of the last epoch;
 (e) the same trainer with `data.ingest: ray_data`: the worker takes 1 CPU, Ray Data tasks decode on the
     others (on a cluster: on any node).
 
@@ -38,6 +40,8 @@ from pipelines.online.loader import LoaderConfig, ShardLoader
 from pipelines.online.transforms import TrainTransform
 from training.models import create_model
 
+DECODE_TAGS = {"workers": "cpu", "device": "gpu", "hybrid": "hybrid"}  # data.decode -> the JSON keys' tag
+
 ARCHS = ["resnet50", "resnet18", "vgg_d", "alexnet", "googlenet", "wm_model_a", "wm_model_b"]
 
 
@@ -64,7 +68,8 @@ def make_shards(root: str, images: int, name: str = "shards") -> str:
 
 
 def pipeline_rate(name: str, shards: str, batch: int, size: int, steps: int, device: str, decode: str,
-                  loader_workers: int) -> float:
+                  loader_workers: int) -> tuple[float, float | None]:
+    """(img/s, the share of each batch the GPU decoded at the end: hybrid only)."""
     options = {"input_size": size} if name in ("vgg_d", "alexnet") else {}
     model = create_model(name, 10, mode="bp", **options).to(device).train()
     on_gpu = device == "cuda"
@@ -96,11 +101,11 @@ def pipeline_rate(name: str, shards: str, batch: int, size: int, steps: int, dev
             count += len(y)
     if on_gpu:
         torch.cuda.synchronize()
-    return count / (time.perf_counter() - start)
+    return count / (time.perf_counter() - start), (loader.share.value if loader.share is not None else None)
 
 
 def trainer_rate(name: str, shards: str, val_shards: str, a: argparse.Namespace, storage: str, gpu: bool,
-                 ingest: str = "loader") -> float:
+                 ingest: str = "loader", decode: str = "workers") -> float:
     from training.config import load
     from training.run import make_trainer
 
@@ -113,9 +118,9 @@ def trainer_rate(name: str, shards: str, val_shards: str, a: argparse.Namespace,
                       f"data.val_shards={val_shards}", f"data.batch_size={a.batch}", f"data.size={a.size}",
                       f"data.eval_resize={round(a.size * 8 / 7)}", f"data.loader_workers={a.loader_workers}",
                       f"run.epochs={a.trainer_epochs}", "run.workers=1", f"run.use_gpu={str(gpu).lower()}",
-                      f"run.cpus_per_worker={cpus}", f"data.ingest={ingest}",
+                      f"run.cpus_per_worker={cpus}", f"data.ingest={ingest}", f"data.decode={decode}",
                       f"run.storage_path={storage}", "run.num_to_keep=1"])
-    result = make_trainer(cfg, f"{name}-{ingest}-{time.strftime('%H%M%S')}").fit()
+    result = make_trainer(cfg, f"{name}-{ingest}-{decode}-{time.strftime('%H%M%S')}").fit()
     if result.error:
         raise result.error
     return result.metrics["images_per_s"]
@@ -159,23 +164,28 @@ def main() -> None:
                 entry[f"b_ours_synthetic_{tag}_img_s"] = round(step_rate(
                     create_model(name, 10, mode="bp", **options), a.batch, a.size, a.steps, device, True, compiled), 1)
             print(json.dumps({name: entry}), file=sys.stderr)  # progress: (a) and (b)
-            for decode in ([] if a.skip_pipeline else ["workers", "device"] if gpu else ["workers"]):
-                where = "cpu" if decode == "workers" else "gpu"
-                entry[f"c_ours_from_shards_{where}_decode_img_s"] = round(pipeline_rate(
-                    name, shards, a.batch, a.size, a.pipeline_steps, device, decode, a.loader_workers), 1)
+            for decode in ([] if a.skip_pipeline else ["workers", "device", "hybrid"] if gpu else ["workers"]):
+                where = DECODE_TAGS[decode]
+                rate, share = pipeline_rate(name, shards, a.batch, a.size, a.pipeline_steps, device, decode,
+                                            a.loader_workers)
+                entry[f"c_ours_from_shards_{where}_decode_img_s"] = round(rate, 1)
+                if share is not None:
+                    entry["c_hybrid_gpu_share"] = round(share, 3)
             if trainer:
-                for key, ingest in (("d_trainer_img_s", "loader"), ("e_trainer_ray_data_img_s", "ray_data")):
+                runs = [("d_trainer_img_s", "loader", "workers"), ("e_trainer_ray_data_img_s", "ray_data", "workers")]
+                for key, ingest, decode in runs + ([("d_trainer_hybrid_img_s", "loader", "hybrid")] if gpu else []):
                     entry[key] = round(trainer_rate(name, shards, val_shards, a, os.path.join(tmp, "runs"), gpu,
-                                                    ingest), 1)
+                                                    ingest, decode), 1)
             for tag in ("eager", "compiled"):
                 peer_rate = entry.get(f"a_torchvision_{tag}_img_s")
                 if peer_rate and f"b_ours_synthetic_{tag}_img_s" in entry:
                     entry[f"b_over_a_{tag}"] = round(entry[f"b_ours_synthetic_{tag}_img_s"] / peer_rate, 3)
-                for decode in ("cpu", "gpu"):
+                for decode in DECODE_TAGS.values():
                     if peer_rate and f"c_ours_from_shards_{decode}_decode_img_s" in entry:
                         entry[f"c_{decode}_decode_over_a_{tag}"] = round(
                             entry[f"c_ours_from_shards_{decode}_decode_img_s"] / peer_rate, 3)
-                for key, short in (("d_trainer_img_s", "d"), ("e_trainer_ray_data_img_s", "e")):
+                for key, short in (("d_trainer_img_s", "d"), ("d_trainer_hybrid_img_s", "d_hybrid"),
+                                   ("e_trainer_ray_data_img_s", "e")):
                     if peer_rate and key in entry:
                         entry[f"{short}_over_a_{tag}"] = round(entry[key] / peer_rate, 3)
             result["models"][name] = entry

@@ -74,12 +74,14 @@ def test_killed_worker_recovers_and_the_stream_matches(ray_cluster, tmp_path):
     assert [h["loss"] for h in recovered] == pytest.approx([h["loss"] for h in clean], rel=1e-4)
 
 
-def test_a_failure_inside_an_epoch_resumes_from_the_mid_epoch_checkpoint(ray_cluster, tmp_path):
+@pytest.mark.parametrize("decode", ["workers", "device"])  # device: the loader decodes a batch ahead
+def test_a_failure_inside_an_epoch_resumes_from_the_mid_epoch_checkpoint(ray_cluster, tmp_path, decode):
     """Checkpoints every 3 steps inside a 17-step epoch; a worker killed right after the first one: the run
     continues that epoch from its checkpoint, with the batches and metrics of an uninterrupted run."""
     clean, recovered = clean_and_killed_runs(tmp_path, ["--set", "run.epochs=1", "--set", "data.batch_size=4",
                                                         "--set", "run.checkpoint_every_steps=3",
-                                                        "--set", "run.num_to_keep=1"], 0.0)
+                                                        "--set", "run.num_to_keep=1", "--set", f"data.decode={decode}"],
+                                             0.0)
     assert [h["epoch"] for h in recovered] == [0] and all(h["resumed_from_step"] == 0 for h in clean)
     assert recovered[0]["resumed_from_step"] in (3, 6, 9, 12, 15)  # epoch 0 went on from its checkpoint
     for key in ("input_checksum", "step", "val_images"):

@@ -16,8 +16,7 @@ from pipelines import color_pca
 from pipelines.online.catalog import Catalog
 from pipelines.online.loader import LoaderConfig, ShardLoader
 from pipelines.online.streams import SequentialStream
-from pipelines.online.transforms import (ColorPCA, EvalTransform, TrainTransform, decode, decode_batch_on_device,
-                                         decode_uint8)
+from pipelines.online.transforms import ColorPCA, EvalTransform, TrainTransform, decode, decode_uint8
 
 COUNTS = [40, 25, 12, 4]
 
@@ -29,9 +28,9 @@ def shards(tmp_path_factory):
     return str(out)
 
 
-def loader(shards, mode, state=None, workers=2, rank=0, world=1):
+def loader(shards, mode, state=None, workers=2, rank=0, world=1, decode="workers"):
     cfg = LoaderConfig(shards=shards, mode=mode, batch_size=7, num_workers=workers, seed=11, buffer_size=10,
-                       block=3)
+                       block=3, decode=decode)
     ld = ShardLoader(cfg, TrainTransform(crop="random_crop", size=16), rank=rank, world_size=world)
     if state is not None:
         ld.load_state_dict(json.loads(json.dumps(state)))
@@ -53,11 +52,12 @@ def test_uniform_epoch_is_exact_over_two_ranks_with_two_workers(shards):
     assert sorted(total) == sorted(c for c, n in enumerate(COUNTS) for _ in range(n))
 
 
+@pytest.mark.parametrize("decode", ["workers", "device"])  # device: its decoding runs a batch ahead
 @pytest.mark.parametrize("mode,cut", [("uniform", 3), ("uniform", 8), ("class-aware", 5), ("class-aware", 14)])
-def test_resume_gives_exactly_the_uninterrupted_batches(shards, mode, cut):
-    ref = loader(shards, mode)
+def test_resume_gives_exactly_the_uninterrupted_batches(shards, mode, cut, decode):
+    ref = loader(shards, mode, decode=decode)
     reference = [signature(*b) for e in range(2) for b in ref.epoch(e)]
-    first = loader(shards, mode)
+    first = loader(shards, mode, decode=decode)
     got, state = [], None
     for e in range(2):
         for b in first.epoch(e):
@@ -67,7 +67,7 @@ def test_resume_gives_exactly_the_uninterrupted_batches(shards, mode, cut):
                 break
         if state is not None:
             break
-    resumed = loader(shards, mode, state=state)
+    resumed = loader(shards, mode, state=state, decode=decode)
     start_epoch = cut // first.steps_per_epoch if state["epoch"] is None else state["epoch"]
     for e in range(start_epoch, 2):
         got += [signature(*b) for b in resumed.epoch(e)]
@@ -152,15 +152,7 @@ def test_reduced_size_decoding():
     assert decode(big, min_side=256).size == (512, 384)  # 1/2 is the smallest DCT scale keeping 768 >= 256
 
 
-def test_batched_device_decode_path_on_cpu():
-    jpegs = [encode(scene(i, 40, 32)) for i in range(3)]
-    out = decode_batch_on_device(jpegs, 24, "cpu", torch.tensor([[0.0, 0.0, 0.9], [0.99, 0.99, 0.1], [0.5, 0.5, 0.9]]))
-    assert out.shape == (3, 3, 24, 24) and torch.isfinite(out).all()
-    full = TrainTransform(size=24).batch_normalizer()(decode_uint8(jpegs[1])[None])[0]
-    assert torch.allclose(out[1], full[:, 8:32, 16:40].flip(-1), atol=1e-5)  # bottom-right crop, flipped
-
-
-@pytest.mark.parametrize("decode", ["workers", "device"])
+@pytest.mark.parametrize("decode", ["workers", "device", "hybrid"])
 def test_loader_decoding_on_the_device_covers_the_same_epoch(shards, decode):
     cfg = LoaderConfig(shards=shards, mode="uniform", batch_size=7, num_workers=2, seed=11, decode=decode)
     ld = ShardLoader(cfg, TrainTransform(crop="random_crop", size=16), device="cpu")

@@ -150,3 +150,12 @@ def test_console_lines():
                "images_per_s": 362.2, "data_wait_fraction": 0.04, "lr": 0.05}
     assert epoch_line(metrics, 8) == ("epoch 1/8 done: top-1 error 50.25%, top-5 error 7.75% (400 val images), "
                                       "loss 3.6121, 362 img/s, data wait 4%, lr 0.05")
+
+
+def test_decoding_on_the_gpu_is_the_loaders_and_not_ray_datas():
+    assert load(None, ["data.decode=hybrid"]).data.decode == "hybrid"
+    for decode in ("device", "hybrid"):
+        with pytest.raises(ConfigError, match=f"data.decode': {decode} decoding runs in the training worker's own"):
+            load(None, ["data.ingest=ray_data", f"data.decode={decode}"])
+    with pytest.raises(ConfigError, match="data.decode' must be one of workers, device, hybrid"):
+        load(None, ["data.decode=gpu"])

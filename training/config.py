@@ -32,7 +32,7 @@ class DataConfig:
     color_pca: bool = False  # AlexNet's colour noise from TRAIN_SHARDS/color_pca.json
     eval_resize: int = 256
     eval_clips: int = 20  # video shards: clips per validation video, each also mirrored (Karpathy et al.: 20)
-    decode: str = "workers"  # or "device" (nvJPEG on the GPU)
+    decode: str = "workers"  # "device": nvJPEG on the GPU; "hybrid": the workers as many as they can, the GPU the rest
     ingest: str = "loader"  # DataLoader processes in each worker, or "ray_data" (pipelines/online/ray_ingest.py)
     ingest_cpus: float = 1.0  # ray_data: CPUs per decode task
     ingest_resource: str | None = None  # ray_data: a node resource decode tasks take as many of as CPUs (cluster.yaml)
@@ -173,7 +173,7 @@ RANGES = {
     "data.sampling": _one_of("class-aware", "uniform"), "data.batch_size": _at_least(1),
     "data.read_block": _at_least(1), "data.shuffle_buffer": _at_least(1),
     "data.loader_workers": _at_least(0), "data.crop": _one_of("rrc", "scale_jitter", "random_crop"),
-    "data.size": _at_least(1), "data.eval_resize": _at_least(1), "data.eval_clips": _at_least(1), "data.decode": _one_of("workers", "device"),
+    "data.size": _at_least(1), "data.eval_resize": _at_least(1), "data.eval_clips": _at_least(1), "data.decode": _one_of("workers", "device", "hybrid"),
     "data.ingest": _one_of("loader", "ray_data"), "data.ingest_cpus": (lambda v: v > 0, "> 0"),
     "data.ingest_chunk": _at_least(1), "data.ingest_prefetch": _at_least(0),
     "data.max_skipped_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
@@ -207,9 +207,9 @@ def check(cfg: TrainConfig) -> TrainConfig:
     if cfg.model.scene_weight == 0 and not (cfg.model.num_attributes and cfg.model.attribute_weight):
         raise ConfigError("config key 'model.scene_weight' is 0 and no attribute loss is on "
                           "(model.num_attributes, model.attribute_weight): nothing would be trained")
-    if cfg.data.ingest == "ray_data" and cfg.data.decode == "device":
-        raise ConfigError("config key 'data.decode': device decoding runs in the training worker's own loader; "
-                          "with data.ingest: ray_data the cluster's tasks decode (data.decode: workers)")
+    if cfg.data.ingest == "ray_data" and cfg.data.decode != "workers":
+        raise ConfigError(f"config key 'data.decode': {cfg.data.decode} decoding runs in the training worker's own "
+                          "loader; with data.ingest: ray_data the cluster's tasks decode (data.decode: workers)")
     if cfg.run.min_workers is not None and not 1 <= cfg.run.min_workers <= cfg.run.workers:
         raise ConfigError(f"config key 'run.min_workers' must be in [1, run.workers = {cfg.run.workers}], "
                           f"got {cfg.run.min_workers}")

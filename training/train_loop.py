@@ -316,6 +316,8 @@ def train_fn_per_worker(config: dict) -> None:
                    "resumed_from_step": resumed_from,  # > 0: this epoch continued a mid-epoch checkpoint
                    "lr": optimizer.param_groups[0]["lr"],
                    **({"clip_hit1": float(counts[3] / counts[4])} if clips else {}),
+                   # data.decode: hybrid: the fraction of each batch rank 0 now leaves to the GPU's decoder
+                   **({"device_decode_share": loader.share.value} if cfg.data.decode == "hybrid" else {}),
                    **{k: float(v / max(totals[0], 1)) for k, v in zip(sorted(sums), loss_sums)}}
         if attribute_scores is not None:  # AP needs every score at once: gathered, the same report on every rank
             parts = gather(attribute_scores, world)

@@ -22,19 +22,23 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
+from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipelines.hashing import stable_hash
 from pipelines.offline.attributes import decode as decode_attributes
 from pipelines.offline.corpus import decode_labels
 from pipelines.online.catalog import Catalog
 from pipelines.online.clips import ClipTransform
+from pipelines.online.device_decode import BatchParts, DecodeShare, RankBatch, assemble
 from pipelines.online.streams import ClassAwareStream, SequentialStream, UniformStream, split_range
-from pipelines.online.transforms import EvalTransform, TrainTransform, decode_batch_on_device
+from pipelines.online.transforms import EvalTransform, TrainTransform
 from pipelines.online.wm_sequence import job_draw, stream_index
 
 log = logging.getLogger(__name__)
@@ -49,7 +53,7 @@ class LoaderConfig:
     seed: int = 0
     buffer_size: int = 1000  # uniform: shuffle buffer, in samples
     block: int = 1  # uniform: samples per range read (1: an exact global shuffle; see epoch_order)
-    decode: str = "workers"  # or "device": workers ship JPEG bytes, the batch is decoded on the device
+    decode: str = "workers"  # "device": workers plan each crop, the batch is decoded on the device; "hybrid": both
     attributes: int = 0  # > 0: labels are rows [class, 0/1 or MISSING per attribute] (the `attr` member)
 
     def __post_init__(self):
@@ -57,15 +61,23 @@ class LoaderConfig:
             raise ValueError(f"mode must be uniform or class-aware, got {self.mode!r}")
         if self.block < 1 or self.buffer_size < 1:
             raise ValueError(f"block and buffer_size must be >= 1, got {self.block} and {self.buffer_size}")
-        if self.decode not in ("workers", "device"):
-            raise ValueError(f"decode must be workers or device, got {self.decode!r}")
+        if self.decode not in ("workers", "device", "hybrid"):
+            raise ValueError(f"decode must be workers, device or hybrid, got {self.decode!r}")
 
 
 class _RankBatches(IterableDataset):
     def __init__(self, cfg: LoaderConfig, transform: TrainTransform, rank: int, world_size: int, epoch: int,
-                 states: dict[int, dict], rotation: int, channels_last: bool, start: int = 0):
+                 states: dict[int, dict], rotation: int, channels_last: bool, start: int = 0,
+                 share: DecodeShare | None = None):
         self.cfg, self.transform, self.rank, self.world_size, self.epoch = cfg, transform, rank, world_size, epoch
         self.states, self.rotation, self.channels_last, self.start = states, rotation, channels_last, start
+        self.share = share
+
+    def _planned(self) -> int:
+        """How many of the next batch's samples the device decodes: the last ones."""
+        if self.cfg.decode == "hybrid":
+            return self.share.planned(self.cfg.batch_size)
+        return self.cfg.batch_size if self.cfg.decode == "device" else 0
 
     def __iter__(self):
         info = get_worker_info()
@@ -81,42 +93,36 @@ class _RankBatches(IterableDataset):
                                       self.cfg.batch_size, start=self.start, state=state)
         bad = (state or {}).get("bad_samples", 0)
         multi_hot = catalog.num_classes if catalog.multi_label else 0
-        images, extras, labels = [], [], []
+        part = BatchParts(self.cfg.batch_size, self._planned())
         for draw in stream:
             rng = random.Random(stable_hash(self.cfg.seed, "augment", self.epoch, self.rank, worker, stream.yielded))
             # (class-aware loaders are built with epoch 0 and number their draws across epochs)
             try:
-                # extra: what the device finishes the sample with, drawn here where randomness is tracked:
-                # PCA alphas, or (decode="device") the crop offsets and flip
                 label = target(draw, self.cfg.attributes, multi_hot)
-                if self.cfg.decode == "device":
-                    image, extra = draw.members["jpg"], [rng.random(), rng.random(), rng.random()]
-                else:  # an image's crop, or a video's clip (`clips.ClipTransform`)
+                # a plan: the crop, flip and PCA alphas the device decodes with, drawn here where randomness
+                # is tracked; None (not a JPEG, or a part the workers decode): decoded here
+                plan = self.transform.plan(draw.members["jpg"], rng) if part.devices_turn else None
+                if plan is None:  # an image's crop, or a video's clip (`clips.ClipTransform`); its PCA alphas
                     image, extra = self.transform.sample(draw.members, rng)
             except Exception as exc:  # a corrupt sample: skipped, counted, reported once per worker
                 if not bad:
                     log.warning("skipping undecodable sample %s in %s: %s", draw.key, draw.url, exc)
                 bad += 1
                 continue
-            images.append(image)
-            extras.append(extra)
-            labels.append(label)
-            if len(images) == self.cfg.batch_size:
-                yield self._batch(images, extras, labels, worker, stream, bad)
-                images, extras, labels = [], [], []
-        if images:
-            yield self._batch(images, extras, labels, worker, stream, bad)
+            if plan is None:
+                part.add_decoded(image, extra, label)
+            else:
+                part.add_planned(draw.members["jpg"], plan, label, f"{draw.key} in {draw.url}")
+            if part.size == part.batch_size:
+                yield self._batch(part, worker, stream, bad)
+                part = BatchParts(self.cfg.batch_size, self._planned())
+        if part.size:
+            yield self._batch(part, worker, stream, bad)
 
-    def _batch(self, images, extras, labels, worker, stream, bad):
-        state = {**stream.state_dict(), "bad_samples": bad}
-        # (decode="device" ships the JPEG bytes as they are.)  default_collate stacks straight into shared
-        # memory, so the batch is not copied again to reach the training process.  Crops are HWC in memory
-        # (as decoded), so stacking them channels-last is a plain copy.
-        if not isinstance(images[0], bytes):
-            images = (default_collate([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
-                      if self.channels_last and images[0].dim() == 3 else default_collate(images))
-        return (images, torch.tensor(extras, dtype=torch.float32), torch.tensor(labels),
-                {"worker": worker, "state": state, "skipped": stream.skipped + bad})
+    def _batch(self, part: BatchParts, worker, stream, bad) -> RankBatch:
+        meta = {"worker": worker, "state": {**stream.state_dict(), "bad_samples": bad},
+                "skipped": stream.skipped + bad}
+        return part.ship(meta, self.channels_last)
 
 
 class _EvalSamples(IterableDataset):
@@ -180,9 +186,10 @@ class ShardLoader:
     """`transform.sample(members, rng) -> (uint8 CHW, PCA alphas)` runs in the workers (a `TrainTransform`;
     a `ClipTransform` gives video shards' uint8 (3, T, S, S) clips);
     its `batch_normalizer()` finishes each batch on `device` (float, colour noise, mean/std).
-    With `decode="device"` the workers only read and draw crop offsets/flips, and each batch is
-    decoded on `device` (nvJPEG on CUDA) with a random `transform.size` crop, flip and mean/std there.
-    Batches come channels-last with `channels_last` (for a channels-last model), else NCHW-contiguous."""
+    With `decode="device"` the workers only read and plan each crop (`TrainTransform.plan`), and each
+    batch is decoded on `device` (nvJPEG on CUDA) with the same crops; `decode="hybrid"` splits each
+    batch between the two (`device_decode`).  Batches come channels-last with `channels_last` (for a
+    channels-last model), else NCHW-contiguous."""
 
     def __init__(self, cfg: LoaderConfig, transform: TrainTransform | ClipTransform, rank: int = 0,
                  world_size: int = 1, device: str | torch.device = "cpu", channels_last: bool = False):
@@ -199,6 +206,11 @@ class ShardLoader:
         self._epoch: int | None = None  # the epoch a restored state belongs to, until epoch() runs
         self._iterator: Iterator | None = None  # class-aware: one endless DataLoader across epochs
         self._start = 0  # class-aware: where the job's sequence continues after a change of world or workers
+        self._skipped_earlier = 0  # skips no worker state holds: earlier uniform epochs', the device's
+        self.share = DecodeShare(start=0.0) if cfg.decode == "hybrid" else None
+        # the device's decoding runs one batch ahead, on a side stream on CUDA (`device_decode`)
+        self._ahead = 0 if cfg.decode == "workers" else 1
+        self._stream = torch.cuda.Stream(self.device) if self._ahead and self.device.type == "cuda" else None
 
     @property
     def samples_per_epoch(self) -> int:
@@ -227,13 +239,14 @@ class ShardLoader:
     @property
     def skipped(self) -> int:
         """Samples skipped so far (unreadable shards, undecodable images), over all workers."""
-        return sum(self._skipped.values())
+        return sum(self._skipped.values()) + self._skipped_earlier
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's batches of `epoch`; after `load_state_dict`, the rest of the saved epoch."""
         resuming = self._epoch == epoch
         if self.cfg.mode == "uniform":
-            if not resuming:
+            if not resuming:  # new streams, counting their skips from 0
+                self._skipped_earlier += sum(self._skipped.values())
                 self._states, self._skipped, self._next_worker, self._in_epoch = {}, {}, 0, 0
             iterator = iter(self._data_loader(epoch))
         else:
@@ -243,29 +256,52 @@ class ShardLoader:
                 self._iterator = iter(self._data_loader(0))
             iterator = self._iterator
         self._epoch = epoch
-        while self._in_epoch < self.steps_per_epoch:
-            try:
-                images, extras, labels, meta = next(iterator)
-            except StopIteration:
+        fetched, exhausted, ready = self._in_epoch, False, deque()
+        while True:
+            if not exhausted and fetched < self.steps_per_epoch and len(ready) <= self._ahead:
+                t = time.perf_counter()
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    exhausted = True
+                    continue
+                if self.share is not None:
+                    self.share.update(time.perf_counter() - t)
+                fetched += 1
+                with torch.cuda.stream(self._stream) if self._stream is not None else nullcontext():
+                    on_device = self._on_device(batch)
+                    done = self._stream.record_event() if self._stream is not None else None
+                ready.append((on_device, batch.meta, done))
+                continue
+            if not ready:
                 break
+            (images, labels, left_out), meta, done = ready.popleft()
             self._states[meta["worker"]] = meta["state"]
             self._skipped[meta["worker"]] = meta["skipped"]
             self._next_worker = (meta["worker"] + 1) % self.workers
             self._in_epoch += 1
-            non_blocking = self.device.type == "cuda"
-            labels = labels.to(self.device, non_blocking=non_blocking)
-            if self.cfg.decode == "device":
-                layout = torch.channels_last if self.channels_last else torch.contiguous_format
-                yield decode_batch_on_device(images, self.transform.size, self.device, extras, self.transform.mean,
-                                             self.transform.std, self.transform.flip, layout), labels
-            else:
-                yield self.normalize(images.to(self.device, non_blocking=non_blocking), extras), labels
+            self._skipped_earlier += left_out
+            if done is not None:  # the step waits for this batch (not the next), which is then its own
+                step_stream = torch.cuda.current_stream(self.device)
+                step_stream.wait_event(done)
+                images.record_stream(step_stream)
+                labels.record_stream(step_stream)
+            yield images, labels
         self._epoch = None
         self._in_epoch = 0
 
+    def _on_device(self, batch: RankBatch) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(normalised images, labels, samples left out) on the training device."""
+        if not batch.jpegs:
+            non_blocking = self.device.type == "cuda"
+            return (self.normalize(batch.images.to(self.device, non_blocking=non_blocking), batch.alphas),
+                    batch.labels.to(self.device, non_blocking=non_blocking), 0)
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        return assemble(batch, self.device, self.transform.size, self.normalize, layout)
+
     def _data_loader(self, epoch: int) -> DataLoader:
         dataset = _RankBatches(self.cfg, self.transform, self.rank, self.world_size, epoch, dict(self._states),
-                               self._next_worker, self.channels_last, self._start)
+                               self._next_worker, self.channels_last, self._start, self.share)
         return DataLoader(dataset, batch_size=None, collate_fn=_as_is, num_workers=self.cfg.num_workers,
                           generator=_own_generator(),
                           persistent_workers=False, prefetch_factor=2 if self.cfg.num_workers else None,
@@ -276,7 +312,7 @@ class ShardLoader:
         return {"mode": self.cfg.mode, "workers": self.workers, "batch": self.cfg.batch_size, "start": self._start,
                 "epoch": self._epoch, "in_epoch": self._in_epoch,
                 "next_worker": self._next_worker, "states": {str(k): v for k, v in self._states.items()},
-                "skipped": {str(k): v for k, v in self._skipped.items()}}
+                "skipped": {str(k): v for k, v in self._skipped.items()}, "skipped_earlier": self._skipped_earlier}
 
     def restore(self, states: list[dict]) -> str:
         """Continue from every rank's saved state (a checkpoint's `streams`).  Same world size and
@@ -304,6 +340,7 @@ class ShardLoader:
         self._skipped = {int(k): v for k, v in state["skipped"].items()}
         self._next_worker, self._in_epoch, self._epoch = state["next_worker"], state["in_epoch"], state["epoch"]
         self._start = state.get("start", 0)
+        self._skipped_earlier = state.get("skipped_earlier", 0)
         self._iterator = None
 
 

@@ -10,8 +10,8 @@ scales x the ten crops).
 Train crops run on uint8 tensors in the data workers (decode, one antialiased resize of the crop
 box, flip); float conversion, colour noise and normalisation run batched on the training device
 (`BatchNormalize`).  Decoding uses Pillow's reduced-size JPEG decoding (`draft`) when the output is
-at most half the stored size.  `decode_batch_on_device` is the GPU path: nvJPEG through
-`torchvision.io.decode_jpeg`.
+at most half the stored size.  `TrainTransform.plan` draws the same crop without decoding, for the GPU
+path (`device_decode`: nvJPEG through `torchvision.io.decode_jpeg`).
 """
 
 from __future__ import annotations
@@ -41,6 +41,16 @@ def decode(jpeg: bytes, min_side: int | None = None) -> Image.Image:
         if scale >= 2:
             img.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
     return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def reduced_scale(w: int, h: int, min_side: int | None) -> int:
+    """The DCT scale (1, 2, 4 or 8) `decode(jpeg, min_side)` decodes a w x h JPEG at: Pillow's `draft`
+    rule for the size `decode` asks for (the decoded image is ceil(w / scale) x ceil(h / scale))."""
+    if not min_side or min(w, h) < 2 * min_side:
+        return 1
+    scale = min(w, h) / min_side
+    fits = min(w // math.ceil(w / scale), h // math.ceil(h / scale))
+    return next(s for s in (8, 4, 2, 1) if fits >= s)
 
 
 def to_uint8(img: Image.Image) -> torch.Tensor:
@@ -147,27 +157,47 @@ class TrainTransform:
 
         Every crop is one resize of just the cropped box, on uint8 tensors (3x faster than Pillow's).
         """
-        s = self.size
-        if self.crop == "rrc":
-            x = decode_uint8(jpeg)
-            box = rrc_box(x.shape[2], x.shape[1], self.scale, self.ratio, rng)
-        elif self.crop == "scale_jitter":  # shorter side -> S, then a random s x s crop = an s/scale box
-            side = rng.randint(*self.jitter)
-            x = decode_uint8(jpeg, side)
-            h, w = x.shape[1:]
-            extent = min(min(w, h), max(1, round(s * min(w, h) / side)))
-            x0, y0 = rng.randint(0, w - extent), rng.randint(0, h - extent)
-            box = (x0, y0, x0 + extent, y0 + extent)
-        else:  # AlexNet: a random s x s crop of the stored (256) image
-            x = decode_uint8(jpeg, s)
-            h, w = x.shape[1:]
-            extent = min(s, w, h)
-            x0, y0 = rng.randint(0, w - extent), rng.randint(0, h - extent)
-            box = (x0, y0, x0 + extent, y0 + extent)
-        out = resize_box(x, box, (s, s))
+        side = rng.randint(*self.jitter) if self.crop == "scale_jitter" else None
+        x = decode_uint8(jpeg, self._decode_side(side))
+        out = resize_box(x, self.box(x.shape[2], x.shape[1], side, rng), (self.size, self.size))
         if self.flip and rng.random() < 0.5:
             out = out.flip(-1)
-        return out, (self.pca.draw(rng) if self.pca is not None else [])
+        return out, self._alphas(rng)
+
+    def plan(self, jpeg: bytes, rng: random.Random) -> list[float] | None:
+        """The same random part without decoding, for a decode on the device (`device_decode`):
+        [x0, y0, x1, y1, flip, *PCA alphas], the box in the stored image's pixels.  The draws are
+        `__call__`'s, in its order and over the image it would decode (a reduced-DCT decode's box is
+        scaled back up), so both give the same crop.  None, drawing nothing, when the header gives no
+        size (not a JPEG): then `__call__` decodes it on the CPU."""
+        size = jpeg_size(jpeg)
+        if size is None:
+            return None
+        w, h = size
+        side = rng.randint(*self.jitter) if self.crop == "scale_jitter" else None
+        f = reduced_scale(w, h, self._decode_side(side))
+        x0, y0, x1, y1 = self.box(-(-w // f), -(-h // f), side, rng)
+        flip = self.flip and rng.random() < 0.5
+        return [x0 * f, y0 * f, min(x1 * f, w), min(y1 * f, h), float(flip), *self._alphas(rng)]
+
+    def box(self, w: int, h: int, side: int | None, rng: random.Random) -> tuple[int, int, int, int]:
+        """The crop box in a decoded w x h image (`side`: scale_jitter's drawn shorter side)."""
+        s = self.size
+        if self.crop == "rrc":
+            return rrc_box(w, h, self.scale, self.ratio, rng)
+        if self.crop == "scale_jitter":  # shorter side -> S, then a random s x s crop = an s/scale box
+            extent = min(min(w, h), max(1, round(s * min(w, h) / side)))
+        else:  # AlexNet: a random s x s crop of the stored (256) image
+            extent = min(s, w, h)
+        x0, y0 = rng.randint(0, w - extent), rng.randint(0, h - extent)
+        return x0, y0, x0 + extent, y0 + extent
+
+    def _decode_side(self, side: int | None) -> int | None:
+        """The shorter side the crop needs the decode to keep (a smaller reduced-DCT decode is wasted)."""
+        return {"rrc": None, "scale_jitter": side, "random_crop": self.size}[self.crop]
+
+    def _alphas(self, rng: random.Random) -> list[float]:
+        return self.pca.draw(rng) if self.pca is not None else []
 
     def sample(self, members: dict[str, bytes], rng: random.Random) -> tuple[torch.Tensor, list[float]]:
         """The same, from a stored sample's members (the loaders' one call for images and clips alike)."""
@@ -290,23 +320,3 @@ def googlenet_crops(img: Image.Image, size: int) -> list[Image.Image]:
         five = ten_crop(square, size)[:5]
         crops += five + [square.resize((size, size), Image.Resampling.BILINEAR)]
     return crops + [c.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for c in crops]
-
-
-def decode_batch_on_device(jpegs: list[bytes], size: int, device, draws: torch.Tensor,
-                           mean=IMAGENET_MEAN, std=IMAGENET_STD, flip: bool = True,
-                           memory_format=torch.contiguous_format) -> torch.Tensor:
-    """GPU path: batched decode (nvJPEG on CUDA), then a random crop + flip + normalise on the device.
-
-    `draws`: (N, 3) uniforms in [0, 1) per image (crop x, crop y, flip), drawn where the randomness
-    is tracked (the data workers).  Every image must be at least `size` on each side (shards made
-    with --resize square/shorter are).
-    """
-    data = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
-    images = decode_jpeg(data, device=device, mode=ImageReadMode.RGB)
-    out = torch.empty(len(images), 3, size, size, dtype=torch.uint8, device=device, memory_format=memory_format)
-    for i, (img, (u, v, f)) in enumerate(zip(images, draws.tolist())):
-        _, h, w = img.shape
-        y0, x0 = int(v * (h - size + 1)), int(u * (w - size + 1))
-        crop = img[:, y0:y0 + size, x0:x0 + size]
-        out[i] = crop.flip(-1) if flip and f < 0.5 else crop
-    return BatchNormalize(mean, std)(out)
