@@ -92,12 +92,12 @@ def test_decode_planned_falls_back_to_the_cpu_and_leaves_out_what_decodes_nowher
     assert torch.allclose(out[0], on_device(transform, good, 0)[0]) and out[1].mean() > 20 and out[2].max() == 0
 
 
-def epoch_batches(shards, decode, share=None, pca=None, mode="uniform", epochs=1):
+def epoch_batches(shards, decode, share=None, pca=None, mode="uniform", device="cpu"):
     ld = ShardLoader(LoaderConfig(shards=shards, mode=mode, batch_size=8, num_workers=2, seed=5, decode=decode),
-                     TrainTransform(crop="rrc", size=16, pca=pca))
+                     TrainTransform(crop="rrc", size=16, pca=pca), device=device)
     if share is not None:
         ld.share = FixedShare(share)
-    return [b for e in range(epochs) for b in ld.epoch(e)], ld
+    return list(ld.epoch(0)), ld
 
 
 @pytest.mark.parametrize("mode", ["uniform", "class-aware"])
@@ -119,6 +119,28 @@ def test_device_and_hybrid_batches_are_the_workers_batches(shards, mode):
     assert all(torch.equal(a, b) for (a, _), (b, _) in zip(runs[1.0], device))
     assert any(not torch.equal(a, b) for (a, _), (b, _) in zip(runs[0.5], workers))
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: nvJPEG and the side stream")
+def test_on_cuda_the_side_stream_delivers_the_cpu_batches(shards):
+    """The GPU's part is decoded on a side stream one batch ahead while the training stream is busy: every
+    batch still arrives whole (nvJPEG's pixels differ from libjpeg-turbo's by its rounding alone)."""
+    busy = torch.randn(2048, 2048, device="cuda")
+    for decode, share in (("device", None), ("hybrid", 0.5)):
+        cpu, _ = epoch_batches(shards, decode, share, pca=PCA)
+        ld = ShardLoader(LoaderConfig(shards=shards, mode="uniform", batch_size=8, num_workers=2, seed=5,
+                                      decode=decode), TrainTransform(crop="rrc", size=16, pca=PCA), device="cuda")
+        if share is not None:
+            ld.share = FixedShare(share)
+        gpu = []
+        for x, y in ld.epoch(0):
+            for _ in range(20):  # the training stream's step, queued before the batch is read
+                busy = (busy @ busy).tanh_()
+            gpu.append((x.clone().cpu(), y.cpu()))
+        level = 1.0 / (255 * max(TrainTransform().std))
+        assert len(gpu) == len(cpu)
+        for (xg, yg), (xc, yc) in zip(gpu, cpu):
+            assert torch.equal(yg, yc) and (xg - xc).abs().mean() < 2 * level
 
 
 def test_the_share_rises_while_training_waits_and_falls_while_batches_are_ready():
