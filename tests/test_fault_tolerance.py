@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -13,6 +15,7 @@ import pytest
 
 from conftest import write_shards
 from training import run
+from training.checkpointing import FOLDER_PREFIX, remove_orphaned_folders
 
 pytestmark = pytest.mark.slow
 
@@ -91,3 +94,17 @@ def test_a_failure_inside_an_epoch_resumes_from_the_mid_epoch_checkpoint(ray_clu
     # kept: the best epoch-end checkpoint, and the latest (which Ray Train always keeps)
     kept = sorted((tmp_path / "runs" / "killed").glob("checkpoint_*/state.pt"))
     assert 1 <= len(kept) <= 2
+
+
+def test_the_local_folder_a_killed_worker_left_mid_upload_is_removed(tmp_path):
+    """Checkpoint folders are named after their writing process; the next checkpoint on the node removes
+    those of processes that are gone, and leaves a running process's and anything not named that way."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    for name in (f"{FOLDER_PREFIX}{gone.pid}-k2x9", f"{FOLDER_PREFIX}{os.getpid()}-a7q1", f"{FOLDER_PREFIX}q8w3",
+                 "other-123-x"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "state.pt").write_bytes(b"1")
+    assert remove_orphaned_folders(str(tmp_path)) == [str(tmp_path / f"{FOLDER_PREFIX}{gone.pid}-k2x9")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"{FOLDER_PREFIX}{os.getpid()}-a7q1", f"{FOLDER_PREFIX}q8w3", "other-123-x"])

@@ -11,7 +11,9 @@ Mid-epoch checkpoints go up with Ray Train's asynchronous upload
 while a background thread copies the folder to `run.storage_path` (S3 included) and then deletes the
 local copy.  They are reported with `top1_error` = inf (not validated), so the run's best-checkpoint
 ranking never prefers them and `run.num_to_keep` deletes them first, except the latest, which Ray Train
-always keeps for recovery.
+always keeps for recovery.  A worker killed during that upload leaves its local folder behind (a
+model's size, on every node a preemption hits): the folders are named after the process writing them,
+and the next checkpoint written on the node removes those whose process has died.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch.distributed as dist
 from ray.train import CheckpointUploadMode
 
 CHECKPOINT_FILE = "state.pt"
+FOLDER_PREFIX = "places-checkpoint-"
 PROBE_STEPS = 20  # how often the ranks agree whether checkpoint_every_s has passed (one tiny all-reduce)
 
 
@@ -67,7 +70,8 @@ def report_checkpoint(payload: dict | None, metrics: dict, upload_async: bool = 
     folder = None
     checkpoint = None
     if payload is not None:
-        folder = tempfile.mkdtemp(prefix="places-checkpoint-")
+        remove_orphaned_folders()
+        folder = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
         torch.save(payload, os.path.join(folder, CHECKPOINT_FILE))
         checkpoint = ray.train.Checkpoint.from_directory(folder)
     if upload_async:
@@ -78,6 +82,29 @@ def report_checkpoint(payload: dict | None, metrics: dict, upload_async: bool = 
     finally:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_orphaned_folders(root: str | None = None) -> list[str]:
+    """Remove the local checkpoint folders (in `root`, the temp folder by default) of processes that no
+    longer run: what killed workers left mid-upload.  Returns the removed paths."""
+    root = root or tempfile.gettempdir()
+    removed = []
+    for name in os.listdir(root):
+        pid = name[len(FOLDER_PREFIX):].split("-")[0] if name.startswith(FOLDER_PREFIX) else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            removed.append(os.path.join(root, name))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def mid_epoch_metrics(epoch: int, step: int, done: int, steps: int, lr: float) -> dict:
