@@ -92,12 +92,16 @@ def test_decode_planned_falls_back_to_the_cpu_and_leaves_out_what_decodes_nowher
     assert torch.allclose(out[0], on_device(transform, good, 0)[0]) and out[1].mean() > 20 and out[2].max() == 0
 
 
-def epoch_batches(shards, decode, share=None, pca=None, mode="uniform", device="cpu"):
+def loader(shards, decode, share=None, pca=None, mode="uniform", device="cpu") -> ShardLoader:
     ld = ShardLoader(LoaderConfig(shards=shards, mode=mode, batch_size=8, num_workers=2, seed=5, decode=decode),
                      TrainTransform(crop="rrc", size=16, pca=pca), device=device)
     if share is not None:
         ld.share = FixedShare(share)
-    return list(ld.epoch(0)), ld
+    return ld
+
+
+def epoch_batches(shards, decode, share=None, pca=None, mode="uniform") -> list:
+    return list(loader(shards, decode, share, pca, mode).epoch(0))
 
 
 @pytest.mark.parametrize("mode", ["uniform", "class-aware"])
@@ -106,9 +110,9 @@ def test_device_and_hybrid_batches_are_the_workers_batches(shards, mode):
     `decode: device` batches when the device takes all, exactly the workers' when it takes none,
     and within the uint8 resize's rounding of the workers' in between (the share crosses into the
     worker processes: these are 2 DataLoader workers)."""
-    workers, _ = epoch_batches(shards, "workers", pca=PCA, mode=mode)
-    device, _ = epoch_batches(shards, "device", pca=PCA, mode=mode)
-    runs = {share: epoch_batches(shards, "hybrid", share, pca=PCA, mode=mode)[0] for share in (0.0, 0.5, 1.0)}
+    workers = epoch_batches(shards, "workers", pca=PCA, mode=mode)
+    device = epoch_batches(shards, "device", pca=PCA, mode=mode)
+    runs = {share: epoch_batches(shards, "hybrid", share, pca=PCA, mode=mode) for share in (0.0, 0.5, 1.0)}
     one_level = 1.0 / (255 * min(TrainTransform().std))  # a uint8 step, normalised
     for (xw, yw), (xd, yd), *hybrid in zip(workers, device, *runs.values()):
         assert torch.equal(yw, yd) and (xw - xd).abs().max() <= one_level * 1.001
@@ -120,20 +124,15 @@ def test_device_and_hybrid_batches_are_the_workers_batches(shards, mode):
     assert any(not torch.equal(a, b) for (a, _), (b, _) in zip(runs[0.5], workers))
 
 
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: nvJPEG and the side stream")
 def test_on_cuda_the_side_stream_delivers_the_cpu_batches(shards):
     """The GPU's part is decoded on a side stream one batch ahead while the training stream is busy: every
     batch still arrives whole (nvJPEG's pixels differ from libjpeg-turbo's by its rounding alone)."""
     busy = torch.randn(2048, 2048, device="cuda")
     for decode, share in (("device", None), ("hybrid", 0.5)):
-        cpu, _ = epoch_batches(shards, decode, share, pca=PCA)
-        ld = ShardLoader(LoaderConfig(shards=shards, mode="uniform", batch_size=8, num_workers=2, seed=5,
-                                      decode=decode), TrainTransform(crop="rrc", size=16, pca=PCA), device="cuda")
-        if share is not None:
-            ld.share = FixedShare(share)
+        cpu = epoch_batches(shards, decode, share, pca=PCA)
         gpu = []
-        for x, y in ld.epoch(0):
+        for x, y in loader(shards, decode, share, pca=PCA, device="cuda").epoch(0):
             for _ in range(20):  # the training stream's step, queued before the batch is read
                 busy = (busy @ busy).tanh_()
             gpu.append((x.clone().cpu(), y.cpu()))
