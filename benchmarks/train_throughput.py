@@ -11,7 +11,8 @@
     others (on a cluster: on any node).
 
     python benchmarks/train_throughput.py [--archs resnet50 ...] [--batch N] [--size S] [--steps N]
-        [--pipeline-steps N] [--trainer-epochs N] [--compile both|off|on] [--skip-pipeline]
+        [--pipeline-steps N] [--trainer-epochs N] [--compile both|off|on] [--columns a b c d e]
+        [--data DIR] [--out FILE]
 
 Prints JSON.  On a GPU: bf16 autocast, channels_last, 224x224, cuDNN autotuning on for every contender
 (the trainer's default, and torchvision's reference script's).  On the CPU (this machine): fp32 at a
@@ -45,13 +46,18 @@ DECODE_TAGS = {"workers": "cpu", "device": "gpu", "hybrid": "hybrid"}  # data.de
 ARCHS = ["resnet50", "resnet18", "vgg_d", "alexnet", "googlenet", "wm_model_a", "wm_model_b"]
 
 
-def make_shards(root: str, images: int, name: str = "shards") -> str:
+def make_shards(root: str, images: int, name: str) -> str:
+    """`images` generated 256x256 JPEGs sharded into root/name; shards a finished earlier run left there
+    (its manifest, written last) are reused."""
     import numpy as np
     import ray
     from PIL import Image
 
     from pipelines.shard import ShardConfig, run
 
+    out = os.path.join(root, name)
+    if os.path.exists(os.path.join(out, "manifest.json")):
+        return out
     rng = np.random.default_rng(0)
     tree = os.path.join(root, f"{name}-tree")
     for i in range(images):
@@ -60,7 +66,6 @@ def make_shards(root: str, images: int, name: str = "shards") -> str:
         os.makedirs(folder, exist_ok=True)
         Image.fromarray(rng.uniform(0, 255, (16, 16, 3)).astype(np.uint8)).resize((256, 256)).save(
             os.path.join(folder, f"{i:06d}.jpg"), quality=90)
-    out = os.path.join(root, name)
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     run(ShardConfig(out=out, image_folder=tree, shard_samples=200))
     ray.shutdown()
@@ -126,10 +131,70 @@ def trainer_rate(name: str, shards: str, val_shards: str, a: argparse.Namespace,
     return result.metrics["images_per_s"]
 
 
+def synthetic(name: str, a: argparse.Namespace, device: str) -> dict:
+    """(a) and (b), eager and/or compiled."""
+    entry = {}
+    options = {"input_size": a.size} if name in ("vgg_d", "alexnet") else {}
+    for compiled in {"both": [False, True], "off": [False], "on": [True]}[a.compile]:
+        tag = "compiled" if compiled else "eager"
+        if "a" in a.columns and name in PEERS:
+            entry[f"a_torchvision_{tag}_img_s"] = round(
+                step_rate(peer(name, 10, a.size)[0], a.batch, a.size, a.steps, device, False, compiled), 1)
+        if "b" in a.columns:
+            model = create_model(name, 10, mode="bp", **options)
+            entry[f"b_ours_synthetic_{tag}_img_s"] = round(
+                step_rate(model, a.batch, a.size, a.steps, device, True, compiled), 1)
+    return entry
+
+
+def from_shards(name: str, a: argparse.Namespace, device: str, shards: str | None, val_shards: str | None,
+                storage: str) -> dict:
+    """(c), (d) and (e)."""
+    gpu = device == "cuda"
+    entry = {}
+    decodes = ["workers", "device", "hybrid"] if gpu else ["workers"]
+    for decode in decodes if "c" in a.columns else []:
+        rate, share = pipeline_rate(name, shards, a.batch, a.size, a.pipeline_steps, device, decode,
+                                    a.loader_workers)
+        entry[f"c_ours_from_shards_{DECODE_TAGS[decode]}_decode_img_s"] = round(rate, 1)
+        if share is not None:
+            entry["c_hybrid_gpu_share"] = round(share, 3)
+    runs = [("d_trainer_img_s", "loader", "workers")] if "d" in a.columns else []
+    runs += [("d_trainer_hybrid_img_s", "loader", "hybrid")] if runs and gpu else []
+    runs += [("e_trainer_ray_data_img_s", "ray_data", "workers")] if "e" in a.columns else []
+    for key, ingest, decode in runs:
+        entry[key] = round(trainer_rate(name, shards, val_shards, a, storage, gpu, ingest, decode), 1)
+    return entry
+
+
+def with_ratios(entry: dict) -> dict:
+    """`entry` with each column's ratio to (a), eager and compiled."""
+    for tag in ("eager", "compiled"):
+        peer_rate = entry.get(f"a_torchvision_{tag}_img_s")
+        if not peer_rate:
+            continue
+        ratios = {"b": f"b_ours_synthetic_{tag}_img_s", "d": "d_trainer_img_s",
+                  "d_hybrid": "d_trainer_hybrid_img_s", "e": "e_trainer_ray_data_img_s"}
+        ratios.update({f"c_{where}_decode": f"c_ours_from_shards_{where}_decode_img_s"
+                       for where in DECODE_TAGS.values()})
+        for short, key in ratios.items():
+            if key in entry:
+                entry[f"{short}_over_a_{tag}"] = round(entry[key] / peer_rate, 3)
+    return entry
+
+
+def write_atomically(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     gpu = torch.cuda.is_available()
     p.add_argument("--archs", nargs="+", default=ARCHS)
+    p.add_argument("--columns", nargs="+", choices=list("abcde"), default=list("abcde"),
+                   help="which of (a)-(e) to measure (default: all)")
     p.add_argument("--batch", type=int, default=256 if gpu else 16)
     p.add_argument("--size", type=int, default=224 if gpu else 64)
     p.add_argument("--steps", type=int, default=30 if gpu else 4, help="timed steps of (a) and (b)")
@@ -137,59 +202,42 @@ def main() -> None:
     p.add_argument("--images", type=int, default=20000 if gpu else 1500)
     p.add_argument("--loader-workers", type=int, default=12 if gpu else 2)
     p.add_argument("--compile", choices=["both", "off", "on"], default="both" if gpu else "off",
-                   help="(a) and (b) eager, compiled or both; (c) is always eager")
-    p.add_argument("--trainer-epochs", type=int, default=2, help="epochs of (d), the last one timed; 0: no (d)")
-    p.add_argument("--skip-pipeline", action="store_true", help="only (a) and (b)")
+                   help="(a) and (b) eager, compiled or both; (c)-(e) are always eager")
+    p.add_argument("--trainer-epochs", type=int, default=2, help="epochs of (d) and (e), the last one timed")
+    p.add_argument("--data", help="folder for the generated shards, kept and reused by later runs with the "
+                                  "same --images (default: a temporary folder)")
+    p.add_argument("--out", help="also write the JSON here, rewritten after each architecture, so that a run "
+                                 "cut short keeps the architectures it finished")
     a = p.parse_args()
+    if a.trainer_epochs < 1:
+        p.error("--trainer-epochs must be at least 1 (leave d and e out of --columns instead)")
     device = "cuda" if gpu else "cpu"
     torch.backends.cudnn.benchmark = gpu
     result = {"device": torch.cuda.get_device_name() if gpu else f"cpu ({os.cpu_count()} cores)",
               "torch": torch.__version__, "batch": a.batch, "size": a.size, "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        shards = None if a.skip_pipeline else make_shards(tmp, a.images)
-        trainer = not a.skip_pipeline and a.trainer_epochs > 0
+        data = a.data or tmp
+        shards = make_shards(data, a.images, f"shards-{a.images}") if set(a.columns) & set("cde") else None
+        trainer = bool(set(a.columns) & set("de"))
+        val_shards = make_shards(data, 4 * a.batch, f"val-{4 * a.batch}") if trainer else None
+
+        def save(name: str, entry: dict) -> None:
+            result["models"][name] = with_ratios(entry)
+            print(json.dumps({name: entry}), file=sys.stderr)  # progress
+            if a.out:
+                write_atomically(a.out, json.dumps(result, indent=1))
+
+        # (a) and (b) of every architecture first, while no Ray process runs beside them: on 2 cores, an (a)
+        # timed between trainer runs read 10-25% lower
+        for name in a.archs:
+            save(name, synthetic(name, a, device))
         if trainer:
             import ray
 
-            val_shards = make_shards(tmp, 4 * a.batch, "val")
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-        for name in a.archs:
-            entry = {}
-            options = {"input_size": a.size} if name in ("vgg_d", "alexnet") else {}
-            for compiled in {"both": [False, True], "off": [False], "on": [True]}[a.compile]:
-                tag = "compiled" if compiled else "eager"
-                if name in PEERS:
-                    entry[f"a_torchvision_{tag}_img_s"] = round(
-                        step_rate(peer(name, 10, a.size)[0], a.batch, a.size, a.steps, device, False, compiled), 1)
-                entry[f"b_ours_synthetic_{tag}_img_s"] = round(step_rate(
-                    create_model(name, 10, mode="bp", **options), a.batch, a.size, a.steps, device, True, compiled), 1)
-            print(json.dumps({name: entry}), file=sys.stderr)  # progress: (a) and (b)
-            for decode in ([] if a.skip_pipeline else ["workers", "device", "hybrid"] if gpu else ["workers"]):
-                where = DECODE_TAGS[decode]
-                rate, share = pipeline_rate(name, shards, a.batch, a.size, a.pipeline_steps, device, decode,
-                                            a.loader_workers)
-                entry[f"c_ours_from_shards_{where}_decode_img_s"] = round(rate, 1)
-                if share is not None:
-                    entry["c_hybrid_gpu_share"] = round(share, 3)
-            if trainer:
-                runs = [("d_trainer_img_s", "loader", "workers"), ("e_trainer_ray_data_img_s", "ray_data", "workers")]
-                for key, ingest, decode in runs + ([("d_trainer_hybrid_img_s", "loader", "hybrid")] if gpu else []):
-                    entry[key] = round(trainer_rate(name, shards, val_shards, a, os.path.join(tmp, "runs"), gpu,
-                                                    ingest, decode), 1)
-            for tag in ("eager", "compiled"):
-                peer_rate = entry.get(f"a_torchvision_{tag}_img_s")
-                if peer_rate and f"b_ours_synthetic_{tag}_img_s" in entry:
-                    entry[f"b_over_a_{tag}"] = round(entry[f"b_ours_synthetic_{tag}_img_s"] / peer_rate, 3)
-                for decode in DECODE_TAGS.values():
-                    if peer_rate and f"c_ours_from_shards_{decode}_decode_img_s" in entry:
-                        entry[f"c_{decode}_decode_over_a_{tag}"] = round(
-                            entry[f"c_ours_from_shards_{decode}_decode_img_s"] / peer_rate, 3)
-                for key, short in (("d_trainer_img_s", "d"), ("d_trainer_hybrid_img_s", "d_hybrid"),
-                                   ("e_trainer_ray_data_img_s", "e")):
-                    if peer_rate and key in entry:
-                        entry[f"{short}_over_a_{tag}"] = round(entry[key] / peer_rate, 3)
-            result["models"][name] = entry
-            print(json.dumps({name: entry}), file=sys.stderr)
+        for name in a.archs if shards else []:
+            save(name, {**result["models"][name],
+                        **from_shards(name, a, device, shards, val_shards, os.path.join(tmp, "runs"))})
     print(json.dumps(result, indent=1))
 
 
