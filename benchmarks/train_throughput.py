@@ -39,6 +39,7 @@ import torch
 from model_step import PEERS, peer, step_rate
 from pipelines.online.loader import LoaderConfig, ShardLoader
 from pipelines.online.transforms import TrainTransform
+from pipelines.storage import Location
 from training.models import create_model
 
 DECODE_TAGS = {"workers": "cpu", "device": "gpu", "hybrid": "hybrid"}  # data.decode -> the JSON keys' tag
@@ -183,12 +184,6 @@ def with_ratios(entry: dict) -> dict:
     return entry
 
 
-def write_atomically(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     gpu = torch.cuda.is_available()
@@ -225,7 +220,7 @@ def main() -> None:
             result["models"][name] = with_ratios(entry)
             print(json.dumps({name: entry}), file=sys.stderr)  # progress
             if a.out:
-                write_atomically(a.out, json.dumps(result, indent=1))
+                Location.write_file(a.out, (json.dumps(result, indent=1) + "\n").encode())
 
         # (a) and (b) of every architecture first, while no Ray process runs beside them: on 2 cores, an (a)
         # timed between trainer runs read 10-25% lower
