@@ -29,6 +29,39 @@ def test_interval_bookkeeping():
     assert runs(np.array([7, 3, 4, 5, 9, 8, 0])) == [[0, 1], [3, 6], [7, 10]]
 
 
+def test_a_resumed_epoch_of_places365_challenge_is_planned_exactly_and_packed():
+    """The bookkeeping at the mission's size: 8,026,628 positions, 64 ranks, a checkpoint half-way through a
+    shuffled uniform epoch (`data.read_block` > 1: each rank's local shuffle buffer and prefetched batches
+    hold received positions it has not trained).  The resumed plan is exactly the positions no rank
+    trained, in tasks of `chunk` (the last one fewer), although most of its intervals are a few positions."""
+    from pipelines.online.ray_ingest import read_ranges
+
+    n, world, chunk, batch = 8_026_628, 64, 128, 256
+    rng = np.random.default_rng(0)
+    starts = np.arange(0, n, chunk)
+    received = [starts[rank::world] for rank in range(world)]  # blocks go to the rank with the fewest rows
+    states = []
+    for rank in range(world):
+        stream = np.concatenate([np.arange(a, min(n, a + chunk)) for a in received[rank][:n // world // chunk // 2]])
+        # trained: what it received, less two prefetched batches and the rows its shuffle buffer holds (4
+        # batches, drawn from the recent rows)
+        held = len(stream) - 2 * batch - 1 - rng.choice(16 * batch, 4 * batch, replace=False)
+        trained = np.delete(stream[:-2 * batch], held)
+        states.append(runs(rng.permutation(trained)))
+    todo = subtract(0, n, merge([i for s in states for i in s]))
+    tasks = read_ranges(todo, chunk)
+
+    times = np.zeros(n, np.int8)  # how often each position is trained, before and after the resume
+    for lo, hi in [i for s in states for i in s] + [r for task in tasks for r in task]:
+        times[lo:hi] += 1
+    assert (times == 1).all()
+    remaining = sum(hi - lo for lo, hi in todo)
+    assert [sum(hi - lo for lo, hi in t) for t in tasks] == [chunk] * (remaining // chunk) + [remaining % chunk]
+    per_interval = sum(-(-(hi - lo) // chunk) for lo, hi in todo)
+    assert per_interval > 2 * len(tasks)  # one task per interval: more than twice the tasks, most tiny
+    assert read_ranges([[0, 5], [7, 8]], 3) == [[(0, 3)], [(3, 5), (7, 8)]] and read_ranges([], 3) == []
+
+
 def spec(shards, mode="uniform", **kw):
     from pipelines.online.ray_ingest import IngestSpec
     from pipelines.online.transforms import TrainTransform
