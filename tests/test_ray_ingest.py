@@ -42,7 +42,8 @@ def test_a_resumed_epoch_of_places365_challenge_is_planned_exactly_and_packed():
     received = [starts[rank::world] for rank in range(world)]  # blocks go to the rank with the fewest rows
     states = []
     for rank in range(world):
-        stream = np.concatenate([np.arange(a, min(n, a + chunk)) for a in received[rank][:n // world // chunk // 2]])
+        half = received[rank][:n // world // chunk // 2]
+        stream = np.concatenate([np.arange(a, min(n, a + chunk)) for a in half])
         # trained: what it received, less two prefetched batches and the rows its shuffle buffer holds (4
         # batches, drawn from the recent rows)
         held = len(stream) - 2 * batch - 1 - rng.choice(16 * batch, 4 * batch, replace=False)
@@ -56,7 +57,8 @@ def test_a_resumed_epoch_of_places365_challenge_is_planned_exactly_and_packed():
         times[lo:hi] += 1
     assert (times == 1).all()
     remaining = sum(hi - lo for lo, hi in todo)
-    assert [sum(hi - lo for lo, hi in t) for t in tasks] == [chunk] * (remaining // chunk) + [remaining % chunk]
+    full, rest = divmod(remaining, chunk)
+    assert [sum(hi - lo for lo, hi in t) for t in tasks] == [chunk] * full + ([rest] if rest else [])
     per_interval = sum(-(-(hi - lo) // chunk) for lo, hi in todo)
     assert per_interval > 2 * len(tasks)  # one task per interval: more than twice the tasks, most tiny
     assert read_ranges([[0, 5], [7, 8]], 3) == [[(0, 3)], [(3, 5), (7, 8)]] and read_ranges([], 3) == []
