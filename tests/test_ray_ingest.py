@@ -49,11 +49,12 @@ def test_a_resumed_epoch_of_places365_challenge_is_planned_exactly_and_packed():
         held = len(stream) - 2 * batch - 1 - rng.choice(16 * batch, 4 * batch, replace=False)
         trained = np.delete(stream[:-2 * batch], held)
         states.append(runs(rng.permutation(trained)))
-    todo = subtract(0, n, merge([i for s in states for i in s]))
+    consumed = [interval for state in states for interval in state]  # what the checkpoint holds
+    todo = subtract(0, n, merge(consumed))
     tasks = read_ranges(todo, chunk)
 
     times = np.zeros(n, np.int8)  # how often each position is trained, before and after the resume
-    for lo, hi in [i for s in states for i in s] + [r for task in tasks for r in task]:
+    for lo, hi in consumed + [r for task in tasks for r in task]:
         times[lo:hi] += 1
     assert (times == 1).all()
     remaining = sum(hi - lo for lo, hi in todo)
