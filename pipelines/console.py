@@ -18,6 +18,7 @@ once, without Ray's `(RayTrainWorker pid=...)` prefix, whether the driver is a s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -30,6 +31,8 @@ QUIET_LEVEL = logging.WARNING
 RAY_LIBRARY_LOGGERS = ("ray.data", "ray.train", "ray.tune")
 _logs_dir: str | None = None  # the Ray session's log folder, once start_ray has started Ray
 _our_node: str | None = None  # the node id of the Ray that start_ray started
+GCS_PORT_VARIABLE = "RAY_GCS_SERVER_PORT"  # the port a local Ray's GCS takes (ray._private.ray_constants)
+RAY_OWN_WARNINGS = ("ignore:`ExecutionOptions.exclude_resources` is deprecated",)  # PYTHONWARNINGS entries
 
 
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
@@ -67,9 +70,12 @@ def train_log_level(verbose: bool) -> str:
     return "INFO" if verbose else logging.getLevelName(QUIET_LEVEL)
 
 
-def start_ray(verbose: bool = False, **init_args) -> None:
-    """Join the cluster in RAY_ADDRESS, or start a local one, with the console as this module keeps it;
-    prints where the dashboard and Ray's logs are, once.  A Ray already initialised is left as it is."""
+def start_ray(verbose: bool = False) -> None:
+    """Join the cluster in RAY_ADDRESS (or the last `ray start` here), or start a local one, with the console
+    as this module keeps it; prints where the dashboard and Ray's logs are, once.  A Ray already initialised
+    is left as it is.  Every worker and actor of the job gets the cluster's address (RAY_ADDRESS): Ray's own
+    actors that call its state API (Train's placement-group cleaner) would otherwise look for the cluster
+    among the processes of the machine, and fail with a traceback where it runs a second Ray."""
     import ray
 
     if not verbose:
@@ -82,10 +88,55 @@ def start_ray(verbose: bool = False, **init_args) -> None:
         if ray.get_runtime_context().get_node_id() != _our_node:  # someone else's: theirs to shut down
             _logs_dir = _our_node = None
         return
-    context = ray.init(logging_level=logging.INFO if verbose else QUIET_LEVEL, **init_args)
+    if not verbose:  # the autoscaler's "Adding 2 node(s)" lines: `ray status` and the dashboard show them
+        from ray._private import ray_constants
+
+        ray_constants.AUTOSCALER_EVENTS = 0  # what RAY_SCHEDULER_EVENTS=0 sets, read when a driver prints
+    address, local_port = _address_to_pin()
+    # in a `ray job submit` driver, merged into the job's runtime env (its working_dir kept)
+    env_vars = {"RAY_ADDRESS": address, **({} if verbose else {"PYTHONWARNINGS": _quiet_warnings()})}
+    with _environment(GCS_PORT_VARIABLE, local_port):  # a local Ray's GCS listens where RAY_ADDRESS says
+        context = ray.init(logging_level=logging.INFO if verbose else QUIET_LEVEL, runtime_env={"env_vars": env_vars})
     dashboard = f"http://{context.dashboard_url}" if context.dashboard_url else "not running"
     _logs_dir, _our_node = f"{context.address_info['session_dir']}/logs", ray.get_runtime_context().get_node_id()
     print(f"Ray dashboard: {dashboard}; Ray's own logs: {_logs_dir}", flush=True)
+
+
+def _quiet_warnings() -> str:
+    """PYTHONWARNINGS for the workers: theirs, less Ray's own deprecation warning that Ray Train's run
+    tracking (the dashboard's Train page) raises in every run, which no setting of ours can avoid."""
+    return ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), *RAY_OWN_WARNINGS]))
+
+
+def _address_to_pin() -> tuple[str, int | None]:
+    """(the address ray.init() will join, None), or for a local start (an address on a free port, the port)."""
+    import socket
+
+    from ray._private.services import canonicalize_bootstrap_address
+    from ray.util import get_node_ip_address
+
+    joined = canonicalize_bootstrap_address(None)
+    if joined:
+        return joined, None
+    with socket.socket() as s:  # a free port for the local GCS (taken meanwhile by another process: Ray fails to start)
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    return f"{get_node_ip_address()}:{port}", port
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: int | None):
+    """`name=value` in os.environ within the block (nothing where value is None), as it was after."""
+    saved = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = str(value)
+    try:
+        yield
+    finally:
+        if value is not None and saved is None:
+            del os.environ[name]
+        elif value is not None:
+            os.environ[name] = saved
 
 
 def started_ray_here() -> bool:

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, fields
 if __package__ in (None, ""):  # run as `python pipelines/shard.py`: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pipelines import cluster_shape
+from pipelines.cluster_shape import ClusterShape, RequestDoesNotFit
 from pipelines.console import add_verbose_flag, report_failure, start_ray
 from pipelines.media.images import ImageSettings
 from pipelines.media.video import VideoSettings
@@ -32,11 +34,13 @@ from pipelines.offline.shard_tasks import (MEMBERS_DIR, STATE_DIR, ShardPlan, co
                                            parse_attribute_ranges, parse_ranges, resolve_duplicates, write_group,
                                            write_rejects)
 from pipelines.settings_file import SettingsFileError, read_mapping
+from pipelines.shared_paths import SharedPathError, check_local_paths
 from pipelines.storage import Location, LockedError, exclusive
 
 LOCK_FILE = "lock"  # in OUT/.state while a run writes there
 IMAGE_FOLDER_LIST = "image_folder_list.txt"  # in OUT/.state: an --image-folder tree as a list
 NAME_REJECTS = "rejects-names.jsonl"  # in OUT/.state: its files whose names a list cannot carry
+TASK = {"CPU": 1}  # what each of the pipeline's tasks reserves
 BUCKET_ROWS = 200_000  # list entries per duplicate-detection bucket: its reduce task holds them all
 GROUP_ROWS = 50_000  # list entries per shard-grouping partition: what bounds a worker's memory there
 
@@ -64,6 +68,7 @@ class ShardConfig:
     frame_resize: str = "shorter"
     min_frames: int = 16  # fewer frames at fps: quarantined as too_short
     max_frames: int = 0  # keep at most this many frames from a video's start (0: all)
+    shared_filesystem: bool = False  # local paths are mounted on every node of the cluster (verified)
 
     def __post_init__(self):  # a recipe file's values arrive untyped
         for f in fields(self):
@@ -147,6 +152,9 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ShardConfig, bool
     p.add_argument("--frame-resize", choices=["shorter", "square"], help="default shorter (aspect kept)")
     p.add_argument("--min-frames", type=int, help="shorter videos are quarantined as too_short (default 16)")
     p.add_argument("--max-frames", type=int, help="keep at most this many frames of a video (default 0: all)")
+    p.add_argument("--shared-filesystem", action="store_true", default=None,
+                   help="on a cluster of several nodes: the local paths given are mounted on every node "
+                        "(verified); without it they are refused there (use s3://...)")
     p.add_argument("--force", action="store_true",
                    help="write into an OUT that holds files this tool did not write (they may be overwritten)")
     add_verbose_flag(p)
@@ -280,7 +288,9 @@ def _run_locked(cfg: ShardConfig, out: Location, started: float, verbose: bool) 
     pf = preflight(cfg, out)
     plan = make_plan(cfg, pf, out)
     start_ray(verbose)
-    summaries = _run_pipeline(pf, plan)
+    shape = cluster_shape.of_cluster()
+    check_cluster(cfg, shape)
+    summaries = _run_pipeline(pf, plan, shape.capacity(TASK))
     out.remove_tree(MEMBERS_DIR)  # the shards' member lists: every shard is written, its sidecar says what it holds
 
     reasons = shard_index.quarantine_reasons(out, summaries)
@@ -324,10 +334,26 @@ def _run_locked(cfg: ShardConfig, out: Location, started: float, verbose: bool) 
     return manifest
 
 
-def _run_pipeline(pf: Preflight, plan: ShardPlan) -> list[dict]:
+def check_cluster(cfg: ShardConfig, shape: ClusterShape) -> None:
+    """Before any task starts: a task fits the cluster at its largest, and the local paths reach every node
+    it has or can have (a CorpusError naming the flag otherwise)."""
+    try:
+        shape.check_fits("shard.py: a sharding task", TASK)
+        local = [(flag, path) for flag, path in (
+            ("--list", cfg.list), ("--images-root", cfg.images_root), ("--image-folder", cfg.image_folder),
+            ("--categories", cfg.categories), ("--attributes", cfg.attributes), ("--out", cfg.out))
+            if path and "://" not in path]
+        out = os.path.abspath(cfg.out) if "://" not in cfg.out else None
+        check_local_paths(shape, local, cfg.shared_filesystem, "--shared-filesystem",
+                          os.path.join(out, STATE_DIR) if out else None,
+                          [os.path.abspath(p) for flag, p in local if flag != "--out"])
+    except (RequestDoesNotFit, SharedPathError) as exc:
+        raise CorpusError(str(exc)) from None
+
+
+def _run_pipeline(pf: Preflight, plan: ShardPlan, cpus: int) -> list[dict]:
     import ray
 
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     num_groups = sum(plan.shards_per_label.values())
     ranges = list_file.byte_ranges(pf.list_loc)
     ds = ray.data.from_items([{"start": start, "end": end} for start, end in ranges], override_num_blocks=len(ranges))

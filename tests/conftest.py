@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -45,6 +46,38 @@ def offsets_cache(tmp_path_factory):
 
     os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("places-ray-cache"))
     yield os.environ[CACHE_ENV]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_head(temp: str, env: dict, *args: str, dashboard: int | None = None) -> subprocess.Popen:
+    """`ray start --head --block` in a process group of its own (its GCS, raylet, dashboard and, with
+    --autoscaling-config, its monitor), with its own temp dir; with `dashboard`, waits until the job API
+    answers there."""
+    argv = ["ray", "start", "--head", "--block", f"--temp-dir={temp}", *args]
+    if dashboard:
+        argv += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while dashboard and subprocess.run(["ray", "job", "list", "--address", f"http://127.0.0.1:{dashboard}"], env=env,
+                                       capture_output=True).returncode:
+        assert proc.poll() is None and time.time() < deadline, "the head node did not come up"
+        time.sleep(2)
+    return proc
+
+
+def stop_head(proc: subprocess.Popen) -> None:
+    """Every process of that cluster, by its process group: never `ray stop`, which kills every Ray here."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)  # a graceful stop of every process takes half a minute; its own temp dir goes anyway
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, free_port, start_head, stop_head
 
 pytestmark = pytest.mark.slow
 EPOCHS = 8  # configs/demo.yaml
@@ -33,8 +35,17 @@ def run_tool(cwd: Path, *argv: str) -> tuple[int, list[str]]:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
+    """The demo, with another Ray cluster running on this machine (a `ray start` of someone else's): what
+    Ray's own actors find when they look for "the" cluster among the machine's processes."""
     cwd = tmp_path_factory.mktemp("newcomer")
-    code, lines = run_tool(cwd, os.path.join(ROOT, "training", "run.py"))
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    other = start_head(tempfile.mkdtemp(prefix="ro", dir="/tmp"), env, f"--port={free_port()}", "--num-cpus=1",
+                       dashboard=free_port())
+    try:
+        code, lines = run_tool(cwd, os.path.join(ROOT, "training", "run.py"))
+    finally:
+        stop_head(other)
     assert code == 0, "\n".join(lines[-60:])
     return cwd, lines
 
@@ -51,6 +62,7 @@ def test_the_demo_console_is_ours_and_fits_on_a_screen(demo):
     for epoch in range(1, EPOCHS + 1):
         assert sum(line.startswith(f"epoch {epoch}/{EPOCHS} done: top-1 error ") for line in lines) == 1, text
     assert not ray_info_lines(lines), text
+    assert "Traceback" not in text and "Found multiple active Ray instances" not in text  # the other cluster's
     assert "entries read 1646 = written 1641 + quarantined 5" in text  # the demo's bad train entries
     [run] = list((cwd / "runs").iterdir())
     for shown in (f"report: {run}/report.json", f"best checkpoint: {run}/checkpoint_",

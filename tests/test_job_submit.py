@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, free_port, start_head, stop_head
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
@@ -30,23 +21,10 @@ def head():
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     env.pop("RAY_ADDRESS", None)
-    gcs, dashboard = free_port(), free_port()
-    proc = subprocess.Popen(["ray", "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
-                             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-                             f"--temp-dir={temp}"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    address = f"http://127.0.0.1:{dashboard}"
-    deadline = time.time() + 120
-    while subprocess.run(["ray", "job", "list", "--address", address], env=env, capture_output=True).returncode:
-        assert proc.poll() is None and time.time() < deadline, "the head node did not come up"
-        time.sleep(2)
-    yield address, env
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)  # a graceful stop of every process takes half a minute; its own temp dir goes anyway
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    dashboard = free_port()
+    proc = start_head(temp, env, f"--port={free_port()}", "--num-cpus=2", dashboard=dashboard)
+    yield f"http://127.0.0.1:{dashboard}", env
+    stop_head(proc)
 
 
 def test_job_submit_trains_and_checkpoints(head, tmp_path):

@@ -1,7 +1,7 @@
 """Sharding and training on a real multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`,
 each node a raylet with its own CPUs), against the same work on one node: sharding's tasks spread over
-every node with byte-identical output; local training paths refused unless every node mounts them;
-DDP across nodes with the metrics of a one-node run."""
+every node with byte-identical output; local paths (sharding's, training's) refused unless every node
+mounts them; DDP across nodes with the metrics of a one-node run."""
 
 from __future__ import annotations
 
@@ -70,11 +70,11 @@ def image_tree(root) -> None:
             (root / f"class{c}" / f"{i:03d}.jpg").write_bytes(encode(scene(c * 100 + i, 48, 40)))
 
 
-def shard(tree, out) -> None:
+def shard(tree, out, *flags: str) -> int:
     from pipelines import shard as shard_cli
 
-    assert shard_cli.main(["--image-folder", str(tree), "--out", str(out), "--image-size", "32",
-                           "--shard-samples", "4"]) == 0
+    return shard_cli.main(["--image-folder", str(tree), "--out", str(out), "--image-size", "32",
+                           "--shard-samples", "4", *flags])
 
 
 def outputs(out) -> dict[str, bytes]:
@@ -96,7 +96,11 @@ def test_sharding_and_ddp_across_nodes_match_one_node(tmp_path, capsys):
         for _ in range(2):  # one CPU each: the two Train workers must land on different nodes
             cluster.add_node(num_cpus=1, resources={"gpu_node": 1})
         ray.init(address=cluster.address)
-        shard(tmp_path / "tree", tmp_path / "sharded-on-3-nodes")
+        assert shard(tmp_path / "tree", tmp_path / "refused") == 2  # local paths, not said to be shared
+        err = capsys.readouterr().err
+        assert "--image-folder: " in err and "this Ray cluster has 3 nodes" in err and "--shared-filesystem" in err
+        assert not list((tmp_path / "refused").glob("*.tar"))
+        assert shard(tmp_path / "tree", tmp_path / "sharded-on-3-nodes", "--shared-filesystem") == 0
         assert len(writer_nodes(list_tasks)) == 2  # both worker nodes wrote shards
 
         assert run.main(common(tmp_path, "refused")) == 2
@@ -126,7 +130,7 @@ def test_sharding_and_ddp_across_nodes_match_one_node(tmp_path, capsys):
         cluster.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # the same work on one node
     try:
-        shard(tmp_path / "tree", tmp_path / "sharded-on-1-node")
+        assert shard(tmp_path / "tree", tmp_path / "sharded-on-1-node") == 0
         assert run.main(common(tmp_path, "one-node")) == 0
     finally:
         ray.shutdown()

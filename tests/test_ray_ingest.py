@@ -163,7 +163,7 @@ def audit(tmp_path, name: str, settings: list[str], extra_stage=None, interrupt_
 
     from pipelines.online.ray_ingest import EpochPlan, EpochSplit, build_dataset
     from training.config import with_overrides, to_dict
-    from training.run import worker_resources
+    from training.preflight import worker_resources
     from training.train_loop import ingest_spec
 
     cfg = with_overrides({}, [f"data.train_shards={tmp_path}/train", "data.size=16", "data.batch_size=8",

@@ -83,17 +83,27 @@ def test_warm_start_takes_the_best_of_the_deepest_shallower_trials(tmp_path):
     assert warm_start_checkpoint(setup, "vgg_a") is None
 
 
-def test_concurrent_trials_follow_the_cluster_and_the_workers(ray_cluster):
-    demo = f"{ROOT}/configs/demo.yaml"
+def test_concurrent_trials_follow_the_cluster_and_the_workers():
+    from pipelines.cluster_shape import ClusterShape, NodeType
     from training.config import load
 
-    assert max_concurrent(load(demo, ["run.workers=1", "run.cpus_per_worker=1"])) == 2
-    assert max_concurrent(load(demo, ["run.workers=2", "run.cpus_per_worker=1"])) == 1
-    assert max_concurrent(load(demo, ["run.workers=1", "run.cpus_per_worker=0.5"])) == 4
-    with pytest.raises(ConfigError, match="one trial needs 3 CPU"):
-        max_concurrent(load(demo, ["run.workers=3"]))
-    with pytest.raises(ConfigError, match="one trial needs 1 GPU"):
-        max_concurrent(load(demo, ["run.workers=1", "run.use_gpu=true"]))
+    demo = f"{ROOT}/configs/demo.yaml"
+    laptop = ClusterShape((NodeType("this machine", {"CPU": 2, "GPU": 0}, 1),), "this machine")
+    assert max_concurrent(load(demo, ["run.workers=1", "run.cpus_per_worker=1"]), laptop) == 2
+    assert max_concurrent(load(demo, ["run.workers=2", "run.cpus_per_worker=1"]), laptop) == 1
+    assert max_concurrent(load(demo, ["run.workers=1", "run.cpus_per_worker=0.5"]), laptop) == 4
+    with pytest.raises(ConfigError, match=r"3 x \{CPU: 1\}, and this machine can hold 2 at most"):
+        max_concurrent(load(demo, ["run.workers=3"]), laptop)
+    with pytest.raises(ConfigError, match=r"\{CPU: 1, GPU: 1\}, and this machine can hold 0"):
+        max_concurrent(load(demo, ["run.workers=1", "run.use_gpu=true"]), laptop)
+    # cluster.yaml's shape from zero workers: a CPU-only head, up to 4 nodes of 8 GPUs: 2-GPU trials, 16 at once
+    autoscaling = ClusterShape((NodeType("head", {"CPU": 0}, 1), NodeType("gpu_node", {"CPU": 64, "GPU": 8}, 4),
+                                NodeType("cpu_data", {"CPU": 32, "data_node": 1}, 8)),
+                               "this Ray cluster at its autoscaler's max_workers", autoscaling=True, max_worker_nodes=12)
+    assert max_concurrent(load(demo, ["run.workers=2", "run.use_gpu=true", "run.cpus_per_worker=4"]), autoscaling) == 16
+    # a ray_data trial's decode CPUs count on a CPU cluster: 2 workers x 1 CPU + 2 decode CPUs per trial
+    assert max_concurrent(load(demo, ["run.workers=2", "data.ingest=ray_data", "data.ingest_cpus=2"]),
+                          ClusterShape((NodeType("n", {"CPU": 8}, 2),), "this Ray cluster")) == 4
 
 
 def test_optuna_suggestions_are_runnable_trial_configs():

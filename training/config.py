@@ -151,6 +151,48 @@ def to_dict(cfg: TrainConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def to_yaml(cfg: TrainConfig) -> str:
+    """A training YAML that `training/run.py --config` takes (tuples as lists)."""
+    import json
+
+    return yaml.safe_dump(json.loads(json.dumps(to_dict(cfg))), sort_keys=False)
+
+
+RUN_CONFIG_FILE = "config.yaml"  # in a run's folder: the config it started with, what --resume continues
+
+
+def save_run_config(run_path: str, cfg: TrainConfig) -> str:
+    from pipelines.storage import Location
+
+    return Location.write_file(f"{run_path.rstrip('/')}/{RUN_CONFIG_FILE}", to_yaml(cfg).encode())
+
+
+def saved_run_config(run_path: str) -> dict | None:
+    """The config mapping a run saved when it started, or None (a run folder without one)."""
+    from pipelines.storage import Location
+
+    folder = Location.parse(run_path)
+    if not folder.exists(RUN_CONFIG_FILE):
+        return None
+    return yaml.safe_load(folder.read_bytes(RUN_CONFIG_FILE))
+
+
+def differing_keys(a: TrainConfig, b: TrainConfig) -> list[str]:
+    """The dotted keys whose values differ between two configs."""
+    flat_a, flat_b = (_flatten(to_dict(c)) for c in (a, b))
+    return [k for k in flat_a if flat_a[k] != flat_b.get(k)]
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "options":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def from_dict(data: dict) -> TrainConfig:
     return check(_build(TrainConfig, data, ""))
 

@@ -15,7 +15,11 @@ instead of a failure inside a Train worker after every retry, or a run that trai
 
 from __future__ import annotations
 
+import os
+
+from pipelines.cluster_shape import ClusterShape, RequestDoesNotFit
 from pipelines.online.catalog import Catalog, first_different_class
+from pipelines.shared_paths import SharedPathError, check_local_paths
 from training.config import ConfigError, TrainConfig
 
 PREFLIGHT_KEYS = ("model.", "data.train_shards", "data.val_shards", "optim.trainable_from")  # prefixes it reads
@@ -165,60 +169,47 @@ def check_shard_files(key: str, catalog: Catalog) -> None:
         raise ConfigError(f"config key '{key}': {exc}") from None
 
 
-def check_paths_reach_every_node(cfg: TrainConfig) -> None:
-    """On a Ray cluster of more than one node, a local path means a different folder on each node:
-    checkpoints written where the driver never looks, shards a worker cannot find.  Refused, unless
-    `run.shared_filesystem` says every node mounts them, which is then verified on every node (a marker
-    file written here must be read there; every shard index must be there)."""
-    import ray
+def worker_resources(cfg: TrainConfig) -> dict:
+    """What each Train worker reserves besides its GPU.  `run.worker_resource` keeps workers on the nodes
+    offering it (a token amount: it says where, not how many), e.g. off the data nodes of a cluster."""
+    r = cfg.run
+    return {"CPU": r.cpus_per_worker, **({r.worker_resource: 0.001} if r.worker_resource else {})}
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+
+def check_cluster_fits(cfg: TrainConfig, shape: ClusterShape) -> None:
+    """The run's Train workers (all of them: the gang starts together, or `run.min_workers` of an elastic
+    run) and, with `data.ingest: ray_data`, one decode task fit the cluster at its largest; otherwise the
+    run would wait for resources that never come."""
+    r, d = cfg.run, cfg.data
+    bundle = {**worker_resources(cfg), **({"GPU": 1} if r.use_gpu else {})}
+    keys = "'run.workers', 'run.cpus_per_worker'" + (", 'run.use_gpu'" if r.use_gpu else "") + (
+        ", 'run.worker_resource'" if r.worker_resource else "")
+    try:
+        shape.check_fits(f"config keys {keys}: {r.min_workers or r.workers} Train worker(s)", bundle,
+                         r.min_workers or r.workers)
+        if d.ingest == "ray_data":
+            task = {"CPU": d.ingest_cpus, **({d.ingest_resource: d.ingest_cpus} if d.ingest_resource else {})}
+            shape.check_fits("config keys 'data.ingest_cpus', 'data.ingest_resource': a decode task", task)
+    except RequestDoesNotFit as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_paths_reach_every_node(cfg: TrainConfig, shape: ClusterShape) -> None:
+    """On a Ray cluster that has or can have more than one node, a local path means a different folder on
+    each node: checkpoints written where the driver never looks, shards a worker cannot find.  Refused,
+    unless `run.shared_filesystem` says every node mounts them, which is then verified on every node
+    alive now (and by each Train worker where it starts: `SharedMarker`)."""
     local = [(key, path) for key, path in (
         ("run.storage_path", cfg.run.storage_path), ("data.train_shards", cfg.data.train_shards),
         ("data.val_shards", cfg.data.val_shards), ("model.pretrained", cfg.model.pretrained),
         ("model.init_from", cfg.model.init_from)) if path and "://" not in path]
-    if len(nodes) < 2 or not local:
-        return
-    if not cfg.run.shared_filesystem:
-        key, path = local[0]
-        raise ConfigError(f"config key '{key}': {path} is a local path and this Ray cluster has {len(nodes)} "
-                          f"nodes, whose workers would each see their own disk there.  Use s3://... (or another "
-                          f"URI every node can reach), or a path every node mounts and "
-                          f"--set run.shared_filesystem=true")
-    _verify_on_every_node(nodes, local, cfg.run.storage_path)
-
-
-def _verify_on_every_node(nodes: list[dict], local: list[tuple[str, str]], storage_path: str) -> None:
-    import os
-    import uuid
-
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    os.makedirs(storage_path, exist_ok=True)
-    token = uuid.uuid4().hex
-    marker = os.path.join(storage_path, f".shared-filesystem-check-{token}")
-    with open(marker, "w") as f:
-        f.write(token)
-
-    @ray.remote(num_cpus=0)
-    def missing_here(checks: list[tuple[str, str]]) -> list[str]:
-        return [key for key, path in checks if not os.path.exists(path)
-                or (key == "run.storage_path" and open(path).read() != token)]
-
-    checks = [(key, marker if key == "run.storage_path" else
-               (os.path.join(path, "index.json") if key.startswith("data.") else path)) for key, path in local]
+    inputs = [os.path.join(path, "index.json") if key.startswith("data.") else path
+              for key, path in local if key != "run.storage_path"]
     try:
-        found = ray.get([missing_here.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-            n["NodeID"], soft=False)).remote(checks) for n in nodes])
-    finally:
-        os.remove(marker)
-    for node, missing in zip(nodes, found):
-        if missing:
-            path = dict(local)[missing[0]]
-            raise ConfigError(f"config key '{missing[0]}': run.shared_filesystem is true, but node "
-                              f"{node['NodeManagerAddress']} ({node['NodeID'][:8]}) does not see {path} as this "
-                              f"machine does: mount it on every node, or use s3://...")
+        check_local_paths(shape, [(f"config key '{key}'", path) for key, path in local], cfg.run.shared_filesystem,
+                          "--set run.shared_filesystem=true", cfg.run.storage_path, inputs)
+    except SharedPathError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def check_ingest_room(cfg: TrainConfig) -> None:

@@ -19,13 +19,18 @@ import uuid
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pipelines import cluster_shape
+from pipelines.cluster_shape import joins_a_cluster, this_machine
 from pipelines.console import ConsoleRelay, add_verbose_flag, report_failure, start_ray, train_log_level
-from training.config import ConfigError, TrainConfig, load, to_dict
+from training.config import (ConfigError, TrainConfig, differing_keys, load, save_run_config, saved_run_config,
+                             to_dict, with_overrides)
 from training.metrics_sink import scores_text
-from training.preflight import check_ingest_room, check_paths_reach_every_node, check_training_inputs
+from training.preflight import (check_cluster_fits, check_ingest_room, check_paths_reach_every_node,
+                                check_training_inputs, worker_resources)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(ROOT, "configs", "demo.yaml")
+TRAIN_STATE_VARIABLE = "RAY_TRAIN_ENABLE_STATE_TRACKING"  # ray.train.constants
 
 
 def absolute(path: str) -> str:
@@ -95,28 +100,26 @@ def tensorboard_dir(cfg: TrainConfig, name: str) -> str | None:
     return None if "://" in cfg.run.storage_path else os.path.join(cfg.run.storage_path, name, "tensorboard")
 
 
-def worker_resources(cfg: TrainConfig) -> dict:
-    """What each Train worker reserves.  `run.worker_resource` keeps workers on the nodes offering it (a
-    token amount: it says where, not how many), e.g. off the data nodes of a cluster without GPUs."""
-    r = cfg.run
-    return {"CPU": r.cpus_per_worker, **({r.worker_resource: 0.001} if r.worker_resource else {})}
-
-
 def make_trainer(cfg: TrainConfig, name: str, callbacks: list | None = None, replay_history: bool = False,
-                 console=None, verbose: bool = False):
+                 console=None, verbose: bool = False, shared_marker=None):
     """The run's TorchTrainer.  `callbacks` are Ray Train callbacks; tuning passes TuneReportCallback and
     `replay_history`, so that a restarted trial re-reports the epochs its checkpoint already holds.
-    `console`: a ConsoleRelay queue for rank 0's lines; `verbose`: Ray Train's INFO lines on the console."""
+    `console`: a ConsoleRelay queue for rank 0's lines; `verbose`: Ray Train's INFO lines on the console;
+    `shared_marker`: a SharedMarker each worker must see (local paths on a shared filesystem)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    # the run (its workers, attempts, status) on the dashboard's Train page: Ray Train records it only if asked,
+    # in the process that calls fit()
+    os.environ.setdefault(TRAIN_STATE_VARIABLE, "1")
     from training.train_loop import train_fn_per_worker
 
     r = cfg.run
     workers = (r.min_workers, r.workers) if r.min_workers else r.workers
     storage_path, storage_filesystem = storage(r.storage_path)
     loop_config = {"train": to_dict(cfg), "run_name": name, "replay_history": replay_history,
-                   "tensorboard_dir": tensorboard_dir(cfg, name), "console": console, "verbose": verbose}
+                   "tensorboard_dir": tensorboard_dir(cfg, name), "console": console, "verbose": verbose,
+                   "shared_marker": shared_marker}
     data = {}
     if cfg.data.ingest == "ray_data":
         from pipelines.online.ray_ingest import EpochPlan, EpochSplit, build_dataset
@@ -144,18 +147,19 @@ def make_trainer(cfg: TrainConfig, name: str, callbacks: list | None = None, rep
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=DEMO_CONFIG, help="YAML recipe (configs/*.yaml); default: the demo")
+    p.add_argument("--config", help="YAML recipe (configs/*.yaml); default: the demo, or with --resume the "
+                                    "run's own saved config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set optim.lr=0.02 --set run.workers=4")
-    p.add_argument("--resume", metavar="RUN_NAME", help="continue this run from its latest checkpoint")
+    p.add_argument("--resume", metavar="RUN_NAME", help="continue this run from its latest checkpoint, under the "
+                                                        "config it saved (with --set overrides)")
+    p.add_argument("--force-config", action="store_true",
+                   help="with --resume: continue under --config even where it differs from the run's saved config")
     add_verbose_flag(p)
     a = p.parse_args(argv)
     try:
-        cfg = resolve_paths(load(a.config, a.set))
+        cfg = resume_config(a) if a.resume else resolve_paths(load(a.config or DEMO_CONFIG, a.set))
         name = a.resume or cfg.run.name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        if a.resume and "://" not in cfg.run.storage_path and not os.path.isdir(
-                os.path.join(cfg.run.storage_path, a.resume)):
-            raise ConfigError(f"--resume: no run named {a.resume!r} under {cfg.run.storage_path}")
         if not a.resume and cfg.run.name and run_exists(cfg.run.storage_path, cfg.run.name):
             # Ray Train would silently continue the old run under the new settings
             raise ConfigError(f"config key 'run.name': a run named {cfg.run.name!r} is already under "
@@ -163,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                               f"another name (--set run.name=...)")
         prepare_data(cfg, a.verbose)
         check_training_inputs(cfg)
+        if not joins_a_cluster():  # the local Ray it would start is this machine: checked before it starts
+            check_cluster_fits(cfg, this_machine())
     except (ConfigError, OSError) as exc:
         print(f"run.py: error: {exc}", file=sys.stderr)
         return 2
@@ -170,24 +176,63 @@ def main(argv: list[str] | None = None) -> int:
         return report_failure("run.py", exc)
     try:
         return train(cfg, name, a.resume is not None, a.verbose)
-    except ConfigError as exc:  # what only the cluster can tell: paths that do not reach every node
+    except ConfigError as exc:  # what only the cluster can tell: its shape, paths that do not reach every node
         print(f"run.py: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # one line on the console; the traceback in the log it names
         return report_failure("run.py", exc)
 
 
+def resume_config(a: argparse.Namespace) -> TrainConfig:
+    """The config run `a.resume` saved when it started, with `--set` overrides; a `--config` that differs
+    from it is refused (naming the keys) unless `--force-config`."""
+    storage_path = resolve_paths(load(a.config or DEMO_CONFIG, a.set)).run.storage_path
+    run_path = f"{storage_path.rstrip('/')}/{a.resume}"
+    if not run_exists(storage_path, a.resume):
+        raise ConfigError(f"--resume: no run named {a.resume!r} under {storage_path}")
+    saved = saved_run_config(run_path)
+    if saved is None:
+        if a.config and a.force_config:
+            return resolve_paths(load(a.config, a.set))
+        raise ConfigError(f"--resume: {run_path} holds no saved config (config.yaml): pass the run's --config "
+                          f"with --force-config")
+    cfg = resolve_paths(with_overrides(saved, a.set))
+    if a.config:
+        given = resolve_paths(load(a.config, a.set))
+        keys = [k for k in differing_keys(cfg, given) if k != "run.name"]
+        if keys and not a.force_config:
+            raise ConfigError(f"--resume {a.resume}: --config {a.config} differs from the run's saved config in "
+                              f"{', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}: leave --config out to "
+                              f"continue as the run started, or pass --force-config")
+        if keys:
+            print(f"resuming under --config {a.config} (--force-config): {', '.join(keys)} differ from the run's "
+                  f"saved config", flush=True)
+            cfg = given
+    print(f"resuming with the config {a.resume} saved ({run_path}/config.yaml)"
+          + (f", overridden by {' '.join(a.set)}" if a.set else ""), flush=True)
+    return cfg
+
+
 def train(cfg: TrainConfig, name: str, resuming: bool, verbose: bool) -> int:
     """Run the checked configuration as run `name`; print where its results are."""
     start_ray(verbose)
-    check_paths_reach_every_node(cfg)
+    shape = cluster_shape.of_cluster()
+    check_cluster_fits(cfg, shape)
+    check_paths_reach_every_node(cfg, shape)
     check_ingest_room(cfg)
     run_path = f"{cfg.run.storage_path.rstrip('/')}/{name}"
+    if not resuming:
+        save_run_config(run_path, cfg)
+    marker = shared_marker(cfg, shape)
     print(f"{'resuming' if resuming else 'training'} {cfg.model.name} as run {name} on {cfg.run.workers} "
           f"worker(s) ({'GPU' if cfg.run.use_gpu else 'CPU'}), {cfg.run.epochs} epochs; checkpoints in {run_path}",
           flush=True)
-    with ConsoleRelay() as console:
-        result = make_trainer(cfg, name, console=console, verbose=verbose).fit()
+    try:
+        with ConsoleRelay() as console:
+            result = make_trainer(cfg, name, console=console, verbose=verbose, shared_marker=marker).fit()
+    finally:
+        if marker:
+            marker.remove()
     if result.error:
         return report_failure("run.py", result.error)
     metrics = result.metrics
@@ -206,6 +251,16 @@ def train(cfg: TrainConfig, name: str, resuming: bool, verbose: bool) -> int:
     if events:
         print(f"TensorBoard: tensorboard --logdir {events}")
     return 0
+
+
+def shared_marker(cfg: TrainConfig, shape):
+    """On a cluster that can grow, local paths on a shared filesystem are checked again by each Train
+    worker where it starts: nodes the autoscaler adds after the driver's check see this marker too."""
+    from pipelines.shared_paths import SharedMarker
+
+    if not (cfg.run.shared_filesystem and shape.max_nodes > 1 and "://" not in cfg.run.storage_path):
+        return None
+    return SharedMarker.write(cfg.run.storage_path)
 
 
 def _history(result) -> list[dict]:

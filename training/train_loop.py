@@ -187,6 +187,8 @@ def train_fn_per_worker(config: dict) -> None:
         # Ray Train sends this worker's root logger (its per-report "Reporting training result" lines
         # included) to the console; the console keeps warnings, Train's worker log file keeps everything
         quiet_console_handlers()
+    if config.get("shared_marker"):  # a node the autoscaler added after the driver checked the shared filesystem
+        config["shared_marker"].check("config key 'run.storage_path'")
     cfg = from_dict(config["train"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

@@ -27,9 +27,9 @@ if __package__ in (None, ""):
 import yaml
 
 from pipelines.storage import Location
-from training.config import from_dict
+from training.config import from_dict, to_yaml
 from training.run import absolute, storage
-from tuning.search import METRIC, SETUP_FILE, TRIAL_CONFIGS, config_yaml, trial_config
+from tuning.search import METRIC, SETUP_FILE, TRIAL_CONFIGS, trial_config
 from tuning.space import space_from_dict
 
 
@@ -86,13 +86,13 @@ def best_config(setup: dict, best: dict, sampled: dict) -> str:
     """The best trial's training YAML: as it ran if recorded, else rebuilt from the space."""
     loc = Location.parse(setup["experiment"])
     rel = f"{TRIAL_CONFIGS}/{best['trial_id']}.yaml"
-    data = yaml.safe_load(loc.read_bytes(rel) if loc.exists(rel) else config_yaml(trial_config(setup, sampled)))
+    data = yaml.safe_load(loc.read_bytes(rel) if loc.exists(rel) else to_yaml(trial_config(setup, sampled)))
     data["run"]["name"] = None  # a fresh run, not a resume of the trial's...
     data["run"]["storage_path"] = setup["storage_path"]  # ...beside the experiment, not inside it
     cfg = from_dict(data)
     header = (f"# Best trial {best['trial_id']} of {setup['name']}: best {METRIC} {best[f'best_{METRIC}']:.4f}\n"
               f"# Reproduce: python training/run.py --config best.yaml\n")
-    return header + config_yaml(cfg)
+    return header + to_yaml(cfg)
 
 
 def annotate_epochs(ax, points) -> None:

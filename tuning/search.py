@@ -2,12 +2,14 @@
 
     python tuning/search.py --config configs/BASE.yaml --space tuning/spaces/X.yaml
         [--scheduler asha|fifo] [--search random|optuna] [--samples N] [--name NAME] [--resume]
+        [--max-concurrent N]
 
 Each trial runs `train_driver`, which builds the same `TorchTrainer` as training/run.py (with the
 trial's sampled settings as `--set` overrides) and reports every epoch to Tune through
 `TuneReportCallback`.  ASHA stops trials early on validation top-1 error.  Trials run
-`max_concurrent_trials` at a time, derived from the cluster's GPUs (or CPUs) and the workers per
-trial, so queued trials never hold resources that running ones wait for.  The experiment lives in
+as many at a time as the cluster can hold at its largest (on an autoscaling cluster, its node types at
+their max_workers: Tune asks, the autoscaler adds the nodes) or `--max-concurrent N`, so queued trials
+never hold resources that running ones wait for.  The experiment lives in
 `run.storage_path/NAME` (local or s3://): Tune's state, each trial's Train run (`train/`), and
 `search.json` (the resolved base config and space, for `--resume` and tuning/analyze.py).
 `--resume --name NAME` continues an interrupted experiment: finished trials stay finished,
@@ -27,11 +29,14 @@ import yaml
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pipelines import cluster_shape
 from pipelines.arguments import positive_int
+from pipelines.cluster_shape import ClusterShape
 from pipelines.console import add_verbose_flag, report_failure, start_ray
 from pipelines.storage import Location
-from training.config import ConfigError, TrainConfig, load, to_dict, with_overrides
-from training.preflight import PREFLIGHT_KEYS, check_ingest_room, check_paths_reach_every_node, check_training_inputs
+from training.config import ConfigError, TrainConfig, load, to_dict, to_yaml, with_overrides
+from training.preflight import (PREFLIGHT_KEYS, check_cluster_fits, check_ingest_room, check_paths_reach_every_node,
+                                check_training_inputs, worker_resources)
 from training.run import absolute, best_checkpoint, make_trainer, prepare_data, resolve_paths, storage
 from tuning.space import Space, load_space, space_from_dict, space_to_dict
 
@@ -41,11 +46,6 @@ DRIVER_MEMORY = 256 * 2**20
 FINISHED = "finished"  # per-trial markers {depth, top1_error, checkpoint}: what warm starts pick from
 TRIAL_CONFIGS = "trial_configs"  # each trial's whole training config, as it ran (warm start included)
 TUNE_VERBOSE = {False: 0, True: 1}  # Tune's status tables: silent by default, its default with --verbose
-
-
-def config_yaml(cfg: TrainConfig) -> str:
-    """A training YAML that `training/run.py --config` takes (tuples as lists)."""
-    return yaml.safe_dump(json.loads(json.dumps(to_dict(cfg))), sort_keys=False)
 
 
 def trial_config(setup: dict, sampled: dict) -> TrainConfig:
@@ -83,7 +83,7 @@ def train_driver(config: dict, setup: dict, verbose: bool = False) -> None:
             if cfg.model.init_from:
                 print(f"trial {trial_id}: warm start from {cfg.model.init_from}")
         experiment.make_dirs(TRIAL_CONFIGS)
-        experiment.write_atomic(recorded, config_yaml(cfg).encode())
+        experiment.write_atomic(recorded, to_yaml(cfg).encode())
     result = make_trainer(cfg, f"trial-{trial_id}", callbacks=[TuneReportCallback()], replay_history=True,
                           verbose=verbose).fit()
     if result.error:
@@ -96,20 +96,16 @@ def train_driver(config: dict, setup: dict, verbose: bool = False) -> None:
     folder.write_atomic(f"{trial_id}.json", json.dumps(marker).encode())
 
 
-def max_concurrent(cfg: TrainConfig) -> int:
-    """How many trials fit at once: cluster GPUs (or CPUs) // what one trial's workers reserve."""
-    import ray
-
-    total = ray.cluster_resources()
+def max_concurrent(cfg: TrainConfig, shape: ClusterShape) -> int:
+    """How many trials the cluster can run at once at its largest (the autoscaler's node types at their
+    max_workers, or the nodes there): a trial is `run.workers` Train workers, and on CPUs its decode
+    tasks' `data.ingest_cpus`, spread over its workers.  A ConfigError where not even one trial fits."""
+    check_cluster_fits(cfg, shape)
     r = cfg.run
-    need = r.workers * (1 if r.use_gpu else r.cpus_per_worker)
-    if not r.use_gpu and cfg.data.ingest == "ray_data":
-        need += cfg.data.ingest_cpus  # at least one decode task per trial
-    have = total.get("GPU" if r.use_gpu else "CPU", 0)
-    if have < need:
-        raise ConfigError(f"one trial needs {need:g} {'GPU' if r.use_gpu else 'CPU'} ({r.workers} workers); "
-                          f"the cluster has {have:g}")
-    return int(have // need)
+    share = cfg.data.ingest_cpus / r.workers if cfg.data.ingest == "ray_data" and not r.use_gpu else 0
+    per_worker = {**worker_resources(cfg), **({"GPU": 1} if r.use_gpu else {})}
+    per_worker["CPU"] += share
+    return max(1, shape.capacity(per_worker) // r.workers)
 
 
 def trial_lines(epochs: int):
@@ -141,8 +137,10 @@ def trial_lines(epochs: int):
     return TrialLines()
 
 
-def make_tuner(setup: dict, scheduler: str, search: str, samples: int, restore: bool, verbose: bool = False):
-    import ray
+def make_tuner(setup: dict, scheduler: str, search: str, samples: int, restore: bool, concurrent: int,
+               verbose: bool = False):
+    """The experiment's Tuner; `concurrent` trials at a time: Tune asks for their placement groups, and an
+    autoscaling cluster adds the nodes they need."""
     from ray import tune
 
     base = trial_config(setup, {})
@@ -160,7 +158,6 @@ def make_tuner(setup: dict, scheduler: str, search: str, samples: int, restore: 
                                               reduction_factor=space.reduction_factor)
     else:
         sched = tune.schedulers.FIFOScheduler()
-    concurrent = max_concurrent(base)
     if search == "optuna":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
@@ -168,9 +165,6 @@ def make_tuner(setup: dict, scheduler: str, search: str, samples: int, restore: 
         searcher, limit = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=base.run.seed)), concurrent
     else:  # the random generator takes its own limit (Tune ignores max_concurrent_trials for it)
         searcher, limit = tune.search.BasicVariantGenerator(random_state=base.run.seed, max_concurrent=concurrent), None
-    print(f"search.py: {samples} trials, at most {concurrent} at a time "
-          f"({ray.cluster_resources().get('GPU' if base.run.use_gpu else 'CPU', 0):g} "
-          f"{'GPUs' if base.run.use_gpu else 'CPUs'}, {base.run.workers} workers per trial)")
     return tune.Tuner(
         trainable, param_space=space.tune_space(),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=samples, scheduler=sched,
@@ -213,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage-path", help="where experiments live (default: the base config's run.storage_path)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config")
     p.add_argument("--resume", action="store_true", help="continue the interrupted experiment --name")
+    p.add_argument("--max-concurrent", type=positive_int, metavar="N",
+                   help="trials at a time (default: as many as the cluster can hold at its largest)")
     add_verbose_flag(p)
     a = p.parse_args(argv)
     try:
@@ -243,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
             check_training_inputs(base)
             check_sampled_inputs(setup, space)
             start_ray(a.verbose)
-            check_paths_reach_every_node(base)  # before the experiment exists: a refused one leaves nothing
+            shape = cluster_shape.of_cluster()  # before the experiment exists: a refused one leaves nothing
+            max_concurrent(base, shape)
+            check_paths_reach_every_node(base, shape)
             check_ingest_room(base)
             experiment.make_dirs()
             experiment.write_atomic(SETUP_FILE, (json.dumps(setup, indent=1) + "\n").encode())
@@ -259,13 +257,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def search(setup: dict, a: argparse.Namespace) -> int:
     start_ray(a.verbose)
-    if a.resume:
-        try:
-            check_paths_reach_every_node(trial_config(setup, {}))
-        except ConfigError as exc:  # what only the cluster can tell: paths that do not reach every node
-            print(f"search.py: error: {exc}", file=sys.stderr)
-            return 2
-    results = make_tuner(setup, a.scheduler, a.search, a.samples, a.resume, a.verbose).fit()
+    base = trial_config(setup, {})
+    shape = cluster_shape.of_cluster()
+    try:
+        concurrent = max_concurrent(base, shape)  # refuses a trial that can never fit
+        concurrent = a.max_concurrent or concurrent
+        if a.resume:
+            check_paths_reach_every_node(base, shape)
+    except ConfigError as exc:  # what only the cluster can tell: its shape, paths that do not reach every node
+        print(f"search.py: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"search.py: {a.samples} trials, at most {concurrent} at a time ("
+          + ("--max-concurrent" if a.max_concurrent else f"what {shape.where} can hold") +
+          f", {base.run.workers} worker(s) per trial)", flush=True)
+    results = make_tuner(setup, a.scheduler, a.search, a.samples, a.resume, concurrent, a.verbose).fit()
     errors = [r.error for r in results if r.error]
     if len(errors) < len(results):
         best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
