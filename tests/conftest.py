@@ -56,16 +56,21 @@ def free_port() -> int:
 
 def start_head(temp: str, env: dict, *args: str, dashboard: int | None = None) -> subprocess.Popen:
     """`ray start --head --block` in a process group of its own (its GCS, raylet, dashboard and, with
-    --autoscaling-config, its monitor), with its own temp dir; with `dashboard`, waits until the job API
-    answers there."""
-    argv = ["ray", "start", "--head", "--block", f"--temp-dir={temp}", *args]
+    --autoscaling-config, its monitor), with its own temp dir; with `dashboard`, waits until a job can be
+    submitted there (the job API answers before the head's agent has registered)."""
+    # its own agent port too: two heads on one machine would both take 52365, and the second has no job agent
+    argv = ["ray", "start", "--head", "--block", f"--temp-dir={temp}", f"--dashboard-agent-listen-port={free_port()}",
+            *args]
     if dashboard:
         argv += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}"]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
-    while dashboard and subprocess.run(["ray", "job", "list", "--address", f"http://127.0.0.1:{dashboard}"], env=env,
-                                       capture_output=True).returncode:
-        assert proc.poll() is None and time.time() < deadline, "the head node did not come up"
+    probe = ["ray", "job", "submit", "--no-wait", "--address", f"http://127.0.0.1:{dashboard}", "--",
+             sys.executable, "-c", "pass"]
+    while dashboard and subprocess.run(probe, env=env, capture_output=True).returncode:
+        if proc.poll() is not None or time.time() > deadline:
+            stop_head(proc)
+            raise AssertionError(f"the head node in {temp} did not come up")
         time.sleep(2)
     return proc
 
