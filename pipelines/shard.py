@@ -2,6 +2,7 @@
 
     python pipelines/shard.py --list TRAIN.txt --images-root ROOT --categories CATEGORIES.txt --out OUT
     python pipelines/shard.py --image-folder ROOT --out OUT
+    python pipelines/shard.py --config configs/shard_places365_val.yaml --root PLACES365_RELEASE [--out OUT]
 
 Every input line ends either in a shard or in OUT/quarantine.jsonl with its reason; the run prints
 ``entries read = written + quarantined`` at the end.  Rerunning with the same arguments skips shards
@@ -43,6 +44,7 @@ NAME_REJECTS = "rejects-names.jsonl"  # in OUT/.state: its files whose names a l
 TASK = {"CPU": 1}  # what each of the pipeline's tasks reserves
 BUCKET_ROWS = 200_000  # list entries per duplicate-detection bucket: its reduce task holds them all
 GROUP_ROWS = 50_000  # list entries per shard-grouping partition: what bounds a worker's memory there
+INPUT_PATHS = ("list", "images_root", "image_folder", "categories", "attributes")  # relative ones: inside --root
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ def load_config_file(path: str) -> dict:
         data = read_mapping(path)
     except SettingsFileError as exc:
         raise CorpusError(str(exc)) from None
-    known = {f.name for f in fields(ShardConfig)}
+    known = {f.name for f in fields(ShardConfig)} | {"root"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise CorpusError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
@@ -121,6 +123,8 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ShardConfig, bool
     """(settings, --verbose, --force)"""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML recipe (configs/shard_*.yaml); flags given here override it")
+    p.add_argument("--root", help="the folder (or URI) the inputs' relative paths are in: the Places365 release's, "
+                                  "for the recipes")
     p.add_argument("--list", help="list of 'path label' lines (Places365, UCF-101's trainlist), 'path l1,l2' "
                                   "(several labels: Sports-1M), or bare paths (a test list; labelled by their "
                                   "class folder when it names a class: UCF-101's testlist)")
@@ -165,6 +169,7 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ShardConfig, bool
     except (OSError, CorpusError) as exc:
         p.error(str(exc))
     settings.update({k: v for k, v in a.items() if v is not None and k != "config"})
+    settings = inside_root(settings)
     if bool(settings.get("list")) == bool(settings.get("image_folder")):
         p.error("give exactly one of --list or --image-folder")
     if not settings.get("out"):
@@ -174,6 +179,15 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ShardConfig, bool
     if settings.get("image_folder") and (settings.get("images_root") or settings.get("categories")):
         p.error("--image-folder takes its classes and paths from the tree; drop --images-root/--categories")
     return ShardConfig(**settings), verbose, force  # a CorpusError names what is out of range
+
+
+def inside_root(settings: dict) -> dict:
+    """The settings with their relative input paths inside `root` (the release's folder), when given."""
+    root = settings.pop("root", None)
+    if not root:
+        return settings
+    return {k: f"{str(root).rstrip('/')}/{v}" if k in INPUT_PATHS and v and "://" not in str(v)
+            and not os.path.isabs(str(v)) else v for k, v in settings.items()}
 
 
 @dataclass

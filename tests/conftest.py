@@ -212,3 +212,30 @@ def write_shards(out, counts: list[int], shard_samples: int, size: int = 16,
     shard_index.write_index(loc, summaries, "synthetic", tuple(f"class{c}" for c in range(len(counts))),
                             tuple(f"attr{a}" for a in range(attributes)) if attributes else None)
     return keys
+
+
+def csail_file(tmp_path, arch: str, classes: int = 365, seed: int = 0, old_names: bool = False):
+    """A torchvision `arch` with random weights and statistics, saved as the CSAILVision release saved
+    theirs: `torch.save({'epoch', 'arch', 'state_dict', 'best_prec1'})` of an `nn.DataParallel`, from a
+    torch without BatchNorm's batch counter; densenet161's keys with torchvision < 0.3's names."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(seed)
+    net = getattr(torchvision.models, arch)(num_classes=classes).eval()
+    with torch.no_grad():
+        for name, t in net.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(torch.rand_like(t) * 0.1 + (0.9 if name.endswith("running_var") else 0.0))
+    state = {}
+    for key, t in net.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        if old_names:  # features.denseblock1.denselayer1.norm1.weight -> ...denselayer1.norm.1.weight
+            for part in ("norm", "relu", "conv"):
+                for n in "12":
+                    key = key.replace(f".{part}{n}.", f".{part}.{n}.")
+        state["module." + key] = t
+    path = tmp_path / f"{arch}_places365.pth.tar"
+    torch.save({"epoch": 90, "arch": arch, "state_dict": state, "best_prec1": 54.65}, path)
+    return net, str(path)

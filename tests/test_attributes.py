@@ -240,7 +240,7 @@ def test_attributes_train_validate_evaluate_and_predict(ray_cluster, tmp_path, c
     reproduces that mAP and macro F1; predict.py lists the attributes above their thresholds."""
     from conftest import write_shards
     from training import evaluate, predict, run
-    from training.train_loop import load_checkpoint_file
+    from training.checkpointing import load_checkpoint_file
 
     write_shards(tmp_path / "train", [16, 12, 8], shard_samples=8, size=32, attributes=3)
     write_shards(tmp_path / "val", [6, 6, 6], shard_samples=6, size=32, attributes=3)

@@ -90,10 +90,10 @@ def test_fusions_and_learned_weights_are_fit_only_on_the_heldout_slice(setup):
 
 
 def test_fuse_functions():
-    probs = np.array([[[0.7, 0.3], [0.2, 0.8]], [[0.6, 0.4], [0.5, 0.5]]])
-    avg, _ = evaluate.fuse(probs, "average", np.zeros(2, bool), np.array([0, 1]))
-    assert np.allclose(avg, [[0.45, 0.55], [0.55, 0.45]])
-    prod, _ = evaluate.fuse(probs, "product", np.zeros(2, bool), np.array([0, 1]))
+    probs = np.array([[[0.7, 0.3], [0.2, 0.8]], [[0.6, 0.4], [0.5, 0.5]]])  # (images, models, classes)
+    avg, _ = evaluate.fuse(np.log(probs), "average", np.zeros(2, bool), np.array([0, 1]))
+    assert np.allclose(np.exp(avg), [[0.45, 0.55], [0.55, 0.45]])  # the posteriors' mean, in log space
+    prod, _ = evaluate.fuse(np.log(probs), "product", np.zeros(2, bool), np.array([0, 1]))
     assert prod.argmax(1).tolist() == [1, 0]
 
 
@@ -143,7 +143,7 @@ def test_a_run_folder_gives_its_best_checkpoint(setup, tmp_path):
     (run_folder / "checkpoint_manager_snapshot.json").write_text("{}")
     path, _, note = evaluate.resolve_checkpoint(str(run_folder))
     assert path == str(run_folder / "checkpoint_2026-01-01_00-00-02" / "state.pt")
-    assert "checkpoint_2026-01-01_00-00-02 (epoch 2, top-1 error 0.2500" in note
+    assert "checkpoint_2026-01-01_00-00-02 (epoch 2, top-1 error 25.00%" in note
     # a finished run's report.json names its best checkpoint: that one is taken
     named = run_folder / "checkpoint_2026-01-01_00-00-03"
     (run_folder / "report.json").write_text(json.dumps({"best_checkpoint": str(named)}))
@@ -221,7 +221,8 @@ def test_dense_evaluation_averages_the_class_score_map_before_the_softmax(tmp_pa
     predictor = Predictor([str(path)], "dense", (64, 96), 32, use_gpu=False, batch_size=4)
     net = predictor.models[0]
     with torch.no_grad():
-        got, attributes = predictor.probabilities(net, views)
+        got, attributes = predictor.log_probs(net, views)
+        got = got.exp()
         assert attributes is None  # no attribute head
         expected, softmax_first = [], []
         for row in range(2):
@@ -236,3 +237,70 @@ def test_dense_evaluation_averages_the_class_score_map_before_the_softmax(tmp_pa
             softmax_first.append(torch.cat(other).mean(0))
     torch.testing.assert_close(got, torch.stack(expected))
     assert not torch.allclose(got, torch.stack(softmax_first))
+
+
+def test_trainer_evaluate_and_predict_rank_alike_at_extreme_logits(setup, tmp_path, capsys):
+    """Logits of about +-2000, where float32 softmax outputs are exactly 0 past the first class: the
+    trainer's validation, evaluate.py and predict.py give the same top-1 and top-5 for every image (and
+    evaluate.py's predictions.csv the same five classes as predict.py)."""
+    from conftest import write_shards
+    from training import predict
+    from training.train_loop import evaluate_rank
+
+    classes = 8
+    write_shards(tmp_path / "val", [3] * classes, shard_samples=3, size=48)
+    cfg = load(None, [f"model.num_classes={classes}", "model.mode=bp", "data.size=32", "data.eval_resize=36",
+                      f"data.val_shards={tmp_path / 'val'}", "data.loader_workers=0", "data.batch_size=5"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    views = torch.stack([EvalTransform("center", size=32, resize=36)(d.members["jpg"])[0]
+                         for d in SequentialStream(Catalog.load(str(tmp_path / "val")))])
+    layer = model.backbone.classifier()[1]
+    with torch.no_grad():
+        layer.weight.mul_(2000 / model.eval().backbone(views).abs().max())
+        layer.bias.zero_()
+        probs = model.backbone(views).softmax(1)
+    assert ((probs == 0).sum(1) >= 5).all()  # ranks 2-5 of float32 probabilities would be ties
+    path = tmp_path / "extreme.pt"
+    names = [f"class{i}" for i in range(classes)]
+    torch.save({"model": model.state_dict(), "config": to_dict(cfg), "class_names": names, "history": []}, path)
+
+    counts, _ = evaluate_rank(model, cfg, 0, 1, torch.device("cpu"))
+    out = tmp_path / "out"
+    assert evaluate.main(["--checkpoint", str(path), "--shards", str(tmp_path / "val"), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["models"][str(path)]
+    n = classes * 3
+    assert int(counts[2]) == metrics["images"] == n
+    assert (1 - counts[0] / n, 1 - counts[1] / n) == (pytest.approx(metrics["top1_error"]),
+                                                      pytest.approx(metrics["top5_error"]))
+    assert "model, center: top-1 error " in capsys.readouterr().out  # one model: not "fused"
+    rows = dict(line.split(" ", 1) for line in (out / "predictions.csv").read_text().splitlines())
+    scorer = predict.Model(str(path))
+    for draw in SequentialStream(Catalog.load(str(tmp_path / "val"))):
+        ranked, _, _ = scorer.predict(scorer.transform.views(draw.members["jpg"])[0], 5, "auto")
+        assert [names.index(c) for c, _ in ranked] == [int(c) for c in rows[draw.key].split()], draw.key
+
+
+def test_a_published_model_file_is_scored_with_the_release_preprocessing(setup, tmp_path, capsys):
+    """A CSAILVision-format file (a state_dict wrapper with arch, `module.` keys) scores the val shards
+    as torchvision's network does on the release's views (224 centre crop of a 256 shorter side); its
+    class names come from the categories file and must be the shards'."""
+    from conftest import csail_file
+
+    root, _ = setup
+    theirs, path = csail_file(tmp_path, "resnet18", classes=len(COUNTS))
+    categories = tmp_path / "categories_places365.txt"
+    categories.write_text("".join(f"class{i} {i}\n" for i in range(len(COUNTS))))
+    out = tmp_path / "out"
+    argv = ["--checkpoint", path, "--shards", str(root / "val"), "--out", str(out)]
+    assert evaluate.main([*argv, "--categories", str(categories)]) == 0
+    assert f"loaded 102/102 tensors from {path} (arch resnet18)" in capsys.readouterr().out
+    got = json.loads((out / "metrics.json").read_text())["models"][path]
+    transform = EvalTransform("center", size=224, resize=256)
+    with torch.no_grad():
+        hits = [int(theirs(transform(d.members["jpg"])).argmax(1)) == d.cls
+                for d in SequentialStream(Catalog.load(str(root / "val")))]
+    assert got["top1_error"] == pytest.approx(1 - np.mean(hits))
+    categories.write_text("".join(f"/x/other{i} {i}\n" for i in range(len(COUNTS))))
+    assert evaluate.main([*argv, "--categories", str(categories)]) == 2
+    assert "was trained with class 0 = '/x/other0', but in" in capsys.readouterr().err

@@ -12,7 +12,8 @@ from training.config import OptimConfig
 from training.freezing import freeze, train_mode
 from training.models import create_model
 from training.optim import make_optimizer
-from training.pretrained import TORCHVISION_TWINS, PretrainedError, load_pretrained, torchvision_name_map
+from training.pretrained import load_pretrained
+from training.published import TORCHVISION_TWINS, ModelFileError, torchvision_name_map
 
 
 def saved_torchvision(tmp_path, arch: str, num_classes: int = 1000, seed: int = 0):
@@ -67,7 +68,7 @@ def test_a_file_that_does_not_fit_is_one_error_listing_every_problem(tmp_path):
     state["layer3.0.bn1.weight"] = torch.zeros(7)
     state["extra.weight"] = torch.zeros(3)
     torch.save(state, tmp_path / "bad.pt")
-    with pytest.raises(PretrainedError) as err:
+    with pytest.raises(ModelFileError) as err:
         load_pretrained(create_model("resnet18", 1000), "resnet18", str(tmp_path / "bad.pt"))
     message = str(err.value)
     assert "(3 problems)" in message and "missing stages.layer2.0.body.0.weight (128, 64, 3, 3)" in message
@@ -84,14 +85,14 @@ def test_files_that_are_not_weights_are_refused_safely(tmp_path):
             return (print, ("code ran",))
 
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"w": Payload()}))
-    with pytest.raises(PretrainedError, match="not a weights file torch.load can read safely"):
+    with pytest.raises(ModelFileError, match="not a weights file torch.load can read safely"):
         load_pretrained(create_model("resnet18", 10), "resnet18", str(tmp_path / "evil.pt"))
-    with pytest.raises(PretrainedError, match="no file at"):
+    with pytest.raises(ModelFileError, match="no file at"):
         load_pretrained(create_model("resnet18", 10), "resnet18", str(tmp_path / "none.pt"))
     _, path = saved_torchvision(tmp_path, "vgg_a")
-    with pytest.raises(PretrainedError, match="alexnet has no torchvision twin"):
+    with pytest.raises(ModelFileError, match="alexnet has no torchvision twin"):
         load_pretrained(create_model("alexnet", 10), "alexnet", path)
-    with pytest.raises(PretrainedError, match="shortcut_type='A' is not torchvision's resnet18"):
+    with pytest.raises(ModelFileError, match="shortcut_type='A' is not torchvision's resnet18"):
         torchvision_name_map("resnet18", {"shortcut_type": "A"})
 
 
@@ -146,19 +147,19 @@ def test_head_lr_mult_speeds_up_the_classifier_and_the_auxiliary_heads():
 
 
 @pytest.mark.slow
-def test_fine_tuning_under_ray_train_from_a_torchvision_file_then_from_the_run(ray_cluster, tmp_path, capsys):
-    """Phase 1 trains layer4 and a new 3-class classifier on a saved torchvision resnet18; everything
-    below layer4 ends exactly as the file holds it (weights and batch-norm statistics).  Phase 2
-    starts all layers from phase 1's run folder."""
+def test_fine_tuning_under_ray_train_from_a_published_file_then_from_the_run(ray_cluster, tmp_path, capsys):
+    """Phase 1 trains layer4 and a new 3-class classifier on a resnet18 saved as the CSAILVision release
+    saves theirs (`resnet18_places365.pth.tar`); everything below layer4 ends exactly as the file holds
+    it (weights and batch-norm statistics).  Phase 2 starts all layers from phase 1's run folder."""
     import json
 
-    from conftest import write_shards
+    from conftest import csail_file, write_shards
     from training import run
-    from training.train_loop import inference_weights, load_checkpoint_file
+    from training.checkpointing import inference_weights, load_checkpoint_file
 
     write_shards(tmp_path / "train", [24, 16, 8], shard_samples=8, size=32)
     write_shards(tmp_path / "val", [6, 6, 6], shard_samples=6, size=32)
-    theirs, path = saved_torchvision(tmp_path, "resnet18")
+    theirs, path = csail_file(tmp_path, "resnet18")
     common = ["--set", f"data.train_shards={tmp_path}/train", "--set", f"data.val_shards={tmp_path}/val",
               "--set", f"run.storage_path={tmp_path}/runs", "--set", "run.epochs=1", "--set", "run.workers=1",
               "--set", "model.name=resnet18", "--set", "model.num_classes=3", "--set", "model.mode=bp",
@@ -167,6 +168,8 @@ def test_fine_tuning_under_ray_train_from_a_torchvision_file_then_from_the_run(r
     probe = [*common, "--set", f"model.pretrained={path}", "--set", "optim.trainable_from=layer4",
              "--set", "optim.head_lr_mult=10", "--set", "run.name=probe"]
     assert run.main(probe) == 0
+    assert (f"model.pretrained: loaded 100/102 tensors from {path} (arch resnet18); classifier replaced: "
+            f"365 -> 3 classes") in capsys.readouterr().out
     report = json.loads((tmp_path / "runs" / "probe" / "report.json").read_text())
     weights = inference_weights(load_checkpoint_file(report["best_checkpoint"]))
     mapping = torchvision_name_map("resnet18")

@@ -113,7 +113,7 @@ def test_vgg_d_warm_starts_from_a_saved_vgg_a(tmp_path):
 
 def test_ema_averages_weights_and_is_what_checkpoints_export():
     from training.optim import make_ema
-    from training.train_loop import inference_weights
+    from training.checkpointing import inference_weights
 
     model = torch.nn.Linear(2, 1, bias=False)
     ema = make_ema(model, 0.9)

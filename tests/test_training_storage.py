@@ -28,7 +28,7 @@ def test_elastic_run_checkpoints_to_s3_and_reports_there(cluster_with_s3, tmp_pa
 
     from pipelines.storage import Location
     from training import run
-    from training.train_loop import load_checkpoint_file
+    from training.checkpointing import load_checkpoint_file
 
     boto3.client("s3", endpoint_url=cluster_with_s3).create_bucket(Bucket="runs")
     write_shards(tmp_path / "train", [48, 32, 16], shard_samples=16)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from training.topk import hits_at
 from training.video_metrics import cnn_average, hit_report, video_scores
@@ -26,9 +27,9 @@ def test_a_hit_is_any_label_in_the_top_k():
 def test_video_prediction_averages_its_clips():
     clip_probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9]])
     clip_video = np.array([0, 0, 0, 1, 2])  # video 0 has three clips
-    np.testing.assert_allclose(video_scores(clip_probs, clip_video, 3),
+    np.testing.assert_allclose(np.exp(video_scores(np.log(clip_probs), clip_video, 3)),
                                [[1.4 / 3, 1.6 / 3], [0.6, 0.4], [0.1, 0.9]])
-    report = hit_report(clip_probs, clip_video, multi_hot([[1], [0], [0, 1]], 2))
+    report = hit_report(np.log(clip_probs), clip_video, multi_hot([[1], [0], [0, 1]], 2))
     # clips: 0 miss, 1 hit, 2 hit (video 0's label 1); 3 hit; 4 hit (video 2 has both labels)
     assert report["clip_hit@1"] == pytest.approx(4 / 5)
     assert report["video_hit@1"] == 1.0  # video 0 averages to class 1: the clips outvote the confident one
@@ -43,7 +44,8 @@ def test_a_video_without_clips_is_refused():
 
 def test_cnn_average_of_networks():
     a, b = np.array([[0.6, 0.4]]), np.array([[0.0, 1.0]])
-    np.testing.assert_allclose(cnn_average([a, b]), [[0.3, 0.7]])
+    with np.errstate(divide="ignore"):  # log(0) = -inf, a posterior of exactly 0
+        np.testing.assert_allclose(np.exp(cnn_average([np.log(a), np.log(b)])), [[0.3, 0.7]])
 
 
 def test_at_sports1m_size_matches_a_plain_loop():
@@ -56,7 +58,7 @@ def test_at_sports1m_size_matches_a_plain_loop():
     clip_video = rng.permutation(np.repeat(np.arange(videos), clips))
     logits = rng.normal(size=(len(clip_video), classes)) + 3 * targets[clip_video] * rng.random((len(clip_video), 1))
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    report = hit_report(probs, clip_video, targets)
+    report = hit_report(np.log(probs), clip_video, targets)
     hit1 = hit5 = 0
     for v in range(videos):
         mean = probs[clip_video == v].mean(0)
@@ -69,6 +71,22 @@ def test_at_sports1m_size_matches_a_plain_loop():
     assert report["clip_hit@1"] == pytest.approx(clip_hit)
     assert report["clips"] == videos * clips and report["videos"] == videos
     assert 0.2 < report["clip_hit@1"] < report["video_hit@1"] < report["video_hit@5"] < 1  # averaging helps
+
+
+def test_averages_in_log_space_rank_what_float32_probabilities_tie():
+    """Logits of +-2000: float32 softmax outputs are exactly 0 past the first class, so ranks 2-5 would be
+    ties; log posteriors averaged in log space keep them apart, and equal scores go to the lower class."""
+    from training.topk import log_mean_exp, top_classes
+
+    logits = torch.tensor([[2000.0, -2000.0, 1500.0, 1000.0, -1000.0, 1500.0]] * 3)
+    logits[1] += torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 0.0])  # a second view: class 2 a little higher
+    assert (logits.softmax(1)[:, 1:] == 0).all()  # what ranking probabilities would tie
+    mean = log_mean_exp(logits.log_softmax(1), 0)
+    assert top_classes(mean[None], 6).tolist() == [[0, 2, 5, 3, 4, 1]]
+    assert top_classes(np.zeros((1, 4)), 5).tolist() == [[0, 1, 2, 3]]  # ties: the lower class first
+    clips = logits.log_softmax(1).numpy().astype(np.float32)
+    per_video = video_scores(clips, np.array([0, 0, 0]), 1)
+    assert top_classes(per_video, 5).tolist() == [[0, 2, 5, 3, 4]]
 
 
 def test_top_errors_count_a_hit_on_any_of_a_samples_classes():

@@ -86,7 +86,7 @@ def test_evaluate_scores_videos_alone_and_averaged(runs, demo, tmp_path, capsys)
     assert all(row["videos"] == 2 for row in video["CNN Average"]["per_class"].values())
     assert len((out / "predictions.csv").read_text().splitlines()) == 20
     assert (out / "confusion.png").stat().st_size > 0
-    assert "CNN Average: Clip Hit@1 " in capsys.readouterr().out
+    assert "CNN Average: Video Hit@1 " in capsys.readouterr().out
 
 
 def test_evaluate_refuses_an_image_protocol_on_videos(runs, demo, tmp_path, capsys):
@@ -148,7 +148,7 @@ def test_transfer_recipe_trains_only_the_top_layer(runs, demo, tmp_path):
     """configs/video_transfer_top.yaml from the demo's slow fusion run: everything below the classifier
     stays as pretrained (here on the demo's own classes, so the classifier itself is loaded too)."""
     from training import run
-    from training.train_loop import inference_weights, load_checkpoint_file
+    from training.checkpointing import inference_weights, load_checkpoint_file
 
     source = runs[0]["video_slow_fusion"]["best_checkpoint"]
     argv = ["--config", os.path.join(run.ROOT, "configs", "video_transfer_top.yaml"),

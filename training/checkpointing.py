@@ -1,4 +1,4 @@
-"""When a training run checkpoints, and how the checkpoint reaches storage.
+"""When a training run checkpoints, how the checkpoint reaches storage, and how it is read back.
 
 Every epoch ends with a checkpoint (validated, scored by top-1 error).  A Places2 epoch is hours on one
 node, so `run.checkpoint_every_steps` and `run.checkpoint_every_s` add checkpoints inside an epoch:
@@ -18,6 +18,7 @@ and the next checkpoint written on the node removes those whose process has died
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import shutil
@@ -28,6 +29,8 @@ import ray.train
 import torch
 import torch.distributed as dist
 from ray.train import CheckpointUploadMode
+
+from pipelines.storage import Location
 
 CHECKPOINT_FILE = "state.pt"
 FOLDER_PREFIX = "places-checkpoint-"
@@ -111,3 +114,18 @@ def mid_epoch_metrics(epoch: int, step: int, done: int, steps: int, lr: float) -
     """What a mid-epoch checkpoint is reported with: where it is, and no validation score."""
     return {"epoch": epoch, "step": step, "epoch_step": done, "epoch_steps": steps, "top1_error": math.inf,
             "top5_error": math.inf, "mid_epoch": True, "lr": lr}
+
+
+def load_checkpoint_file(uri: str) -> dict:
+    """A `state.pt` written by training (or the checkpoint folder holding it), local or any fsspec URI."""
+    loc = Location.parse(uri)
+    if loc.is_dir():
+        loc = loc.child(CHECKPOINT_FILE)
+    return torch.load(io.BytesIO(loc.read_bytes()), map_location="cpu", weights_only=True)
+
+
+def inference_weights(state: dict) -> dict:
+    """The weights a checkpoint is validated and exported with: the moving average when EMA was on."""
+    if state.get("ema"):
+        return {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    return state["model"]

@@ -40,7 +40,7 @@ from pipelines.online.catalog import Catalog, first_different_class
 from pipelines.storage import Location
 from training.attribute_metrics import attribute_report, plot_attribute_ap
 from training.inference import losses, predict
-from training.topk import multi_hot, top_errors
+from training.topk import log_mean_exp, multi_hot, top_classes, top_errors
 from training.video_metrics import video_hits
 
 DEFAULT_SCALES = {"center": (256,), "ten_crop": (256,), "dense": (256, 384, 512), "multi_view": (256, 320),
@@ -55,12 +55,13 @@ def image_id(source: str, key: str) -> str:
     return key if any(c.isspace() for c in source) else source.lstrip("/")
 
 
-def fuse(probs: np.ndarray, kind: str, fit_mask: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, list[float]]:
-    """(N, M, K) per-model probabilities -> (N, K) fused scores, and the model weights used."""
-    m = probs.shape[1]
-    logp = np.log(np.clip(probs, 1e-12, 1.0))
+def fuse(logp: np.ndarray, kind: str, fit_mask: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    """(N, M, K) per-model log posteriors -> (N, K) fused log scores, and the model weights used:
+    average (of the posteriors, in log space), product (of the posteriors: the mean log posterior) or
+    learned (a weighted product, the weights fit on the held-out slice)."""
+    m = logp.shape[1]
     if kind == "average":
-        return probs.mean(1), [1 / m] * m
+        return log_mean_exp(logp, 1), [1 / m] * m
     if kind == "product":
         return logp.mean(1), [1 / m] * m
     if kind != "learned":
@@ -98,7 +99,7 @@ def plot_confusion(fused: np.ndarray, labels: np.ndarray, names: list[str], path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    predicted = fused.argmax(1)
+    predicted = top_classes(fused, 1)[:, 0]
     k = len(names)
     confusion = np.zeros((k, k), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
@@ -125,15 +126,18 @@ class CheckpointError(ValueError):
     pass
 
 
-def resolve_checkpoint(path: str) -> tuple[str, dict, str | None]:
-    """(the state.pt to score, its contents, a note saying which one when a run folder was given).  A run
+def resolve_checkpoint(path: str, arch: str | None = None,
+                       class_names: list[str] | None = None) -> tuple[str, dict, str | None]:
+    """(the file to score, its contents, a note saying which one when a run folder was given).  A run
     folder (training/run.py's `runs/<run>`) gives its best kept checkpoint by the run's metric, top-1
-    error: the one its report.json names, else the best of its checkpoint folders.  Each file is read once."""
-    from training.train_loop import CHECKPOINT_FILE
+    error: the one its report.json names, else the best of its checkpoint folders.  A published model
+    file is read as a checkpoint (`training/pretrained.py`: its network from its `arch` or `arch`, its
+    class names `class_names`).  Each file is read once."""
+    from training.checkpointing import CHECKPOINT_FILE
 
     loc = Location.parse(path)
     if loc.is_file():
-        return path, read_checkpoint(path), None
+        return path, read_checkpoint(path, arch, class_names), None
     if loc.is_file(CHECKPOINT_FILE):
         return loc.child(CHECKPOINT_FILE).uri(), read_checkpoint(loc.child(CHECKPOINT_FILE).uri()), None
     children = loc.list_dir() if loc.is_dir() else []  # listed, not globbed: the path may hold [ or ?
@@ -152,23 +156,33 @@ def resolve_checkpoint(path: str) -> tuple[str, dict, str | None]:
             best, state = folder, candidate
     last = state["history"][-1]
     note = (f"{path}: best checkpoint of the run by top-1 error: {best} (epoch {last['epoch'] + 1}, "
-            f"top-1 error {last['top1_error']:.4f} in training's validation)")
+            f"top-1 error {100 * last['top1_error']:.2f}% in training's validation)")
     return loc.child(f"{best}/{CHECKPOINT_FILE}").uri(), state, note
 
 
-def read_checkpoint(path: str) -> dict:
-    """A checkpoint written by training/run.py, or CheckpointError naming the file."""
-    from training.train_loop import load_checkpoint_file
+def read_checkpoint(path: str, arch: str | None = None, class_names: list[str] | None = None) -> dict:
+    """A checkpoint written by training/run.py, or a published model file read as one, or CheckpointError
+    naming the file."""
+    from training.pretrained import scoring_state
+    from training.published import ModelFileError
 
     try:
-        state = load_checkpoint_file(path)
-    except Exception as exc:  # torch raises a different type for every way a file is not a checkpoint
-        raise CheckpointError(f"--checkpoint {path}: not a checkpoint written by training/run.py "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-    if not isinstance(state, dict) or not {"model", "config"} <= set(state):
-        raise CheckpointError(f"--checkpoint {path}: not a checkpoint written by training/run.py "
-                              f"(it holds no model and config)")
-    return state
+        return scoring_state(path, arch, class_names)
+    except ModelFileError as exc:
+        raise CheckpointError(f"--checkpoint {path}: not a checkpoint written by training/run.py, nor a published "
+                              f"model file: {exc}") from None
+
+
+def read_class_names(categories: str | None) -> list[str] | None:
+    """The class names of a categories file (`categories_places365.txt`: `/a/airfield 0` lines)."""
+    from pipelines.offline.corpus import CorpusError, read_categories
+
+    if categories is None:
+        return None
+    try:
+        return list(read_categories(Location.parse(categories)).names)
+    except CorpusError as exc:
+        raise CheckpointError(f"--categories: {exc}") from None
 
 
 def view_geometry(configs: list, protocol: str, size: int | None, scales: list[int] | None) -> tuple[int, tuple]:
@@ -189,19 +203,21 @@ def view_geometry(configs: list, protocol: str, size: int | None, scales: list[i
     return size, tuple(scales)
 
 
-def check_inputs(checkpoints: list[str], shards: str) -> tuple[list[str], list, dict | None]:
-    """(state.pt paths, their training configs, the attributes to score: names and the thresholds chosen
-    on validation, or None); a path that is not a checkpoint, or shards without an index, is one clear
-    error."""
+def check_inputs(checkpoints: list[str], shards: str, arch: str | None = None,
+                 class_names: list[str] | None = None) -> tuple[list[str], list, dict | None]:
+    """(the files to score, their training configs, the attributes to score: names and the thresholds
+    chosen on validation, or None); a path that is not a checkpoint or a published model file, or shards
+    without an index, is one clear error."""
     from training.config import from_dict
 
     catalog = Catalog.load(shards)
     catalog.check_shards()  # a missing shard would otherwise fail the whole run after the model loads
     paths, configs, attributes = [], [], None
     for path in checkpoints:
-        resolved, state, note = resolve_checkpoint(path)
-        if note:
-            print(note)
+        resolved, state, note = resolve_checkpoint(path, arch, class_names)
+        for line in (note, state.get("summary")):
+            if line:
+                print(line)
         cfg = from_dict(state["config"])
         if catalog.num_classes and cfg.model.num_classes != catalog.num_classes:  # 0: an unlabeled test set
             raise CheckpointError(f"--checkpoint {path} predicts {cfg.model.num_classes} classes but {shards} has "
@@ -254,8 +270,12 @@ def check_room_to_read(workers: int, use_gpu: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", action="append", required=True,
-                   help="a state.pt written by training, its checkpoint folder, or a run folder (its best "
-                        "checkpoint); repeat to fuse")
+                   help="a state.pt written by training, its checkpoint folder, a run folder (its best "
+                        "checkpoint), or a published model file (resnet18_places365.pth.tar, a torchvision "
+                        "state_dict); repeat to fuse")
+    p.add_argument("--arch", help="the network of a published model file that does not name it (a torchvision "
+                                  "state_dict): resnet18, alexnet_owt, densenet161, ...")
+    p.add_argument("--categories", help="class names of a published model file (categories_places365.txt)")
     p.add_argument("--shards", required=True)
     p.add_argument("--protocol", choices=list(DEFAULT_SCALES),
                    help="test protocol (default: center for images, clips for video shards, the only one for them)")
@@ -278,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.train_loop import clip_offsets  # (Ray Train's import: once the arguments parse)
 
     try:  # before Ray starts: a wrong path is a one-line error, not a traceback from an actor
-        checkpoints, configs, attributes = check_inputs(a.checkpoint, a.shards)
+        checkpoints, configs, attributes = check_inputs(a.checkpoint, a.shards, a.arch, read_class_names(a.categories))
         video = Catalog.load(a.shards).video is not None
         a.protocol = a.protocol or ("clips" if video else "center")
         if video != (a.protocol == "clips"):
@@ -314,18 +334,18 @@ def score(a: argparse.Namespace, checkpoints: list[str], size: int, scales: tupl
         print(f"scoring {len(checkpoints)} model(s) on {a.shards}: {a.protocol}, crop {size}, scales "
               f"{' '.join(map(str, scales))}{', and attributes' if attributes else ''}", flush=True)
     result = predict(checkpoints, a.shards, a.protocol, scales, size, a.workers, a.gpu, a.batch_size,
-                     len(attributes["names"]) if attributes else 0, clips)
+                     len(attributes["names"]) if attributes else 0, clips, a.arch)
     catalog = Catalog.load(a.shards)
     skipped, differ = losses(catalog, result)
     result = {k: v[result["ok"]] for k, v in result.items()}
-    probs, labels = result["probs"], result["cls"]
+    log_probs, labels = result["log_probs"], result["cls"]
     labeled = bool((labels >= 0).all())
     heldout = np.array([stable_hash("heldout", k) % 10_000 < a.heldout * 10_000 for k in result["key"]])
     fit_mask = heldout & labeled if a.fusion == "learned" else np.zeros(len(labels), bool)
     # every fusion mode that this run can fit, on the same images as every single model: the held-out
     # slice exists only with --fusion learned, so average and product alone use every image otherwise
     modes = ["average", "product"] + (["learned"] if a.fusion == "learned" else [])
-    fusions = {mode: fuse(probs, mode, fit_mask, labels) for mode in modes}
+    fusions = {mode: fuse(log_probs, mode, fit_mask, labels) for mode in modes}
     fused, weights = fusions[a.fusion]
     scored = ~fit_mask
     metrics = {"protocol": a.protocol, "scales": list(scales), "size": size, "fusion": a.fusion,
@@ -334,14 +354,14 @@ def score(a: argparse.Namespace, checkpoints: list[str], size: int, scales: tupl
     names = class_names(a.shards)
     if labeled:  # a hit is any of a sample's classes (several in a multi-label set)
         targets = multi_hot(labels[scored], result["labels"][scored], len(names))
-        metrics["models"] = {path: top_errors(probs[scored, i], targets) for i, path in enumerate(checkpoints)}
+        metrics["models"] = {path: top_errors(log_probs[scored, i], targets) for i, path in enumerate(checkpoints)}
         metrics["fused"] = top_errors(fused[scored], targets)
         if len(checkpoints) > 1:
             metrics["fusions"] = {mode: {"weights": w, **top_errors(f[scored], targets)}
                                   for mode, (f, w) in fusions.items()}
         if clips:
-            metrics["video"] = video_hits(result["clip_probs"][scored], targets, checkpoints, names)
-    top5 = np.argsort(-fused, axis=1)[:, :5]
+            metrics["video"] = video_hits(result["clip_log_probs"][scored], targets, checkpoints, names)
+    top5 = top_classes(fused, 5)
     lines = [f"{image_id(src, key)} {' '.join(map(str, row))}"
              for src, key, row in zip(result["source"], result["key"], top5)]
     if attributes:  # the thresholds were chosen on validation when training: applied here unchanged
@@ -355,16 +375,17 @@ def score(a: argparse.Namespace, checkpoints: list[str], size: int, scales: tupl
         plots.append("confusion.png")
         if clips:
             for label, hits in metrics["video"].items():
-                print(f"{label}: Clip Hit@1 {hits['clip_hit@1']:.4f}, Video Hit@1 {hits['video_hit@1']:.4f}, "
-                      f"Video Hit@5 {hits['video_hit@5']:.4f} on {hits['videos']} videos")
+                print(f"{label}: Video Hit@1 {hits['video_hit@1']:.2%}, Video Hit@5 {hits['video_hit@5']:.2%}, "
+                      f"Clip Hit@1 {hits['clip_hit@1']:.2%} ({hits['videos']} videos)")
         else:
-            print(f"fused ({a.fusion}, {a.protocol}): top-1 error {metrics['fused']['top1_error']:.4f}, "
-                  f"top-5 error {metrics['fused']['top5_error']:.4f} on {int(scored.sum())} images")
+            what = "model" if len(checkpoints) == 1 else f"fused ({a.fusion} of {len(checkpoints)} models)"
+            print(f"{what}, {a.protocol}: top-1 error {metrics['fused']['top1_error']:.2%}, top-5 error "
+                  f"{metrics['fused']['top5_error']:.2%} ({int(scored.sum())} images)")
     if attributes:
         report = metrics["attributes"]
         plot_attribute_ap(report, os.path.join(a.out, "attribute_ap.png"))
         plots.append("attribute_ap.png")
-        print(f"attributes: mAP {report['mAP']:.4f}, macro F1 {report['macro_f1']:.4f} at the thresholds chosen "
+        print(f"attributes: mAP {report['mAP']:.3f}, macro F1 {report['macro_f1']:.3f} at the thresholds chosen "
               f"on validation ({len(attributes['names'])} attributes)")
     print(f"wrote {os.path.join(a.out, 'metrics.json')}, predictions.csv" + "".join(f", {p}" for p in plots))
     listed = catalog.total

@@ -1,11 +1,13 @@
 """Batch inference over sharded images with Ray Data: read the shards, cut each protocol's views on CPU
 tasks, score them with one or more models on an actor pool (GPUs when asked).
 
-    shard urls --read_shards--> samples --cut_views--> uint8 views --Predictor--> class probabilities
+    shard urls --read_shards--> samples --cut_views--> uint8 views --Predictor--> class log posteriors
                                                                                  (and attribute probabilities)
 
-Video shards go the same way with `clips` (one `ClipTransform` per model: networks take different
-frames): each video's test clips, scored per clip (`clip_probs`) and averaged per video (`probs`).
+A model's posteriors are averaged over the protocol's views in log space (`training/topk.py`), so
+rankings past the first class are never float32 ties.  Video shards go the same way with `clips` (one
+`ClipTransform` per model: networks take different frames): each video's test clips, scored per clip
+(`clip_log_probs`) and averaged per video (`log_probs`).
 
 A damaged shard or an image that does not decode never ends the run: what could not be scored is
 counted per shard against index.json (`losses`), as training counts what it skips.
@@ -29,6 +31,7 @@ from pipelines.online.clips import ClipTransform
 from pipelines.online.tar_stream import ShardReader
 from pipelines.online.transforms import EvalTransform
 from pipelines.storage import Location
+from training.topk import log_mean_exp
 
 log = logging.getLogger(__name__)
 
@@ -150,20 +153,24 @@ def _bits(member: bytes, attributes: int) -> np.ndarray:
 
 
 class Predictor:
-    """Ray Data actor: every model's class probabilities per image, averaged over the protocol's views;
+    """Ray Data actor: every model's class log posteriors per image, averaged over the protocol's views;
     fixed-size views go through each model as one batch.  Models with an attribute head also give
     attribute probabilities (sigmoid, averaged over the same views), averaged over those models.
-    Videos (`clips`): every model's probabilities per clip (its views averaged) and per video."""
+    Videos (`clips`): every model's log posteriors per clip (its views averaged) and per video.
+    `checkpoints`: files of training, or published model files (`arch`: the network of those that
+    do not name it)."""
 
     def __init__(self, checkpoints: list[str], protocol: str, scales: tuple[int, ...], size: int, use_gpu: bool,
-                 batch_size: int, clips: list[ClipTransform] | None = None):
+                 batch_size: int, clips: list[ClipTransform] | None = None, arch: str | None = None):
+        from training.checkpointing import inference_weights
         from training.config import from_dict
-        from training.train_loop import build_model, inference_weights, load_checkpoint_file
+        from training.pretrained import scoring_state
+        from training.train_loop import build_model
 
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.models = []
         for path in checkpoints:
-            state = load_checkpoint_file(path)
+            state = scoring_state(path, arch)
             model = build_model(from_dict(state["config"]), warm_start=False)
             model.load_state_dict(inference_weights(state))
             self.models.append(model.to(self.device).eval())
@@ -171,34 +178,37 @@ class Predictor:
         self.normalize = clips[0].normalizer() if clips else view_transforms(protocol, scales, size)[0].normalizer()
         self.columns = unique_clips(clips)[1] if clips else []
 
-    def clip_probabilities(self, i: int, batch: dict) -> torch.Tensor:
-        """(B, clips, K): model i's class probabilities per test clip, over the clip's views."""
+    def clip_log_probs(self, i: int, batch: dict) -> torch.Tensor:
+        """(B, clips, K): model i's class log posteriors per test clip, over the clip's views."""
         views = torch.from_numpy(np.asarray(batch[f"views{self.columns[i]}"]))  # (B, V, C, T, S, S)
         chunk = self.batch_size if self.device.type == "cuda" else views.shape[1]
-        outs = [self.models[i].predict(self.normalize(part.to(self.device)))[0].softmax(1)
+        outs = [self.models[i].predict(self.normalize(part.to(self.device)))[0].float().log_softmax(1)
                 for part in views.flatten(0, 1).split(chunk)]
-        return torch.cat(outs).view(len(views), self.clips[i].clips, self.clips[i].views_per_clip, -1).mean(2)
+        per_view = torch.cat(outs).view(len(views), self.clips[i].clips, self.clips[i].views_per_clip, -1)
+        return log_mean_exp(per_view, 2)
 
-    def probabilities(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, K) class and (B, A) attribute probabilities (None without an attribute head) for one model;
-        multi_crop_dense: the mean of the two protocols' posteriors (VGG)."""
+    def log_probs(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, K) class log posteriors and (B, A) attribute probabilities (None without an attribute head)
+        for one model; multi_crop_dense: the mean of the two protocols' posteriors (VGG)."""
         if self.protocol == "dense":
-            return self.dense_probabilities(model, batch, first=0)
+            return self.dense_log_probs(model, batch, first=0)
         views = torch.from_numpy(np.asarray(batch["views0"]))  # (B, V, C, H, W)
         # a GPU takes up to batch_size views per forward; a CPU one image's views (larger batches fall
         # out of its caches: ten crops of 32 images at once ran at 0.6x on 2 cores)
         chunk = self.batch_size if self.device.type == "cuda" else views.shape[1]
         outs = [model.predict(self.normalize(part.to(self.device))) for part in views.flatten(0, 1).split(chunk)]
-        crops = torch.cat([logits.softmax(1) for logits, _ in outs]).view(*views.shape[:2], -1).mean(1)
+        crops = log_mean_exp(torch.cat([logits.float().log_softmax(1) for logits, _ in outs]).view(*views.shape[:2], -1),
+                             1)
         attributes = None if outs[0][1] is None else \
             torch.cat([a.sigmoid() for _, a in outs]).view(*views.shape[:2], -1).mean(1)
         if self.protocol == "multi_crop_dense":
-            dense, dense_attributes = self.dense_probabilities(model, batch, first=1)
-            return (crops + dense) / 2, None if attributes is None else (attributes + dense_attributes) / 2
+            dense, dense_attributes = self.dense_log_probs(model, batch, first=1)
+            both = log_mean_exp(torch.stack([crops, dense]), 0)
+            return both, None if attributes is None else (attributes + dense_attributes) / 2
         return crops, attributes
 
-    def dense_probabilities(self, model, batch: dict, first: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, K): every scale's whole image (columns views{first}...) and its mirror, as class-score maps;
+    def dense_log_probs(self, model, batch: dict, first: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, K) log posteriors: every scale's whole image (columns views{first}...) and its mirror, as class-score maps;
         attributes from the same passes."""
         backbone, rows, attribute_rows = model.backbone, [], []
         for row in range(len(batch["key"])):
@@ -210,10 +220,10 @@ class Predictor:
                 scores = head(features)
                 if scores.dim() == 4:  # VGG: the class-score map is averaged spatially, then the softmax
                     scores = scores.mean((2, 3))
-                outs.append(scores.softmax(1))
+                outs.append(scores.float().log_softmax(1))
                 if model.attribute_head is not None:  # global pooling takes any map size
                     attributes.append(model.attribute_head(features).sigmoid())
-            rows.append(torch.cat(outs).mean(0))
+            rows.append(log_mean_exp(torch.cat(outs), 0))
             attribute_rows.append(torch.cat(attributes).mean(0) if attributes else None)
         return torch.stack(rows), None if model.attribute_head is None else torch.stack(attribute_rows)
 
@@ -221,21 +231,22 @@ class Predictor:
         keep = {k: batch[k] for k in ("key", "url", "ok", "cls", "source", "attr", "labels")}
         if self.clips:
             with torch.no_grad():
-                per_clip = torch.stack([self.clip_probabilities(i, batch) for i in range(len(self.models))], 1)
-            return {**keep, "probs": per_clip.mean(2).cpu().numpy().astype(np.float32),  # (B, M, K)
-                    "clip_probs": per_clip.cpu().numpy().astype(np.float32),  # (B, M, clips, K)
+                per_clip = torch.stack([self.clip_log_probs(i, batch) for i in range(len(self.models))], 1)
+            return {**keep, "log_probs": log_mean_exp(per_clip, 2).cpu().numpy().astype(np.float32),  # (B, M, K)
+                    "clip_log_probs": per_clip.cpu().numpy().astype(np.float32),  # (B, M, clips, K)
                     "attr_probs": np.zeros((len(per_clip), 0), np.float32)}
         with torch.no_grad():
-            both = [self.probabilities(m, batch) for m in self.models]
-        probs = torch.stack([p for p, _ in both], dim=1)  # (B, M, K)
+            both = [self.log_probs(m, batch) for m in self.models]
+        log_probs = torch.stack([p for p, _ in both], dim=1)  # (B, M, K)
         attributes = [a for _, a in both if a is not None]
-        attr_probs = torch.stack(attributes).mean(0) if attributes else torch.zeros(len(probs), 0)
-        return {**keep, "probs": probs.cpu().numpy().astype(np.float32),
+        attr_probs = torch.stack(attributes).mean(0) if attributes else torch.zeros(len(log_probs), 0)
+        return {**keep, "log_probs": log_probs.cpu().numpy().astype(np.float32),
                 "attr_probs": attr_probs.cpu().numpy().astype(np.float32)}
 
 
 def predict(checkpoints, shards: str, protocol: str, scales, size: int, workers: int, use_gpu: bool,
-            batch_size: int, attributes: int = 0, clips: list[ClipTransform] | None = None) -> dict[str, np.ndarray]:
+            batch_size: int, attributes: int = 0, clips: list[ClipTransform] | None = None,
+            arch: str | None = None) -> dict[str, np.ndarray]:
     import ray
 
     catalog = Catalog.load(shards)
@@ -249,12 +260,12 @@ def predict(checkpoints, shards: str, protocol: str, scales, size: int, workers:
                                                   clips=clips), batch_size=rows)
     ds = ds.map_batches(Predictor, fn_constructor_kwargs=dict(checkpoints=checkpoints, protocol=protocol,
                                                               scales=scales, size=size, use_gpu=use_gpu,
-                                                              batch_size=batch_size, clips=clips),
+                                                              batch_size=batch_size, clips=clips, arch=arch),
                         batch_size=rows, compute=ray.data.ActorPoolStrategy(size=workers),
                         num_gpus=1 if use_gpu else 0)
     parts = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
-    columns = ("key", "url", "ok", "cls", "labels", "source", "probs", "attr", "attr_probs",
-               *(("clip_probs",) if clips else ()))
+    columns = ("key", "url", "ok", "cls", "labels", "source", "log_probs", "attr", "attr_probs",
+               *(("clip_log_probs",) if clips else ()))
     merged = {k: np.concatenate([p[k] for p in parts]) for k in columns}
     order = np.argsort(merged["key"])  # a stable order, whatever Ray's scheduling
     return {k: v[order] for k, v in merged.items()}

@@ -3,8 +3,10 @@
     python training/predict.py --checkpoint CKPT IMAGE_OR_FOLDER [...] [--out DIR] [--top 5] \
         [--method auto|cam|gradcam]
 
-CKPT: a `state.pt`, its checkpoint folder, or a run folder (its best checkpoint, as evaluate.py picks
-it).  A folder is searched recursively for image files (.jpg .jpeg .png .gif .bmp .tif .tiff .webp, any
+CKPT: a `state.pt`, its checkpoint folder, a run folder (its best checkpoint, as evaluate.py picks
+it), or a published model file: the CSAILVision Places365 `.pth.tar` files as released, or a
+torchvision `state_dict` (`--arch` names its network), its class names from `--categories
+categories_places365.txt`, scored as the release did (224 centre crop of a 256 shorter side).  A folder is searched recursively for image files (.jpg .jpeg .png .gif .bmp .tif .tiff .webp, any
 case).  Every image goes through sharding's preparation (`pipelines/media/images.py`: EXIF rotation, CMYK,
 greyscale, palette and alpha images to RGB, large JPEGs decoded at reduced size), then evaluation's
 centre crop at the checkpoint's `data.eval_resize` / `data.size`.  For each image, one console line and
@@ -64,13 +66,15 @@ def output_name(path: str, taken: set[str]) -> str:
 class Model:
     """A checkpoint's exported network with what scoring an image needs: class names and view geometry."""
 
-    def __init__(self, checkpoint: str):
+    def __init__(self, checkpoint: str, arch: str | None = None, categories: str | None = None):
         from pipelines.online.transforms import EvalTransform
+        from training.checkpointing import inference_weights
         from training.config import from_dict
-        from training.evaluate import CheckpointError, class_names, resolve_checkpoint
-        from training.train_loop import build_model, inference_weights
+        from training.evaluate import CheckpointError, class_names, read_class_names, resolve_checkpoint
+        from training.train_loop import build_model
 
-        self.path, state, self.note = resolve_checkpoint(checkpoint)
+        self.path, state, self.note = resolve_checkpoint(checkpoint, arch, read_class_names(categories))
+        self.summary = state.get("summary")
         cfg = from_dict(state["config"])
         model = build_model(cfg, warm_start=False)
         if hasattr(model.backbone, "clip_offsets"):
@@ -85,7 +89,7 @@ class Model:
         self.size, self.resize = cfg.data.size, cfg.data.eval_resize
         self.transform = EvalTransform("center", size=self.size, resize=self.resize)
         names = state.get("class_names")
-        if not names:
+        if not names and not state.get("published"):  # a published file's: --categories, else numbers
             try:
                 names = class_names(cfg.data.train_shards)
             except (OSError, ValueError):
@@ -100,21 +104,23 @@ class Model:
         return self.transform.views(prepared.jpeg)[0]
 
     def predict(self, view: torch.Tensor, top: int, method: str) -> tuple[list, list, np.ndarray]:
-        """(top classes, predicted attributes, activation map), names with probabilities."""
+        """(top classes, predicted attributes, activation map), names with probabilities; ranked on the log
+        posteriors, as evaluation ranks them."""
         from training.cam import activation_map, class_scores
+        from training.topk import top_classes
 
         x = self.transform.normalizer()(view[None])
         logits, features = class_scores(self.backbone, x)
-        probs = torch.softmax(logits.detach()[0].float(), 0)
-        best = torch.topk(probs, min(top, len(probs)))
-        ranked = [(self.names[i], float(p)) for p, i in zip(best.values, best.indices.tolist())]
+        log_probs = logits.detach().float().log_softmax(1)
+        best = top_classes(log_probs, top)[0].tolist()
+        ranked = [(self.names[i], float(log_probs[0, i].exp())) for i in best]
         attributes = []
         if self.attribute_head is not None:
             with torch.no_grad():
                 scores = torch.sigmoid(self.attribute_head(features.detach())[0].float()).tolist()
             attributes = sorted(((n, p) for n, p, t in zip(self.attribute_names, scores, self.thresholds) if p >= t),
                                 key=lambda pair: -pair[1])
-        cam = activation_map(self.backbone, features, logits, int(best.indices[0]), tuple(view.shape[1:]), method)
+        cam = activation_map(self.backbone, features, logits, best[0], tuple(view.shape[1:]), method)
         return ranked, attributes, cam
 
 
@@ -147,7 +153,11 @@ def overlay_png(view: torch.Tensor, cam: np.ndarray, ranked: list[tuple[str, flo
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
-    p.add_argument("--checkpoint", required=True, help="state.pt, a checkpoint folder or a run folder")
+    p.add_argument("--checkpoint", required=True, help="state.pt, a checkpoint folder, a run folder, or a published "
+                                                       "model file (resnet18_places365.pth.tar)")
+    p.add_argument("--arch", help="the network of a published model file that does not name it (a torchvision "
+                                  "state_dict): resnet18, alexnet_owt, densenet161, ...")
+    p.add_argument("--categories", help="class names of a published model file (categories_places365.txt)")
     p.add_argument("--out", default="predictions", help="folder for predictions.jsonl and the maps")
     p.add_argument("--top", type=positive_int, default=5, help="classes per image")
     p.add_argument("--method", choices=["auto", "cam", "gradcam"], default="auto",
@@ -160,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         files = image_files(a.inputs)
         if not files:
             raise ValueError(f"no image files in {', '.join(a.inputs)} (looked for {' '.join(IMAGE_EXTENSIONS)})")
-        model = Model(a.checkpoint)
+        model = Model(a.checkpoint, a.arch, a.categories)
         if a.method == "cam" and not isinstance(model.backbone.head, PoolLinearHead):
             raise ValueError(f"--method cam needs a global-average-pooled head; this model's is "
                              f"{type(model.backbone.head).__name__}: use gradcam or auto")
@@ -171,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:  # one line on the console; the traceback in the log it names
         return report_failure("predict.py", exc)
-    if model.note:
-        print(model.note)
+    for line in (model.note, model.summary):
+        if line:
+            print(line)
     lines, failed, taken = [], 0, set()
     for path in files:
         try:

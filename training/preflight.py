@@ -6,6 +6,7 @@ instead of a failure inside a Train worker after every retry, or a run that trai
   size, and no url leaves the shard folder (checked when the index loads);
 - both shard sets have the classes of `model.num_classes`, with the same names in the same order
   (an image-folder val tree missing one class folder would shift every label by one);
+- `data.color_pca`'s eigen-decomposition (`color_pca.json`) is beside the training shards;
 - the model builds from `model.*` (options, mode, branch, heads), `optim.trainable_from` names a stage
   of it, and `model.pretrained` and `model.init_from` fit it (built on the meta device: no memory, no
   time);
@@ -25,8 +26,9 @@ from training.config import ConfigError, TrainConfig
 PREFLIGHT_KEYS = ("model.", "data.train_shards", "data.val_shards", "optim.trainable_from")  # prefixes it reads
 
 
-def check_training_inputs(cfg: TrainConfig) -> None:
-    """A ConfigError naming the setting, if any check fails."""
+def check_training_inputs(cfg: TrainConfig) -> str | None:
+    """A ConfigError naming the setting, if any check fails; else what `model.pretrained` loads (one
+    line for the console), if set."""
     from training.models import list_models
 
     if cfg.model.name not in list_models():
@@ -41,21 +43,37 @@ def check_training_inputs(cfg: TrainConfig) -> None:
                               f"{catalog.num_classes} classes ({catalog.loc.uri('index.json')})")
     check_same_classes(train, val)
     check_attributes(cfg.model.num_attributes, train, val)
+    if cfg.data.color_pca:
+        check_color_pca(cfg.data.train_shards)
     if (train.video is None) != (val.video is None):
         raise ConfigError(f"data.val_shards: {val.loc.uri()} holds {'videos' if val.video else 'images'} and the "
                           f"training shards {'videos' if train.video else 'images'}")
     if train.multi_label and cfg.data.ingest == "ray_data":
         raise ConfigError(f"config key 'data.ingest': {train.loc.uri()} is multi-label (samples with several "
                           f"classes); its targets are made by the training worker's own loader (data.ingest: loader)")
-    check_model_start(cfg, video=train.video is not None)
+    return check_model_start(cfg, video=train.video is not None)
 
 
-def check_model_start(cfg: TrainConfig, video: bool = False) -> None:
+def check_color_pca(shards: str) -> None:
+    """`data.color_pca` reads TRAIN_SHARDS/color_pca.json in every Train worker: there, and readable."""
+    from pipelines import color_pca
+
+    try:
+        color_pca.load(shards)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config key 'data.color_pca': {exc} (or set data.color_pca: false)") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"config key 'data.color_pca': {shards}/{color_pca.PCA_FILE} is not what "
+                          f"pipelines/color_pca.py writes ({type(exc).__name__}: {exc}): run it again") from None
+
+
+def check_model_start(cfg: TrainConfig, video: bool = False) -> str | None:
     import torch
 
     from training.freezing import stage_choices
     from training.models import create_model
-    from training.pretrained import PretrainedError, match
+    from training.pretrained import match
+    from training.published import ModelFileError
 
     m = cfg.model
     try:
@@ -74,11 +92,13 @@ def check_model_start(cfg: TrainConfig, video: bool = False) -> None:
                           f"{m.name}; stages: {', '.join(stages)}")
     if m.init_from:
         check_init_from(model, m.init_from)
-    if m.pretrained:
-        try:
-            match(model.backbone, m.name, m.pretrained, m.options, m.pretrained_strict)
-        except PretrainedError as exc:
-            raise ConfigError(str(exc)) from None
+    if not m.pretrained:
+        return None
+    try:
+        return "model.pretrained: " + match(model.backbone, m.name, m.pretrained, m.options,
+                                            m.pretrained_strict).summary
+    except ModelFileError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def check_media(cfg: TrainConfig, model, video: bool) -> None:
@@ -108,9 +128,10 @@ def check_init_from(model, uri: str) -> None:
     """VGG's trick, tried on the meta device: the shallower checkpoint loads and its layers fit `model`."""
     import torch
 
+    from training.checkpointing import load_checkpoint_file
     from training.config import from_dict
     from training.models import init_from_shallower
-    from training.train_loop import build_model, load_checkpoint_file
+    from training.train_loop import build_model
 
     try:
         state = load_checkpoint_file(uri)

@@ -1,110 +1,82 @@
-"""Start a model from saved weights (`model.pretrained`): a torchvision `state_dict` file, or a
-checkpoint of ours.  Never downloads: where there is network access, make the file with
+"""Saved weights read into one of our networks: to start training from (`model.pretrained`), or to
+score as they are (`evaluate.py` and `predict.py --checkpoint` of a file training did not write).
+Never downloads: where there is network access, make a torchvision file with
 
     python -c "import torch, torchvision; torch.save(torchvision.models.resnet50(
         weights='IMAGENET1K_V2').state_dict(), 'resnet50-imagenet.pt')"
 
 Accepted files (loaded with `weights_only=True`, local or any fsspec URI):
-- torchvision `state_dict`s of the networks we share with torchvision (`TORCHVISION_TWINS`): the
-  name map is derived by pairing both networks' tensors in their (identical) registration order, each
-  pair checked for name suffix and shape, so it is exact by construction and needs no table to drift;
 - a `state.pt` written by training/run.py, its checkpoint folder, or a finished run's folder (its
   `report.json` names the best checkpoint): the inference weights;
-- the `state_dict` of one of our backbones (`model.export().state_dict()`).
+- the `state_dict` of one of our backbones (`model.export().state_dict()`);
+- published files (`training/published.py`): torchvision `state_dict`s of the networks we share with
+  torchvision, and the CSAILVision Places365 release's `.pth.tar` files as published.
 
 Strict: any missing, unexpected or mis-shaped tensor is one error listing them all.  The one
 exception is the classifier (the backbone's last linear layer): when its class count differs it keeps
-its fresh initialisation, as do auxiliary heads, which no file supplies.
-
-Which architectures can load torchvision weights, and why the others cannot: resnet18/34/50/101/152,
-resnext50_32x4d, densenet121 and vgg_a/b/d/e (with and without `_bn`: torchvision's vgg11/13/16/19)
-are the same networks.  At `input_size` 224 only for VGG (its first FC layer sees a 7x7 map;
-torchvision pools any input to 7x7) and only with the default ResNet options (`shortcut_type` A and
-`bottleneck_stride` 1x1 are other networks).  No torchvision twin: alexnet (torchvision's is the
-"one weird trick" variant: 64-192-384-256-256 filters, no LRN), googlenet (torchvision's has batch
-norm and other auxiliary heads), vgg_c and vgg_a_lrn, plain18/34, zfnet, the WM models and
-simple_net.
+its fresh initialisation, as do auxiliary heads, which no file supplies.  `strict=False` loads what
+fits, but a file of which no tensor but the classifier fits is an error: it would train from nothing.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from training.checkpointing import CHECKPOINT_FILE, inference_weights
+from training.published import (TORCHVISION_TWINS, ModelFileError, backbone_tensors, is_batch_counter,
+                                is_our_checkpoint, load_file, our_architecture, unwrap)
+
 log = logging.getLogger(__name__)
 
-TORCHVISION_TWINS = {
-    **{name: name for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
-                               "densenet121")},
-    **{f"vgg_{ours}{bn}": f"vgg{depth}{bn}" for ours, depth in (("a", 11), ("b", 13), ("d", 16), ("e", 19))
-       for bn in ("", "_bn")},
-}
-OTHER_NETWORK_OPTIONS = {"shortcut_type": "B", "bottleneck_stride": "3x3", "input_size": 224}
+
+@dataclass(frozen=True)
+class Weights:
+    """A file's backbone tensors, the architecture it names (ours; None when it names none) and where
+    it is."""
+
+    tensors: dict[str, torch.Tensor]
+    arch: str | None
+    uri: str
 
 
-class PretrainedError(ValueError):
-    pass
-
-
-def torchvision_name_map(name: str, options: dict | None = None) -> dict[str, str]:
-    """torchvision key -> our backbone key for architecture `name` (built on the meta device: no memory)."""
-    import torchvision
-
-    from training.models import build_backbone
-
-    options = options or {}
-    if name not in TORCHVISION_TWINS:
-        raise PretrainedError(f"{name} has no torchvision twin; torchvision weights load into "
-                              f"{', '.join(sorted(TORCHVISION_TWINS))} (see training/pretrained.py for why)")
-    for key, default in OTHER_NETWORK_OPTIONS.items():
-        if key in options and options[key] != default and not (key == "input_size" and not name.startswith("vgg")):
-            raise PretrainedError(f"{name} with {key}={options[key]!r} is not torchvision's {TORCHVISION_TWINS[name]} "
-                                  f"(only {key}={default!r} is)")
-    with torch.device("meta"):
-        theirs = getattr(torchvision.models, TORCHVISION_TWINS[name])().state_dict()
-        ours = build_backbone(name, 1000, **options).state_dict()
-    if len(theirs) != len(ours):
-        raise PretrainedError(f"{name}: {len(ours)} tensors, torchvision's {TORCHVISION_TWINS[name]} {len(theirs)}")
-    mapping = {}
-    for (their_key, a), (our_key, b) in zip(theirs.items(), ours.items()):
-        if their_key.rsplit(".", 1)[-1] != our_key.rsplit(".", 1)[-1] or a.shape != b.shape:
-            raise PretrainedError(f"{name}: torchvision's {their_key} {tuple(a.shape)} does not pair with our "
-                                  f"{our_key} {tuple(b.shape)}")
-        mapping[their_key] = our_key
-    return mapping
-
-
-def read_weights(uri: str) -> dict:
-    """The file's tensors (`weights_only=True`): a checkpoint of ours gives its inference weights."""
+def find_weights_file(uri: str):
+    """The `Location` of the weights file `uri` names: a file, a checkpoint folder, or a finished run."""
     from pipelines.storage import Location
-    from training.train_loop import CHECKPOINT_FILE, inference_weights
 
     loc = Location.parse(uri)
     if loc.is_dir() and loc.is_file("report.json"):  # a finished run's folder: its best checkpoint
         best = json.loads(loc.read_bytes("report.json")).get("best_checkpoint")
         if not best:
-            raise PretrainedError(f"model.pretrained: the run at {loc.uri()} kept no checkpoint")
+            raise ModelFileError(f"model.pretrained: the run at {loc.uri()} kept no checkpoint")
         loc = Location.parse(best)
     if loc.is_dir():
         loc = loc.child(CHECKPOINT_FILE)
     if not loc.is_file():
-        raise PretrainedError(f"model.pretrained: no file at {loc.uri()}")
+        raise ModelFileError(f"model.pretrained: no file at {loc.uri()}")
+    return loc
+
+
+def read_weights(uri: str) -> Weights:
+    """The file's backbone tensors: a checkpoint of ours gives its inference weights."""
+    loc = find_weights_file(uri)
     try:
-        state = torch.load(io.BytesIO(loc.read_bytes()), map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, a zip that is not torch's, a non-tensor object...
-        raise PretrainedError(f"model.pretrained: {loc.uri()} is not a weights file torch.load can read safely "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-    if isinstance(state, dict) and "model" in state and "config" in state:  # a state.pt of ours
+        state = load_file(loc)
+    except ModelFileError as exc:
+        raise ModelFileError(f"model.pretrained: {exc}") from None
+    if is_our_checkpoint(state):
         weights = inference_weights(state)
-        return {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise PretrainedError(f"model.pretrained: {loc.uri()} holds a {type(state).__name__}, not a state_dict "
-                              f"(name -> tensor) or a checkpoint of training/run.py")
-    return state
+        return Weights({k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")},
+                       state["config"].get("model", {}).get("name"), loc.uri())
+    try:
+        tensors, arch = unwrap(state, loc.uri())
+    except ModelFileError as exc:
+        raise ModelFileError(f"model.pretrained: {exc}") from None
+    return Weights(tensors, arch and our_architecture(arch, loc.uri()), loc.uri())
 
 
 def classifier_keys(backbone: nn.Module) -> set[str]:
@@ -113,36 +85,61 @@ def classifier_keys(backbone: nn.Module) -> set[str]:
     return {f"{last}.weight", f"{last}.bias"}
 
 
-def match(backbone: nn.Module, name: str, uri: str, options: dict | None = None,
-          strict: bool = True) -> tuple[dict, list[str]]:
-    """(the file's tensors under our backbone's names that fit it, what keeps its fresh initialisation:
-    the classifier when the class count differs).  Raises PretrainedError listing every missing,
-    unexpected or mis-shaped tensor (with `strict=False`: logs them)."""
-    weights = read_weights(uri)
-    target = backbone.state_dict()
-    if not set(weights) & set(target):  # torchvision's names, or another network's
+@dataclass(frozen=True)
+class Match:
+    """What of a file fills a backbone: `usable` tensors under our names, the `fresh` keys that keep
+    their initialisation (the classifier when the class count differs), and one line saying so."""
+
+    usable: dict[str, torch.Tensor]
+    fresh: list[str]
+    summary: str
+
+
+def match(backbone: nn.Module, name: str, uri: str, options: dict | None = None, strict: bool = True) -> Match:
+    """Fit the file at `uri` to `backbone` (architecture `name`): see `fit`."""
+    return fit(backbone, name, read_weights(uri), options, strict)
+
+
+def fit(backbone: nn.Module, name: str, weights: Weights, options: dict | None = None, strict: bool = True) -> Match:
+    """What of `weights` fills `backbone`.  Raises ModelFileError listing every missing, unexpected or
+    mis-shaped tensor (with `strict=False`: logs them, unless nothing fits)."""
+    if weights.arch and weights.arch != name:
+        raise ModelFileError(f"model.pretrained: {weights.uri} holds a {weights.arch} network, not model.name's "
+                             f"{name}: set model.name: {weights.arch}")
+    tensors, target = weights.tensors, backbone.state_dict()
+    if not set(tensors) & set(target):  # torchvision's names, or another network's
         if name not in TORCHVISION_TWINS:
-            raise PretrainedError(f"model.pretrained: none of the {len(weights)} tensors of {uri} is named as {name}'s "
-                                  f"(e.g. {next(iter(weights), '-')!r}), and {name} has no torchvision twin: "
-                                  f"torchvision weights load into {', '.join(sorted(TORCHVISION_TWINS))}")
-        mapping = torchvision_name_map(name, options)
-        weights = {mapping.get(k, f"(torchvision) {k}"): v for k, v in weights.items()}
-    fresh = []
+            raise ModelFileError(f"model.pretrained: none of the {len(tensors)} tensors of {weights.uri} is named "
+                                 f"as {name}'s (e.g. {next(iter(tensors), '-')!r}), and {name} has no torchvision "
+                                 f"twin: torchvision weights load into {', '.join(sorted(TORCHVISION_TWINS))}")
+        tensors = backbone_tensors(tensors, name, options)
+    fresh, classes = [], ""
     classifier = classifier_keys(backbone)
-    if all(k in weights and weights[k].shape != target[k].shape for k in classifier):
+    if all(k in tensors and tensors[k].shape != target[k].shape for k in classifier):
         fresh = sorted(classifier)  # another class count: this layer is new
-        weights = {k: v for k, v in weights.items() if k not in classifier}
-    problems = [f"missing {k} {tuple(target[k].shape)}" for k in target if k not in weights and k not in fresh]
-    problems += [f"unexpected {k} {tuple(v.shape)}" for k, v in weights.items() if k not in target]
-    problems += [f"{k}: file {tuple(v.shape)}, model {tuple(target[k].shape)}" for k, v in weights.items()
+        weight = next(k for k in classifier if k.endswith(".weight"))
+        classes = f"; classifier replaced: {len(tensors[weight])} -> {len(target[weight])} classes"
+        tensors = {k: v for k, v in tensors.items() if k not in classifier}
+    counted = [k for k in target if not is_batch_counter(k)]
+    problems = [f"missing {k} {tuple(target[k].shape)}" for k in counted if k not in tensors and k not in fresh]
+    problems += [f"unexpected {k} {tuple(v.shape)}" for k, v in tensors.items() if k not in target]
+    problems += [f"{k}: file {tuple(v.shape)}, model {tuple(target[k].shape)}" for k, v in tensors.items()
                  if k in target and v.shape != target[k].shape]
+    listed = "; ".join(problems[:12]) + (" ..." if len(problems) > 12 else "")
     if problems and strict:
-        raise PretrainedError(f"model.pretrained: {uri} does not fit {name} ({len(problems)} problems): "
-                              + "; ".join(problems[:12]) + (" ..." if len(problems) > 12 else "")
-                              + " (model.pretrained_strict: false loads what fits)")
+        hint = " (model.pretrained_strict: false loads what fits)"
+        raise ModelFileError(f"model.pretrained: {weights.uri} does not fit {name} ({len(problems)} problems): "
+                             f"{listed}{hint}")
+    usable = {k: v for k, v in tensors.items() if k in target and v.shape == target[k].shape}
+    loaded = sum(not is_batch_counter(k) for k in usable)
+    if loaded == 0:
+        raise ModelFileError(f"model.pretrained: no tensor of {weights.uri} fits {name} ({len(problems)} problems: "
+                             f"{listed}): training would start from nothing")
     if problems:
-        log.warning("model.pretrained: %s: %d tensors not loaded: %s", uri, len(problems), "; ".join(problems[:12]))
-    return {k: v for k, v in weights.items() if k in target and v.shape == target[k].shape}, fresh
+        log.warning("model.pretrained: %s: %d tensors not loaded: %s", weights.uri, len(problems), listed)
+    summary = (f"loaded {loaded}/{len(counted)} tensors from {weights.uri} (arch {name}){classes}"
+               + (f"; {len(problems)} not loaded (model.pretrained_strict: false)" if problems else ""))
+    return Match(usable, fresh, summary)
 
 
 def load_pretrained(model: nn.Module, name: str, uri: str, options: dict | None = None,
@@ -150,6 +147,52 @@ def load_pretrained(model: nn.Module, name: str, uri: str, options: dict | None 
     """Load `uri` into `model`'s backbone (a `RelayNet`'s, or the backbone itself); returns the keys
     that kept their fresh initialisation."""
     backbone = getattr(model, "backbone", model)
-    usable, fresh = match(backbone, name, uri, options, strict)
-    backbone.load_state_dict(usable, strict=False)
-    return fresh
+    found = match(backbone, name, uri, options, strict)
+    backbone.load_state_dict(found.usable, strict=False)
+    return found.fresh
+
+
+def scoring_state(uri: str, arch: str | None = None, class_names: list[str] | None = None) -> dict:
+    """The file at `uri` (a file, not a folder) as inference scores it: a checkpoint of training/run.py
+    as it is, else a published file as one (`published_as_checkpoint`).  ModelFileError if neither."""
+    from pipelines.storage import Location
+
+    loc = Location.parse(uri)
+    state = load_file(loc)
+    return state if is_our_checkpoint(state) else published_as_checkpoint(state, loc.uri(), arch, class_names)
+
+
+def published_as_checkpoint(state: object, uri: str, arch: str | None = None,
+                            class_names: list[str] | None = None) -> dict:
+    """A published file's contents as the state a checkpoint of training/run.py holds (`config`,
+    `model`, `class_names`, and `summary`: what was loaded), so the inference tools score it as their
+    own (`published`: True): the network its `arch` names (else `arch`), the class count of its classifier, and the
+    release's preprocessing (a 224 centre crop of a 256 shorter side, ImageNet mean and std: the
+    config's defaults)."""
+    from training.config import load, to_dict
+    from training.models import create_model
+
+    tensors, their_arch = unwrap(state, uri)
+    named = their_arch and our_architecture(their_arch, uri)
+    given = arch and our_architecture(arch, "--arch")
+    if named and given and named != given:
+        raise ModelFileError(f"{uri} holds a {named} (its arch {their_arch!r}), not the --arch {arch}")
+    name = named or given
+    if not name:
+        raise ModelFileError(f"{uri} names no architecture (no 'arch' beside its state_dict): give --arch, "
+                             f"one of {', '.join(sorted(TORCHVISION_TWINS))}")
+    with torch.device("meta"):
+        classifier = next(k for k in classifier_keys(create_model(name, 1000).backbone) if k.endswith(".weight"))
+    tensors = backbone_tensors(tensors, name)
+    if classifier not in tensors:
+        raise ModelFileError(f"{uri}: no tensor of it is {name}'s classifier ({classifier})")
+    classes = len(tensors[classifier])
+    if class_names is not None and len(class_names) != classes:
+        raise ModelFileError(f"{uri} predicts {classes} classes; the categories file names {len(class_names)}")
+    cfg = load(None, [f"model.name={name}", f"model.num_classes={classes}", "model.mode=bp"])
+    model = create_model(name, classes, mode="bp")
+    found = fit(model.backbone, name, Weights(tensors, name, uri))
+    weights = model.state_dict()  # num_batches_tracked, where the file has none, as built
+    weights.update({f"backbone.{k}": v for k, v in found.usable.items()})
+    return {"config": to_dict(cfg), "model": weights, "ema": None, "class_names": class_names, "history": [],
+            "published": True, "summary": found.summary}

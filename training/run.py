@@ -166,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
                               f"{cfg.run.storage_path}: continue it with --resume {cfg.run.name}, or choose "
                               f"another name (--set run.name=...)")
         prepare_data(cfg, a.verbose)
-        check_training_inputs(cfg)
+        loaded = check_training_inputs(cfg)
+        if loaded:
+            print(loaded)
         if not joins_a_cluster():  # the local Ray it would start is this machine: checked before it starts
             check_cluster_fits(cfg, this_machine())
     except (ConfigError, OSError) as exc:
@@ -267,7 +269,7 @@ def _history(result) -> list[dict]:
     """Every epoch's metrics: each checkpoint carries the history up to its epoch."""
     import torch
 
-    from training.train_loop import CHECKPOINT_FILE
+    from training.checkpointing import CHECKPOINT_FILE
 
     with result.checkpoint.as_directory() as folder:
         return torch.load(f"{folder}/{CHECKPOINT_FILE}", map_location="cpu", weights_only=True)["history"]

@@ -22,7 +22,8 @@ from pipelines.online.ray_ingest import IngestSpec
 from pipelines.online.ray_input import RayDataInput
 from pipelines.online.transforms import EvalTransform, TrainTransform
 from training.attribute_metrics import attribute_report
-from training.checkpointing import CHECKPOINT_FILE, MidEpochPolicy, mid_epoch_metrics, report_checkpoint
+from training.checkpointing import (CHECKPOINT_FILE, MidEpochPolicy, inference_weights, load_checkpoint_file,
+                                    mid_epoch_metrics, report_checkpoint)
 from training.config import TrainConfig, from_dict
 from training.epoch_tally import EpochTally
 from training.freezing import freeze, train_mode
@@ -30,6 +31,7 @@ from training.models import create_model, init_from_shallower
 from training.metrics_sink import MetricsSink
 from training.optim import make_ema, make_optimizer, make_scheduler
 from training.pretrained import load_pretrained
+from training.topk import log_mean_exp, top_classes
 
 
 
@@ -50,25 +52,6 @@ def build_model(cfg: TrainConfig, warm_start: bool = True):
         load_pretrained(model, m.name, m.pretrained, m.options, strict=m.pretrained_strict)
     freeze(model, cfg.optim.trainable_from)
     return model
-
-
-def load_checkpoint_file(uri: str) -> dict:
-    """A `state.pt` written by this loop (or the checkpoint folder holding it), local or any fsspec URI."""
-    import io
-
-    from pipelines.storage import Location
-
-    loc = Location.parse(uri)
-    if loc.is_dir():
-        loc = loc.child(CHECKPOINT_FILE)
-    return torch.load(io.BytesIO(loc.read_bytes()), map_location="cpu", weights_only=True)
-
-
-def inference_weights(state: dict) -> dict:
-    """The weights a checkpoint is validated and exported with: the moving average when EMA was on."""
-    if state.get("ema"):
-        return {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
-    return state["model"]
 
 
 def train_transform(cfg: TrainConfig) -> TrainTransform:
@@ -150,12 +133,13 @@ def evaluate_rank(model, cfg: TrainConfig, rank: int, world: int, device,
             logits, attr_logits = model.predict(x)
             # a hit is any of the sample's classes: its one class, or a multi-label split's row of them
             hot = y[:, 1:] if y.dim() == 2 and not attributes else F.one_hot(y[:, 0] if attributes else y, k)
+            ranking = logits.float()  # one view: its logits rank as its log posteriors
             if clips is not None:  # (videos x clips x views_per_clip, K) -> per clip, per video
-                per_clip = logits.float().softmax(1).view(len(y), -1, clips.views_per_clip, k).mean(2)
+                per_clip = log_mean_exp(ranking.log_softmax(1).view(len(y), -1, clips.views_per_clip, k), 2)
                 counts[3] += hot.gather(1, per_clip.argmax(2)).sum()
                 counts[4] += per_clip.shape[0] * per_clip.shape[1]
-                logits = per_clip.mean(1)
-            top5 = logits.topk(min(5, k), dim=1).indices
+                ranking = log_mean_exp(per_clip, 1)
+            top5 = top_classes(ranking, 5)
             counts[0] += hot.gather(1, top5[:, :1]).sum()
             counts[1] += hot.gather(1, top5).amax(1).sum()
             counts[2] += len(y)

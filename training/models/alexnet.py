@@ -5,6 +5,11 @@ overlapping 3x3/2 max-pooling, weights N(0, 0.01) and biases 1 in conv2/4/5 and 
 (`init: gaussian`, the paper's).  The two-GPU split is kept as grouped convolutions (groups=2) in
 conv2, conv4 and conv5, where the paper's GPUs did not talk to each other.  ZFNet replaces the first
 layer by 7x7 stride 2 and conv2's stride by 2, with dense (ungrouped) convolutions.
+
+`alexnet_owt` is the variant of Krizhevsky's "One weird trick" (2014) that torchvision ships as
+`alexnet`, and so the one the CSAILVision Places365 release trained (`alexnet_places365.pth.tar`):
+C(64,11,4)-P-C(192,5,1)-P-C(384,3,1)-C(256,3,1)-C(256,3,1)-P-FC4096-FC4096-FC, no LRN, no groups,
+dropout on the inputs of fc6 and fc7.
 """
 
 from __future__ import annotations
@@ -62,5 +67,20 @@ class ZFNet(StagedNet):
         super().__init__(stages, FCHead((256, s, s), (4096, 4096), num_classes, dropout), num_classes, init=init)
 
 
+class AlexNetOWT(StagedNet):
+    def __init__(self, num_classes: int = 1000, input_size: int = 224, dropout: float = 0.5, init: str = "he"):
+        stages = [
+            ("conv1", nn.Sequential(*_conv(3, 64, 11, 4, 2), nn.MaxPool2d(3, 2))),
+            ("conv2", nn.Sequential(*_conv(64, 192, 5, 1, 2), nn.MaxPool2d(3, 2))),
+            ("conv3", nn.Sequential(*_conv(192, 384, 3, 1, 1), *_conv(384, 256, 3, 1, 1),
+                                    *_conv(256, 256, 3, 1, 1), nn.MaxPool2d(3, 2))),
+        ]
+        s = _out(_out(input_size, 11, 4, 2), 3, 2)  # 224 -> 55 -> 27
+        s = _out(_out(s, 3, 2), 3, 2)  # -> 13 -> 6: torchvision's 6x6 average pool is then the identity
+        head = FCHead((256, s, s), (4096, 4096), num_classes, dropout, dropout_first=True)
+        super().__init__(stages, head, num_classes, init=init)
+
+
 register_model("alexnet")(lambda num_classes=1000, **options: AlexNet(num_classes, **options))
+register_model("alexnet_owt")(lambda num_classes=1000, **options: AlexNetOWT(num_classes, **options))
 register_model("zfnet")(lambda num_classes=1000, **options: ZFNet(num_classes, **options))

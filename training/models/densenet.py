@@ -1,4 +1,6 @@
-"""DenseNet-121 (Huang et al. 2017): growth rate 32, blocks (6, 12, 24, 16), bottleneck 4k, compression 0.5."""
+"""DenseNet (Huang et al. 2017): bottleneck 4k, compression 0.5.  DenseNet-121: growth rate 32, blocks
+(6, 12, 24, 16); DenseNet-161: growth rate 48, blocks (6, 12, 36, 24), a 96-filter stem (the
+CSAILVision Places365 release's densenet161)."""
 
 from __future__ import annotations
 
@@ -48,3 +50,5 @@ class DenseNet(StagedNet):
 
 
 register_model("densenet121")(lambda num_classes=1000, **options: DenseNet(num_classes=num_classes, **options))
+register_model("densenet161")(lambda num_classes=1000, **options: DenseNet(
+    (6, 12, 36, 24), growth=48, init_features=96, num_classes=num_classes, **options))

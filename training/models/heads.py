@@ -10,16 +10,19 @@ import torch.nn.functional as F
 
 
 class FCHead(nn.Module):
-    """flatten -> [fc, ReLU, dropout] x len(hidden) -> fc.  `in_shape` = (C, H, W) of the last feature map."""
+    """flatten -> [fc, ReLU, dropout] x len(hidden) -> fc (the papers': dropout on fc6's and fc7's
+    outputs), or with `dropout_first` [dropout, fc, ReLU] x len(hidden) -> fc (torchvision's AlexNet:
+    dropout on their inputs).  `in_shape` = (C, H, W) of the last feature map."""
 
     def __init__(self, in_shape: tuple[int, int, int], hidden: tuple[int, ...], num_classes: int,
-                 dropout: float = 0.5):
+                 dropout: float = 0.5, dropout_first: bool = False):
         super().__init__()
         self.in_shape = in_shape
         dims = [in_shape[0] * in_shape[1] * in_shape[2], *hidden]
         layers: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
-            layers += [nn.Linear(a, b), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            block = [nn.Linear(a, b), nn.ReLU(inplace=True)]
+            layers += [nn.Dropout(dropout), *block] if dropout_first else [*block, nn.Dropout(dropout)]
         layers.append(nn.Linear(dims[-1], num_classes))
         self.fc = nn.Sequential(*layers)
 
