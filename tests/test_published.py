@@ -55,7 +55,8 @@ def test_fine_tuning_from_a_published_file_replaces_the_classifier_and_says_so(t
     theirs, path = csail_file(tmp_path, "resnet18")
     model = create_model("resnet18", 10)
     found = match(model.backbone, "resnet18", path)
-    assert found.summary == f"loaded 100/102 tensors from {path} (arch resnet18); classifier replaced: 365 -> 10 classes"
+    assert found.summary == (f"loaded 100/102 tensors from {path} (arch resnet18); classifier replaced: 365 -> 10 "
+                             f"classes")
     assert load_pretrained(model, "resnet18", path) == ["head.fc.bias", "head.fc.weight"]
     assert torch.equal(model.backbone.stages.layer4[1].body[4].running_var, theirs.layer4[1].bn2.running_var)
 
@@ -85,8 +86,14 @@ def test_published_files_that_are_not_the_network_are_refused_saying_why(tmp_pat
 def test_loose_loading_that_loads_nothing_is_an_error(tmp_path):
     _, vgg = csail_file(tmp_path, "vgg11", classes=8)
     torch.save(torch.load(vgg, weights_only=True)["state_dict"], tmp_path / "bare.pt")  # no arch to refuse by
-    with pytest.raises(ModelFileError, match="no tensor of .* fits resnet18 .* training would start from nothing"):
+    nothing = "no tensor of .* but the classifier.s fits resnet18 .* training would start from nothing"
+    with pytest.raises(ModelFileError, match=nothing):
         match(create_model("resnet18", 8).backbone, "resnet18", str(tmp_path / "bare.pt"), strict=False)
+    _, resnet = csail_file(tmp_path, "resnet18", classes=8)
+    head = {k: v for k, v in torch.load(resnet, weights_only=True)["state_dict"].items() if ".fc." in k}
+    torch.save(head, tmp_path / "head.pt")  # the classifier alone fits: a backbone from nothing
+    with pytest.raises(ModelFileError, match=nothing):
+        match(create_model("resnet18", 8).backbone, "resnet18", str(tmp_path / "head.pt"), strict=False)
 
 
 def test_run_py_names_what_it_loaded_before_ray_starts(tmp_path, capsys):

@@ -197,8 +197,8 @@ class Predictor:
         # out of its caches: ten crops of 32 images at once ran at 0.6x on 2 cores)
         chunk = self.batch_size if self.device.type == "cuda" else views.shape[1]
         outs = [model.predict(self.normalize(part.to(self.device))) for part in views.flatten(0, 1).split(chunk)]
-        crops = log_mean_exp(torch.cat([logits.float().log_softmax(1) for logits, _ in outs]).view(*views.shape[:2], -1),
-                             1)
+        per_view = torch.cat([logits.float().log_softmax(1) for logits, _ in outs]).view(*views.shape[:2], -1)
+        crops = log_mean_exp(per_view, 1)
         attributes = None if outs[0][1] is None else \
             torch.cat([a.sigmoid() for _, a in outs]).view(*views.shape[:2], -1).mean(1)
         if self.protocol == "multi_crop_dense":
@@ -208,8 +208,8 @@ class Predictor:
         return crops, attributes
 
     def dense_log_probs(self, model, batch: dict, first: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, K) log posteriors: every scale's whole image (columns views{first}...) and its mirror, as class-score maps;
-        attributes from the same passes."""
+        """(B, K) log posteriors: every scale's whole image (columns views{first}...) and its mirror, as
+        class-score maps; attributes from the same passes."""
         backbone, rows, attribute_rows = model.backbone, [], []
         for row in range(len(batch["key"])):
             outs, attributes = [], []

@@ -3,19 +3,19 @@
     python training/predict.py --checkpoint CKPT IMAGE_OR_FOLDER [...] [--out DIR] [--top 5] \
         [--method auto|cam|gradcam]
 
-CKPT: a `state.pt`, its checkpoint folder, a run folder (its best checkpoint, as evaluate.py picks
-it), or a published model file: the CSAILVision Places365 `.pth.tar` files as released, or a
-torchvision `state_dict` (`--arch` names its network), its class names from `--categories
-categories_places365.txt`, scored as the release did (224 centre crop of a 256 shorter side).  A folder is searched recursively for image files (.jpg .jpeg .png .gif .bmp .tif .tiff .webp, any
-case).  Every image goes through sharding's preparation (`pipelines/media/images.py`: EXIF rotation, CMYK,
-greyscale, palette and alpha images to RGB, large JPEGs decoded at reduced size), then evaluation's
-centre crop at the checkpoint's `data.eval_resize` / `data.size`.  For each image, one console line and
-one line of DIR/predictions.jsonl (`{"image", "top": [[class, probability], ...], "attributes", "cam"}`;
-`attributes`: for a model with an attribute head, those at or above the threshold chosen for each on
-validation, with their probabilities, most probable first), and
-DIR/<name>.cam.png: the crop the network scored beside it overlaid with the top class's activation map
-(CAM for global-average-pooled heads, Grad-CAM otherwise: `training/cam.py`).  A file that cannot be
-read is one error line; the others are still processed, and the exit code is 1.
+CKPT: a `state.pt`, its checkpoint folder, a run folder (its best checkpoint, as evaluate.py picks it),
+or a published model file: the CSAILVision Places365 `.pth.tar` files as released, or a torchvision
+`state_dict` (`--arch` names its network), its class names from `--categories categories_places365.txt`,
+scored as the release did (224 centre crop of a 256 shorter side). A folder is searched recursively for
+image files (.jpg .jpeg .png .gif .bmp .tif .tiff .webp, any case). Every image goes through sharding's
+preparation (`pipelines/media/images.py`: EXIF rotation, CMYK, greyscale, palette and alpha images to
+RGB, large JPEGs decoded at reduced size), then evaluation's centre crop at the checkpoint's
+`data.eval_resize` / `data.size`. For each image, one console line and one line of DIR/predictions.jsonl
+(`{"image", "top": [[class, probability], ...], "attributes", "cam"}`; `attributes`: for a model with an
+attribute head, those at or above the threshold chosen for each on validation, with their probabilities,
+most probable first), and DIR/<name>.cam.png: the crop the network scored beside it overlaid with the
+top class's activation map (CAM for global-average-pooled heads, Grad-CAM otherwise: `training/cam.py`).
+A file that cannot be read is one error line; the others are still processed, and the exit code is 1.
 """
 
 from __future__ import annotations

@@ -100,16 +100,18 @@ def match(backbone: nn.Module, name: str, uri: str, options: dict | None = None,
     return fit(backbone, name, read_weights(uri), options, strict)
 
 
-def fit(backbone: nn.Module, name: str, weights: Weights, options: dict | None = None, strict: bool = True) -> Match:
-    """What of `weights` fills `backbone`.  Raises ModelFileError listing every missing, unexpected or
-    mis-shaped tensor (with `strict=False`: logs them, unless nothing fits)."""
+def fit(backbone: nn.Module, name: str, weights: Weights, options: dict | None = None, strict: bool = True,
+        setting: str = "model.pretrained") -> Match:
+    """What of `weights` fills `backbone`.  Raises ModelFileError (naming `setting`) listing every
+    missing, unexpected or mis-shaped tensor (with `strict=False`: logs them, unless no tensor but the
+    classifier fits)."""
     if weights.arch and weights.arch != name:
-        raise ModelFileError(f"model.pretrained: {weights.uri} holds a {weights.arch} network, not model.name's "
+        raise ModelFileError(f"{setting}: {weights.uri} holds a {weights.arch} network, not model.name's "
                              f"{name}: set model.name: {weights.arch}")
     tensors, target = weights.tensors, backbone.state_dict()
     if not set(tensors) & set(target):  # torchvision's names, or another network's
         if name not in TORCHVISION_TWINS:
-            raise ModelFileError(f"model.pretrained: none of the {len(tensors)} tensors of {weights.uri} is named "
+            raise ModelFileError(f"{setting}: none of the {len(tensors)} tensors of {weights.uri} is named "
                                  f"as {name}'s (e.g. {next(iter(tensors), '-')!r}), and {name} has no torchvision "
                                  f"twin: torchvision weights load into {', '.join(sorted(TORCHVISION_TWINS))}")
         tensors = backbone_tensors(tensors, name, options)
@@ -128,13 +130,13 @@ def fit(backbone: nn.Module, name: str, weights: Weights, options: dict | None =
     listed = "; ".join(problems[:12]) + (" ..." if len(problems) > 12 else "")
     if problems and strict:
         hint = " (model.pretrained_strict: false loads what fits)"
-        raise ModelFileError(f"model.pretrained: {weights.uri} does not fit {name} ({len(problems)} problems): "
+        raise ModelFileError(f"{setting}: {weights.uri} does not fit {name} ({len(problems)} problems): "
                              f"{listed}{hint}")
     usable = {k: v for k, v in tensors.items() if k in target and v.shape == target[k].shape}
     loaded = sum(not is_batch_counter(k) for k in usable)
-    if loaded == 0:
-        raise ModelFileError(f"model.pretrained: no tensor of {weights.uri} fits {name} ({len(problems)} problems: "
-                             f"{listed}): training would start from nothing")
+    if not set(usable) - classifier:
+        raise ModelFileError(f"{setting}: no tensor of {weights.uri} but the classifier's fits {name} "
+                             f"({len(problems)} problems: {listed}): training would start from nothing")
     if problems:
         log.warning("model.pretrained: %s: %d tensors not loaded: %s", weights.uri, len(problems), listed)
     summary = (f"loaded {loaded}/{len(counted)} tensors from {weights.uri} (arch {name}){classes}"
@@ -165,10 +167,10 @@ def scoring_state(uri: str, arch: str | None = None, class_names: list[str] | No
 def published_as_checkpoint(state: object, uri: str, arch: str | None = None,
                             class_names: list[str] | None = None) -> dict:
     """A published file's contents as the state a checkpoint of training/run.py holds (`config`,
-    `model`, `class_names`, and `summary`: what was loaded), so the inference tools score it as their
-    own (`published`: True): the network its `arch` names (else `arch`), the class count of its classifier, and the
-    release's preprocessing (a 224 centre crop of a 256 shorter side, ImageNet mean and std: the
-    config's defaults)."""
+    `model`, `class_names`, `published`: True, and `summary`: what was loaded), so the inference tools
+    score it as their own: the network its `arch` names (else `arch`), the class count of its
+    classifier, and the release's preprocessing (a 224 centre crop of a 256 shorter side, ImageNet
+    mean and std: the config's defaults)."""
     from training.config import load, to_dict
     from training.models import create_model
 
@@ -191,7 +193,7 @@ def published_as_checkpoint(state: object, uri: str, arch: str | None = None,
         raise ModelFileError(f"{uri} predicts {classes} classes; the categories file names {len(class_names)}")
     cfg = load(None, [f"model.name={name}", f"model.num_classes={classes}", "model.mode=bp"])
     model = create_model(name, classes, mode="bp")
-    found = fit(model.backbone, name, Weights(tensors, name, uri))
+    found = fit(model.backbone, name, Weights(tensors, name, uri), setting="--checkpoint")
     weights = model.state_dict()  # num_batches_tracked, where the file has none, as built
     weights.update({f"backbone.{k}": v for k, v in found.usable.items()})
     return {"config": to_dict(cfg), "model": weights, "ema": None, "class_names": class_names, "history": [],

@@ -15,8 +15,9 @@ from training.topk import hits_at, log_mean_exp
 
 
 def video_scores(clip_scores: np.ndarray, clip_video: np.ndarray, videos: int) -> np.ndarray:
-    """(V, K): each video's clips' log posteriors averaged (in log space).  `clip_video[i]` is clip i's video, in [0, videos);
-    a video without clips is an error, not a row of zeros that would read as a miss."""
+    """(V, K): each video's clips' log posteriors averaged (in log space). `clip_video[i]` is clip i's
+    video, in [0, videos); a video without clips is an error, not a row of zeros that would read as a
+    miss."""
     counts = np.bincount(clip_video, minlength=videos)
     if len(counts) > videos or (counts == 0).any():
         missing = np.flatnonzero(counts == 0)[:5].tolist()
