@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, encode, free_port, scene, start_head, stop_head, write_shards
+from pipelines import color_pca
 
 pytestmark = pytest.mark.slow
 IDLE_TIMEOUT_MINUTES = 0.2
@@ -103,6 +104,7 @@ def shards(tmp_path_factory):
     data = tmp_path_factory.mktemp("card")  # every fake node is this machine: its disk is shared
     write_shards(data / "train", [16, 8], shard_samples=8)
     write_shards(data / "val", [4, 4], shard_samples=4)
+    assert color_pca.main(["--shards", str(data / "train"), "--samples", "8"]) == 0  # the resnet18 recipe's
     return data
 
 

@@ -95,11 +95,14 @@ def test_local_paths_on_a_cluster_that_can_grow_are_refused_unless_shared(tmp_pa
 def test_the_resnet18_recipe_on_this_machine_is_one_line_before_ray_starts(tmp_path, monkeypatch, capsys):
     import ray
 
+    from pipelines import color_pca
     from training import run
 
     monkeypatch.setenv("RAY_ADDRESS", "local")  # a laptop: no cluster to join
     write_shards(tmp_path / "train", [4, 4], shard_samples=4)
     write_shards(tmp_path / "val", [2, 2], shard_samples=2)
+    assert color_pca.main(["--shards", str(tmp_path / "train"), "--samples", "8"]) == 0  # the recipe's colour noise
+    capsys.readouterr()
     code = run.main(["--config", f"{ROOT}/configs/resnet18.yaml", "--set", f"data.train_shards={tmp_path}/train",
                      "--set", f"data.val_shards={tmp_path}/val", "--set", "model.num_classes=2",
                      "--set", f"run.storage_path={tmp_path}/runs"])

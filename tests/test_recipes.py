@@ -1,6 +1,7 @@
 """The Places365 recipes as written: the sharding recipes on a miniature release in the official layout
 (365 classes, the lists' exact line formats, flat val/test folders, `--root` naming the release), their
-outputs where the training recipes read, and every training recipe through pre-flight there."""
+outputs where the training recipes read, and every training recipe through pre-flight there (the
+demo's and the course project's on shards of their own sizes)."""
 
 from __future__ import annotations
 
@@ -20,13 +21,13 @@ CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CLASSES = 365
 
 
-def places365_recipes() -> list[str]:
-    """The training recipes (a model section) that read the Places365 shards."""
+def training_recipes(reading: str) -> list[str]:
+    """The training recipes (a model section) whose training shards' path holds `reading`."""
     found = []
     for path in sorted(glob.glob(os.path.join(CONFIGS, "*.yaml"))):
         with open(path) as f:
             recipe = yaml.safe_load(f)
-        if "model" in recipe and "places365" in recipe.get("data", {}).get("train_shards", ""):
+        if "model" in recipe and reading in recipe.get("data", {}).get("train_shards", ""):
             found.append(path)
     return found
 
@@ -76,7 +77,7 @@ def test_every_recipe_runs_as_written_on_a_miniature_release(ray_cluster, tmp_pa
         member = next(m for m in tar.getmembers() if m.name.endswith(".jpg"))
         with Image.open(tar.extractfile(member)) as image:  # 36x48 stored at shorter side 32, aspect kept
             assert image.size == (32, 43)
-    recipes = places365_recipes()
+    recipes = training_recipes("places365")
     assert len(recipes) >= 19
     torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "resnet50.pt")
     needs_pca = [r for r in recipes if load(r).data.color_pca]
@@ -87,3 +88,27 @@ def test_every_recipe_runs_as_written_on_a_miniature_release(ray_cluster, tmp_pa
     for recipe in recipes:
         cfg = load(recipe, [f"model.pretrained={tmp_path / 'resnet50.pt'}"] if load(recipe).model.pretrained else [])
         check_training_inputs(cfg)  # classes, shards, model, weights, colour noise: as the recipe says
+
+
+def test_the_other_image_recipes_pass_pre_flight_on_shards_where_they_read(tmp_path, monkeypatch):
+    """The demo's and the course project's recipes, on shards of their class counts at their paths (the
+    video recipes run end to end in tests/test_video_training.py)."""
+    import torch
+    import torchvision
+
+    from conftest import write_shards
+    from training.config import load
+    from training.preflight import check_training_inputs
+
+    recipes = training_recipes("data/demo/") + training_recipes("data/15scene/")
+    assert len(recipes) >= 5
+    torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "resnet50.pt")
+    for recipe in recipes:
+        here = tmp_path / os.path.basename(recipe)[:-5]  # each its own shards: attributes or none
+        here.mkdir()
+        monkeypatch.chdir(here)
+        cfg = load(recipe, [f"model.pretrained={tmp_path / 'resnet50.pt'}"] if load(recipe).model.pretrained else [])
+        for shards in (cfg.data.train_shards, cfg.data.val_shards):
+            write_shards(here / shards, [1] * cfg.model.num_classes, shard_samples=1,
+                         attributes=cfg.model.num_attributes)
+        check_training_inputs(cfg)
