@@ -131,8 +131,8 @@ def resolve_checkpoint(path: str, arch: str | None = None,
     """(the file to score, its contents, a note saying which one when a run folder was given).  A run
     folder (training/run.py's `runs/<run>`) gives its best kept checkpoint by the run's metric, top-1
     error: the one its report.json names, else the best of its checkpoint folders.  A published model
-    file is read as a checkpoint (`training/pretrained.py`: its network from its `arch` or `arch`, its
-    class names `class_names`).  Each file is read once."""
+    file is read as a checkpoint (`training/pretrained.py`: its network from the file's own `arch`,
+    else the `arch` given; its class names `class_names`).  Each file is read once."""
     from training.checkpointing import CHECKPOINT_FILE
 
     loc = Location.parse(path)
@@ -298,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     from training.train_loop import clip_offsets  # (Ray Train's import: once the arguments parse)
 
     try:  # before Ray starts: a wrong path is a one-line error, not a traceback from an actor
-        checkpoints, configs, attributes = check_inputs(a.checkpoint, a.shards, a.arch, read_class_names(a.categories))
+        names = read_class_names(a.categories)
+        checkpoints, configs, attributes = check_inputs(a.checkpoint, a.shards, a.arch, names)
         video = Catalog.load(a.shards).video is not None
         a.protocol = a.protocol or ("clips" if video else "center")
         if video != (a.protocol == "clips"):
