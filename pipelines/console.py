@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -154,9 +155,15 @@ def what_failed(exc: BaseException) -> str:
         exc = failures[min(failures)]
     exc = getattr(exc, "controller_failure", None) or exc  # ray.train.ControllerError
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if len(lines) > 1 and "Traceback (most recent call last)" in str(exc):
-        return lines[-1]
+    # a Ray task's text holds its chain of errors: the last of the user's code (ENOSPC under Ray Data's
+    # "UserCodeException: UDF failed to process a data block"), not Ray's own wrappers
+    raised = [line for line in lines[1:] if _ERROR_LINE.match(line) and not line.startswith("ray.")]
+    if raised:
+        return raised[-1]
     return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+_ERROR_LINE = re.compile(r"(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Interrupt|Exit)(?:\(\w+\))?: ")
 
 
 def report_failure(tool: str, exc: BaseException) -> int:

@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if Location.parse(a.out).is_dir():
             raise ValueError(f"--out {a.out} is a folder; give the draws file's path")
+        if Location.parse(a.out).is_within(Location.parse(a.shards)):  # it overwrote index.json once
+            raise ValueError(f"--out {a.out} is inside --shards {a.shards}: the shard folder belongs to "
+                             f"pipelines/shard.py; write the draws elsewhere")
         catalog = Catalog.load(a.shards)
         catalog.check_shards()
         ranks = list(range(a.world_size)) if a.all_streams else [a.rank]

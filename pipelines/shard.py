@@ -30,7 +30,8 @@ from pipelines.media.video import VideoSettings
 from pipelines.offline import list_file, shard_index
 from pipelines.offline.attributes import AttributeFile, read_attribute_file
 from pipelines.offline.corpus import (LISTED, UNLABELED, Categories, CorpusError, image_folder_classes,
-                                      image_folder_files, label_source, parse_line, read_categories)
+                                      image_folder_files, label_source, looks_labeled, parse_line,
+                                      read_categories)
 from pipelines.offline.shard_tasks import (MEMBERS_DIR, STATE_DIR, ShardPlan, collect_group,
                                            parse_attribute_ranges, parse_ranges, resolve_duplicates, write_group,
                                            write_rejects)
@@ -239,10 +240,13 @@ def preflight(cfg: ShardConfig, out: Location) -> Preflight:
     labels, entries, per_label, several = LISTED if name_rejects else None, name_rejects, Counter(), 0
     for lineno, line in list_file.text_lines(list_loc):
         if labels is None:
-            labels = label_source(line, categories)
+            labels, first = label_source(line, categories), (lineno, line)
             if labels == LISTED and categories is None:
                 raise CorpusError(f"{cfg.list} has labels: pass --categories so they can be named")
             categories = categories or Categories.from_names([])
+        elif labels != LISTED and looks_labeled(line, categories):  # read as label-less: every entry lost
+            raise CorpusError(f"{list_loc.uri()}:{first[0]}: {first[1].strip()!r} has no label but line {lineno} "
+                              f"{line.strip()!r} has one: is line {first[0]} a header? Remove it or start it with '#'")
         entry = parse_line(line, categories, labels)
         if entry.problem.startswith("unknown_class"):
             raise CorpusError(f"{list_loc.uri()}:{lineno}: {entry.problem[len('unknown_class: '):]}"
@@ -268,8 +272,8 @@ def _write_image_folder_list(root: Location, classes: list[str], out: Location) 
             problem = list_file.unlistable_name(path)
             if problem:
                 rejects.append({"source": list_file.printable(path), "label": label, "reason": problem})
-            else:
-                f.write(f"{path} {label}\n".encode())
+            else:  # a class folder named #...: ./ keeps the line from reading as a comment
+                f.write(f"{'./' if path.startswith('#') else ''}{path} {label}\n".encode())
     if rejects:
         write_rejects(out, NAME_REJECTS, rejects)
     return out.child(f"{STATE_DIR}/{IMAGE_FOLDER_LIST}"), len(rejects)
@@ -321,6 +325,7 @@ def _run_locked(cfg: ShardConfig, out: Location, started: float, verbose: bool) 
                             pf.attributes.names if pf.attributes else None,
                             {"fps": media.fps, "size": media.size, "resize": media.resize, "codec": "h264"}
                             if cfg.video else None, multi_label=pf.several_labels > 0)
+    shard_index.remove_unlisted_shards(out, summaries)
     fresh = [s for s in summaries if not s["reused"]]
     elapsed = time.time() - started
     per_class = Counter()
@@ -381,6 +386,9 @@ def _run_pipeline(pf: Preflight, plan: ShardPlan, cpus: int) -> list[dict]:
                                        batch_format="numpy"))
     ds = ds.groupby("bucket", num_partitions=plan.num_buckets).map_groups(
         resolve_duplicates, fn_kwargs={"plan": plan}, batch_format="numpy")
+    if num_groups == 0:  # every entry unusable: its reject files are all there is to write
+        ds.materialize()
+        return []
     # One row per shard (its member list is a file: shard_tasks).  Materialising these stops Ray from
     # fusing the heavy write stage into the shuffle's reduce tasks, which would leave most CPUs idle.
     # partitions sized by entries, not CPUs, so a partition's rows stay bounded as the corpus grows
@@ -410,18 +418,27 @@ def _clean_previous_attempt(out: Location) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    cfg = None
     try:
         cfg, verbose, force = parse_command_line(argv)
         m = run(cfg, verbose, force)
     except (CorpusError, PermissionError, LockedError) as exc:
         print(f"shard.py: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # OUT's lock was released on the way out; finished shards are kept
+        print(f"shard.py: interrupted; {cfg.out if cfg else '--out'} is unlocked: the same command again continues, reusing the "
+              f"shards already written", file=sys.stderr)
+        return 130
     except Exception as exc:  # one line on the console; the traceback in the log it names
         return report_failure("shard.py", exc)
     reasons = ", ".join(f"{reason} {n}" for reason, n in m["quarantine_reasons"].items())
     print(f"entries read {m['entries_read']} = written {m['written']} + quarantined {m['quarantined']}"
           f"{f' ({reasons})' if reasons else ''}; {m['shards']} shards ({m['shards_reused']} reused) in {cfg.out}; "
           f"{m['elapsed_s']:.1f} s, {m['images_per_s']:.0f} {'videos' if cfg.video else 'img'}/s")
+    if not m["written"]:  # shards of nothing would train on nothing
+        print(f"shard.py: error: every entry was quarantined, nothing was written: see "
+              f"{Location.parse(cfg.out).uri('quarantine.jsonl')}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -51,6 +51,14 @@ class Location:
         fs, path = fsspec.core.url_to_fs(uri, **options)
         return cls(fs, path.rstrip("/"))
 
+    def is_within(self, other: "Location") -> bool:
+        """Whether this path is `other` or below it, on the same filesystem (links followed locally)."""
+        if self.is_local != other.is_local or (not self.is_local and self.fs.protocol != other.fs.protocol):
+            return False
+        mine, theirs = ((os.path.realpath(self.root), os.path.realpath(other.root)) if self.is_local else
+                        (self.root, other.root))
+        return mine == theirs or mine.startswith(theirs.rstrip("/") + "/")
+
     @property
     def is_local(self) -> bool:
         return isinstance(self.fs, LocalFileSystem)

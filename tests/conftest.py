@@ -129,6 +129,9 @@ def odd_files(size: int = 64) -> dict[str, bytes]:
     sixteen = Image.fromarray((np.linspace(0, 65535, size * size).reshape(size, size)).astype(np.uint16))
     rgba = np.dstack([good, np.full((size, size), 128, np.uint8)])
     full = encode(good)
+    claims_9000 = bytearray(encode(scene(4, 16, 16)))  # a 16x16 file whose frame header says 9000x9000
+    sof = claims_9000.index(b"\xff\xc0")
+    claims_9000[sof + 5:sof + 9] = (9000).to_bytes(2, "big") * 2
     return {
         "ok_baseline.jpg": full,
         "ok_progressive.jpg": encode(good, progressive=True),
@@ -143,6 +146,8 @@ def odd_files(size: int = 64) -> dict[str, bytes]:
         "ok_wide.jpg": encode(scene(3, size * 2, size)),
         "bad_empty.jpg": b"",
         "bad_truncated.jpg": full[: len(full) // 2],
+        "bad_cut_closed.jpg": full[: len(full) // 2] + b"\xff\xd9",  # cut, then an EOI marker: looks whole
+        "bad_claims_9000.jpg": bytes(claims_9000),
         "bad_html.jpg": b"<!DOCTYPE html>\n<html><head><title>404</title></head><body>gone</body></html>",
         "bad_huge.png": encode(np.zeros((300, 400), np.uint8), "PNG"),  # over the test's --max-pixels
     }

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from conftest import write_shards
-from pipelines import sample, shard
+from pipelines import shard
 from pipelines.offline.corpus import LISTED, Categories, parse_line
-from training import evaluate, run
+from refusals import check_refused, files_under
+from training import evaluate
 from training.config import load, to_dict
 from training.train_loop import build_model, check_epoch_input
-from tuning import search
 
 COUNTS = [6, 5, 4]
 
@@ -85,11 +85,6 @@ def world(tmp_path_factory):
     (root / "users_folder").mkdir()
     (root / "users_folder" / "index.json").write_text('{"mine": true}')
     return root
-
-
-def files_under(root) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def shard_list(listed: str, categories: str = "cats.txt", *extra: str) -> list[str]:
@@ -265,32 +260,9 @@ CASES = [
      ["--shards", "{root}/not_index", "--mode", "uniform", "--num", "3", "--out", "{out}/d.jsonl"],
      "not a wids-shard-index-v1 file"),
 ]
-TOOLS = {"run": run.main, "search": search.main, "evaluate": evaluate.main, "sample": sample.main,
-         "shard": shard.main}
-
-
-def call(tool: str, argv: list[str]) -> int:
-    try:
-        return TOOLS[tool](argv)
-    except SystemExit as exc:  # argparse's own refusals: usage, then one error line
-        return exc.code
-
-
 @pytest.mark.parametrize("row,tool,argv,message", CASES, ids=[c[0] for c in CASES])
 def test_refused_in_one_line_before_any_work(world, tmp_path, capsys, row, tool, argv, message):
-    import ray
-
-    out = tmp_path / "out"
-    argv = [a.format(root=world, out=out) for a in argv] + (
-        ["--set", f"run.storage_path={out}"] if tool == "run" else
-        ["--storage-path", str(out)] if tool == "search" else [])
-    before = files_under(world)
-    code = call(tool, argv)
-    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith(("usage:", " "))]
-    expected = message.format(root=world, pid=os.getpid(), host=socket.gethostname())
-    assert code == 2 and len(err) == 1 and expected in err[0], (code, err)
-    assert files_under(world) == before and not (out / "metrics.json").exists()
-    assert not ray.is_initialized()  # refused before Ray started
+    check_refused(tool, argv, message, world, tmp_path / "out", capsys)
 
 
 def test_class_names_in_a_list_match_whole_names_or_unique_tails():
@@ -312,7 +284,7 @@ def test_an_ambiguous_class_name_is_refused_with_its_line(tmp_path, capsys):
             "--categories", str(tmp_path / "cats.txt"), "--out", str(tmp_path / "out")]
     assert shard.main(argv) == 2
     [err] = capsys.readouterr().err.strip().splitlines()
-    assert f"list.txt:2: 'indoor' is ambiguous" in err
+    assert "list.txt:2: 'indoor' is ambiguous" in err
 
 
 def test_an_epoch_without_input_fails_the_run_instead_of_reporting_nan():

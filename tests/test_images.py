@@ -28,6 +28,8 @@ def test_every_valid_odd_kind_becomes_a_baseline_rgb_jpeg(name):
 
 
 @pytest.mark.parametrize("name,code", [("bad_empty.jpg", "empty_file"), ("bad_truncated.jpg", "truncated_image"),
+                                       ("bad_cut_closed.jpg", "truncated_image"),
+                                       ("bad_claims_9000.jpg", "too_many_pixels"),
                                        ("bad_html.jpg", "not_an_image"), ("bad_huge.png", "too_many_pixels")])
 def test_broken_inputs_are_rejected_with_their_reason(name, code):
     with pytest.raises(ImageRejected) as info:
@@ -106,3 +108,10 @@ def test_bad_settings_are_refused():
         ImageSettings(resize="crop")
     with pytest.raises(ValueError, match="quality"):
         ImageSettings(quality=0)
+
+
+def test_a_header_claiming_more_rows_than_the_data_holds_is_truncated():
+    """A 16x16 file whose header says 9000x9000 became a grey image."""
+    with pytest.raises(ImageRejected) as info:
+        prepare_image(ODD["bad_claims_9000.jpg"], ImageSettings(64, "square", 90, 10**9))
+    assert info.value.code == "truncated_image" and "9000x9000 JPEG" in info.value.reason

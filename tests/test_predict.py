@@ -62,7 +62,8 @@ def test_predict_scores_every_readable_image_and_names_each_bad_one(tmp_path, ca
     out = tmp_path / "out"
     assert predict.main(["--checkpoint", checkpoint(tmp_path, names), str(folder), "--out", str(out), "--top", "3"]) == 1
     console = capsys.readouterr()
-    bad = sorted(n for n in files if n in ("bad_empty.jpg", "bad_truncated.jpg", "bad_html.jpg"))
+    bad = sorted(n for n in files if n in ("bad_empty.jpg", "bad_truncated.jpg", "bad_html.jpg", "bad_cut_closed.jpg",
+                                           "bad_claims_9000.jpg"))
     assert sorted(line.split(":")[0].rsplit("/", 1)[1] for line in console.err.splitlines()) == bad
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(lines) == len(files) - len(bad) and f"{len(lines)} of {len(files)} images scored" in console.out

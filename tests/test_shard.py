@@ -7,6 +7,7 @@ import io
 import json
 import os
 import tarfile
+from pathlib import Path
 from collections import Counter
 
 import numpy as np
@@ -29,6 +30,8 @@ ARGS = ["--image-size", "64", "--shard-samples", "4", "--max-pixels", "100000"]
 EXPECTED_REJECTS = {
     "/odd/bad_empty.jpg": "empty_file",
     "/odd/bad_truncated.jpg": "truncated_image",
+    "/odd/bad_cut_closed.jpg": "truncated_image",
+    "/odd/bad_claims_9000.jpg": "too_many_pixels",  # over --max-pixels before it is decoded
     "/odd/bad_html.jpg": "not_an_image",
     "/odd/bad_huge.png": "too_many_pixels",
     "/a/alpha/missing.jpg": "missing_file",
@@ -298,6 +301,7 @@ def test_image_folder_tree(ray_cluster, corpus, tmp_path):
             (tree / name / "sub" / f"{i}.jpg").write_bytes(encode(scene(i, 48, 40)))
     (tree / "dog" / "notes.txt").write_text("not an image")  # an input too: it must be accounted for
     (tree / "dog" / ".DS_Store").write_bytes(b"\0")
+    os.mkfifo(tree / "dog" / "pipe.jpg")  # not a regular file: opening it waited forever
     # names no list line can carry: quarantined with their reason (a latin-1 name aborted the whole run)
     (tree / "cat" / "caf\udce9.jpg").write_bytes(encode(scene(7, 48, 40)))
     (tree / "cat" / "two\nlines.jpg").write_bytes(encode(scene(8, 48, 40)))
@@ -305,14 +309,25 @@ def test_image_folder_tree(ray_cluster, corpus, tmp_path):
     assert shard.main(["--image-folder", str(tree), "--out", str(out), "--image-size", "32",
                        "--resize", "shorter"]) == 0
     manifest = read_json(out / "manifest.json")
-    assert (manifest["entries_read"], manifest["written"], manifest["quarantined"]) == (11, 8, 3)
-    assert [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()[:2]] == [
+    assert (manifest["entries_read"], manifest["written"], manifest["quarantined"]) == (12, 8, 4)
+    quarantine = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert quarantine[:2] == [
         {"label": 0, "reason": "undecodable_name: the file name is not UTF-8", "source": "cat/caf\\xe9.jpg"},
         {"label": 0, "reason": "unlistable_name: the file name holds a line break", "source": "cat/two\nlines.jpg"}]
+    [fifo] = [q for q in quarantine if q["source"] == "dog/pipe.jpg"]
+    assert fifo["reason"] == f"not_a_file: {tree / 'dog' / 'pipe.jpg'} is not a regular file"
     assert manifest["per_class_written"] == {"cat": 5, "dog": 3}
     sizes = {Image.open(io.BytesIO(s["jpg"])).size
              for s in wds.WebDataset(str(out / "c0000-00000.tar"), shardshuffle=False, empty_check=False)}
     assert sizes == {(38, 32)}
+    # another corpus into the same OUT: the old shards it does not list are gone with their sidecars
+    other = tmp_path / "other"
+    (other / "owl").mkdir(parents=True)
+    (other / "owl" / "0.jpg").write_bytes(encode(scene(9, 48, 40)))
+    assert shard.main(["--image-folder", str(other), "--out", str(out), "--image-size", "32"]) == 0
+    assert sorted(p.name for p in out.glob("*.tar")) == ["c0000-00000.tar"]
+    assert not (out / ".state" / "c0001-00000.json").exists()
+    assert [s["url"] for s in read_json(out / "index.json")["shardlist"]] == ["c0000-00000.tar"]
 
 
 def test_val_list_with_bare_names_and_unlabeled_test_list(ray_cluster, corpus, tmp_path, monkeypatch):
@@ -320,12 +335,16 @@ def test_val_list_with_bare_names_and_unlabeled_test_list(ray_cluster, corpus, t
     flat.mkdir()
     for i in range(4):
         (flat / f"Places365_val_{i:08d}.jpg").write_bytes(encode(scene(i, 64, 64)))
-    (tmp_path / "val.txt").write_text("".join(f"Places365_val_{i:08d}.jpg {i % 3}\n" for i in range(4)))
+    # `#` lines are comments in the list and the categories (a "# name id" first line shifted every label)
+    (tmp_path / "val.txt").write_text("# Places365 validation\n" + "".join(
+        f"Places365_val_{i:08d}.jpg {i % 3}\n" + ("# second half\n" if i == 1 else "") for i in range(4)))
     (tmp_path / "test.txt").write_text("".join(f"Places365_val_{i:08d}.jpg\n" for i in range(4)))
-    cats = str(corpus["root"] / "categories.txt")
+    cats = str(tmp_path / "categories.txt")
+    Path(cats).write_text("# name id\n" + (corpus["root"] / "categories.txt").read_text())
     assert shard.main(["--list", str(tmp_path / "val.txt"), "--images-root", str(flat), "--categories", cats,
                        "--out", str(tmp_path / "val"), *ARGS]) == 0
-    assert read_json(tmp_path / "val" / "manifest.json")["per_class_written"] == dict(zip(CLASSES, [2, 1, 1]))
+    manifest = read_json(tmp_path / "val" / "manifest.json")
+    assert manifest["per_class_written"] == dict(zip(CLASSES, [2, 1, 1])) and manifest["entries_read"] == 4
     assert shard.main(["--list", str(tmp_path / "test.txt"), "--images-root", str(flat),
                        "--out", str(tmp_path / "test"), *ARGS]) == 0
     classes = read_json(tmp_path / "test" / "classes.json")

@@ -129,3 +129,9 @@ def inference_weights(state: dict) -> dict:
     if state.get("ema"):
         return {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
     return state["model"]
+
+
+def non_finite_tensors(weights: dict) -> list[str]:
+    """The names of floating-point tensors holding NaN or infinity: a diverged run's."""
+    return [name for name, t in weights.items()
+            if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 import types
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -252,6 +254,13 @@ def check(cfg: TrainConfig) -> TrainConfig:
     if cfg.data.ingest == "ray_data" and cfg.data.decode != "workers":
         raise ConfigError(f"config key 'data.decode': {cfg.data.decode} decoding runs in the training worker's own "
                           "loader; with data.ingest: ray_data the cluster's tasks decode (data.decode: workers)")
+    if cfg.data.eval_resize < cfg.data.size:  # a center crop larger than the image: validation on black borders
+        raise ConfigError(f"config key 'data.eval_resize' ({cfg.data.eval_resize}) must be >= data.size "
+                          f"({cfg.data.size}): validation's center crops would run past the resized image")
+    name = cfg.run.name
+    if name is not None and (not name or name in (".", "..") or "/" in name or "\\" in name):
+        raise ConfigError(f"config key 'run.name' must be one folder name (no '/', not '.' or '..'), got {name!r}: "
+                          f"runs are written under run.storage_path")
     if cfg.run.min_workers is not None and not 1 <= cfg.run.min_workers <= cfg.run.workers:
         raise ConfigError(f"config key 'run.min_workers' must be in [1, run.workers = {cfg.run.workers}], "
                           f"got {cfg.run.min_workers}")
@@ -277,6 +286,9 @@ def _build(cls, data: dict, prefix: str):
     return cls(**values)
 
 
+EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _check(value, hint, dotted: str):
     """`value` if it fits the field's type (lists become tuples for tuple fields), else a ConfigError."""
     options = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
@@ -285,11 +297,29 @@ def _check(value, hint, dotted: str):
         if option is type(None) and value is None:
             return None
         if base is tuple and isinstance(value, (list, tuple)):
-            return tuple(value)
+            return _items(value, option, dotted)
         if base is dict and isinstance(value, dict):
             return value
-        if base is Any or (base is float and isinstance(value, (int, float)) and not isinstance(value, bool)):
+        if base is Any:
+            return value
+        if base is float and isinstance(value, str) and EXPONENT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # YAML's .inf and .nan pass every range check and diverge the run
+                raise ConfigError(f"config key '{dotted}' must be a finite number, got {value!r}")
             return value
         if base in (int, str, bool) and isinstance(value, base) and not (base is int and isinstance(value, bool)):
             return value
-    raise ConfigError(f"config key '{dotted}' expects {hint}, got {value!r}")
+    shown = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+    raise ConfigError(f"config key '{dotted}' expects {shown}, got {value!r}")
+
+
+def _items(value: list | tuple, hint, dotted: str) -> tuple:
+    """A tuple field's value, each item checked: `tuple[int, int]` takes two whole numbers, `tuple[int, ...]`
+    any number of them."""
+    args = get_args(hint)
+    if args and args[-1] is not Ellipsis and len(value) != len(args):
+        raise ConfigError(f"config key '{dotted}' expects {len(args)} values, got {list(value)!r}")
+    for i, v in enumerate(value):
+        _check(v, (args[0] if args[-1] is Ellipsis else args[i]) if args else Any, f"{dotted}[{i}]")
+    return tuple(value)

@@ -166,11 +166,28 @@ def read_checkpoint(path: str, arch: str | None = None, class_names: list[str] |
     from training.pretrained import scoring_state
     from training.published import ModelFileError
 
+    from training.checkpointing import inference_weights, non_finite_tensors
+
     try:
-        return scoring_state(path, arch, class_names)
+        state = scoring_state(path, arch, class_names)
     except ModelFileError as exc:
         raise CheckpointError(f"--checkpoint {path}: not a checkpoint written by training/run.py, nor a published "
                               f"model file: {exc}") from None
+    bad = non_finite_tensors(inference_weights(state))
+    if bad:  # its scores would be NaN: every ranking 0 1 2 3 4
+        raise CheckpointError(f"--checkpoint {path}: {len(bad)} weight tensor(s) hold NaN or infinite values "
+                              f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}): the run diverged; "
+                              f"score an earlier checkpoint")
+    return state
+
+
+def check_finite_scores(log_probs: np.ndarray, keys: np.ndarray, checkpoints: list[str]) -> None:
+    """NaN or infinite posteriors rank as classes 0 1 2 3 4 for every image: a failure, naming the model."""
+    for i, path in enumerate(checkpoints):
+        bad = ~np.isfinite(log_probs[:, i].reshape(len(keys), -1)).all(1)
+        if bad.any():
+            raise RuntimeError(f"{path} gave NaN or infinite scores for {int(bad.sum())} of {len(keys)} images "
+                               f"(the first: {keys[bad][0]}); no predictions were written")
 
 
 def read_class_names(categories: str | None) -> list[str] | None:
@@ -309,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
         if not video and any(clip_offsets(c) is not None for c in configs):
             raise CheckpointError(f"{a.shards} holds images and a checkpoint's model is a video network")
         size, scales = (configs[0].data.size, ()) if video else view_geometry(configs, a.protocol, a.size, a.scales)
+        if Location.parse(a.out).is_within(Location.parse(a.shards)):
+            raise CheckpointError(f"--out {a.out} is inside --shards {a.shards}: the shard folder belongs to "
+                                  f"pipelines/shard.py; write the results elsewhere")
         Location.parse(a.out).check_writable()
     except (OSError, ValueError) as exc:
         print(f"evaluate.py: error: {exc}", file=sys.stderr)
@@ -340,6 +360,7 @@ def score(a: argparse.Namespace, checkpoints: list[str], size: int, scales: tupl
     skipped, differ = losses(catalog, result)
     result = {k: v[result["ok"]] for k, v in result.items()}
     log_probs, labels = result["log_probs"], result["cls"]
+    check_finite_scores(log_probs, result["key"], checkpoints)
     labeled = bool((labels >= 0).all())
     heldout = np.array([stable_hash("heldout", k) % 10_000 < a.heldout * 10_000 for k in result["key"]])
     fit_mask = heldout & labeled if a.fusion == "learned" else np.zeros(len(labels), bool)

@@ -112,6 +112,8 @@ class Model:
         x = self.transform.normalizer()(view[None])
         logits, features = class_scores(self.backbone, x)
         log_probs = logits.detach().float().log_softmax(1)
+        if not bool(torch.isfinite(log_probs).all()):
+            raise ValueError("the model gave NaN or infinite scores for this image")
         best = top_classes(log_probs, top)[0].tolist()
         ranked = [(self.names[i], float(log_probs[0, i].exp())) for i in best]
         attributes = []
@@ -167,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     from training.models.heads import PoolLinearHead
 
     try:
+        for given in a.inputs:  # a rerun would score the maps as images
+            if os.path.isdir(given) and Location.parse(a.out).is_within(Location.parse(given)):
+                raise ValueError(f"--out {a.out} is inside the input folder {given}: write the maps elsewhere")
         files = image_files(a.inputs)
         if not files:
             raise ValueError(f"no image files in {', '.join(a.inputs)} (looked for {' '.join(IMAGE_EXTENSIONS)})")
@@ -187,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     lines, failed, taken = [], 0, set()
     for path in files:
         try:
+            if not os.path.isfile(path):  # a FIFO or device named .jpg: reading it would wait forever
+                raise ValueError("not_a_file: not a regular file")
             with open(path, "rb") as f:
                 view = model.view(f.read())
             ranked, attributes, cam = model.predict(view, a.top, a.method)

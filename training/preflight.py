@@ -54,6 +54,20 @@ def check_training_inputs(cfg: TrainConfig) -> str | None:
     return check_model_start(cfg, video=train.video is not None)
 
 
+def classes_without_samples(shards: str) -> str | None:
+    """A warning naming the classes the training shards hold no sample of (single-label shards), or None:
+    the model is trained to predict them and never sees one."""
+    catalog = load_catalog("data.train_shards", shards)
+    if catalog.multi_label:  # a class may live only in other classes' samples' label sets
+        return None
+    counts = {c: sum(s.nsamples for s in catalog.by_class.get(c, [])) for c in range(catalog.num_classes)}
+    empty = [catalog.class_names[c] if catalog.class_names else str(c) for c, n in counts.items() if n == 0]
+    if not empty:
+        return None
+    return (f"warning: data.train_shards has no sample of {len(empty)} of its {catalog.num_classes} classes: "
+            f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}; the model will never see them")
+
+
 def check_color_pca(shards: str) -> None:
     """`data.color_pca` reads TRAIN_SHARDS/color_pca.json in every Train worker: there, and readable."""
     from pipelines import color_pca

@@ -24,9 +24,10 @@ from pipelines.cluster_shape import joins_a_cluster, this_machine
 from pipelines.console import ConsoleRelay, add_verbose_flag, report_failure, start_ray, train_log_level
 from training.config import (ConfigError, TrainConfig, differing_keys, load, save_run_config, saved_run_config,
                              to_dict, with_overrides)
+from training import stopped_run
 from training.metrics_sink import scores_text
 from training.preflight import (check_cluster_fits, check_ingest_room, check_paths_reach_every_node,
-                                check_training_inputs, worker_resources)
+                                check_training_inputs, classes_without_samples, worker_resources)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(ROOT, "configs", "demo.yaml")
@@ -117,9 +118,11 @@ def make_trainer(cfg: TrainConfig, name: str, callbacks: list | None = None, rep
     r = cfg.run
     workers = (r.min_workers, r.workers) if r.min_workers else r.workers
     storage_path, storage_filesystem = storage(r.storage_path)
-    loop_config = {"train": to_dict(cfg), "run_name": name, "replay_history": replay_history,
+    loop_config = {"train": to_dict(cfg), "run_name": name, "run_path": f"{r.storage_path.rstrip('/')}/{name}",
+                   "replay_history": replay_history,
                    "tensorboard_dir": tensorboard_dir(cfg, name), "console": console, "verbose": verbose,
                    "shared_marker": shared_marker}
+    stopped_run.clear(loop_config["run_path"])  # an earlier attempt's stop (a resumed run, a restored trial)
     data = {}
     if cfg.data.ingest == "ray_data":
         from pipelines.online.ray_ingest import EpochPlan, EpochSplit, build_dataset
@@ -165,10 +168,14 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"config key 'run.name': a run named {cfg.run.name!r} is already under "
                               f"{cfg.run.storage_path}: continue it with --resume {cfg.run.name}, or choose "
                               f"another name (--set run.name=...)")
+        check_storage(cfg.run.storage_path)
         prepare_data(cfg, a.verbose)
         loaded = check_training_inputs(cfg)
         if loaded:
             print(loaded)
+        empty = classes_without_samples(cfg.data.train_shards)
+        if empty:
+            print(empty, file=sys.stderr)
         if not joins_a_cluster():  # the local Ray it would start is this machine: checked before it starts
             check_cluster_fits(cfg, this_machine())
     except (ConfigError, OSError) as exc:
@@ -183,6 +190,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:  # one line on the console; the traceback in the log it names
         return report_failure("run.py", exc)
+
+
+def check_storage(storage_path: str) -> None:
+    """Runs are written under run.storage_path: a file, /proc or a read-only folder fails now, not in an actor."""
+    from pipelines.storage import Location
+
+    try:
+        Location.parse(storage_path).check_writable()
+    except PermissionError as exc:
+        raise ConfigError(f"config key 'run.storage_path': {exc}") from None
 
 
 def resume_config(a: argparse.Namespace) -> TrainConfig:
@@ -229,16 +246,27 @@ def train(cfg: TrainConfig, name: str, resuming: bool, verbose: bool) -> int:
     print(f"{'resuming' if resuming else 'training'} {cfg.model.name} as run {name} on {cfg.run.workers} "
           f"worker(s) ({'GPU' if cfg.run.use_gpu else 'CPU'}), {cfg.run.epochs} epochs; checkpoints in {run_path}",
           flush=True)
+    result = None
     try:
         with ConsoleRelay() as console:
             result = make_trainer(cfg, name, console=console, verbose=verbose, shared_marker=marker).fit()
+    except (KeyboardInterrupt, SystemExit):  # Ray Train's own Ctrl-C handler aborts the run and exits
+        pass
     finally:
         if marker:
             marker.remove()
-    if result.error:
+    if result is not None and result.error:
         return report_failure("run.py", result.error)
-    metrics = result.metrics
+    stop = stopped_run.reason(run_path)
+    if stop:
+        print(f"run.py: stopped: {stop}; the checkpoints before it are in {run_path}", file=sys.stderr)
+        return 1
+    if result is None or (result.metrics or {}).get("epoch", -1) + 1 < cfg.run.epochs:  # aborted (Ctrl-C)
+        print(f"run.py: interrupted; its checkpoints are in {run_path}: continue with python training/run.py "
+              f"--resume {name} --set run.storage_path={cfg.run.storage_path}", file=sys.stderr)
+        return 130
     best = best_checkpoint(result, cfg.run.storage_path)
+    metrics = result.metrics
     report = {"run": name, "path": run_path, "config": to_dict(cfg),
               "final": metrics, "best_checkpoint": best[0] if best else None, "history": _history(result)}
     from pipelines.storage import Location

@@ -30,6 +30,7 @@ from training.freezing import freeze, train_mode
 from training.models import create_model, init_from_shallower
 from training.metrics_sink import MetricsSink
 from training.optim import make_ema, make_optimizer, make_scheduler
+from training import stopped_run
 from training.pretrained import load_pretrained
 from training.topk import log_mean_exp, top_classes
 
@@ -240,6 +241,7 @@ def train_fn_per_worker(config: dict) -> None:
         last_note = time.perf_counter()
         batches = loader.epoch(epoch)
         common_steps = loader.common_steps
+        stop = None  # why the run cannot go on
         with ddp.join() if world > 1 and cfg.data.sampling == "uniform" else nullcontext():  # uneven last batches
             while True:
                 t = time.perf_counter()
@@ -266,6 +268,9 @@ def train_fn_per_worker(config: dict) -> None:
                                   tally.seen * world / tally.elapsed, float(tally.sums["loss"]) / tally.seen,
                                   tally.waited / tally.elapsed, tally.elapsed)
                 if policy.enabled and policy.due(tally.done, common_steps):
+                    if not stopped_run.all_finite(tally.sums, world, device):  # no checkpoint of diverged weights
+                        stop = stopped_run.diverged_reason(epoch, cfg.run.epochs, step, optimizer.param_groups[0]["lr"])
+                        break
                     streams, rng = gather(loader.state_dict(), world), gather(rng_state(device), world)
                     tallies = gather(tally.to_json(), world)
                     report_checkpoint(payload(epoch, streams, rng, tallies) if rank == 0 else None,
@@ -275,6 +280,12 @@ def train_fn_per_worker(config: dict) -> None:
                     if sink is not None:
                         sink.say(f"epoch {epoch + 1}/{cfg.run.epochs} step {tally.done}/{loader.steps_per_epoch}: "
                                  f"checkpoint (uploading in the background)")
+        if stop is None and not stopped_run.all_finite(tally.sums, world, device):
+            stop = stopped_run.diverged_reason(epoch, cfg.run.epochs, step, optimizer.param_groups[0]["lr"])
+        if stop is not None:  # every rank stops here alike; rank 0 tells the driver why
+            if rank == 0:
+                stopped_run.write(config["run_path"], stop)
+            break
         if gpu:
             torch.cuda.synchronize(device)  # the epoch's time includes the queued GPU work
         elapsed = tally.elapsed

@@ -37,6 +37,7 @@ from pipelines.storage import Location
 from training.config import ConfigError, TrainConfig, load, to_dict, to_yaml, with_overrides
 from training.preflight import (PREFLIGHT_KEYS, check_cluster_fits, check_ingest_room, check_paths_reach_every_node,
                                 check_training_inputs, worker_resources)
+from training import stopped_run
 from training.run import absolute, best_checkpoint, make_trainer, prepare_data, resolve_paths, storage
 from tuning.space import Space, load_space, space_from_dict, space_to_dict
 
@@ -88,6 +89,9 @@ def train_driver(config: dict, setup: dict, verbose: bool = False) -> None:
                           verbose=verbose).fit()
     if result.error:
         raise result.error
+    stop = stopped_run.reason(f"{cfg.run.storage_path}/trial-{trial_id}")
+    if stop:  # the trial's error, as Tune reports it
+        raise RuntimeError(f"trial {trial_id} stopped: {stop}")
     best = best_checkpoint(result, cfg.run.storage_path)
     marker = {"trial_id": trial_id, "depth": config.get(space.depth) if space.depth else None,
               METRIC: best[1][METRIC] if best else None, "checkpoint": best[0] if best else None}

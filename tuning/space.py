@@ -22,6 +22,7 @@ simply unused by the other schedules.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,17 +96,17 @@ def load_space(path: str, base_config: str | None = None) -> Space:
             if not isinstance(args, list) or not args:
                 raise ConfigError(f"{name}: params.{key}.choice must be a non-empty list")
             args = [as_yaml(a) for a in args]
-        elif not (isinstance(args, list) and len(args) == 2 and all(isinstance(a, (int, float)) for a in args)
+        elif not (isinstance(args, list) and len(args) == 2 and all(_number(a) for a in args)
                   and args[0] < args[1]):
             raise ConfigError(f"{name}: params.{key}.{kind} must be [low, high] with low < high, got {args!r}")
+        elif kind == "loguniform" and args[0] <= 0:  # log(0): Tune fails inside the experiment
+            raise ConfigError(f"{name}: params.{key}.loguniform needs low > 0, got {args!r}")
         params[key] = (kind, args)
     if not params:
         raise ConfigError(f"{name}: no params to search")
-    asha = raw.get("asha") or {}
-    space = Space(path=os.path.abspath(path), params=params, fixed=dict(raw.get("set") or {}),
-                  depth=raw.get("depth"), warm_start=bool(raw.get("warm_start", False)),
-                  grace_period=int(asha.get("grace_period", 1)), reduction_factor=int(asha.get("reduction_factor", 3)),
-                  description=str(raw.get("description", "")))
+    space = Space(path=os.path.abspath(path), params=params, fixed=_section(raw, "set", name),
+                  depth=raw.get("depth"), warm_start=_flag(raw.get("warm_start", False), name),
+                  description=str(raw.get("description", "")), **_asha(_section(raw, "asha", name), name))
     if space.depth is not None and (space.depth not in params or params[space.depth][0] != "choice"):
         raise ConfigError(f"{name}: depth must name a `choice` parameter, got {space.depth!r}")
     if space.warm_start and space.depth is None:
@@ -116,6 +117,36 @@ def load_space(path: str, base_config: str | None = None) -> Space:
             for option in args:
                 load(base_config, space.overrides({**first, key: option}))
     return space
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _section(raw: dict, key: str, name: str) -> dict:
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}: {key} must be a mapping of keys to values, got {value!r}")
+    return dict(value)
+
+
+def _flag(value, name: str) -> bool:
+    if not isinstance(value, bool):  # bool("false") is True
+        raise ConfigError(f"{name}: warm_start must be true or false, got {value!r}")
+    return value
+
+
+def _asha(asha: dict, name: str) -> dict:
+    """ASHA's settings: whole numbers, a grace period >= 1 and a reduction factor >= 2."""
+    unknown = sorted(set(asha) - {"grace_period", "reduction_factor"})
+    if unknown:
+        raise ConfigError(f"{name}: unknown key 'asha.{unknown[0]}'; known: grace_period, reduction_factor")
+    settings = {"grace_period": asha.get("grace_period", 1), "reduction_factor": asha.get("reduction_factor", 3)}
+    for key, low in (("grace_period", 1), ("reduction_factor", 2)):
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{name}: asha.{key} must be a whole number >= {low}, got {value!r}")
+    return settings
 
 
 def space_to_dict(space: Space) -> dict:

@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageFile, ImageOps
 
 # Truncated files must fail, not be padded with grey.
@@ -91,6 +92,7 @@ def prepare_image(data: bytes, settings: ImageSettings) -> PreparedImage:
     oriented = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     out_size = target_size(oriented, settings)
 
+    _check_jpeg_data(data, img)
     if _is_passthrough_candidate(img, orientation, oriented, out_size):
         _decode(img)  # validates every scan; raises on truncation
         return PreparedImage(data, oriented, passthrough=True)
@@ -153,6 +155,21 @@ def _is_passthrough_candidate(img, orientation, oriented, out_size) -> bool:
         and orientation == 1
         and oriented == out_size
     )
+
+
+def _check_jpeg_data(data: bytes, img: Image.Image) -> None:
+    """A JPEG whose data ends before its last row, an EOI marker closing it or not (a cut download, a
+    header claiming 9000x9000 over a few kB), decodes in libjpeg with grey rows and only a warning that
+    Pillow drops.  libjpeg-turbo's strict decode (at 1/8 scale: every coefficient is still read) raises
+    on it.  Its other warnings (extraneous bytes before a marker) leave whole images: kept."""
+    if img.format != "JPEG" or img.mode not in ("RGB", "L"):  # CMYK: Pillow's decode alone
+        return
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY" if img.mode == "L" else "RGB", fastdct=True,
+                               min_height=1, min_width=1, strict=True)
+    except ValueError as exc:
+        if "premature end" in str(exc).lower():
+            raise ImageRejected("truncated_image", f"{img.size[0]}x{img.size[1]} JPEG: {exc}") from exc
 
 
 def _decode(img: Image.Image) -> None:

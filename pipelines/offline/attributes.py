@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.offline import list_file
-from pipelines.offline.corpus import CorpusError
+from pipelines.offline.corpus import CorpusError, is_comment
 from pipelines.storage import Location
 
 MISSING = -1  # a sample kept without attributes: ignored by the loss and the metrics
@@ -88,8 +88,8 @@ def _jsonl_row(line: str) -> tuple[str, dict, str]:
 
 
 def parse_row(line: str, table: AttributeFile) -> tuple[str, str, str] | None:
-    """(listed path, '0'/'1' per attribute or '', problem) of one data line; None for a blank line."""
-    if not line.strip():
+    """(listed path, '0'/'1' per attribute or '', problem) of one data line; None for a blank or `#` line."""
+    if not line.strip() or is_comment(line):
         return None
     if table.form == "csv":
         fields = next(csv.reader([line]))

@@ -10,6 +10,10 @@ Formats accepted (REFERENCE.md):
   class's folder, a list whose labels are those folders (UCF-101's testlist);
 - a class-per-folder tree (ImageFolder layout): classes are the sorted subfolder names.
 
+Lines starting with `#` are comments in every categories, list and attribute file; a categories file's
+lines all have one shape, and a list's labels are where its first entry has them (a header line is refused
+with its number).
+
 Parsing is per line and pure, so the driver's streaming pre-flight and the Ray Data workers agree on
 every entry's fate.
 """
@@ -72,7 +76,7 @@ class Categories:
     def lookup(self, token: str) -> int | None:
         """The class id a list's label token means, None if it names no class, AMBIGUOUS if it is the
         tail of several classes' names (`indoor` for `/b/bazaar/indoor` and `/c/church/indoor`)."""
-        if re.fullmatch(r"[+-]?\d+", token):
+        if re.fullmatch(r"[+-]?[0-9]+", token):
             return int(token) - self.first_id
         return self.ids_by_name.get(token.strip("/"))
 
@@ -93,17 +97,22 @@ def read_categories(loc: Location, rel: str = "") -> Categories:
         lineno = data[:exc.start].count(b"\n") + 1
         fix = "it is gzip-compressed: decompress it first" if data[:2] == GZIP_MAGIC else "re-encode it as UTF-8"
         raise CorpusError(f"{where}:{lineno}: not UTF-8 text (byte 0x{data[exc.start]:02x}); {fix}") from None
-    lines = [ln.strip() for ln in text.split("\n")]
-    lines = [ln for ln in lines if ln]
-    if not lines:
+    numbered = [(n, ln) for n, ln in enumerate((ln.strip() for ln in text.split("\n")), 1)
+                if ln and not is_comment(ln)]
+    if not numbered:
         raise CorpusError(f"categories file is empty: {where}")
-    name_id = [ln.rsplit(None, 1) for ln in lines]
-    id_name = [ln.split(None, 1)[::-1] for ln in lines]
+    shapes = [_category_shape(ln) for _, ln in numbered]
+    for (lineno, line), shape in zip(numbered, shapes):  # one shape for the whole file, or labels shift
+        if shape != shapes[0]:
+            raise CorpusError(f"{where}:{lineno}: {line!r} is {CATEGORY_SHAPES[shape]} but line {numbered[0][0]} "
+                              f"{numbered[0][1]!r} is {CATEGORY_SHAPES[shapes[0]]}: every line must be alike "
+                              f"(a header line? remove it or start it with '#')")
+    lines = [ln for _, ln in numbered]
     first_id = 0
-    if all(len(p) == 2 and p[1].isdigit() for p in name_id):
-        names, first_id = _numbered(name_id, where)
-    elif all(len(p) == 2 and p[1].isdigit() and not p[0].isdigit() for p in id_name):
-        names, first_id = _numbered(id_name, where)
+    if shapes[0] == "name id":
+        names, first_id = _numbered([ln.rsplit(None, 1) for ln in lines], [n for n, _ in numbered], where)
+    elif shapes[0] == "id name":
+        names, first_id = _numbered([ln.split(None, 1)[::-1] for ln in lines], [n for n, _ in numbered], where)
     else:
         names = lines
     if len(set(names)) != len(names):
@@ -112,10 +121,29 @@ def read_categories(loc: Location, rel: str = "") -> Categories:
     return Categories.from_names(names, first_id)
 
 
-def _numbered(pairs: list[list[str]], where: str) -> tuple[list[str], int]:
+CATEGORY_SHAPES = {"name id": "of the form 'name id'", "id name": "of the form 'id name'", "name": "a bare class name"}
+_ID = re.compile(r"[0-9]+")  # ASCII digits: str.isdigit() also takes '¹', which int() refuses
+
+
+def is_comment(line: str) -> bool:
+    """A `#` line: skipped by every reader of categories, list and attribute files."""
+    return line.lstrip().startswith("#")
+
+
+def _category_shape(line: str) -> str:
+    """Which documented form a categories line has: 'name id', 'id name' or 'name'."""
+    name_id, id_name = line.rsplit(None, 1), line.split(None, 1)
+    if len(name_id) == 2 and _ID.fullmatch(name_id[1]):
+        return "name id"
+    if len(id_name) == 2 and _ID.fullmatch(id_name[0]) and not _ID.fullmatch(id_name[1]):
+        return "id name"
+    return "name"
+
+
+def _numbered(pairs: list[list[str]], linenos: list[int], where: str) -> tuple[list[str], int]:
     """(names in id order, the first id) of (name, id) pairs numbered 0..K-1 or 1..K."""
     by_id: dict[int, str] = {}
-    for lineno, (name, idx) in enumerate(pairs, 1):
+    for lineno, (name, idx) in zip(linenos, pairs):
         if int(idx) in by_id:
             raise CorpusError(f"{where}:{lineno}: class id {idx} is given twice")
         by_id[int(idx)] = name
@@ -139,7 +167,7 @@ class Entry:
 def parse_line(line: str, categories: Categories, labels: str) -> Entry | None:
     """Parse one list line (`labels`: LISTED, FOLDER or NONE); None for blank lines (not entries)."""
     text = line.strip()
-    if not text:
+    if not text or is_comment(text):
         return None
     if labels == NONE:
         return Entry(source=text, label=UNLABELED, label_token=None)
@@ -197,6 +225,17 @@ def label_source(first_line: str, categories: Categories | None) -> str:
     if label is not None and 0 <= label < len(categories):
         return FOLDER
     return NONE
+
+
+def looks_labeled(line: str, categories: Categories | None) -> bool:
+    """Whether a line ends in what a labeled list's lines end in: class ids, or a class's name.  In a list
+    read as label-less, such a line means its first line was a header (`path,label`)."""
+    parts = line.strip().rsplit(None, 1)
+    if len(parts) < 2:
+        return False
+    token = parts[1]
+    return bool(re.fullmatch(r"[0-9]+(,[0-9]+)*", token)) or (
+        categories is not None and token.strip("/") in categories.ids_by_name)
 
 
 def encode_labels(labels: tuple[int, ...]) -> bytes:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import codecs
 from typing import Iterator
 
-from pipelines.offline.corpus import GZIP_MAGIC, CorpusError
+from pipelines.offline.corpus import GZIP_MAGIC, CorpusError, is_comment
 from pipelines.storage import Location
 
 RANGE_BYTES = 16 << 20  # ~300k Places365 lines per Ray task
@@ -49,10 +49,11 @@ def iter_lines(loc: Location) -> Iterator[str]:
 
 
 def text_lines(loc: Location) -> Iterator[tuple[int, str]]:
-    """(line number, line) of every non-blank line, streamed; a CorpusError naming the file, the line and
-    the column of the first line that is not text (the pre-flight's check of a list or attribute file)."""
+    """(line number, line) of every line that is neither blank nor a `#` comment, streamed; a CorpusError
+    naming the file, the line and the column of the first line that is not text (the pre-flight's check of
+    a list or attribute file)."""
     for lineno, line in enumerate(iter_lines(loc), 1):
-        if not line.strip():
+        if not line.strip() or is_comment(line):
             continue
         problem = text_problem(line)
         if problem:

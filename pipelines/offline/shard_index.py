@@ -111,6 +111,19 @@ def write_index(out: Location, summaries: list[dict], name: str, class_names: tu
     out.write_atomic(INDEX_FILE, (json.dumps(index, sort_keys=True, indent=1) + "\n").encode())
 
 
+def remove_unlisted_shards(out: Location, summaries: list[dict]) -> list[str]:
+    """Drop the shards an earlier run into OUT wrote that this run's index no longer lists (another corpus
+    resharded into the same OUT left them beside the new index); only tars this tool wrote (with their
+    sidecar in .state) are touched.  Returns their names."""
+    listed = {s["url"] for s in summaries}
+    stale = [name for name, kind in out.list_dir() if kind == "file" and name.endswith(".tar")
+             and name not in listed and out.exists(f"{STATE_DIR}/{name[:-len('.tar')]}.json")]
+    for name in stale:
+        out.remove(name)
+        out.remove(f"{STATE_DIR}/{name[:-len('.tar')]}.json")
+    return stale
+
+
 def write_manifest(out: Location, manifest: dict) -> None:
     out.write_atomic(MANIFEST_FILE, (json.dumps(manifest, sort_keys=True, indent=1) + "\n").encode())
 

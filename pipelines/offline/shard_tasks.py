@@ -27,8 +27,8 @@ from pipelines.hashing import stable_hash
 from pipelines.media.images import ImageRejected, ImageSettings, prepare_image
 from pipelines.media.video import VideoRejected, VideoSettings, prepare_video
 from pipelines.offline.attributes import AttributeFile, join, parse_row
-from pipelines.offline.corpus import (UNLABELED, Categories, encode_labels, parse_line, relative_image_path,
-                                      sample_key)
+from pipelines.offline.corpus import (UNLABELED, Categories, encode_labels, is_comment, parse_line,
+                                      relative_image_path, sample_key)
 from pipelines.offline.list_file import lines_in_range
 from pipelines.offline.tar_shard import build_shard
 from pipelines.storage import Location
@@ -117,7 +117,7 @@ def parse_attribute_ranges(batch: dict[str, np.ndarray], plan: ShardPlan) -> Ite
         cols: dict[str, list] = {k: [] for k in ENTRY_COLUMNS}
         lines = lines_in_range(table.loc, int(start), int(end))
         if table.form == "csv" and int(start) == 0:
-            next((line for line in lines if line.strip()), None)  # the header
+            next((line for line in lines if line.strip() and not is_comment(line)), None)  # the header
         for line in lines:
             parsed = parse_row(line, table)
             if parsed is None:
@@ -272,6 +272,9 @@ def _read_source(root: Location, path: str) -> bytes:
         real_root, real = os.path.realpath(root.path()), os.path.realpath(root.path(path))
         if os.path.commonpath([real_root, real]) != real_root:
             raise ImageRejected("path_escapes_root", f"{root.uri(path)} is a link to {real}, outside the image root")
+        if os.path.exists(real) and not os.path.isdir(real) and not os.path.isfile(real):
+            # a FIFO or device named .jpg: opening it would wait forever
+            raise ImageRejected("not_a_file", f"{root.uri(path)} is not a regular file")
     try:
         return root.read_bytes(path)
     except FileNotFoundError as exc:
