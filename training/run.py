@@ -194,12 +194,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def check_storage(storage_path: str) -> None:
     """Runs are written under run.storage_path: a file, /proc or a read-only folder fails now, not in an actor."""
+    import shutil
+
     from pipelines.storage import Location
 
+    created = None  # the first folder the probe makes: removed again, a refusal later must leave nothing
+    if "://" not in storage_path:
+        created = os.path.abspath(storage_path)
+        while not os.path.lexists(os.path.dirname(created)) and os.path.dirname(created) != created:
+            created = os.path.dirname(created)
+        created = None if os.path.lexists(created) else created
     try:
         Location.parse(storage_path).check_writable()
     except PermissionError as exc:
         raise ConfigError(f"config key 'run.storage_path': {exc}") from None
+    finally:
+        if created and os.path.isdir(created):
+            shutil.rmtree(created, ignore_errors=True)
 
 
 def resume_config(a: argparse.Namespace) -> TrainConfig:
