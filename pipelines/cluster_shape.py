@@ -97,12 +97,42 @@ def this_machine() -> ClusterShape:
                         "this machine")
 
 
-def joins_a_cluster() -> bool:
-    """Whether `ray.init()` here would join a running cluster (RAY_ADDRESS, or the last `ray start` on this
-    machine) rather than start a local Ray."""
+class ClusterNotRunning(ConnectionError):
+    """The cluster `ray.init()` here would join does not answer: Ray would retry its GCS for ever."""
+
+
+def cluster_address() -> str | None:
+    """The cluster `ray.init()` here would join (RAY_ADDRESS, or the last `ray start` on this machine, which
+    Ray records in a file of its temp folder), or None where it would start a local Ray.  A cluster that
+    no longer answers (killed, or its machine rebooted without `ray stop`) is refused here, before any
+    work, with what to do: Ray itself would wait for it without end."""
+    import socket
+
+    from ray._common.utils import get_ray_address_file
     from ray._private.services import canonicalize_bootstrap_address
 
-    return canonicalize_bootstrap_address(None) is not None
+    address = canonicalize_bootstrap_address(None)
+    if address is None:
+        return None
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+        return address
+    except OSError:
+        pass
+    given = os.environ.get("RAY_ADDRESS")
+    if given and given != "auto":
+        raise ClusterNotRunning(f"RAY_ADDRESS={given}: no Ray cluster answers at {address}: start it, or unset "
+                                f"RAY_ADDRESS to run on a local Ray")
+    raise ClusterNotRunning(f"the last `ray start` on this machine ({address}, recorded in "
+                            f"{get_ray_address_file(None)}) is not running: start it again, or delete that file "
+                            f"(or set RAY_ADDRESS=local) to run on a local Ray")
+
+
+def joins_a_cluster() -> bool:
+    """Whether `ray.init()` here would join a running cluster rather than start a local Ray (a recorded
+    cluster that does not answer: ClusterNotRunning)."""
+    return cluster_address() is not None
 
 
 def of_cluster() -> ClusterShape:

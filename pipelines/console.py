@@ -113,10 +113,11 @@ def _address_to_pin() -> tuple[str, int | None]:
     """(the address ray.init() will join, None), or for a local start (an address on a free port, the port)."""
     import socket
 
-    from ray._private.services import canonicalize_bootstrap_address
     from ray.util import get_node_ip_address
 
-    joined = canonicalize_bootstrap_address(None)
+    from pipelines.cluster_shape import cluster_address
+
+    joined = cluster_address()
     if joined:
         return joined, None
     with socket.socket() as s:  # a free port for the local GCS (taken meanwhile by another process: Ray fails to start)

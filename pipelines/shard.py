@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as `python pipelines/shard.py`: make the pr
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipelines import cluster_shape
-from pipelines.cluster_shape import ClusterShape, RequestDoesNotFit
+from pipelines.cluster_shape import ClusterNotRunning, ClusterShape, RequestDoesNotFit
 from pipelines.console import add_verbose_flag, report_failure, start_ray
 from pipelines.media.images import ImageSettings
 from pipelines.media.video import VideoSettings
@@ -292,6 +292,7 @@ def run(cfg: ShardConfig, verbose: bool = False, force: bool = False) -> dict:
     """Shard the corpus; returns the manifest.  Uses the current Ray cluster, or starts a local one
     (`verbose`: with Ray's INFO output on the console; `force`: write into a folder of other files)."""
     started = time.time()
+    cluster_shape.cluster_address()  # one that no longer runs: refused before any work
     out = Location.parse(cfg.out)
     check_out_folder(cfg, out, force)
     out.check_writable()
@@ -422,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg, verbose, force = parse_command_line(argv)
         m = run(cfg, verbose, force)
-    except (CorpusError, PermissionError, LockedError) as exc:
+    except (CorpusError, PermissionError, LockedError, ClusterNotRunning) as exc:
         print(f"shard.py: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # OUT's lock was released on the way out; finished shards are kept

@@ -48,6 +48,21 @@ def offsets_cache(tmp_path_factory):
     yield os.environ[CACHE_ENV]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ray_temp_root():
+    """The suite's own Ray temp root (RAY_TMPDIR, inherited by every tool the tests start): a `ray start`
+    that died on this machine without `ray stop` leaves its address in /tmp/ray/ray_current_cluster, and
+    every ray.init() would join it (the tools refuse it: test_cluster_shape).  Kept short: Ray's socket
+    paths under it must fit in 107 bytes."""
+    import shutil
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    os.environ["RAY_TMPDIR"] = root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

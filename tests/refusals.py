@@ -47,3 +47,20 @@ def check_refused(tool: str, argv: list[str], message: str, root, out, capsys) -
     assert code == 2 and len(err) == 1 and expected in err[0], (code, err)
     assert files_under(root) == before and not (out / "metrics.json").exists()
     assert not ray.is_initialized()  # refused before Ray started
+
+
+def join_a_gone_cluster(monkeypatch, folder, how: str) -> str:
+    """Point `ray.init()` at a cluster that no longer runs (nothing listens on its port): `recorded`, the
+    address file a `ray start` killed without `ray stop` leaves; or `RAY_ADDRESS`.  Returns what the tools'
+    one line says."""
+    from conftest import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    if how == "recorded":
+        (folder / "ray").mkdir(parents=True)
+        (folder / "ray" / "ray_current_cluster").write_text(address)
+        monkeypatch.setenv("RAY_TMPDIR", str(folder))
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        return f", recorded in {folder}/ray/ray_current_cluster) is not running: start it again, or delete that file"
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    return f"RAY_ADDRESS={address}: no Ray cluster answers at "

@@ -13,7 +13,7 @@ import pytest
 from pipelines.offline import list_file
 from pipelines.offline.corpus import LISTED, Categories, looks_labeled, parse_line, read_categories
 from pipelines.storage import Location
-from refusals import check_refused
+from refusals import check_refused, join_a_gone_cluster
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,12 @@ CASES = [
 @pytest.mark.parametrize("row,argv,message", CASES, ids=[c[0] for c in CASES])
 def test_refused_in_one_line_before_any_work(world, tmp_path, capsys, row, argv, message):
     check_refused("shard", argv, message, world, tmp_path / "out", capsys)
+
+
+@pytest.mark.parametrize("how", ["recorded", "RAY_ADDRESS"])
+def test_a_cluster_that_no_longer_runs_is_refused_not_waited_for(world, tmp_path, capsys, monkeypatch, how):
+    message = join_a_gone_cluster(monkeypatch, tmp_path / "ray-temp", how)
+    check_refused("shard", shard_argv("list.txt", "cats.txt"), message, world, tmp_path / "out", capsys)
 
 
 def test_comment_lines_are_skipped_by_every_reader_alike(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import odd_files, write_shards
-from refusals import check_refused, error_lines, files_under
+from refusals import check_refused, error_lines, files_under, join_a_gone_cluster
 from training import predict
 from training.config import load, to_dict
 from training.train_loop import build_model
@@ -62,6 +62,13 @@ CASES = [
 @pytest.mark.parametrize("row,tool,argv,message", CASES, ids=[c[0] for c in CASES])
 def test_refused_in_one_line_before_any_work(world, tmp_path, capsys, row, tool, argv, message):
     check_refused(tool, argv, message, world, tmp_path / "out", capsys)
+
+
+@pytest.mark.parametrize("how", ["recorded", "RAY_ADDRESS"])
+def test_a_cluster_that_no_longer_runs_is_refused_not_waited_for(world, tmp_path, capsys, monkeypatch, how):
+    message = join_a_gone_cluster(monkeypatch, tmp_path / "ray-temp", how)
+    check_refused("evaluate", ["--checkpoint", "{root}/model3.pt", "--shards", "{root}/val", "--out", "{out}"],
+                  message, world, tmp_path / "out", capsys)
 
 
 def test_a_fifo_named_jpg_is_reported_not_waited_on(world, tmp_path, capsys):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import ROOT, write_shards
-from refusals import check_refused
+from refusals import check_refused, join_a_gone_cluster
 from training.config import load, to_dict
 from training.stopped_run import STOPPED_FILE, all_finite
 
@@ -32,7 +32,7 @@ def world(tmp_path_factory):
     spaces = {"log0": "params:\n  optim.lr: {loguniform: [0, 0.1]}\n", "asha5": lr + "asha: 5\n",
               "asha_half": lr + "asha: {reduction_factor: 1}\n", "set_list": lr + "set: [1, 2]\n",
               "warm_string": "params:\n  model.name: {choice: [simple_net]}\ndepth: model.name\nwarm_start: 'false'\n",
-              "nan_range": "params:\n  optim.lr: {uniform: [.nan, 0.1]}\n"}
+              "nan_range": "params:\n  optim.lr: {uniform: [.nan, 0.1]}\n", "lr": lr}
     for name, text in spaces.items():
         (root / f"{name}.yaml").write_text(text)
     (root / "a_file").write_text("not a folder")
@@ -94,6 +94,16 @@ def test_refused_in_one_line_before_any_work(world, tmp_path, capsys, row, tool,
         pytest.skip("this machine has a GPU")
     check_refused(tool, argv, message, world, tmp_path / "out", capsys)
     assert not (world.parent / "escaped_run").exists()
+
+
+@pytest.mark.parametrize("how", ["recorded", "RAY_ADDRESS"])
+@pytest.mark.parametrize("tool,argv", [("run", RUN + ["run.epochs=1"]), ("search", SEARCH + ["{root}/lr.yaml"])],
+                         ids=["run", "search"])
+def test_a_cluster_that_no_longer_runs_is_refused_not_waited_for(world, tmp_path, capsys, monkeypatch, how, tool,
+                                                                  argv):
+    """Ray's own ray.init() retries a dead cluster's GCS without end, printing nothing on a quiet console."""
+    message = join_a_gone_cluster(monkeypatch, tmp_path / "ray-temp", how)
+    check_refused(tool, argv, message, world, tmp_path / "out", capsys)
 
 
 def test_yaml_exponents_without_a_dot_are_numbers():

@@ -34,6 +34,7 @@ import torch
 from pipelines.online.clips import ClipTransform
 
 from pipelines.arguments import fraction, positive_int
+from pipelines.cluster_shape import cluster_address
 from pipelines.console import add_verbose_flag, report_failure, start_ray
 from pipelines.hashing import stable_hash
 from pipelines.online.catalog import Catalog, first_different_class
@@ -330,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             raise CheckpointError(f"--out {a.out} is inside --shards {a.shards}: the shard folder belongs to "
                                   f"pipelines/shard.py; write the results elsewhere")
         Location.parse(a.out).check_writable()
+        cluster_address()  # one that no longer runs: refused before Ray would wait for it
     except (OSError, ValueError) as exc:
         print(f"evaluate.py: error: {exc}", file=sys.stderr)
         return 2

@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                               f"{cfg.run.storage_path}: continue it with --resume {cfg.run.name}, or choose "
                               f"another name (--set run.name=...)")
         check_storage(cfg.run.storage_path)
+        joining = joins_a_cluster()
         prepare_data(cfg, a.verbose)
         loaded = check_training_inputs(cfg)
         if loaded:
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         empty = classes_without_samples(cfg.data.train_shards)
         if empty:
             print(empty, file=sys.stderr)
-        if not joins_a_cluster():  # the local Ray it would start is this machine: checked before it starts
+        if not joining:  # the local Ray it would start is this machine: checked before it starts
             check_cluster_fits(cfg, this_machine())
     except (ConfigError, OSError) as exc:
         print(f"run.py: error: {exc}", file=sys.stderr)

@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     add_verbose_flag(p)
     a = p.parse_args(argv)
     try:
+        cluster_shape.cluster_address()  # one that no longer runs: refused before any work
         if a.resume:
             if not a.name:
                 raise ConfigError("--resume needs --name")
