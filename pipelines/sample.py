@@ -28,7 +28,7 @@ if __package__ in (None, ""):
 from pipelines.console import report_failure
 from pipelines.online.catalog import Catalog
 from pipelines.online.streams import ClassAwareStream, Draw, UniformStream
-from pipelines.storage import Location
+from pipelines.storage import Location, check_out_outside
 
 
 def rank_batches(catalog: Catalog, mode: str, seed: int, rank: int, world_size: int, workers: int, batch: int,
@@ -101,9 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if Location.parse(a.out).is_dir():
             raise ValueError(f"--out {a.out} is a folder; give the draws file's path")
-        if Location.parse(a.out).is_within(Location.parse(a.shards)):  # it overwrote index.json once
-            raise ValueError(f"--out {a.out} is inside --shards {a.shards}: the shard folder belongs to "
-                             f"pipelines/shard.py; write the draws elsewhere")
+        check_out_outside(a.out, a.shards, "--shards", "the shard folder belongs to pipelines/shard.py; write the "
+                                                        "draws elsewhere")
         catalog = Catalog.load(a.shards)
         catalog.check_shards()
         ranks = list(range(a.world_size)) if a.all_streams else [a.rank]

@@ -254,3 +254,10 @@ def _alive(pid) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def check_out_outside(out: str, folder: str, what: str, then: str) -> None:
+    """A ValueError where `out` is `folder` or inside it: no tool writes into what it reads (it would
+    overwrite its input, or a rerun would read its own output)."""
+    if Location.parse(out).is_within(Location.parse(folder)):
+        raise ValueError(f"--out {out} is inside {what} {folder}: {then}")

@@ -36,6 +36,7 @@ def world(tmp_path_factory):
     for name, text in spaces.items():
         (root / f"{name}.yaml").write_text(text)
     (root / "a_file").write_text("not a folder")
+    (root / "empty.pth").write_bytes(b"")
     return root
 
 
@@ -51,6 +52,9 @@ CASES = [
      "config key 'model.aux_weight' must be a finite number, got nan"),
     ("optim.lr 1e999 (YAML's 1e-3 form, overflowing)", "run", RUN + ["optim.lr=1e999"],
      "config key 'optim.lr' must be a finite number, got inf"),
+    ("model.pretrained an empty file (an IndexError while formatting the error)", "run",
+     RUN + ["model.pretrained={root}/empty.pth"],
+     "model.pretrained: {root}/empty.pth is empty (0 bytes): a download that did not finish?"),
     ("data.eval_resize below data.size (validation on black borders)", "run", RUN + ["data.eval_resize=12"],
      "config key 'data.eval_resize' (12) must be >= data.size (16)"),
     ("run.name with ../ (the run was written outside run.storage_path)", "run", RUN + ["run.name=../../escaped_run"],

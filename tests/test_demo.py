@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 
 import numpy as np
@@ -80,7 +81,7 @@ def test_demo_shards_show_the_quarantine(demo_shards, corpus):
 
 
 @pytest.mark.slow
-def test_training_reports_checkpoints_and_resumes(demo_shards, corpus, tmp_path):
+def test_training_reports_checkpoints_and_resumes(demo_shards, corpus, tmp_path, capsys):
     import torch
 
     from training import run
@@ -101,7 +102,10 @@ def test_training_reports_checkpoints_and_resumes(demo_shards, corpus, tmp_path)
     assert events and events[0].stat().st_size > 0
     assert any(k.startswith("aux_heads") for k in state["model"])  # relay: the auxiliary head is saved too
 
+    capsys.readouterr()
     assert run.main([*common, "--set", "run.epochs=3", "--resume", "demo-test"]) == 0
+    assert re.search(r"^continuing from checkpoint checkpoint_\S+ \(epoch 2, its end\)$", capsys.readouterr().out,
+                     re.MULTILINE)
     resumed = json.loads((tmp_path / "demo-test" / "report.json").read_text())
     assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
     assert resumed["history"][:2] == report["history"]

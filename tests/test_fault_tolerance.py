@@ -65,9 +65,15 @@ def clean_and_killed_runs(tmp_path, settings: list[str], settle_s: float) -> tup
                  for name in ("clean", "killed"))
 
 
-def test_killed_worker_recovers_and_the_stream_matches(ray_cluster, tmp_path):
+def test_killed_worker_recovers_and_the_stream_matches(ray_cluster, tmp_path, capsys):
     # killed a second into the epoch after the first checkpoint
     clean, recovered = clean_and_killed_runs(tmp_path, ["--set", "run.epochs=4", "--set", "data.batch_size=8"], 1.0)
+    # the killed run's console says it once, in our words, between its epoch lines
+    killed_console = capsys.readouterr().out.split("as run killed", 1)[1].splitlines()
+    [line] = [line for line in killed_console if "Train worker failed" in line]
+    assert line.startswith("a Train worker failed (Ray's logs say why); the worker group restarted from "
+                           "checkpoint checkpoint_") and ", its end), with the same input stream" in line
+    assert not any(line.startswith("continuing from") for line in killed_console)
     assert [h["epoch"] for h in recovered] == [0, 1, 2, 3]
     assert all(h["attempt_start_epoch"] == 0 for h in clean)
     assert any(h["attempt_start_epoch"] > 0 for h in recovered)  # a new worker group restored a checkpoint

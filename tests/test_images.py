@@ -1,13 +1,14 @@
 """prepare_image on every odd kind a crawl holds: what comes out, or why not."""
 
 import io
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import encode, odd_files, scene
-from pipelines.media.images import ImageRejected, ImageSettings, prepare_image, target_size
+from pipelines.media.images import ImageRejected, ImageSettings, prepare_image, sample_depth, target_size
 
 SETTINGS = ImageSettings(image_size=64, resize="square", quality=90, max_pixels=100_000)
 ODD = odd_files(64)
@@ -67,6 +68,33 @@ def test_sixteen_bit_is_scaled_not_clipped():
     out = prepare_image(ODD["ok_16bit.png"], SETTINGS)
     arr = np.asarray(decoded(out.jpeg), dtype=float)
     assert arr[:8].mean() < 40 and arr[-8:].mean() > 215  # a ramp from black to white survives
+
+
+def with_sbit(png: bytes, bits: int) -> bytes:
+    """The PNG with an sBIT chunk (greyscale: one byte) after its IHDR, as a camera's converter writes it."""
+    chunk = b"sBIT" + bytes([bits])
+    at = 8 + 12 + int.from_bytes(png[8:12], "big")  # after the signature and IHDR
+    return png[:at] + (1).to_bytes(4, "big") + chunk + zlib.crc32(chunk).to_bytes(4, "big") + png[at:]
+
+
+def test_twelve_bit_data_in_a_sixteen_bit_png_is_scaled_from_its_real_depth():
+    """Values 0..4095 scaled as 16-bit came out 16x too dark (0..15)."""
+    ramp = np.linspace(0, 4095, 64 * 64).reshape(64, 64).astype(np.uint16)
+    arr = np.asarray(decoded(prepare_image(encode(ramp, "PNG"), SETTINGS).jpeg), dtype=float)
+    assert arr[:8].mean() < 40 and arr[-8:].mean() > 215
+    # sBIT, where the file has it, says the depth: 10-bit data of a 12-bit sensor stays dark
+    darker = (ramp // 4).astype(np.uint16)
+    arr = np.asarray(decoded(prepare_image(with_sbit(encode(darker, "PNG"), 12), SETTINGS).jpeg), dtype=float)
+    assert 40 < arr[-8:].mean() < 80
+    assert [sample_depth(v) for v in (0, 255, 256, 1023, 4095, 4096, 65535, 70000)] == [8, 8, 10, 10, 12, 14, 16, 17]
+
+
+def test_a_sliver_whose_resize_would_explode_is_refused_before_decoding():
+    """2x4000 resized to a shorter side of 256 (256x512000) took 12 s and 400 MB, then corrupt_image."""
+    sliver = encode(np.full((4000, 2, 3), 128, np.uint8), "PNG")
+    with pytest.raises(ImageRejected) as e:
+        prepare_image(sliver, ImageSettings(image_size=256, resize="shorter"))
+    assert e.value.code == "too_many_pixels" and "2x4000 resized to 256x512000" in e.value.reason
 
 
 def test_alpha_is_composited_over_white():

@@ -2,6 +2,7 @@
 codecs users have, resampling by time, resizing, and every reason a file is refused."""
 
 import io
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -88,6 +89,43 @@ def test_a_broken_off_stream_keeps_what_decoded():
     cut = decode_video(full[: len(full) * 2 // 3], VideoSettings(size=48, min_frames=1))
     assert 10 <= len(cut.frames) < 40
     assert shown(cut, 5) == list(range(len(cut.frames)))  # the frames before the break, in order
+
+
+def written(path, frames: np.ndarray, pts: list[int], container: str = "matroska", codec: str = "ffv1",
+            options: dict | None = None) -> bytes:
+    """A video file of `frames` at the given presentation times (in 1/25 s), with container options
+    (written to `path`: an MP4's faststart rewrites the file)."""
+    with av.open(str(path), mode="w", format=container, options=options or {}) as out:
+        stream = out.add_stream(codec, rate=25)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p" if codec == "libx264" else "bgr0"
+        for image, t in zip(frames, pts):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 25)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return path.read_bytes()
+
+
+def test_a_file_cut_short_whose_index_lists_more_frames_is_marked_truncated(tmp_path):
+    """A faststart MP4 (its index first) cut in half kept 22 of 100 frames with truncated: false."""
+    noise = np.random.default_rng(0).integers(0, 256, (100, 48, 64, 3), dtype=np.uint8)  # the frames outweigh the index
+    full = written(tmp_path / "a.mp4", noise, list(range(100)), "mp4", "libx264", {"movflags": "faststart"})
+    assert full.index(b"moov") < full.index(b"mdat")
+    cut = decode_video(full[: len(full) // 2], VideoSettings(size=48, min_frames=1))
+    assert cut.truncated and 10 <= len(cut.frames) < 100
+    assert not decode_video(full, VideoSettings(size=48, min_frames=1)).truncated
+
+
+def test_frames_beyond_the_memory_bound_are_refused_before_they_are_held(tmp_path):
+    data = encode_video(gray_ramp(40), 25, "matroska", "ffv1")
+    one_frame = 64 * 48 * 3
+    assert reason(data, size=48, min_frames=1, max_bytes=10 * one_frame) == "too_long"
+    kept = decode_video(data, VideoSettings(size=48, min_frames=1, max_bytes=10 * one_frame, max_frames=10))
+    assert shown(kept) == list(range(10))  # --max-frames keeps the start within the bound
+    # a few frames with an hour between two timestamps asked for an hour of repeated frames
+    gap = written(tmp_path / "gap.mkv", gray_ramp(4), [0, 1, 25 * 3600, 25 * 3600 + 1])
+    assert len(gap) < 100_000 and reason(gap, size=48, min_frames=1, max_bytes=100 << 20) == "too_long"
 
 
 def test_settings_are_checked():

@@ -163,6 +163,11 @@ def to_yaml(cfg: TrainConfig) -> str:
 RUN_CONFIG_FILE = "config.yaml"  # in a run's folder: the config it started with, what --resume continues
 
 
+def run_folder(storage_path: str, name: str) -> str:
+    """Where run (or Tune experiment) `name` lives: Ray Train's `RunConfig(storage_path, name)` folder."""
+    return f"{storage_path.rstrip('/')}/{name}"
+
+
 def save_run_config(run_path: str, cfg: TrainConfig) -> str:
     from pipelines.storage import Location
 

@@ -38,7 +38,7 @@ from pipelines.cluster_shape import cluster_address
 from pipelines.console import add_verbose_flag, report_failure, start_ray
 from pipelines.hashing import stable_hash
 from pipelines.online.catalog import Catalog, first_different_class
-from pipelines.storage import Location
+from pipelines.storage import Location, check_out_outside
 from training.attribute_metrics import attribute_report, plot_attribute_ap
 from training.inference import losses, predict
 from training.topk import log_mean_exp, multi_hot, top_classes, top_errors
@@ -327,9 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         if not video and any(clip_offsets(c) is not None for c in configs):
             raise CheckpointError(f"{a.shards} holds images and a checkpoint's model is a video network")
         size, scales = (configs[0].data.size, ()) if video else view_geometry(configs, a.protocol, a.size, a.scales)
-        if Location.parse(a.out).is_within(Location.parse(a.shards)):
-            raise CheckpointError(f"--out {a.out} is inside --shards {a.shards}: the shard folder belongs to "
-                                  f"pipelines/shard.py; write the results elsewhere")
+        check_out_outside(a.out, a.shards, "--shards", "the shard folder belongs to pipelines/shard.py; write the "
+                                                        "results elsewhere")
         Location.parse(a.out).check_writable()
         cluster_address()  # one that no longer runs: refused before Ray would wait for it
     except (OSError, ValueError) as exc:

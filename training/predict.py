@@ -35,7 +35,7 @@ import torch
 
 from pipelines.arguments import positive_int
 from pipelines.console import report_failure
-from pipelines.storage import Location
+from pipelines.storage import Location, check_out_outside
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         for given in a.inputs:  # a rerun would score the maps as images
-            if os.path.isdir(given) and Location.parse(a.out).is_within(Location.parse(given)):
-                raise ValueError(f"--out {a.out} is inside the input folder {given}: write the maps elsewhere")
+            if os.path.isdir(given):
+                check_out_outside(a.out, given, "the input folder", "write the maps elsewhere")
         files = image_files(a.inputs)
         if not files:
             raise ValueError(f"no image files in {', '.join(a.inputs)} (looked for {' '.join(IMAGE_EXTENSIONS)})")

@@ -53,10 +53,14 @@ class ModelFileError(ValueError):
 def load_file(loc) -> object:
     """What `torch.load(weights_only=True)` reads from `loc` (a `Location`), or ModelFileError naming it."""
     try:
-        return torch.load(io.BytesIO(loc.read_bytes()), map_location="cpu", weights_only=True)
+        data = loc.read_bytes()
+        weights = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True) if data else None
     except Exception as exc:  # pickle errors, a zip that is not torch's, a non-tensor object...
         raise ModelFileError(f"{loc.uri()} is not a weights file torch.load can read safely "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    if not data:
+        raise ModelFileError(f"{loc.uri()} is empty (0 bytes): a download that did not finish?")
+    return weights
 
 
 def is_our_checkpoint(obj: object) -> bool:

@@ -22,8 +22,8 @@ if __package__ in (None, ""):
 from pipelines import cluster_shape
 from pipelines.cluster_shape import joins_a_cluster, this_machine
 from pipelines.console import ConsoleRelay, add_verbose_flag, report_failure, start_ray, train_log_level
-from training.config import (ConfigError, TrainConfig, differing_keys, load, save_run_config, saved_run_config,
-                             to_dict, with_overrides)
+from training.config import (ConfigError, TrainConfig, differing_keys, load, run_folder, save_run_config,
+                             saved_run_config, to_dict, with_overrides)
 from training import stopped_run
 from training.metrics_sink import scores_text
 from training.preflight import (check_cluster_fits, check_ingest_room, check_paths_reach_every_node,
@@ -52,7 +52,7 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
 def run_exists(storage_path: str, name: str) -> bool:
     from pipelines.storage import Location
 
-    return Location.parse(f"{storage_path.rstrip('/')}/{name}").is_dir()
+    return Location.parse(run_folder(storage_path, name)).is_dir()
 
 
 def best_checkpoint(result, storage_path: str) -> tuple[str, dict] | None:
@@ -118,10 +118,11 @@ def make_trainer(cfg: TrainConfig, name: str, callbacks: list | None = None, rep
     r = cfg.run
     workers = (r.min_workers, r.workers) if r.min_workers else r.workers
     storage_path, storage_filesystem = storage(r.storage_path)
-    loop_config = {"train": to_dict(cfg), "run_name": name, "run_path": f"{r.storage_path.rstrip('/')}/{name}",
+    loop_config = {"train": to_dict(cfg), "run_name": name, "run_path": run_folder(r.storage_path, name),
                    "replay_history": replay_history,
                    "tensorboard_dir": tensorboard_dir(cfg, name), "console": console, "verbose": verbose,
-                   "shared_marker": shared_marker}
+                   "shared_marker": shared_marker,
+                   "fit_id": uuid.uuid4().hex}  # in each checkpoint: a restore from one of this fit's is a retry
     stopped_run.clear(loop_config["run_path"])  # an earlier attempt's stop (a resumed run, a restored trial)
     data = {}
     if cfg.data.ingest == "ray_data":
@@ -218,7 +219,7 @@ def resume_config(a: argparse.Namespace) -> TrainConfig:
     """The config run `a.resume` saved when it started, with `--set` overrides; a `--config` that differs
     from it is refused (naming the keys) unless `--force-config`."""
     storage_path = resolve_paths(load(a.config or DEMO_CONFIG, a.set)).run.storage_path
-    run_path = f"{storage_path.rstrip('/')}/{a.resume}"
+    run_path = run_folder(storage_path, a.resume)
     if not run_exists(storage_path, a.resume):
         raise ConfigError(f"--resume: no run named {a.resume!r} under {storage_path}")
     saved = saved_run_config(run_path)
@@ -251,7 +252,7 @@ def train(cfg: TrainConfig, name: str, resuming: bool, verbose: bool) -> int:
     check_cluster_fits(cfg, shape)
     check_paths_reach_every_node(cfg, shape)
     check_ingest_room(cfg)
-    run_path = f"{cfg.run.storage_path.rstrip('/')}/{name}"
+    run_path = run_folder(cfg.run.storage_path, name)
     if not resuming:
         save_run_config(run_path, cfg)
     marker = shared_marker(cfg, shape)

@@ -167,6 +167,17 @@ def check_epoch_input(epoch: int, trained: int, skipped: int, max_skipped_fracti
         raise RuntimeError(f"epoch {epoch + 1}: validation scored no images (every val shard unreadable?)")
 
 
+def restore_line(path: str, state: dict, fit_id: str | None) -> str:
+    """The console's one line for a restore: after a failure within this run (Ray's traceback of it stays
+    in the logs), or where a resumed run continues."""
+    where = f"{os.path.basename(path.rstrip('/'))} (epoch {state['epoch'] + 1}" + (
+        f", step {state['step']}, mid-epoch)" if state.get("tallies") else ", its end)")
+    if fit_id and state.get("fit_id") == fit_id:
+        return (f"a Train worker failed (Ray's logs say why); the worker group restarted from checkpoint {where}, "
+                f"with the same input stream")
+    return f"continuing from checkpoint {where}"
+
+
 def train_fn_per_worker(config: dict) -> None:
     if not config.get("verbose"):
         # Ray Train sends this worker's root logger (its per-report "Reporting training result" lines
@@ -218,6 +229,8 @@ def train_fn_per_worker(config: dict) -> None:
         start_epoch = state["epoch"] if tallies else state["epoch"] + 1
         if tallies and restored == "exact":
             resumed = EpochTally.resume(tallies[rank], device, rank)
+        if sink:
+            sink.say(restore_line(checkpoint.path, state, config.get("fit_id")))
         if config.get("replay_history"):  # a restarted Tune trial starts its result history from scratch
             for metrics in history:
                 ray.train.report(metrics, checkpoint=None)
@@ -231,6 +244,7 @@ def train_fn_per_worker(config: dict) -> None:
                 "ema": ema.state_dict() if ema is not None else None, "scaler": scaler.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "streams": streams,
                 "rng": rng, "tallies": tallies, "config": config["train"], "history": history,
+                "fit_id": config.get("fit_id"),
                 "class_names": loader.catalog.class_names,  # what evaluate.py checks shards against
                 "attributes": dict(attribute_state) or None}  # names, and F1 thresholds chosen on validation
 

@@ -34,7 +34,7 @@ from pipelines.arguments import positive_int
 from pipelines.cluster_shape import ClusterShape
 from pipelines.console import add_verbose_flag, report_failure, start_ray
 from pipelines.storage import Location
-from training.config import ConfigError, TrainConfig, load, to_dict, to_yaml, with_overrides
+from training.config import ConfigError, TrainConfig, load, run_folder, to_dict, to_yaml, with_overrides
 from training.preflight import (PREFLIGHT_KEYS, check_cluster_fits, check_ingest_room, check_paths_reach_every_node,
                                 check_training_inputs, worker_resources)
 from training import stopped_run
@@ -180,7 +180,7 @@ def make_tuner(setup: dict, scheduler: str, search: str, samples: int, restore: 
 
 def new_setup(config_path: str, space: Space, name: str, overrides: list[str]) -> dict:
     cfg = resolve_paths(load(config_path, overrides))
-    experiment = f"{cfg.run.storage_path.rstrip('/')}/{name}"
+    experiment = run_folder(cfg.run.storage_path, name)
     return {"name": name, "storage_path": cfg.run.storage_path, "experiment": experiment,
             "base_config": os.path.abspath(config_path), "base": to_dict(cfg), "space": space_to_dict(space)}
 
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             if not a.name:
                 raise ConfigError("--resume needs --name")
             root = absolute(a.storage_path or "runs")
-            setup_file = Location.parse(f"{root.rstrip('/')}/{a.name}").child(SETUP_FILE)
+            setup_file = Location.parse(run_folder(root, a.name)).child(SETUP_FILE)
             if not setup_file.exists():
                 raise ConfigError(f"--resume: no experiment {a.name!r} under {root} (no {SETUP_FILE})")
             setup = json.loads(setup_file.read_bytes())

@@ -24,6 +24,8 @@ Image.MAX_IMAGE_PIXELS = None
 
 RESIZE_MODES = ("square", "shorter", "keep")
 EXIF_ORIENTATION = 0x0112
+JPEG_MAX_SIDE = 65535  # the format's limit: a larger output could never be written
+SENSOR_DEPTHS = (8, 10, 12, 14, 16)
 
 
 class ImageRejected(Exception):
@@ -91,6 +93,11 @@ def prepare_image(data: bytes, settings: ImageSettings) -> PreparedImage:
     orientation = _orientation(img)
     oriented = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     out_size = target_size(oriented, settings)
+    if out_size[0] * out_size[1] > settings.max_pixels or max(out_size) > JPEG_MAX_SIDE:
+        # a sliver (2x4000) resized to a shorter side of 256 would be 256x512000: refused before decoding
+        raise ImageRejected("too_many_pixels", f"{oriented[0]}x{oriented[1]} resized to {out_size[0]}x"
+                                               f"{out_size[1]}: over the limit of {settings.max_pixels} pixels or "
+                                               f"{JPEG_MAX_SIDE} a side")
 
     _check_jpeg_data(data, img)
     if _is_passthrough_candidate(img, orientation, oriented, out_size):
@@ -105,7 +112,7 @@ def prepare_image(data: bytes, settings: ImageSettings) -> PreparedImage:
         img.seek(0)  # animated GIF / multi-page TIFF: the first frame is the image
     _decode(img)
     img = ImageOps.exif_transpose(img) if orientation != 1 else img
-    rgb = to_rgb(img)
+    rgb = to_rgb(img, png_significant_bits(data) if img.format == "PNG" else None)
     if rgb.size != out_size:
         rgb = rgb.resize(out_size, Image.Resampling.BICUBIC, reducing_gap=3.0)
     buf = io.BytesIO()
@@ -113,15 +120,15 @@ def prepare_image(data: bytes, settings: ImageSettings) -> PreparedImage:
     return PreparedImage(buf.getvalue(), oriented, passthrough=False)
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """8-bit RGB from any Pillow mode; transparency is composited over white."""
+def to_rgb(img: Image.Image, significant_bits: int | None = None) -> Image.Image:
+    """8-bit RGB from any Pillow mode; transparency is composited over white.  Greyscale of more than 8
+    bits is scaled from its real depth: `significant_bits` where the file states it, else `sample_depth`."""
     mode = img.mode
     if mode == "RGB":
         return img
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # 16-bit greyscale: keep the top 8 bits rather than clipping everything above 255 to white.
-        arr = np.asarray(img, dtype=np.int64)
-        top = 65535 if arr.max(initial=0) > 255 else 255
+        arr = np.clip(np.asarray(img, dtype=np.int64), 0, None)
+        top = 2 ** (significant_bits or sample_depth(int(arr.max(initial=0)))) - 1
         arr = np.clip(arr * 255 // top, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, mode="L").convert("RGB")
     if mode == "F":
@@ -136,6 +143,27 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def sample_depth(largest: int) -> int:
+    """The bits greyscale samples use where the file does not say: the smallest of the depths sensors
+    and scanners write (8, 10, 12, 14, 16) that holds the largest sample.  12-bit data in a 16-bit PNG
+    scaled as 16-bit would be 16x too dark; clipped as 8-bit, white."""
+    return next((bits for bits in SENSOR_DEPTHS if largest < 2 ** bits), max(16, largest.bit_length()))
+
+
+def png_significant_bits(data: bytes) -> int | None:
+    """A PNG's sBIT chunk (the sample depth of the original data, before it was stored in a wider one),
+    the largest over its channels; None where it has none.  Pillow does not read it."""
+    pos = 8  # after the signature; chunks are length, type, data, CRC
+    while pos + 8 <= len(data):
+        length, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        if kind == b"sBIT" and length:
+            return max(data[pos + 8:pos + 8 + length]) or None
+        if kind in (b"IDAT", b"IEND"):  # sBIT must come before the image data
+            return None
+        pos += 12 + length
+    return None
 
 
 def _orientation(img: Image.Image) -> int:

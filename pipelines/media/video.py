@@ -28,6 +28,7 @@ REASONS = {
     "audio_only": "audio streams only",
     "unsupported_codec": "its video codec is not one this FFmpeg decodes",
     "too_short": "fewer frames than one clip needs",
+    "too_long": "more frames than fit in the memory one video may take",
 }
 RESIZE_MODES = ("shorter", "square")
 
@@ -46,7 +47,9 @@ class VideoRejected(Exception):
 class VideoSettings:
     """`size`: the shorter side (`resize: shorter`, aspect kept, both sides even) or both sides
     (`square`).  `min_frames`: the longest clip a network takes (late fusion: frames 0 and 15).
-    `max_frames`: keep at most this many frames from the start (0: all), for hour-long videos."""
+    `max_frames`: keep at most this many frames from the start (0: all), for hour-long videos.
+    `max_bytes`: the decoded frames of one video are held in memory until it is encoded: a video with
+    more (a long one, or a timestamp gap of an hour in a small file) is refused (`too_long`)."""
 
     fps: float = 25.0
     size: int = 178
@@ -54,6 +57,7 @@ class VideoSettings:
     min_frames: int = 16
     max_frames: int = 0
     crf: int = 23  # H.264 quality of the stored video (lower: better, larger)
+    max_bytes: int = 2 << 30  # 2 GiB: 8 minutes at 25 fps of 178x316 frames
 
     def __post_init__(self):
         if self.resize not in RESIZE_MODES:
@@ -99,20 +103,20 @@ def decode_video(data: bytes, settings: VideoSettings) -> DecodedVideo:
 
 
 def _resample(container, stream, settings: VideoSettings) -> DecodedVideo:
-    frames: list[np.ndarray] = []
-    limit = settings.max_frames or None
-    prev, prev_rgb, start, truncated = None, None, None, False
+    frames = _Frames(settings)
+    prev, prev_rgb, start, truncated, decoded = None, None, None, False, 0
     step = 1 / settings.fps
     tick = float(stream.time_base or 0) / 2 + 1e-9  # timestamps are rounded to the stream's time base
     try:
         for frame in container.decode(stream):
+            decoded += 1
             t = frame.time if frame.time is not None else (len(frames) * step)
             start = t if start is None else start
             # every output time before this frame's shows the previous one
-            while prev is not None and len(frames) * step < t - start - tick and len(frames) != limit:
+            while prev is not None and len(frames) * step < t - start - tick and not frames.full:
                 prev_rgb = prev_rgb if prev_rgb is not None else _rgb(prev, settings)
                 frames.append(prev_rgb)
-            if len(frames) == limit:
+            if frames.full:
                 break
             prev, prev_rgb = frame, None
     except av.FFmpegError as exc:
@@ -122,16 +126,43 @@ def _resample(container, stream, settings: VideoSettings) -> DecodedVideo:
     if prev is None:
         raise VideoRejected("undecodable", "no frame could be decoded")
     rate = float(stream.average_rate or stream.guessed_rate or settings.fps)
-    if len(frames) != limit:  # the last frame stays on screen for one input frame interval
+    if not frames.full:  # the last frame stays on screen for one input frame interval
         end = (prev.time - start if prev.time is not None else len(frames) * step) + 1 / rate
         last = prev_rgb if prev_rgb is not None else _rgb(prev, settings)
-        while len(frames) * step < end - tick and len(frames) != limit:
+        while len(frames) * step < end - tick and not frames.full:
             frames.append(last)
+        # a file cut short whose index (an MP4's moov at its start) lists more frames than it holds ends
+        # without a decoding error: the index says so
+        truncated = truncated or decoded < (stream.frames or 0)
     if len(frames) < settings.min_frames:
         raise VideoRejected("too_short", f"{len(frames)} frames at {settings.fps:g} fps, a clip needs "
                                          f"{settings.min_frames}")
     return DecodedVideo(np.stack(frames), settings.fps, _displayed_size(prev), rate, stream.codec_context.name,
                         truncated)
+
+
+class _Frames(list):
+    """The output frames, up to `max_frames`; more than `max_bytes` of them: `too_long`, before the memory
+    is taken (repeated frames share one array until they are stacked)."""
+
+    def __init__(self, settings: VideoSettings):
+        super().__init__()
+        self.settings, self.limit, self.cap = settings, settings.max_frames or None, None
+
+    @property
+    def full(self) -> bool:
+        return len(self) == self.limit
+
+    def append(self, rgb: np.ndarray) -> None:
+        if self.cap is None:
+            self.cap = max(1, self.settings.max_bytes // rgb.nbytes)
+        if len(self) == self.cap:
+            s = self.settings
+            raise VideoRejected("too_long", f"more than {self.cap} frames of {rgb.shape[1]}x{rgb.shape[0]} at "
+                                            f"{s.fps:g} fps ({self.cap / s.fps:.0f} s) would take over "
+                                            f"{s.max_bytes / 2 ** 30:g} GiB of memory: --max-frames N keeps the "
+                                            f"first N frames of each video")
+        super().append(rgb)
 
 
 @dataclass(frozen=True)
