@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -41,20 +42,31 @@ def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
                         help="also show Ray's own INFO output (Ray Data's progress log, Train's reports, ...)")
 
 
-class _ReportedByTheDriver(logging.Filter):
-    """Lines the console already has in another form, dropped from it (log files keep them):
+class _NotForTheConsole(logging.Filter):
+    """Lines the console does not show (log files keep them), each already shown in another form or not
+    about the user's run:
     - a failed Train worker's traceback: Ray logs it from every worker, after the driver's own failure
       line (`report_failure`), which already says what failed and where the traceback is;
     - Ray Data's warning that its progress bars are off, in a pipeline that turned them off because
-      rank 0's progress line is the console's (`data.ingest: ray_data`)."""
+      rank 0's progress line is the console's (`data.ingest: ray_data`);
+    - Ray's notice, on every local start, that token authentication is on (its default; the docs say so);
+    - Ray Data's warning that the cluster has no free CPU "and will hang": read while the previous
+      split's tasks release theirs, or before an autoscaler adds the first worker, and our own checks
+      (`cluster_shape`) already refuse a request no node can hold."""
 
-    DROPPED = ("Error in training function", "Progress bars disabled")
+    DROPPED = ("Error in training function", "Progress bars disabled",
+               "Token authentication is enabled for this Ray cluster",
+               "Warning: The Ray cluster currently does not have any available CPUs")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(self.DROPPED)
 
 
-REPORTED_BY_THE_DRIVER = _ReportedByTheDriver()
+NOT_FOR_THE_CONSOLE = _NotForTheConsole()
+# Lines of Ray's own processes that its log monitor forwards to the driver, and the console drops (the
+# worker's log file keeps them): the C++ notice each Train run's PreemptionWatcher actor raises
+# (ray-project/ray#53727), which no setting of ours can avoid.
+RAY_PROCESS_NOTICES = ("has constructor arguments in the object store and max_restarts > 0",)
 
 
 def quiet_console_handlers(logger_name: str = "") -> None:
@@ -63,7 +75,23 @@ def quiet_console_handlers(logger_name: str = "") -> None:
     for handler in logging.getLogger(logger_name).handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setLevel(QUIET_LEVEL)
-            handler.addFilter(REPORTED_BY_THE_DRIVER)
+            handler.addFilter(NOT_FOR_THE_CONSOLE)
+
+
+def _drop_ray_process_notices() -> None:
+    """Wraps the handler through which the driver prints what Ray's log monitor forwards from workers and
+    actors, so that the lines of RAY_PROCESS_NOTICES are left out (Ray offers no filter of its own)."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    def without_notices(printer, batch: dict) -> None:
+        lines = [line for line in batch.get("lines", []) if not any(n in line for n in RAY_PROCESS_NOTICES)]
+        if lines:
+            printer({**batch, "lines": lines})
+
+    for name, printer in list(dispatcher.handlers):
+        if name == "ray_print_logs":  # ray.init(log_to_driver=True)'s printer
+            dispatcher.remove_handler(name)
+            dispatcher.add_handler(name, functools.partial(without_notices, printer))
 
 
 def train_log_level(verbose: bool) -> str:
@@ -82,7 +110,7 @@ def start_ray(verbose: bool = False) -> None:
     if not verbose:
         import ray.data  # noqa: F401  (its loggers get their handlers on import)
         import ray.train  # noqa: F401
-        for name in RAY_LIBRARY_LOGGERS:
+        for name in ("ray", *RAY_LIBRARY_LOGGERS):
             quiet_console_handlers(name)
     global _logs_dir, _our_node
     if ray.is_initialized():
@@ -98,6 +126,8 @@ def start_ray(verbose: bool = False) -> None:
     env_vars = {"RAY_ADDRESS": address, **({} if verbose else {"PYTHONWARNINGS": _quiet_warnings()})}
     with _environment(GCS_PORT_VARIABLE, local_port):  # a local Ray's GCS listens where RAY_ADDRESS says
         context = ray.init(logging_level=logging.INFO if verbose else QUIET_LEVEL, runtime_env={"env_vars": env_vars})
+    if not verbose:
+        _drop_ray_process_notices()
     dashboard = f"http://{context.dashboard_url}" if context.dashboard_url else "not running"
     _logs_dir, _our_node = f"{context.address_info['session_dir']}/logs", ray.get_runtime_context().get_node_id()
     print(f"Ray dashboard: {dashboard}; Ray's own logs: {_logs_dir}", flush=True)
@@ -182,15 +212,27 @@ def report_failure(tool: str, exc: BaseException) -> int:
     return 1
 
 
+class _Lines:
+    """The relay's default composer: every item is a line, printed as it comes."""
+
+    def feed(self, item) -> list[str]:
+        return [item]
+
+    def end(self) -> list[str]:
+        return []
+
+
 class ConsoleRelay:
     """Prints, in the driver, the lines Train workers `put` into `queue` (rank 0's progress and epoch
     lines), while `fit()` runs:
 
         with ConsoleRelay() as queue:
             result = make_trainer(cfg, name, console=queue).fit()
-    """
 
-    def __init__(self, poll_s: float = 0.5):
+    `compose`, when given, turns what arrives into the lines printed: `feed(item)` and, when the relay
+    closes, `end()` each return a list of lines (items other than lines can then be sent, and held)."""
+
+    def __init__(self, compose=None, poll_s: float = 0.5):
         import ray
         from ray.util.queue import Queue
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -198,6 +240,7 @@ class ConsoleRelay:
         # no CPU: never competes with training; on this node: lives as long as the console it feeds
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
+        self.compose = compose or _Lines()
         self.poll_s = poll_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._print_lines, name="console-relay", daemon=True)
@@ -214,11 +257,17 @@ class ConsoleRelay:
         try:
             size = self.queue.size()
             if size:  # whatever arrived after the last poll
-                for line in self.queue.get_nowait_batch(size):
-                    print(line, flush=True)
+                for item in self.queue.get_nowait_batch(size):
+                    self._print(self.compose.feed(item))
             self.queue.shutdown()
         except ray.exceptions.RayError:  # lines are not results: a lost relay must not fail the run
             pass
+        self._print(self.compose.end())
+
+    @staticmethod
+    def _print(lines: list[str]) -> None:
+        for line in lines:
+            print(line, flush=True)
 
     def _print_lines(self) -> None:
         from ray.util.queue import Empty
@@ -227,9 +276,9 @@ class ConsoleRelay:
 
         while not self._stop.is_set():
             try:
-                line = self.queue.get(timeout=self.poll_s)
+                item = self.queue.get(timeout=self.poll_s)
             except Empty:
                 continue
             except ray.exceptions.RayError:  # the relay is gone (its node lost): the run goes on without it
                 return
-            print(line, flush=True)
+            self._print(self.compose.feed(item))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from conftest import ROOT, free_port, start_head, stop_head
 
 pytestmark = pytest.mark.slow
 EPOCHS = 8  # configs/demo.yaml
+RAY_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(DEBUG|INFO|WARNING|ERROR|CRITICAL)\s")
 RAY_NOISE = ("TrainingReport(", "Reporting training result", "logging_progress", "Running Dataset",
              "Checkpoint successfully created", "Started a local Ray instance")
 
@@ -25,6 +27,11 @@ def ray_info_lines(lines: list[str]) -> list[str]:
     """Lines from Ray itself that are neither warnings nor errors (which do belong on the console)."""
     return [line for line in lines if any(noise in line for noise in RAY_NOISE)
             or ("pid=" in line and not any(level in line for level in (" E ", "WARNING", "ERROR")))]
+
+
+def ray_lines(lines: list[str]) -> list[str]:
+    """Lines printed by Ray: its loggers' (a date, a tab, the level) or a forwarded worker's (pid=)."""
+    return [line for line in lines if "pid=" in line or RAY_LOG_LINE.match(line)]
 
 
 def run_tool(cwd: Path, *argv: str) -> tuple[int, list[str]]:
@@ -62,6 +69,7 @@ def test_the_demo_console_is_ours_and_fits_on_a_screen(demo):
     for epoch in range(1, EPOCHS + 1):
         assert sum(line.startswith(f"epoch {epoch}/{EPOCHS} done: top-1 error ") for line in lines) == 1, text
     assert not ray_info_lines(lines), text
+    assert not ray_lines(lines), text  # not even Ray's warnings: none of them is about the demo's run
     assert "Traceback" not in text and "Found multiple active Ray instances" not in text  # the other cluster's
     assert "entries read 1646 = written 1641 + quarantined 5" in text  # the demo's bad train entries
     [run] = list((cwd / "runs").iterdir())
@@ -72,6 +80,7 @@ def test_the_demo_console_is_ours_and_fits_on_a_screen(demo):
     [where] = [line.split("Ray's own logs: ")[1] for line in lines if "Ray's own logs: " in line]
     assert logged_anywhere(Path(where), "Reporting training result")
     assert logged_anywhere(Path(where), "Running Dataset")
+    assert logged_anywhere(Path(where), "has constructor arguments in the object store")  # dropped from the console
 
 
 def test_evaluate_reproduces_the_runs_validation_with_no_extra_flags(demo):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 from conftest import write_shards
 from training import run
 from training.checkpointing import FOLDER_PREFIX, remove_orphaned_folders
+from training.worker_failures import RestartLines, WorkerFailure
 
 pytestmark = pytest.mark.slow
 
@@ -70,9 +72,11 @@ def test_killed_worker_recovers_and_the_stream_matches(ray_cluster, tmp_path, ca
     clean, recovered = clean_and_killed_runs(tmp_path, ["--set", "run.epochs=4", "--set", "data.batch_size=8"], 1.0)
     # the killed run's console says it once, in our words, between its epoch lines
     killed_console = capsys.readouterr().out.split("as run killed", 1)[1].splitlines()
-    [line] = [line for line in killed_console if "Train worker failed" in line]
-    assert line.startswith("a Train worker failed (Ray's logs say why); the worker group restarted from "
-                           "checkpoint checkpoint_") and ", its end), with the same input stream" in line
+    failed = [line for line in killed_console if "failed" in line]
+    assert len(failed) == 1, killed_console
+    [line] = failed
+    assert re.fullmatch(r"Train worker ranks? [01](, 1)? failed \(Ray's logs say why\); the worker group restarted "
+                        r"from checkpoint checkpoint_\S+ \(epoch \d, its end\), with the same input stream", line), line
     assert not any(line.startswith("continuing from") for line in killed_console)
     assert [h["epoch"] for h in recovered] == [0, 1, 2, 3]
     assert all(h["attempt_start_epoch"] == 0 for h in clean)
@@ -114,3 +118,20 @@ def test_the_local_folder_a_killed_worker_left_mid_upload_is_removed(tmp_path):
     assert remove_orphaned_folders(str(tmp_path)) == [str(tmp_path / f"{FOLDER_PREFIX}{gone.pid}-k2x9")]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f"{FOLDER_PREFIX}{os.getpid()}-a7q1", f"{FOLDER_PREFIX}q8w3", "other-123-x"])
+
+
+def test_the_failed_ranks_and_the_restore_make_one_line_whatever_follows():
+    restore = "the worker group restarted from checkpoint checkpoint_x (epoch 2, its end), with the same input stream"
+    lines = RestartLines()
+    assert lines.feed("epoch 1/4 done: ...") == ["epoch 1/4 done: ..."]
+    assert lines.feed(WorkerFailure((1,))) == []  # held until the new group's rank 0 says where it continues
+    assert lines.feed(restore) == [f"Train worker rank 1 failed (Ray's logs say why); {restore}"]
+    assert lines.feed("epoch 2/4 done: ...") == ["epoch 2/4 done: ..."] and lines.end() == []
+    # a group restarted before the first checkpoint: no restore line comes, the next line follows its own
+    lines.feed(WorkerFailure((0, 1)))
+    assert lines.feed("epoch 1/4 step 3/9: ...") == [
+        "Train worker ranks 0, 1 failed (Ray's logs say why); the worker group restarted from the start (no "
+        "checkpoint yet), with the same input stream", "epoch 1/4 step 3/9: ..."]
+    # retries spent: the failure alone, at the end (the driver's failure line follows it)
+    lines.feed(WorkerFailure((1,)))
+    assert lines.end() == ["Train worker rank 1 failed (Ray's logs say why)"]

@@ -114,6 +114,19 @@ def test_multipage_tiff_uses_the_first_page():
     assert np.abs(out - scene(20, 64, 64)).mean() < 10
 
 
+@pytest.mark.parametrize("layout", [{}, {"compression": "tiff_lzw"}, {"compression": "tiff_lzw", "tiffinfo": {317: 2}},
+                                    {"compression": "tiff_adobe_deflate"}, {"compression": "packbits"},
+                                    {"compression": "jpeg"}, {"big_tiff": True}])  # 317: the horizontal predictor
+def test_a_multipage_tiff_of_any_layout_gives_its_first_page_whatever_the_others_are(layout):
+    first = Image.fromarray(np.full((48, 64, 3), (200, 40, 90), np.uint8))
+    others = [Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 30, 3), dtype=np.uint8)),
+              Image.fromarray(np.zeros((10, 10), np.uint8))]  # pages of other sizes and modes
+    buf = io.BytesIO()
+    first.save(buf, format="TIFF", save_all=True, append_images=others, **layout)
+    out = np.asarray(decoded(prepare_image(buf.getvalue(), ImageSettings(image_size=64)).jpeg), dtype=float)
+    assert np.abs(out - np.asarray(first.resize((64, 64)), dtype=float)).mean() < 4
+
+
 @pytest.mark.parametrize("mode,size,expected", [("square", (640, 480), (256, 256)),
                                                 ("shorter", (640, 480), (341, 256)),
                                                 ("shorter", (300, 900), (256, 768)),

@@ -106,7 +106,7 @@ def test_run_py_names_what_it_loaded_before_ray_starts(tmp_path, capsys):
     _, path = csail_file(tmp_path, "resnet18")
     cfg = load(None, [f"data.train_shards={tmp_path / 'train'}", f"data.val_shards={tmp_path / 'val'}",
                       "model.name=resnet18", "model.num_classes=3", f"model.pretrained={path}"])
-    assert check_training_inputs(cfg) == (f"model.pretrained: loaded 100/102 tensors from {path} (arch resnet18); "
+    assert check_training_inputs(cfg).pretrained == (f"model.pretrained: loaded 100/102 tensors from {path} (arch resnet18); "
                                           f"classifier replaced: 365 -> 3 classes")
 
 

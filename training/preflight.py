@@ -17,6 +17,7 @@ instead of a failure inside a Train worker after every retry, or a run that trai
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from pipelines.cluster_shape import ClusterShape, RequestDoesNotFit
 from pipelines.online.catalog import Catalog, first_different_class
@@ -26,9 +27,15 @@ from training.config import ConfigError, TrainConfig
 PREFLIGHT_KEYS = ("model.", "data.train_shards", "data.val_shards", "optim.trainable_from")  # prefixes it reads
 
 
-def check_training_inputs(cfg: TrainConfig) -> str | None:
-    """A ConfigError naming the setting, if any check fails; else what `model.pretrained` loads (one
-    line for the console), if set."""
+@dataclass(frozen=True)
+class TrainingInputs:
+    """What the checks of the training inputs have for the console."""
+    pretrained: str | None  # what `model.pretrained` loads, if set
+    without_samples: str | None  # a warning naming the classes the training shards hold no sample of
+
+
+def check_training_inputs(cfg: TrainConfig) -> TrainingInputs:
+    """A ConfigError naming the setting, if any check fails; else their lines for the console."""
     from training.models import list_models
 
     if cfg.model.name not in list_models():
@@ -51,13 +58,12 @@ def check_training_inputs(cfg: TrainConfig) -> str | None:
     if train.multi_label and cfg.data.ingest == "ray_data":
         raise ConfigError(f"config key 'data.ingest': {train.loc.uri()} is multi-label (samples with several "
                           f"classes); its targets are made by the training worker's own loader (data.ingest: loader)")
-    return check_model_start(cfg, video=train.video is not None)
+    return TrainingInputs(check_model_start(cfg, video=train.video is not None), classes_without_samples(train))
 
 
-def classes_without_samples(shards: str) -> str | None:
+def classes_without_samples(catalog: Catalog) -> str | None:
     """A warning naming the classes the training shards hold no sample of (single-label shards), or None:
     the model is trained to predict them and never sees one."""
-    catalog = load_catalog("data.train_shards", shards)
     if catalog.multi_label:  # a class may live only in other classes' samples' label sets
         return None
     counts = {c: sum(s.nsamples for s in catalog.by_class.get(c, [])) for c in range(catalog.num_classes)}

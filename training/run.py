@@ -25,9 +25,10 @@ from pipelines.console import ConsoleRelay, add_verbose_flag, report_failure, st
 from training.config import (ConfigError, TrainConfig, differing_keys, load, run_folder, save_run_config,
                              saved_run_config, to_dict, with_overrides)
 from training import stopped_run
+from training.worker_failures import ReportFailedRanks, RestartLines
 from training.metrics_sink import scores_text
 from training.preflight import (check_cluster_fits, check_ingest_room, check_paths_reach_every_node,
-                                check_training_inputs, classes_without_samples, worker_resources)
+                                check_training_inputs, worker_resources)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(ROOT, "configs", "demo.yaml")
@@ -142,7 +143,9 @@ def make_trainer(cfg: TrainConfig, name: str, callbacks: list | None = None, rep
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=r.use_gpu,
                                      resources_per_worker=worker_resources(cfg)),
         run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
-                             callbacks=callbacks, logging_config=LoggingConfig(log_level=train_log_level(verbose)),
+                             callbacks=[*(callbacks or []),  # the console's line naming failed ranks
+                                        *([ReportFailedRanks(console)] if console is not None else [])],
+                             logging_config=LoggingConfig(log_level=train_log_level(verbose)),
                              failure_config=FailureConfig(max_failures=r.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=r.num_to_keep,
                                                                 checkpoint_score_attribute="top1_error",
@@ -172,12 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         check_storage(cfg.run.storage_path)
         joining = joins_a_cluster()
         prepare_data(cfg, a.verbose)
-        loaded = check_training_inputs(cfg)
-        if loaded:
-            print(loaded)
-        empty = classes_without_samples(cfg.data.train_shards)
-        if empty:
-            print(empty, file=sys.stderr)
+        inputs = check_training_inputs(cfg)
+        if inputs.pretrained:
+            print(inputs.pretrained)
+        if inputs.without_samples:
+            print(inputs.without_samples, file=sys.stderr)
         if not joining:  # the local Ray it would start is this machine: checked before it starts
             check_cluster_fits(cfg, this_machine())
     except (ConfigError, OSError) as exc:
@@ -261,7 +263,7 @@ def train(cfg: TrainConfig, name: str, resuming: bool, verbose: bool) -> int:
           flush=True)
     result = None
     try:
-        with ConsoleRelay() as console:
+        with ConsoleRelay(RestartLines()) as console:
             result = make_trainer(cfg, name, console=console, verbose=verbose, shared_marker=marker).fit()
     except (KeyboardInterrupt, SystemExit):  # Ray Train's own Ctrl-C handler aborts the run and exits
         pass

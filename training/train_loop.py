@@ -33,6 +33,7 @@ from training.optim import make_ema, make_optimizer, make_scheduler
 from training import stopped_run
 from training.pretrained import load_pretrained
 from training.topk import log_mean_exp, top_classes
+from training.worker_failures import RESTARTED
 
 
 
@@ -168,13 +169,12 @@ def check_epoch_input(epoch: int, trained: int, skipped: int, max_skipped_fracti
 
 
 def restore_line(path: str, state: dict, fit_id: str | None) -> str:
-    """The console's one line for a restore: after a failure within this run (Ray's traceback of it stays
-    in the logs), or where a resumed run continues."""
+    """The console's one line for a restore: after a failure within this run (`worker_failures` prefixes
+    it with the failed ranks; Ray's traceback stays in the logs), or where a resumed run continues."""
     where = f"{os.path.basename(path.rstrip('/'))} (epoch {state['epoch'] + 1}" + (
         f", step {state['step']}, mid-epoch)" if state.get("tallies") else ", its end)")
     if fit_id and state.get("fit_id") == fit_id:
-        return (f"a Train worker failed (Ray's logs say why); the worker group restarted from checkpoint {where}, "
-                f"with the same input stream")
+        return f"{RESTARTED}checkpoint {where}, with the same input stream"  # joined with the failed ranks
     return f"continuing from checkpoint {where}"
 
 
