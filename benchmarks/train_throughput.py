@@ -113,7 +113,7 @@ def pipeline_rate(name: str, shards: str, batch: int, size: int, steps: int, dev
 def trainer_rate(name: str, shards: str, val_shards: str, a: argparse.Namespace, storage: str, gpu: bool,
                  ingest: str = "loader", decode: str = "workers") -> float:
     from training.config import load
-    from training.run import make_trainer
+    from training.trainer import make_trainer
 
     # loader: the worker holds its DataLoader processes' CPUs; ray_data: one CPU, the rest for Ray Data's tasks
     cpus = min(os.cpu_count(), a.loader_workers + 1) if ingest == "loader" else 1

@@ -13,6 +13,7 @@ from pipelines.online.catalog import Catalog
 from pipelines.online.streams import SequentialStream
 from pipelines.online.transforms import EvalTransform
 from training import evaluate
+from training.checkpoint_lookup import CheckpointError, resolve_checkpoint
 from training.config import load, to_dict
 from training.train_loop import build_model
 
@@ -141,14 +142,14 @@ def test_a_run_folder_gives_its_best_checkpoint(setup, tmp_path):
         history = [{"epoch": 0, "top1_error": 0.9}, {"epoch": 1, "top1_error": error}]
         torch.save({**state, "history": history}, run_folder / name / "state.pt")
     (run_folder / "checkpoint_manager_snapshot.json").write_text("{}")
-    path, _, note = evaluate.resolve_checkpoint(str(run_folder))
+    path, _, note = resolve_checkpoint(str(run_folder))
     assert path == str(run_folder / "checkpoint_2026-01-01_00-00-02" / "state.pt")
     assert "checkpoint_2026-01-01_00-00-02 (epoch 2, top-1 error 25.00%" in note
     # a finished run's report.json names its best checkpoint: that one is taken
     named = run_folder / "checkpoint_2026-01-01_00-00-03"
     (run_folder / "report.json").write_text(json.dumps({"best_checkpoint": str(named)}))
-    assert evaluate.resolve_checkpoint(str(run_folder))[0] == str(named / "state.pt")
-    path, state, note = evaluate.resolve_checkpoint(str(named))
+    assert resolve_checkpoint(str(run_folder))[0] == str(named / "state.pt")
+    path, state, note = resolve_checkpoint(str(named))
     assert (path, note) == (str(named / "state.pt"), None) and state["history"][-1]["top1_error"] == 0.28
 
 
@@ -158,7 +159,7 @@ def test_views_default_to_what_the_checkpoint_was_trained_at():
     assert evaluate.view_geometry([demo], "dense", None, None) == (64, (73, 110, 146))
     assert evaluate.view_geometry([load(None)], "multi_view", None, None) == (224, (256, 320))
     assert evaluate.view_geometry([demo], "center", 56, [64]) == (56, (64,))
-    with pytest.raises(evaluate.CheckpointError, match="trained at different sizes"):
+    with pytest.raises(CheckpointError, match="trained at different sizes"):
         evaluate.view_geometry([demo, load(None)], "center", None, None)
 
 

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from training.config import ConfigError, with_overrides
-from tuning.search import FINISHED, max_concurrent, warm_start_checkpoint
+from tuning.experiment import FINISHED
+from tuning.search import max_concurrent, warm_start_checkpoint
 from tuning.space import load_space, space_to_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

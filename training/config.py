@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass, field
 import types
@@ -161,6 +162,21 @@ def to_yaml(cfg: TrainConfig) -> str:
 
 
 RUN_CONFIG_FILE = "config.yaml"  # in a run's folder: the config it started with, what --resume continues
+
+
+def absolute(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
+
+
+def resolve_paths(cfg: TrainConfig) -> TrainConfig:
+    """Local paths made absolute: Ray Train workers run in a run folder of their own."""
+    cfg.data.train_shards, cfg.data.val_shards = absolute(cfg.data.train_shards), absolute(cfg.data.val_shards)
+    if cfg.model.init_from:
+        cfg.model.init_from = absolute(cfg.model.init_from)
+    if cfg.model.pretrained:
+        cfg.model.pretrained = absolute(cfg.model.pretrained)
+    cfg.run.storage_path = absolute(cfg.run.storage_path)
+    return cfg
 
 
 def run_folder(storage_path: str, name: str) -> str:

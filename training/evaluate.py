@@ -40,6 +40,8 @@ from pipelines.hashing import stable_hash
 from pipelines.online.catalog import Catalog, first_different_class
 from pipelines.storage import Location, check_out_outside
 from training.attribute_metrics import attribute_report, plot_attribute_ap
+from training.checkpoint_lookup import CheckpointError, resolve_checkpoint
+from training.class_names import class_names, read_class_names
 from training.inference import losses, predict
 from training.topk import log_mean_exp, multi_hot, top_classes, top_errors
 from training.video_metrics import video_hits
@@ -85,15 +87,6 @@ def fuse(logp: np.ndarray, kind: str, fit_mask: np.ndarray, labels: np.ndarray) 
     return (weights[None, :, None] * logp).sum(1), weights.tolist()
 
 
-def class_names(shards: str) -> list[str]:
-    catalog = Catalog.load(shards)
-    if catalog.class_names:  # index.json's, else the class index summary
-        return list(catalog.class_names)
-    if catalog.loc.is_file("classes.json"):
-        return [c["name"] for c in json.loads(catalog.loc.read_bytes("classes.json"))["classes"]]
-    return [str(i) for i in range(catalog.num_classes)]
-
-
 def plot_confusion(fused: np.ndarray, labels: np.ndarray, names: list[str], path: str, pairs: int = 20) -> None:
     """Readable at 365 classes: the most-confused (true -> predicted) pairs, and the worst classes."""
     import matplotlib
@@ -123,65 +116,6 @@ def plot_confusion(fused: np.ndarray, labels: np.ndarray, names: list[str], path
     Location.write_file(path, buf.getvalue())
 
 
-class CheckpointError(ValueError):
-    pass
-
-
-def resolve_checkpoint(path: str, arch: str | None = None,
-                       class_names: list[str] | None = None) -> tuple[str, dict, str | None]:
-    """(the file to score, its contents, a note saying which one when a run folder was given).  A run
-    folder (training/run.py's `runs/<run>`) gives its best kept checkpoint by the run's metric, top-1
-    error: the one its report.json names, else the best of its checkpoint folders.  A published model
-    file is read as a checkpoint (`training/pretrained.py`: its network from the file's own `arch`,
-    else the `arch` given; its class names `class_names`).  Each file is read once."""
-    from training.checkpointing import CHECKPOINT_FILE
-
-    loc = Location.parse(path)
-    if loc.is_file():
-        return path, read_checkpoint(path, arch, class_names), None
-    if loc.is_file(CHECKPOINT_FILE):
-        return loc.child(CHECKPOINT_FILE).uri(), read_checkpoint(loc.child(CHECKPOINT_FILE).uri()), None
-    children = loc.list_dir() if loc.is_dir() else []  # listed, not globbed: the path may hold [ or ?
-    candidates = [name for name, kind in children if kind == "directory" and name.startswith("checkpoint_")
-                  and loc.is_file(f"{name}/{CHECKPOINT_FILE}")]
-    if not candidates:
-        raise CheckpointError(f"--checkpoint {path}: neither a {CHECKPOINT_FILE}, a checkpoint folder holding "
-                              f"one, nor a run folder with checkpoint_*/{CHECKPOINT_FILE}")
-    if loc.is_file("report.json"):  # a finished run names its best checkpoint
-        named = (json.loads(loc.read_bytes("report.json")).get("best_checkpoint") or "").rstrip("/")
-        candidates = [f for f in candidates if named.endswith("/" + f)] or candidates
-    best, state = None, None
-    for folder in candidates:  # one state in memory at a time
-        candidate = read_checkpoint(loc.child(f"{folder}/{CHECKPOINT_FILE}").uri())
-        if state is None or candidate["history"][-1]["top1_error"] < state["history"][-1]["top1_error"]:
-            best, state = folder, candidate
-    last = state["history"][-1]
-    note = (f"{path}: best checkpoint of the run by top-1 error: {best} (epoch {last['epoch'] + 1}, "
-            f"top-1 error {100 * last['top1_error']:.2f}% in training's validation)")
-    return loc.child(f"{best}/{CHECKPOINT_FILE}").uri(), state, note
-
-
-def read_checkpoint(path: str, arch: str | None = None, class_names: list[str] | None = None) -> dict:
-    """A checkpoint written by training/run.py, or a published model file read as one, or CheckpointError
-    naming the file."""
-    from training.pretrained import scoring_state
-    from training.published import ModelFileError
-
-    from training.checkpointing import inference_weights, non_finite_tensors
-
-    try:
-        state = scoring_state(path, arch, class_names)
-    except ModelFileError as exc:
-        raise CheckpointError(f"--checkpoint {path}: not a checkpoint written by training/run.py, nor a published "
-                              f"model file: {exc}") from None
-    bad = non_finite_tensors(inference_weights(state))
-    if bad:  # its scores would be NaN: every ranking 0 1 2 3 4
-        raise CheckpointError(f"--checkpoint {path}: {len(bad)} weight tensor(s) hold NaN or infinite values "
-                              f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}): the run diverged; "
-                              f"score an earlier checkpoint")
-    return state
-
-
 def check_finite_scores(log_probs: np.ndarray, keys: np.ndarray, checkpoints: list[str]) -> None:
     """NaN or infinite posteriors rank as classes 0 1 2 3 4 for every image: a failure, naming the model."""
     for i, path in enumerate(checkpoints):
@@ -189,18 +123,6 @@ def check_finite_scores(log_probs: np.ndarray, keys: np.ndarray, checkpoints: li
         if bad.any():
             raise RuntimeError(f"{path} gave NaN or infinite scores for {int(bad.sum())} of {len(keys)} images "
                                f"(the first: {keys[bad][0]}); no predictions were written")
-
-
-def read_class_names(categories: str | None) -> list[str] | None:
-    """The class names of a categories file (`categories_places365.txt`: `/a/airfield 0` lines)."""
-    from pipelines.offline.corpus import CorpusError, read_categories
-
-    if categories is None:
-        return None
-    try:
-        return list(read_categories(Location.parse(categories)).names)
-    except CorpusError as exc:
-        raise CheckpointError(f"--categories: {exc}") from None
 
 
 def view_geometry(configs: list, protocol: str, size: int | None, scales: list[int] | None) -> tuple[int, tuple]:

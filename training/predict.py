@@ -70,7 +70,8 @@ class Model:
         from pipelines.online.transforms import EvalTransform
         from training.checkpointing import inference_weights
         from training.config import from_dict
-        from training.evaluate import CheckpointError, class_names, read_class_names, resolve_checkpoint
+        from training.checkpoint_lookup import CheckpointError, resolve_checkpoint
+        from training.class_names import class_names, read_class_names
         from training.train_loop import build_model
 
         self.path, state, self.note = resolve_checkpoint(checkpoint, arch, read_class_names(categories))
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", choices=["auto", "cam", "gradcam"], default="auto",
                    help="auto: CAM for global-average-pooled heads, Grad-CAM otherwise")
     a = p.parse_args(argv)
-    from training.evaluate import CheckpointError
+    from training.checkpoint_lookup import CheckpointError
     from training.models.heads import PoolLinearHead
 
     try:

@@ -21,135 +21,26 @@ if __package__ in (None, ""):
 
 from pipelines import cluster_shape
 from pipelines.cluster_shape import joins_a_cluster, this_machine
-from pipelines.console import ConsoleRelay, add_verbose_flag, report_failure, start_ray, train_log_level
-from training.config import (ConfigError, TrainConfig, differing_keys, load, run_folder, save_run_config,
-                             saved_run_config, to_dict, with_overrides)
+from pipelines.console import ConsoleRelay, add_verbose_flag, report_failure, start_ray
+from training.checkpoint_lookup import best_checkpoint
+from training.config import (ConfigError, TrainConfig, differing_keys, load, resolve_paths, run_folder,
+                             save_run_config, saved_run_config, to_dict, with_overrides)
+from training.demo_data import prepare_data
 from training import stopped_run
-from training.worker_failures import ReportFailedRanks, RestartLines
+from training.trainer import make_trainer, tensorboard_dir
+from training.worker_failures import RestartLines
 from training.metrics_sink import scores_text
 from training.preflight import (check_cluster_fits, check_ingest_room, check_paths_reach_every_node,
-                                check_training_inputs, worker_resources)
+                                check_training_inputs)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(ROOT, "configs", "demo.yaml")
-TRAIN_STATE_VARIABLE = "RAY_TRAIN_ENABLE_STATE_TRACKING"  # ray.train.constants
-
-
-def absolute(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
-
-
-def resolve_paths(cfg: TrainConfig) -> TrainConfig:
-    """Local paths made absolute: Ray Train workers run in a run folder of their own."""
-    cfg.data.train_shards, cfg.data.val_shards = absolute(cfg.data.train_shards), absolute(cfg.data.val_shards)
-    if cfg.model.init_from:
-        cfg.model.init_from = absolute(cfg.model.init_from)
-    if cfg.model.pretrained:
-        cfg.model.pretrained = absolute(cfg.model.pretrained)
-    cfg.run.storage_path = absolute(cfg.run.storage_path)
-    return cfg
 
 
 def run_exists(storage_path: str, name: str) -> bool:
     from pipelines.storage import Location
 
     return Location.parse(run_folder(storage_path, name)).is_dir()
-
-
-def best_checkpoint(result, storage_path: str) -> tuple[str, dict] | None:
-    """(URI, metrics) of a finished run's kept checkpoint with the lowest top-1 error.  Ray's paths
-    are relative to the storage filesystem: the URI gets storage_path's scheme (s3://...) back."""
-    if not result.best_checkpoints:
-        return None
-    checkpoint, metrics = min(result.best_checkpoints, key=lambda c: c[1]["top1_error"])
-    scheme = storage_path.split("://")[0] + "://" if "://" in storage_path else ""
-    return scheme + checkpoint.path, metrics
-
-
-def prepare_data(cfg: TrainConfig, verbose: bool = False) -> None:
-    """Create a demo corpus and its shards when the config points at a demo's (data/demo, data/video_demo)
-    and they are absent."""
-    for shards in (cfg.data.train_shards, cfg.data.val_shards):
-        if "://" in shards or os.path.exists(os.path.join(shards, "index.json")):
-            continue
-        demo_root = os.path.dirname(os.path.dirname(shards))
-        if os.path.basename(os.path.dirname(shards)) == "shards" and "video_demo" in os.path.basename(demo_root):
-            from pipelines.demo_video import prepare_video_demo
-            split = os.path.basename(shards)
-            prepare_video_demo(demo_root, seed=cfg.run.seed, verbose=verbose,
-                               splits=("transfer_train", "transfer_val") if split.startswith("transfer") else
-                               ("train", "val"))
-        elif os.path.basename(os.path.dirname(shards)) == "shards" and "demo" in os.path.basename(demo_root):
-            from pipelines.demo import prepare_demo
-            prepare_demo(demo_root, seed=cfg.run.seed, verbose=verbose, splits=("train", "val"))
-        else:
-            raise ConfigError(f"no shards at {shards}: run pipelines/shard.py first")
-
-
-def storage(path: str):
-    """(storage_path, storage_filesystem) for RunConfig.  Remote paths go through the same fsspec
-    filesystem as the shards (s3fs, endpoint from AWS_ENDPOINT_URL), so MinIO-style servers work."""
-    if "://" not in path:
-        return path, None
-    from pipelines.storage import Location
-
-    loc = Location.parse(path)
-    return loc.root, loc.pyarrow_fs()
-
-
-def tensorboard_dir(cfg: TrainConfig, name: str) -> str | None:
-    """Rank 0's TensorBoard event files: in the run folder, when it is local."""
-    return None if "://" in cfg.run.storage_path else os.path.join(cfg.run.storage_path, name, "tensorboard")
-
-
-def make_trainer(cfg: TrainConfig, name: str, callbacks: list | None = None, replay_history: bool = False,
-                 console=None, verbose: bool = False, shared_marker=None):
-    """The run's TorchTrainer.  `callbacks` are Ray Train callbacks; tuning passes TuneReportCallback and
-    `replay_history`, so that a restarted trial re-reports the epochs its checkpoint already holds.
-    `console`: a ConsoleRelay queue for rank 0's lines; `verbose`: Ray Train's INFO lines on the console;
-    `shared_marker`: a SharedMarker each worker must see (local paths on a shared filesystem)."""
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    # the run (its workers, attempts, status) on the dashboard's Train page: Ray Train records it only if asked,
-    # in the process that calls fit()
-    os.environ.setdefault(TRAIN_STATE_VARIABLE, "1")
-    from training.train_loop import train_fn_per_worker
-
-    r = cfg.run
-    workers = (r.min_workers, r.workers) if r.min_workers else r.workers
-    storage_path, storage_filesystem = storage(r.storage_path)
-    loop_config = {"train": to_dict(cfg), "run_name": name, "run_path": run_folder(r.storage_path, name),
-                   "replay_history": replay_history,
-                   "tensorboard_dir": tensorboard_dir(cfg, name), "console": console, "verbose": verbose,
-                   "shared_marker": shared_marker,
-                   "fit_id": uuid.uuid4().hex}  # in each checkpoint: a restore from one of this fit's is a retry
-    stopped_run.clear(loop_config["run_path"])  # an earlier attempt's stop (a resumed run, a restored trial)
-    data = {}
-    if cfg.data.ingest == "ray_data":
-        from pipelines.online.ray_ingest import EpochPlan, EpochSplit, build_dataset
-        from training.train_loop import clip_offsets, clip_transform, ingest_spec
-
-        plan = EpochPlan.remote()  # the handle travels in the loop config: the actor lives as long as the run
-        d = cfg.data
-        dataset = build_dataset(ingest_spec(cfg, clip_transform(cfg, clip_offsets(cfg))), plan, d.ingest_cpus,
-                                {d.ingest_resource: d.ingest_cpus} if d.ingest_resource else None, verbose)
-        loop_config["ingest_plan"] = plan
-        data = {"datasets": {"train": dataset}, "dataset_config": EpochSplit(equal=d.sampling == "class-aware")}
-    return TorchTrainer(
-        train_fn_per_worker,
-        train_loop_config=loop_config,
-        **data,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=r.use_gpu,
-                                     resources_per_worker=worker_resources(cfg)),
-        run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
-                             callbacks=[*(callbacks or []),  # the console's line naming failed ranks
-                                        *([ReportFailedRanks(console)] if console is not None else [])],
-                             logging_config=LoggingConfig(log_level=train_log_level(verbose)),
-                             failure_config=FailureConfig(max_failures=r.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=r.num_to_keep,
-                                                                checkpoint_score_attribute="top1_error",
-                                                                checkpoint_score_order="min")))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,9 +27,9 @@ if __package__ in (None, ""):
 import yaml
 
 from pipelines.storage import Location
-from training.config import from_dict, to_yaml
-from training.run import absolute, storage
-from tuning.search import METRIC, SETUP_FILE, TRIAL_CONFIGS, trial_config
+from training.config import absolute, from_dict, to_yaml
+from training.trainer import storage
+from tuning.experiment import METRIC, SETUP_FILE, TRIAL_CONFIGS, trial_config
 from tuning.space import space_from_dict
 
 

@@ -34,23 +34,19 @@ from pipelines.arguments import positive_int
 from pipelines.cluster_shape import ClusterShape
 from pipelines.console import add_verbose_flag, report_failure, start_ray
 from pipelines.storage import Location
-from training.config import ConfigError, TrainConfig, load, run_folder, to_dict, to_yaml, with_overrides
+from training.config import (ConfigError, TrainConfig, absolute, load, resolve_paths, run_folder, to_dict, to_yaml,
+                             with_overrides)
 from training.preflight import (PREFLIGHT_KEYS, check_cluster_fits, check_ingest_room, check_paths_reach_every_node,
                                 check_training_inputs, worker_resources)
 from training import stopped_run
-from training.run import absolute, best_checkpoint, make_trainer, prepare_data, resolve_paths, storage
+from training.checkpoint_lookup import best_checkpoint
+from training.demo_data import prepare_data
+from training.trainer import make_trainer, storage
+from tuning.experiment import FINISHED, METRIC, MODE, SETUP_FILE, TRIAL_CONFIGS, trial_config
 from tuning.space import Space, load_space, space_from_dict, space_to_dict
 
-METRIC, MODE = "top1_error", "min"
-SETUP_FILE = "search.json"
 DRIVER_MEMORY = 256 * 2**20
-FINISHED = "finished"  # per-trial markers {depth, top1_error, checkpoint}: what warm starts pick from
-TRIAL_CONFIGS = "trial_configs"  # each trial's whole training config, as it ran (warm start included)
 TUNE_VERBOSE = {False: 0, True: 1}  # Tune's status tables: silent by default, its default with --verbose
-
-
-def trial_config(setup: dict, sampled: dict) -> TrainConfig:
-    return with_overrides(setup["base"], space_from_dict(setup["space"]).overrides(sampled))
 
 
 def warm_start_checkpoint(setup: dict, depth: str) -> str | None:
