@@ -30,9 +30,10 @@ from torchvision.datasets import ImageFolder
 
 from loader_throughput import make_tree
 from pipelines.online.transforms import IMAGENET_MEAN, IMAGENET_STD
+from training.checkpoint import contents
 from training.config import load, to_dict
 from training.inference import predict
-from training.train_loop import build_model
+from training.models import build_model
 
 
 def peer_rate(tree: str, model: torch.nn.Module, protocol: str, size: int, batch: int, workers: int,
@@ -66,7 +67,7 @@ def main() -> None:
     a = p.parse_args()
     import ray
 
-    from pipelines.shard import ShardConfig, run
+    from pipelines.offline.sharding import ShardConfig, run
 
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
@@ -79,9 +80,10 @@ def main() -> None:
         run(ShardConfig(out=shards, image_folder=tree, shard_samples=250))
         cfg = load(None, [f"model.name={a.arch}", "model.num_classes=10", "model.mode=bp"])
         torch.manual_seed(0)
-        model = build_model(cfg, warm_start=False)
-        checkpoint = os.path.join(tmp, "model.pt")
-        torch.save({"model": model.state_dict(), "config": to_dict(cfg)}, checkpoint)
+        model = build_model(cfg)
+        os.makedirs(os.path.join(tmp, "checkpoint"))
+        contents.save(os.path.join(tmp, "checkpoint"), {"model": model.state_dict(), "config": to_dict(cfg)})
+        checkpoint = os.path.join(tmp, "checkpoint", contents.CHECKPOINT_FILE)
         exported = model.export().to(device).eval()
         for protocol in a.protocols:
             start = time.perf_counter()

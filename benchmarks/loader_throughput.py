@@ -37,9 +37,9 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 from pipelines.online.catalog import Catalog
+from pipelines.online.device_decode import decode_planned
 from pipelines.online.loader import LoaderConfig, ShardLoader
 from pipelines.online.streams import ClassAwareStream, UniformStream
-from pipelines.online.device_decode import decode_planned
 from pipelines.online.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform
 
 
@@ -56,9 +56,9 @@ def make_tree(root: str, n: int, classes: int = 10) -> None:
 def bounded_at_365_classes(tmp: str, draws: int = 20000) -> dict:
     """Open files and memory of one class-aware stream over 365 classes (3 shards each): every draw is
     one range read, so nothing stays open or buffered; the node-local offsets file is 16 bytes/sample."""
+    from common.storage import Location
     from pipelines.offline import shard_index
     from pipelines.offline.tar_shard import build_shard
-    from pipelines.storage import Location
 
     loc = Location.parse(os.path.join(tmp, "places365_like"))
     loc.make_dirs()
@@ -132,6 +132,29 @@ def rate(batches, warmup: int, device: torch.device) -> float:
     return count / (time.perf_counter() - start)
 
 
+def gpu_decode_rate(shards: str, ours: TrainTransform, batch: int) -> dict:
+    """Images/s of the GPU's decoder on planned crops of the shards' first JPEGs (a CUDA device only)."""
+    catalog = Catalog.load(shards)
+    jpegs = [d.members["jpg"] for d in UniformStream(catalog)][: batch * 20]
+    plans = torch.tensor([ours.plan(j, random.Random(i)) for i, j in enumerate(jpegs)])
+    normalize = ours.batch_normalizer()
+    out = torch.empty(batch, 3, 224, 224, device="cuda")
+
+    def decode_batch(i: int) -> None:
+        chunk = jpegs[i:i + batch]
+        decode_planned(chunk, plans[i:i + batch], out[:len(chunk)])
+        normalize(out[:len(chunk)])
+
+    decode_batch(0)  # warm-up
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for i in range(0, len(jpegs), batch):
+        decode_batch(i)
+    torch.cuda.synchronize()
+    return {"gpu_decode_img_s": round(len(jpegs) / (time.perf_counter() - start), 1),
+            "gpu": torch.cuda.get_device_name()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=3000)
@@ -140,7 +163,7 @@ def main() -> None:
     a = p.parse_args()
     import ray
 
-    from pipelines.shard import ShardConfig, run
+    from pipelines.offline.sharding import ShardConfig, run
 
     result = {"images": a.images, "workers": a.workers, "batch": a.batch, "transform": "rrc224+flip+normalize",
               "cpu_count": os.cpu_count()}
@@ -178,25 +201,7 @@ def main() -> None:
         result["class_aware_365_classes"] = bounded_at_365_classes(tmp)
 
         if torch.cuda.is_available():
-            catalog = Catalog.load(shards)
-            jpegs = [d.members["jpg"] for d in UniformStream(catalog)][: a.batch * 20]
-            plans = torch.tensor([ours.plan(j, random.Random(i)) for i, j in enumerate(jpegs)])
-            normalize = ours.batch_normalizer()
-            out = torch.empty(a.batch, 3, 224, 224, device="cuda")
-
-            def decode_batch(i: int) -> None:
-                chunk = jpegs[i:i + a.batch]
-                decode_planned(chunk, plans[i:i + a.batch], out[:len(chunk)])
-                normalize(out[:len(chunk)])
-
-            decode_batch(0)  # warm-up
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            for i in range(0, len(jpegs), a.batch):
-                decode_batch(i)
-            torch.cuda.synchronize()
-            result["gpu_decode_img_s"] = round(len(jpegs) / (time.perf_counter() - start), 1)
-            result["gpu"] = torch.cuda.get_device_name()
+            result.update(gpu_decode_rate(shards, ours, a.batch))
     print(json.dumps(result, indent=1))
 
 

@@ -36,7 +36,7 @@ from scipy.stats import chisquare, spearmanr
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipelines.hashing import stable_hash  # noqa: E402
+from common.hashing import stable_hash  # noqa: E402
 from pipelines.online.epoch_order import EpochOrder, ShuffleBuffer  # noqa: E402
 from pipelines.online.streams import consumer_range  # noqa: E402
 from pipelines.online.wm_sequence import WMSequence, job_draw  # noqa: E402

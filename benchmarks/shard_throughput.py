@@ -28,7 +28,7 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from pipelines.shard import ShardConfig, run
+from pipelines.offline.sharding import ShardConfig, run
 
 KINDS = {"passthrough": (256, 256), "resize": (683, 512)}  # resize: Places365 data_large geometry
 

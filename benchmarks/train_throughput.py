@@ -37,9 +37,9 @@ sys.path.insert(0, HERE)
 import torch
 
 from model_step import PEERS, peer, step_rate
+from common.storage import Location
 from pipelines.online.loader import LoaderConfig, ShardLoader
 from pipelines.online.transforms import TrainTransform
-from pipelines.storage import Location
 from training.models import create_model
 
 DECODE_TAGS = {"workers": "cpu", "device": "gpu", "hybrid": "hybrid"}  # data.decode -> the JSON keys' tag
@@ -54,7 +54,7 @@ def make_shards(root: str, images: int, name: str) -> str:
     import ray
     from PIL import Image
 
-    from pipelines.shard import ShardConfig, run
+    from pipelines.offline.sharding import ShardConfig, run
 
     out = os.path.join(root, name)
     if os.path.exists(os.path.join(out, "manifest.json")):
@@ -220,7 +220,7 @@ def main() -> None:
             result["models"][name] = with_ratios(entry)
             print(json.dumps({name: entry}), file=sys.stderr)  # progress
             if a.out:
-                Location.write_file(a.out, (json.dumps(result, indent=1) + "\n").encode())
+                Location.write_atomic_uri(a.out, (json.dumps(result, indent=1) + "\n").encode())
 
         # (a) and (b) of every architecture first, while no Ray process runs beside them: on 2 cores, an (a)
         # timed between trainer runs read 10-25% lower

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=os.path.join(ROOT, "data", "video_demo"))
     p.add_argument("--out", help="also write the JSON here")
     a = p.parse_args(argv)
-    from pipelines.console import start_ray
+    from common.console import start_ray
     from training import evaluate
     from video_transfer import train  # (this folder is on the path of a script run from it)
 

@@ -116,11 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     work = a.keep or tempfile.mkdtemp(prefix="video-throughput-")
     videos, shards = os.path.join(work, "videos"), os.path.join(work, "shards")
     if not os.path.exists(os.path.join(shards, "manifest.json")):
-        from pipelines import shard
+        from pipelines.offline.sharding import ShardConfig, run_and_report
 
         make_videos(videos, a.videos)
-        if shard.main(["--video", "--image-folder", videos, "--out", shards, "--frame-size", str(SIZE),
-                       "--fps", str(FPS)]) != 0:
+        if run_and_report(ShardConfig(video=True, image_folder=videos, out=shards, frame_size=SIZE, fps=FPS)) != 0:
             raise SystemExit("sharding the benchmark's videos failed")
     files = sorted(os.path.join(d, f) for d, _, fs in os.walk(videos) for f in fs)
 

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=os.path.join(ROOT, "data", "video_demo"))
     p.add_argument("--out", help="also write the JSON here")
     a = p.parse_args(argv)
-    from pipelines.console import start_ray
+    from common.console import start_ray
 
     start_ray()
     storage = tempfile.mkdtemp(prefix="video-transfer-")

@@ -25,7 +25,7 @@ from PIL import Image
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipelines.storage import Location
+from common.storage import Location
 
 CLASSES = ["/b/beach", "/c/city_night", "/d/desert", "/f/field", "/f/forest", "/l/lake",
            "/m/mountain", "/o/ocean", "/s/skyscraper", "/s/snowfield"]
@@ -260,9 +260,9 @@ def make_demo_corpus(out: str, seed: int = 0, workers: int | None = None) -> dic
     header = ",".join(("path",) + ATTRIBUTES)
     lists = {"categories.txt": [f"{c} {i}" for i, c in enumerate(CLASSES)], "train.txt": train, "val.txt": val,
              "attributes_train.csv": [header, *train_rows], "attributes_val.csv": [header, *val_rows],
-             "test.txt": test}  # test.txt last: its presence means the corpus is complete (pipelines/demo.py)
+             "test.txt": test}  # test.txt last: its presence means the corpus is complete (pipelines/demo_shards.py)
     for name, lines in lists.items():
-        Location.write_file(os.path.join(out, name), ("\n".join(lines) + "\n").encode())
+        Location.write_atomic_uri(os.path.join(out, name), ("\n".join(lines) + "\n").encode())
     return {"out": out, "classes": len(CLASSES), "train": len(train), "val": len(val), "test": len(test)}
 
 

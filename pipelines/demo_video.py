@@ -155,7 +155,7 @@ def prepare_video_demo(data: str = "data/video_demo", seed: int = 0, verbose: bo
     """The corpus (when absent) and the shards of `splits` (train, val, transfer_train, transfer_val; when
     unfinished: a rerun resumes them, as `shard.py` does); returns each split's manifest.  The transfer
     set has a quarter of the videos per class."""
-    from pipelines import shard
+    from pipelines.offline.sharding import ShardConfig, run_and_report
 
     data = os.path.abspath(data)
     if {"train", "val"} & set(splits) and not os.path.exists(os.path.join(data, COMPLETE)):
@@ -170,9 +170,9 @@ def prepare_video_demo(data: str = "data/video_demo", seed: int = 0, verbose: bo
     for split in splits:
         out = os.path.join(data, "shards", split)
         if not os.path.exists(os.path.join(out, "manifest.json")):
-            argv = ["--video", "--image-folder", os.path.join(data, split), "--out", out, "--frame-size", str(H),
-                    "--name", f"video-demo-{split}", *(["--verbose"] if verbose else [])]
-            if shard.main(argv) != 0:
+            cfg = ShardConfig(video=True, image_folder=os.path.join(data, split), out=out, frame_size=H,
+                              name=f"video-demo-{split}")
+            if run_and_report(cfg, verbose) != 0:
                 raise RuntimeError(f"sharding the video demo's {split} split failed")
         with open(os.path.join(out, "manifest.json")) as f:
             manifests[split] = json.load(f)

@@ -25,10 +25,10 @@ from typing import Iterator
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipelines.console import report_failure
+from common.console import report_failure
+from common.storage import Location, check_out_outside
 from pipelines.online.catalog import Catalog
 from pipelines.online.streams import ClassAwareStream, Draw, UniformStream
-from pipelines.storage import Location, check_out_outside
 
 
 def rank_batches(catalog: Catalog, mode: str, seed: int, rank: int, world_size: int, workers: int, batch: int,
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:  # one line on the console; the traceback in the log it names
         return report_failure("sample.py", exc)
-    Location.write_file(a.out, ("\n".join(lines) + "\n").encode())
+    Location.write_atomic_uri(a.out, ("\n".join(lines) + "\n").encode())
     who = "every rank" if a.all_streams else f"rank {a.rank}"
     print(f"{len(lines)} draws ({a.mode}, {who} of {a.world_size} x {a.workers} workers, batch {a.batch}, seed "
           f"{a.seed}, epoch {a.epoch}) -> {a.out}")

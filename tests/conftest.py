@@ -208,9 +208,9 @@ def write_shards(out, counts: list[int], shard_samples: int, size: int = 16,
     """Per-class shards + index.json as pipelines/shard.py lays them out; returns keys per class.  With
     `attributes`, each sample's `attr` member: attribute a is set when (class + a) is even, flipped for
     every (a + 3)-th sample (mostly what the class says, not only)."""
+    from common.storage import Location
     from pipelines.offline import shard_index
     from pipelines.offline.tar_shard import build_shard
-    from pipelines.storage import Location
 
     loc = Location.parse(str(out))
     loc.make_dirs()

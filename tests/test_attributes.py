@@ -240,7 +240,7 @@ def test_attributes_train_validate_evaluate_and_predict(ray_cluster, tmp_path, c
     reproduces that mAP and macro F1; predict.py lists the attributes above their thresholds."""
     from conftest import write_shards
     from training import evaluate, predict, run
-    from training.checkpointing import load_checkpoint_file
+    from training.checkpoint import contents
 
     write_shards(tmp_path / "train", [16, 12, 8], shard_samples=8, size=32, attributes=3)
     write_shards(tmp_path / "val", [6, 6, 6], shard_samples=6, size=32, attributes=3)
@@ -253,7 +253,7 @@ def test_attributes_train_validate_evaluate_and_predict(ray_cluster, tmp_path, c
     report = json.loads((tmp_path / "runs" / "attr" / "report.json").read_text())
     assert all(0 < h["attr_mAP"] <= 1 and h["loss_attr"] > 0 for h in report["history"])
     assert "attributes mAP" in capsys.readouterr().out
-    state = load_checkpoint_file(report["best_checkpoint"])
+    state = contents.load(report["best_checkpoint"])
     best = report["history"][state["epoch"]]  # evaluate.py scores the run's best checkpoint
     assert state["attributes"]["names"] == ["attr0", "attr1", "attr2"] and len(state["attributes"]["thresholds"]) == 3
 

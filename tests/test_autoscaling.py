@@ -37,7 +37,10 @@ NODE_TYPES = {
 
 
 @dataclass
-class AutoscalingCluster:
+class FakeAutoscalingHead:
+    """A client of the `ray start --head` this module starts with Ray's fake node provider (stopped by its
+    process group; never Ray's AutoscalingCluster helper, which runs `ray stop --force`)."""
+
     dashboard: str  # http://127.0.0.1:PORT: `ray job submit --address` and the REST API
     env: dict  # a client's environment: RAY_AUTH_MODE=token and the cluster's token
 
@@ -89,7 +92,7 @@ def cluster():
                       "--num-cpus=0", f"--autoscaling-config={config}", f"--object-store-memory={200 * 2**20}",
                       dashboard=dashboard)
     try:
-        up = AutoscalingCluster(f"http://127.0.0.1:{dashboard}", env)
+        up = FakeAutoscalingHead(f"http://127.0.0.1:{dashboard}", env)
         deadline = time.time() + 60
         while not up.alive_nodes():  # the job API answers before the head's raylet has registered
             assert time.time() < deadline, "the head's raylet did not register"

@@ -14,11 +14,13 @@ import torch
 
 from conftest import write_shards
 from pipelines import shard
+from pipelines.offline import sharding
 from pipelines.offline.corpus import LISTED, Categories, parse_line
 from refusals import check_refused, files_under
 from training import evaluate
 from training.config import load, to_dict
-from training.train_loop import build_model, check_epoch_input
+from training.models import build_model
+from training.train_loop import check_epoch_input
 
 COUNTS = [6, 5, 4]
 
@@ -299,15 +301,15 @@ def test_an_epoch_without_input_fails_the_run_instead_of_reporting_nan():
 
 def test_glob_characters_in_out_touch_no_neighbour(world, tmp_path):
     """A glob of `out [x]/.state/rejects-*` matched `outx/.state/...`: OUT's files are listed by name now."""
+    from common.storage import Location
     from pipelines.offline.shard_index import reject_files_in
-    from pipelines.storage import Location
 
     for name in ("out [x]", "outx"):
         (tmp_path / name / ".state").mkdir(parents=True)
         (tmp_path / name / ".state" / "rejects-00000.jsonl").write_text("{}\n")
     neighbour = files_under(tmp_path / "outx")
     assert reject_files_in(Location.parse(str(tmp_path / "out [x]"))) == ["rejects-00000.jsonl"]
-    shard._clean_previous_attempt(Location.parse(str(tmp_path / "out [x]")))
+    sharding._clean_previous_attempt(Location.parse(str(tmp_path / "out [x]")))
     assert not (tmp_path / "out [x]" / ".state" / "rejects-00000.jsonl").exists()
     assert files_under(tmp_path / "outx") == neighbour
     assert os.path.exists(tmp_path / "outx" / ".state" / "rejects-00000.jsonl")
@@ -332,7 +334,7 @@ def test_prediction_ids_stay_unique_for_class_folder_corpora():
 
 
 def test_a_lock_left_by_a_killed_run_is_taken_over_and_released(tmp_path):
-    from pipelines.storage import Location, exclusive
+    from common.storage import Location, exclusive
 
     gone = subprocess.Popen(["true"])
     gone.wait()  # its pid is free now: the lock's owner is dead

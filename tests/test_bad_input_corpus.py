@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
+from common.storage import Location
 from pipelines.offline import list_file
 from pipelines.offline.corpus import LISTED, Categories, looks_labeled, parse_line, read_categories
-from pipelines.storage import Location
 from refusals import check_refused, join_a_gone_cluster
 
 
@@ -114,7 +114,7 @@ def test_every_label_out_of_range_is_quarantined_and_the_run_fails(tmp_path):
 
 def test_a_ray_task_failure_is_named_by_the_users_error():
     """A full disk while sharding printed `RayTaskError(UserCodeException)`; ENOSPC was only in the log."""
-    from pipelines.console import what_failed
+    from common.console import what_failed
 
     text = ("ray::MapBatches(write_group)() (pid=1, ip=10.0.0.1)\n  File \"shard_tasks.py\", line 9, in write_group\n"
             "OSError: [Errno 28] No space left on device: '/out/c0000-00000.tar'\n\nThe above exception was the "

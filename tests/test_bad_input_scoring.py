@@ -14,7 +14,7 @@ from conftest import odd_files, write_shards
 from refusals import check_refused, error_lines, files_under, join_a_gone_cluster
 from training import predict
 from training.config import load, to_dict
-from training.train_loop import build_model
+from training.models import build_model
 
 NAMES = ["class0", "class1", "class2"]
 

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from conftest import ROOT, write_shards
-from pipelines.cluster_shape import (ClusterShape, NodeType, RequestDoesNotFit, node_types_from_autoscaling_config,
+from common.cluster_shape import (ClusterShape, NodeType, RequestDoesNotFit, node_types_from_autoscaling_config,
                                      node_types_from_cluster_config)
-from pipelines.shared_paths import SharedMarker, SharedPathError, check_local_paths
+from common.shared_paths import SharedMarker, SharedPathError, check_local_paths
 
 
 def bootstrap_config() -> dict:

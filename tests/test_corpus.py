@@ -4,11 +4,11 @@ import codecs
 
 import pytest
 
-from pipelines.hashing import stable_hash
+from common.hashing import stable_hash
+from common.storage import Location
 from pipelines.offline.corpus import (FOLDER, LISTED, NONE, UNLABELED, Categories, CorpusError, decode_labels,
                                       encode_labels, label_source, parse_line, read_categories, relative_image_path,
                                       sample_key)
-from pipelines.storage import Location
 
 CATS = Categories.from_names(["/a/airfield", "/a/art_school", "/b/beach"])
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipelines import demo_corpus
-from pipelines.demo import prepare_demo
+from pipelines.demo_shards import prepare_demo
 
 
 def tree_digest(root) -> dict[str, str]:
@@ -132,7 +132,7 @@ def test_compiled_training_checkpoints_the_plain_model(demo_shards, corpus, tmp_
 
     from training import run
     from training.config import from_dict
-    from training.train_loop import build_model
+    from training.models import build_model
 
     assert run.main(["--set", f"data.train_shards={corpus}/shards/train", "--set",
                      f"data.val_shards={corpus}/shards/val", "--set", f"run.storage_path={tmp_path}",
@@ -140,5 +140,5 @@ def test_compiled_training_checkpoints_the_plain_model(demo_shards, corpus, tmp_
     report = json.loads((tmp_path / "compiled" / "report.json").read_text())
     assert report["final"]["val_images"] == 400 and report["final"]["top1_error"] < 0.8
     state = torch.load(f"{report['best_checkpoint']}/state.pt", weights_only=True)
-    model = build_model(from_dict(state["config"]), warm_start=False)
+    model = build_model(from_dict(state["config"]))
     model.load_state_dict(state["model"])  # strict: no torch.compile wrapper prefixes in the saved names

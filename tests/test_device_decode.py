@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from conftest import encode, scene, write_shards
+from common.storage import Location
 from pipelines.offline import shard_index
 from pipelines.offline.tar_shard import build_shard
 from pipelines.online.device_decode import DecodeShare, decode_planned
 from pipelines.online.loader import LoaderConfig, ShardLoader
 from pipelines.online.transforms import ColorPCA, TrainTransform, decode, reduced_scale
-from pipelines.storage import Location
 
 COUNTS = [30, 17, 9]
 PCA = ColorPCA((0.2, 0.02, 0.005), ((0.58, 0.58, 0.57), (-0.71, 0.0, 0.71), (0.41, -0.82, 0.41)))

@@ -13,9 +13,9 @@ from pipelines.online.catalog import Catalog
 from pipelines.online.streams import SequentialStream
 from pipelines.online.transforms import EvalTransform
 from training import evaluate
-from training.checkpoint_lookup import CheckpointError, resolve_checkpoint
+from training.checkpoint.lookup import CheckpointError, resolve_checkpoint
 from training.config import load, to_dict
-from training.train_loop import build_model
+from training.models import build_model
 
 pytestmark = pytest.mark.slow
 COUNTS = [7, 6, 5, 6]
@@ -169,8 +169,8 @@ def test_a_damaged_shard_is_skipped_and_counted_not_fatal(setup, tmp_path, capsy
     counted, and the threshold decides the exit code.  A stale index (nsamples too small) is named too."""
     import shutil
 
+    from common.storage import Location
     from pipelines.online.tar_stream import ShardReader
-    from pipelines.storage import Location
 
     root, paths = setup
     val = tmp_path / "val"
@@ -246,7 +246,7 @@ def test_trainer_evaluate_and_predict_rank_alike_at_extreme_logits(setup, tmp_pa
     evaluate.py's predictions.csv the same five classes as predict.py)."""
     from conftest import write_shards
     from training import predict
-    from training.train_loop import evaluate_rank
+    from training.validation import evaluate_rank
 
     classes = 8
     write_shards(tmp_path / "val", [3] * classes, shard_samples=3, size=48)

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import write_shards
 from training import run
-from training.checkpointing import FOLDER_PREFIX, remove_orphaned_folders
+from training.checkpoint.reporting import FOLDER_PREFIX, remove_orphaned_folders
 from training.worker_failures import RestartLines, WorkerFailure
 
 pytestmark = pytest.mark.slow

@@ -13,6 +13,7 @@ from PIL import Image
 
 from conftest import encode, scene, write_shards
 from pipelines import color_pca
+from pipelines.online import pca_noise
 from pipelines.online.catalog import Catalog
 from pipelines.online.loader import LoaderConfig, ShardLoader
 from pipelines.online.streams import SequentialStream
@@ -163,7 +164,7 @@ def test_loader_decoding_on_the_device_covers_the_same_epoch(shards, decode):
 
 def test_color_pca_step(shards):
     assert color_pca.main(["--shards", shards, "--samples", "50"]) == 0
-    pca = color_pca.load(shards)
+    pca = pca_noise.load(shards)
     values = np.array(pca.eigenvalues)
     vectors = np.array(pca.eigenvectors)
     assert (np.diff(values) <= 0).all() and values[-1] >= 0

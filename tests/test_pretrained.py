@@ -9,8 +9,8 @@ import torch
 import torchvision
 
 from training.config import OptimConfig
-from training.freezing import freeze, train_mode
 from training.models import create_model
+from training.models.freezing import freeze, train_mode
 from training.optim import make_optimizer
 from training.pretrained import load_pretrained
 from training.published import TORCHVISION_TWINS, ModelFileError, torchvision_name_map
@@ -155,7 +155,8 @@ def test_fine_tuning_under_ray_train_from_a_published_file_then_from_the_run(ray
 
     from conftest import csail_file, write_shards
     from training import run
-    from training.checkpointing import inference_weights, load_checkpoint_file
+    from training.checkpoint import contents
+    from training.checkpoint.contents import inference_weights
 
     write_shards(tmp_path / "train", [24, 16, 8], shard_samples=8, size=32)
     write_shards(tmp_path / "val", [6, 6, 6], shard_samples=6, size=32)
@@ -171,7 +172,7 @@ def test_fine_tuning_under_ray_train_from_a_published_file_then_from_the_run(ray
     assert (f"model.pretrained: loaded 100/102 tensors from {path} (arch resnet18); classifier replaced: "
             f"365 -> 3 classes") in capsys.readouterr().out
     report = json.loads((tmp_path / "runs" / "probe" / "report.json").read_text())
-    weights = inference_weights(load_checkpoint_file(report["best_checkpoint"]))
+    weights = inference_weights(contents.load(report["best_checkpoint"]))
     mapping = torchvision_name_map("resnet18")
     for their_key, tensor in theirs.state_dict().items():
         ours = weights["backbone." + mapping[their_key]]

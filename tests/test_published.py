@@ -11,19 +11,20 @@ import torch
 from PIL import Image
 
 from conftest import csail_file, encode, scene
+from training.checkpoint.contents import read_file
 from training.config import load
 from training.models import create_model
 from training.pretrained import load_pretrained, match, published_as_checkpoint
-from training.published import ModelFileError, load_file
+from training.published import ModelFileError
 
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 
 
 def scored(state: dict, x: torch.Tensor) -> torch.Tensor:
     from training.config import from_dict
-    from training.train_loop import build_model
+    from training.models import build_model
 
-    model = build_model(from_dict(state["config"]), warm_start=False)
+    model = build_model(from_dict(state["config"]))
     model.load_state_dict(state["model"])
     with torch.no_grad():
         return model.export().eval()(x)
@@ -34,7 +35,7 @@ def scored(state: dict, x: torch.Tensor) -> torch.Tensor:
 def test_a_published_file_scores_as_torchvision_scores_it(tmp_path, arch, ours, old_names):
     theirs, path = csail_file(tmp_path, arch, old_names=old_names)
     names = [f"/c/class{i}" for i in range(365)]
-    state = published_as_checkpoint(load_file(_loc(path)), path, class_names=names)
+    state = published_as_checkpoint(read_file(_loc(path)), path, class_names=names)
     assert state["config"]["model"]["name"] == ours and state["config"]["model"]["num_classes"] == 365
     assert state["class_names"] == names and state["published"]
     assert state["summary"].startswith("loaded ") and f"(arch {ours})" in state["summary"]
@@ -46,7 +47,7 @@ def test_a_published_file_scores_as_torchvision_scores_it(tmp_path, arch, ours, 
 
 
 def _loc(path: str):
-    from pipelines.storage import Location
+    from common.storage import Location
 
     return Location.parse(path)
 
@@ -72,15 +73,15 @@ def test_published_files_that_are_not_the_network_are_refused_saying_why(tmp_pat
     torch.save({**file, "arch": "wideresnet18"}, wide)
     with pytest.raises(ModelFileError, match="'wideresnet18': the CSAILVision wide ResNet-18 .* is not an architecture "
                                              "of this project"):
-        published_as_checkpoint(load_file(_loc(str(wide))), str(wide))
+        published_as_checkpoint(read_file(_loc(str(wide))), str(wide))
     bare = tmp_path / "resnet18.pt"  # a torchvision state_dict names no network
     torch.save({k.removeprefix("module."): v for k, v in file["state_dict"].items()}, bare)
     with pytest.raises(ModelFileError, match="names no architecture .* give --arch"):
-        published_as_checkpoint(load_file(_loc(str(bare))), str(bare))
-    assert published_as_checkpoint(load_file(_loc(str(bare))), str(bare), arch="resnet18")["config"]["model"][
+        published_as_checkpoint(read_file(_loc(str(bare))), str(bare))
+    assert published_as_checkpoint(read_file(_loc(str(bare))), str(bare), arch="resnet18")["config"]["model"][
         "num_classes"] == 8
     with pytest.raises(ModelFileError, match="holds a resnet18 .*not the --arch densenet161"):
-        published_as_checkpoint(load_file(_loc(resnet)), resnet, arch="densenet161")
+        published_as_checkpoint(read_file(_loc(resnet)), resnet, arch="densenet161")
 
 
 def test_loose_loading_that_loads_nothing_is_an_error(tmp_path):

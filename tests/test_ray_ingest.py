@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import write_shards
-from pipelines.online.ray_input import merge, runs, subtract
+from pipelines.online.ingest_worker import merge, runs, subtract
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,7 +34,7 @@ def test_a_resumed_epoch_of_places365_challenge_is_planned_exactly_and_packed():
     shuffled uniform epoch (`data.read_block` > 1: each rank's local shuffle buffer and prefetched batches
     hold received positions it has not trained).  The resumed plan is exactly the positions no rank
     trained, in tasks of `chunk` (the last one fewer), although most of its intervals are a few positions."""
-    from pipelines.online.ray_ingest import read_ranges
+    from pipelines.online.ingest_pipeline import read_ranges
 
     n, world, chunk, batch = 8_026_628, 64, 128, 256
     rng = np.random.default_rng(0)
@@ -66,7 +66,7 @@ def test_a_resumed_epoch_of_places365_challenge_is_planned_exactly_and_packed():
 
 
 def spec(shards, mode="uniform", **kw):
-    from pipelines.online.ray_ingest import IngestSpec
+    from pipelines.online.ingest_pipeline import IngestSpec
     from pipelines.online.transforms import TrainTransform
 
     return IngestSpec(shards=str(shards), mode=mode, seed=3, transform=TrainTransform(size=16), **kw)
@@ -75,7 +75,7 @@ def spec(shards, mode="uniform", **kw):
 def test_rows_are_a_function_of_epoch_and_position(tmp_path):
     from pipelines.online.catalog import Catalog
     from pipelines.online.class_offsets import ClassOffsets
-    from pipelines.online.ray_ingest import decode_rows
+    from pipelines.online.ingest_pipeline import decode_rows
     from pipelines.online.wm_sequence import WMSequence
 
     write_shards(tmp_path / "s", [9, 5, 3], shard_samples=4, size=24, attributes=2)
@@ -132,7 +132,8 @@ def audit_epochs(config):
     import torch
 
     from training.config import from_dict
-    from training.train_loop import build_train_loader, gather
+    from training.distributed import gather
+    from training.train_input import build_train_loader
 
     cfg = from_dict(config["train"])
     ctx = ray.train.get_context()
@@ -161,10 +162,10 @@ def audit(tmp_path, name: str, settings: list[str], extra_stage=None, interrupt_
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipelines.online.ray_ingest import EpochPlan, EpochSplit, build_dataset
+    from pipelines.online.ingest_pipeline import EpochPlan, EpochSplit, build_dataset
     from training.config import with_overrides, to_dict
     from training.preflight import worker_resources
-    from training.train_loop import ingest_spec
+    from training.train_input import ingest_spec
 
     cfg = with_overrides({}, [f"data.train_shards={tmp_path}/train", "data.size=16", "data.batch_size=8",
                               "data.ingest=ray_data", "data.ingest_chunk=8", "run.workers=2", "model.num_classes=3",

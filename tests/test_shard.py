@@ -16,11 +16,11 @@ import webdataset as wds
 from PIL import Image
 
 from conftest import encode, odd_files, scene
+from common.storage import Location
 from pipelines import shard
 from pipelines.media.images import ImageSettings
 from pipelines.offline.corpus import LISTED, Categories, sample_key
 from pipelines.offline.shard_tasks import ShardPlan, collect_group, order_of, write_group
-from pipelines.storage import Location
 
 CLASSES = ["/a/alpha", "/b/beta", "/c/gamma"]
 COUNTS = [12, 6, 3]
@@ -182,8 +182,8 @@ def test_class_index_offsets_fetch_exactly_the_members(sharded, corpus):
     """classes.parquet: a row group per class (classes.json names it), each row a sample's byte ranges."""
     import pyarrow.parquet as pq
 
+    from common.storage import Location
     from pipelines.offline.class_table import read_class
-    from pipelines.storage import Location
 
     out, manifest = sharded
     classes = read_json(out / "classes.json")
@@ -349,8 +349,8 @@ def test_val_list_with_bare_names_and_unlabeled_test_list(ray_cluster, corpus, t
                        "--out", str(tmp_path / "test"), *ARGS]) == 0
     classes = read_json(tmp_path / "test" / "classes.json")
     assert classes["unlabeled"]["count"] == 4 and classes["num_classes"] == 0
+    from common.storage import Location
     from pipelines.offline.class_table import read_class
-    from pipelines.storage import Location
     unlabeled = read_class(Location.parse(str(tmp_path / "test")), classes["unlabeled"]["row_group"])
     assert unlabeled.column("class_id").to_pylist() == [-1] * 4
     labels = {s["cls"] for s in wds.WebDataset(str(tmp_path / "test" / "unlabeled-00000.tar"),
@@ -388,26 +388,3 @@ def test_bad_arguments_fail_before_any_work(ray_cluster, corpus, tmp_path, capsy
     assert expected_word in err[0]
     leftovers = [p.name for p in out.glob("*")] if out.is_dir() else []
     assert not [n for n in leftovers if not n.startswith(".")]
-
-
-def test_yaml_recipe_with_flag_overrides(tmp_path):
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("list: a.txt\nimages_root: imgs\ncategories: c.txt\nresize: shorter\nshard_samples: 7\n")
-    cfg = shard.parse_args(["--config", str(recipe), "--out", "o", "--shard-samples", "9"])
-    assert (cfg.list, cfg.resize, cfg.shard_samples, cfg.image_size, cfg.out) == ("a.txt", "shorter", 9, 256, "o")
-
-
-def test_shipped_recipes_parse():
-    configs = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
-    recipes = sorted(n for n in os.listdir(configs) if n.startswith("shard_"))
-    assert len(recipes) >= 3
-    for name in recipes:
-        assert shard.parse_args(["--config", os.path.join(configs, name), "--out", "o"]).images_root
-
-
-def test_unknown_recipe_key_is_named(tmp_path, capsys):
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("list: a.txt\nimages_root: i\nshard_sampels: 7\n")
-    with pytest.raises(SystemExit):
-        shard.parse_args(["--config", str(recipe), "--out", "o"])
-    assert "'shard_sampels'" in capsys.readouterr().err

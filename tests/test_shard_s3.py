@@ -10,8 +10,8 @@ import pytest
 import webdataset as wds
 
 from conftest import encode, scene
+from common.storage import Location
 from pipelines import shard
-from pipelines.storage import Location
 
 CLASSES = ["/k/kitchen", "/p/park"]
 

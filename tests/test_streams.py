@@ -85,7 +85,7 @@ def model_draws(catalog, keys, seed, epoch, rank, world, worker, workers, buffer
     """What a uniform stream must yield, computed from `epoch_order` alone (no shard read)."""
     import random
 
-    from pipelines.hashing import stable_hash
+    from common.hashing import stable_hash
     from pipelines.online.class_offsets import ClassOffsets
     from pipelines.online.epoch_order import EpochOrder, ShuffleBuffer
     from pipelines.online.streams import consumer_range

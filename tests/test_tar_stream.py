@@ -4,9 +4,9 @@ import tarfile
 
 import pytest
 
+from common.storage import Location
 from pipelines.offline.tar_shard import build_shard
 from pipelines.online.tar_stream import ShardReader, fetch_sample
-from pipelines.storage import Location
 
 
 def samples(n, long_every=3):

@@ -64,10 +64,13 @@ def test_multistep_and_no_decay_on_norms_and_biases():
 @pytest.mark.parametrize("name", sorted(n[:-5] for n in os.listdir(os.path.join(ROOT, "configs"))
                                         if n.endswith(".yaml") and not n.startswith("shard_")))
 def test_every_recipe_loads_and_builds_its_model(name):
-    from training.train_loop import build_model
+    from training.models import build_model
+    from training.pretrained import warm_start
 
     cfg = load(os.path.join(ROOT, "configs", f"{name}.yaml"))
-    model = build_model(cfg, warm_start=not cfg.model.pretrained)  # (weights files are made elsewhere)
+    model = build_model(cfg)
+    if not cfg.model.pretrained:  # (weights files are made elsewhere)
+        warm_start(model, cfg)
     assert model.backbone.num_classes == cfg.model.num_classes
     if name.startswith("finetune"):  # the linear probe trains the classifier alone, then everything trains
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -100,20 +103,23 @@ def test_the_seeds_three_wm_a_recipes_differ_in_the_gradient_routing_alone():
 
 def test_vgg_d_warm_starts_from_a_saved_vgg_a(tmp_path):
     from training.config import to_dict
-    from training.train_loop import build_model
+    from training.models import build_model
+    from training.pretrained import warm_start
 
     small = ["model.num_classes=5", "model.options={input_size: 64}"]
     a_cfg = load(None, ["model.name=vgg_a", *small])
     a = build_model(a_cfg)
     torch.save({"model": a.state_dict(), "config": to_dict(a_cfg)}, tmp_path / "state.pt")
-    d = build_model(load(None, ["model.name=vgg_d", *small, f"model.init_from={tmp_path}/state.pt"]))
+    d_cfg = load(None, ["model.name=vgg_d", *small, f"model.init_from={tmp_path}/state.pt"])
+    d = build_model(d_cfg)
+    warm_start(d, d_cfg)
     assert torch.equal(d.backbone.stages["conv3"][2].weight, a.backbone.stages["conv3"][2].weight)
     assert torch.equal(d.backbone.head.fc[0].weight, a.backbone.head.fc[0].weight)
 
 
 def test_ema_averages_weights_and_is_what_checkpoints_export():
+    from training.checkpoint.contents import inference_weights
     from training.optim import make_ema
-    from training.checkpointing import inference_weights
 
     model = torch.nn.Linear(2, 1, bias=False)
     ema = make_ema(model, 0.9)

@@ -26,9 +26,9 @@ def cluster_with_s3(s3_server):
 def test_elastic_run_checkpoints_to_s3_and_reports_there(cluster_with_s3, tmp_path):
     import boto3
 
-    from pipelines.storage import Location
+    from common.storage import Location
     from training import run
-    from training.checkpointing import load_checkpoint_file
+    from training.checkpoint import contents
 
     boto3.client("s3", endpoint_url=cluster_with_s3).create_bucket(Bucket="runs")
     write_shards(tmp_path / "train", [48, 32, 16], shard_samples=16)
@@ -46,7 +46,7 @@ def test_elastic_run_checkpoints_to_s3_and_reports_there(cluster_with_s3, tmp_pa
     assert [h["epoch"] for h in report["history"]] == [0, 1]
     assert report["final"]["workers"] == 2 and report["final"]["val_images"] == 24
     assert report["best_checkpoint"].startswith("s3://runs/experiments/elastic/checkpoint_")
-    state = load_checkpoint_file(report["best_checkpoint"])  # straight from s3
+    state = contents.load(report["best_checkpoint"])  # straight from s3
     assert len(state["streams"]) == 2 and state["epoch"] in (0, 1)
 
 
@@ -54,7 +54,7 @@ def test_optuna_tune_experiment_on_s3_runs_resumes_and_analyzes(cluster_with_s3,
     import boto3
     import yaml
 
-    from pipelines.storage import Location
+    from common.storage import Location
     from tuning import analyze, search
 
     boto3.client("s3", endpoint_url=cluster_with_s3).create_bucket(Bucket="tune")

@@ -85,7 +85,7 @@ def test_warm_start_takes_the_best_of_the_deepest_shallower_trials(tmp_path):
 
 
 def test_concurrent_trials_follow_the_cluster_and_the_workers():
-    from pipelines.cluster_shape import ClusterShape, NodeType
+    from common.cluster_shape import ClusterShape, NodeType
     from training.config import load
 
     demo = f"{ROOT}/configs/demo.yaml"

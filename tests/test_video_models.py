@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from training.freezing import freeze
 from training.models import create_model, list_models
+from training.models.freezing import freeze
 
 VIDEO_MODELS = [m for m in list_models() if m.startswith("video_")]
 WIDTHS = [96, 256, 384, 384, 256]

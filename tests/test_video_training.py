@@ -148,7 +148,8 @@ def test_transfer_recipe_trains_only_the_top_layer(runs, demo, tmp_path):
     """configs/video_transfer_top.yaml from the demo's slow fusion run: everything below the classifier
     stays as pretrained (here on the demo's own classes, so the classifier itself is loaded too)."""
     from training import run
-    from training.checkpointing import inference_weights, load_checkpoint_file
+    from training.checkpoint import contents
+    from training.checkpoint.contents import inference_weights
 
     source = runs[0]["video_slow_fusion"]["best_checkpoint"]
     argv = ["--config", os.path.join(run.ROOT, "configs", "video_transfer_top.yaml"),
@@ -158,8 +159,8 @@ def test_transfer_recipe_trains_only_the_top_layer(runs, demo, tmp_path):
     with contextlib.redirect_stdout(io.StringIO()):
         assert run.main(argv) == 0
     report = json.loads((tmp_path / "top" / "report.json").read_text())
-    before = inference_weights(load_checkpoint_file(source))
-    after = load_checkpoint_file(report["best_checkpoint"])["model"]
+    before = inference_weights(contents.load(source))
+    after = contents.load(report["best_checkpoint"])["model"]
     frozen = [k for k in before if not k.startswith("backbone.head.")]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("backbone.head."))
@@ -266,19 +267,20 @@ def test_ray_data_ingest_makes_the_loaders_clips_and_trains_every_video_once(dem
     own loader makes of that video with that position's randomness; a uniform epoch trains each video once."""
     import random
 
-    from pipelines.hashing import stable_hash
+    from common.hashing import stable_hash
     from pipelines.online.catalog import Catalog
     from pipelines.online.class_offsets import ClassOffsets
     from pipelines.online.epoch_order import EpochOrder
-    from pipelines.online.ray_ingest import IngestSpec, decode_rows
+    from pipelines.online.ingest_pipeline import IngestSpec, decode_rows
     from pipelines.online.tar_stream import ShardReader
     from training import run
     from training.config import load
-    from training.train_loop import clip_offsets, clip_transform
+    from training.models import clip_offsets_for
+    from training.train_input import clip_transform
 
     cfg = load(os.path.join(run.ROOT, "configs", "video_demo.yaml"), [
         f"data.train_shards={demo}/shards/train", "model.name=video_late_fusion"])
-    clips = clip_transform(cfg, clip_offsets(cfg))
+    clips = clip_transform(cfg, clip_offsets_for(cfg))
     assert clips.offsets == (0, 15) and clips.size == cfg.data.size
     spec = IngestSpec(shards=f"{demo}/shards/train", mode="uniform", seed=4, transform=clips)
     rows = decode_rows({"epoch": np.array([1, 1]), "position": np.array([0, 7])}, spec)

@@ -83,7 +83,7 @@ def plot_attribute_ap(report: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipelines.storage import Location
+    from common.storage import Location
 
     rows = sorted(((p["ap"], name, p["positives"]) for name, p in report["per_attribute"].items()
                    if not math.isnan(p["ap"])), reverse=True)
@@ -98,4 +98,4 @@ def plot_attribute_ap(report: dict, path: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    Location.write_file(path, buf.getvalue())
+    Location.write_atomic_uri(path, buf.getvalue())

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 
+from common.storage import Location
 from pipelines.offline.corpus import CorpusError, read_categories
 from pipelines.online.catalog import Catalog
-from pipelines.storage import Location
-from training.checkpoint_lookup import CheckpointError
+from training.checkpoint.lookup import CheckpointError
 
 
 def class_names(shards: str) -> list[str]:

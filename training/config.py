@@ -16,7 +16,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from pipelines.settings_file import SettingsFileError, read_mapping
+from common.settings_file import SettingsFileError, read_mapping
 
 
 @dataclass
@@ -36,7 +36,7 @@ class DataConfig:
     eval_resize: int = 256
     eval_clips: int = 20  # video shards: clips per validation video, each also mirrored (Karpathy et al.: 20)
     decode: str = "workers"  # "device": nvJPEG on the GPU; "hybrid": the workers as many as they can, the GPU the rest
-    ingest: str = "loader"  # DataLoader processes in each worker, or "ray_data" (pipelines/online/ray_ingest.py)
+    ingest: str = "loader"  # DataLoader processes in each worker, or "ray_data" (pipelines/online/ingest_pipeline.py)
     ingest_cpus: float = 1.0  # ray_data: CPUs per decode task
     ingest_resource: str | None = None  # ray_data: a node resource decode tasks take as many of as CPUs (cluster.yaml)
     ingest_chunk: int = 128  # ray_data: samples per decode task
@@ -185,14 +185,14 @@ def run_folder(storage_path: str, name: str) -> str:
 
 
 def save_run_config(run_path: str, cfg: TrainConfig) -> str:
-    from pipelines.storage import Location
+    from common.storage import Location
 
-    return Location.write_file(f"{run_path.rstrip('/')}/{RUN_CONFIG_FILE}", to_yaml(cfg).encode())
+    return Location.write_atomic_uri(f"{run_path.rstrip('/')}/{RUN_CONFIG_FILE}", to_yaml(cfg).encode())
 
 
 def saved_run_config(run_path: str) -> dict | None:
     """The config mapping a run saved when it started, or None (a run folder without one)."""
-    from pipelines.storage import Location
+    from common.storage import Location
 
     folder = Location.parse(run_path)
     if not folder.exists(RUN_CONFIG_FILE):

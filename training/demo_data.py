@@ -22,7 +22,7 @@ def prepare_data(cfg: TrainConfig, verbose: bool = False) -> None:
                                splits=("transfer_train", "transfer_val") if split.startswith("transfer") else
                                ("train", "val"))
         elif os.path.basename(os.path.dirname(shards)) == "shards" and "demo" in os.path.basename(demo_root):
-            from pipelines.demo import prepare_demo
+            from pipelines.demo_shards import prepare_demo
             prepare_demo(demo_root, seed=cfg.run.seed, verbose=verbose, splits=("train", "val"))
         else:
             raise ConfigError(f"no shards at {shards}: run pipelines/shard.py first")

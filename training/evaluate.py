@@ -33,14 +33,14 @@ import torch
 
 from pipelines.online.clips import ClipTransform
 
-from pipelines.arguments import fraction, positive_int
-from pipelines.cluster_shape import cluster_address
-from pipelines.console import add_verbose_flag, report_failure, start_ray
-from pipelines.hashing import stable_hash
+from common.arguments import fraction, positive_int
+from common.cluster_shape import cluster_address
+from common.console import add_verbose_flag, report_failure, start_ray
+from common.hashing import stable_hash
+from common.storage import Location, check_out_outside
 from pipelines.online.catalog import Catalog, first_different_class
-from pipelines.storage import Location, check_out_outside
 from training.attribute_metrics import attribute_report, plot_attribute_ap
-from training.checkpoint_lookup import CheckpointError, resolve_checkpoint
+from training.checkpoint.lookup import CheckpointError, resolve_checkpoint
 from training.class_names import class_names, read_class_names
 from training.inference import losses, predict
 from training.topk import log_mean_exp, multi_hot, top_classes, top_errors
@@ -113,7 +113,7 @@ def plot_confusion(fused: np.ndarray, labels: np.ndarray, names: list[str], path
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    Location.write_file(path, buf.getvalue())
+    Location.write_atomic_uri(path, buf.getvalue())
 
 
 def check_finite_scores(log_probs: np.ndarray, keys: np.ndarray, checkpoints: list[str]) -> None:
@@ -181,12 +181,12 @@ def check_inputs(checkpoints: list[str], shards: str, arch: str | None = None,
 def clip_transforms(configs: list, shards: str, clips: int) -> list[ClipTransform]:
     """Each checkpoint's test clips of the video shards: the frames its network takes, at the crop size
     and mirroring it was trained with."""
-    from training.train_loop import clip_offsets
+    from training.models import clip_offsets_for
 
     fps = Catalog.load(shards).video["fps"]
     out = []
     for cfg in configs:
-        offsets = clip_offsets(cfg)
+        offsets = clip_offsets_for(cfg)
         if offsets is None:
             raise CheckpointError(f"{shards} holds videos and a checkpoint's model, {cfg.model.name}, is an image "
                                   f"network")
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     add_verbose_flag(p)
     a = p.parse_args(argv)
-    from training.train_loop import clip_offsets  # (Ray Train's import: once the arguments parse)
+    from training.models import clip_offsets_for  # (torch's import: once the arguments parse)
 
     try:  # before Ray starts: a wrong path is a one-line error, not a traceback from an actor
         names = read_class_names(a.categories)
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             raise CheckpointError(f"--protocol {a.protocol}: {a.shards} holds {'videos' if video else 'images'}; "
                                   f"videos are scored with --protocol clips, images with the others")
         clips = clip_transforms(configs, a.shards, a.clips) if video else None
-        if not video and any(clip_offsets(c) is not None for c in configs):
+        if not video and any(clip_offsets_for(c) is not None for c in configs):
             raise CheckpointError(f"{a.shards} holds images and a checkpoint's model is a video network")
         size, scales = (configs[0].data.size, ()) if video else view_geometry(configs, a.protocol, a.size, a.scales)
         check_out_outside(a.out, a.shards, "--shards", "the shard folder belongs to pipelines/shard.py; write the "
@@ -282,8 +282,24 @@ def score(a: argparse.Namespace, checkpoints: list[str], size: int, scales: tupl
     catalog = Catalog.load(a.shards)
     skipped, differ = losses(catalog, result)
     result = {k: v[result["ok"]] for k, v in result.items()}
+    check_finite_scores(result["log_probs"], result["key"], checkpoints)
+    metrics, fused, scored = measure(a, result, checkpoints, size, scales, attributes, clips is not None,
+                                     {"skipped_samples": skipped, "shards_not_as_listed": differ})
+    top5 = top_classes(fused, 5)
+    lines = [f"{image_id(src, key)} {' '.join(map(str, row))}"
+             for src, key, row in zip(result["source"], result["key"], top5)]
+    Location.write_atomic_uri(os.path.join(a.out, "predictions.csv"), ("\n".join(lines) + "\n").encode())
+    Location.write_atomic_uri(os.path.join(a.out, "metrics.json"), (json.dumps(metrics, indent=1) + "\n").encode())
+    plots = report(a, metrics, fused[scored], result["cls"][scored], checkpoints, attributes, clips is not None)
+    print(f"wrote {os.path.join(a.out, 'metrics.json')}, predictions.csv" + "".join(f", {p}" for p in plots))
+    return check_unread(a, catalog.total, skipped, differ)
+
+
+def measure(a: argparse.Namespace, result: dict, checkpoints: list[str], size: int, scales: tuple,
+            attributes: dict | None, video: bool, reading: dict) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(metrics, the fused log posteriors, which images are scored: those not held out to fit the fusion);
+    `reading`: what could not be read, as the metrics report it."""
     log_probs, labels = result["log_probs"], result["cls"]
-    check_finite_scores(log_probs, result["key"], checkpoints)
     labeled = bool((labels >= 0).all())
     heldout = np.array([stable_hash("heldout", k) % 10_000 < a.heldout * 10_000 for k in result["key"]])
     fit_mask = heldout & labeled if a.fusion == "learned" else np.zeros(len(labels), bool)
@@ -295,7 +311,7 @@ def score(a: argparse.Namespace, checkpoints: list[str], size: int, scales: tupl
     scored = ~fit_mask
     metrics = {"protocol": a.protocol, "scales": list(scales), "size": size, "fusion": a.fusion,
                "fusion_weights": weights, "checkpoints": checkpoints, "images": int(len(labels)),
-               "heldout_for_fusion": int(fit_mask.sum()), "skipped_samples": skipped, "shards_not_as_listed": differ}
+               "heldout_for_fusion": int(fit_mask.sum()), **reading}
     names = class_names(a.shards)
     if labeled:  # a hit is any of a sample's classes (several in a multi-label set)
         targets = multi_hot(labels[scored], result["labels"][scored], len(names))
@@ -304,36 +320,40 @@ def score(a: argparse.Namespace, checkpoints: list[str], size: int, scales: tupl
         if len(checkpoints) > 1:
             metrics["fusions"] = {mode: {"weights": w, **top_errors(f[scored], targets)}
                                   for mode, (f, w) in fusions.items()}
-        if clips:
+        if video:
             metrics["video"] = video_hits(result["clip_log_probs"][scored], targets, checkpoints, names)
-    top5 = top_classes(fused, 5)
-    lines = [f"{image_id(src, key)} {' '.join(map(str, row))}"
-             for src, key, row in zip(result["source"], result["key"], top5)]
     if attributes:  # the thresholds were chosen on validation when training: applied here unchanged
         metrics["attributes"] = attribute_report(result["attr_probs"][scored], result["attr"][scored],
                                                  attributes["names"], attributes["thresholds"])
-    Location.write_file(os.path.join(a.out, "predictions.csv"), ("\n".join(lines) + "\n").encode())
-    Location.write_file(os.path.join(a.out, "metrics.json"), (json.dumps(metrics, indent=1) + "\n").encode())
+    return metrics, fused, scored
+
+
+def report(a: argparse.Namespace, metrics: dict, fused: np.ndarray, labels: np.ndarray, checkpoints: list[str],
+           attributes: dict | None, video: bool) -> list[str]:
+    """The results' console lines and plots (of the scored images' `fused` scores); returns the plots' names."""
     plots = []
-    if labeled:  # after the numbers: a plot must never cost them
-        plot_confusion(fused[scored], labels[scored], names, os.path.join(a.out, "confusion.png"))
+    if "fused" in metrics:  # labelled images; after the numbers: a plot must never cost them
+        plot_confusion(fused, labels, class_names(a.shards), os.path.join(a.out, "confusion.png"))
         plots.append("confusion.png")
-        if clips:
+        if video:
             for label, hits in metrics["video"].items():
                 print(f"{label}: Video Hit@1 {hits['video_hit@1']:.2%}, Video Hit@5 {hits['video_hit@5']:.2%}, "
                       f"Clip Hit@1 {hits['clip_hit@1']:.2%} ({hits['videos']} videos)")
         else:
             what = "model" if len(checkpoints) == 1 else f"fused ({a.fusion} of {len(checkpoints)} models)"
             print(f"{what}, {a.protocol}: top-1 error {metrics['fused']['top1_error']:.2%}, top-5 error "
-                  f"{metrics['fused']['top5_error']:.2%} ({int(scored.sum())} images)")
+                  f"{metrics['fused']['top5_error']:.2%} ({len(labels)} images)")
     if attributes:
-        report = metrics["attributes"]
-        plot_attribute_ap(report, os.path.join(a.out, "attribute_ap.png"))
+        attribute_metrics = metrics["attributes"]
+        plot_attribute_ap(attribute_metrics, os.path.join(a.out, "attribute_ap.png"))
         plots.append("attribute_ap.png")
-        print(f"attributes: mAP {report['mAP']:.3f}, macro F1 {report['macro_f1']:.3f} at the thresholds chosen "
-              f"on validation ({len(attributes['names'])} attributes)")
-    print(f"wrote {os.path.join(a.out, 'metrics.json')}, predictions.csv" + "".join(f", {p}" for p in plots))
-    listed = catalog.total
+        print(f"attributes: mAP {attribute_metrics['mAP']:.3f}, macro F1 {attribute_metrics['macro_f1']:.3f} at the "
+              f"thresholds chosen on validation ({len(attributes['names'])} attributes)")
+    return plots
+
+
+def check_unread(a: argparse.Namespace, listed: int, skipped: int, differ: list[str]) -> int:
+    """1 (and why) when more of the listed samples could not be read than --max-skipped-fraction allows."""
     if differ:
         print(f"{len(differ)} shard(s) not as index.json lists them, {skipped} of {listed} listed samples not "
               f"scored (the reasons are in Ray's logs): {', '.join(differ[:3])}{' ...' if len(differ) > 3 else ''}")

@@ -25,12 +25,12 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from common.storage import Location
 from pipelines.offline.attributes import decode as decode_attributes
 from pipelines.online.catalog import READ_ERRORS, Catalog
 from pipelines.online.clips import ClipTransform
 from pipelines.online.tar_stream import ShardReader
 from pipelines.online.transforms import EvalTransform
-from pipelines.storage import Location
 from training.topk import log_mean_exp
 
 log = logging.getLogger(__name__)
@@ -162,16 +162,16 @@ class Predictor:
 
     def __init__(self, checkpoints: list[str], protocol: str, scales: tuple[int, ...], size: int, use_gpu: bool,
                  batch_size: int, clips: list[ClipTransform] | None = None, arch: str | None = None):
-        from training.checkpointing import inference_weights
+        from training.checkpoint.contents import inference_weights
         from training.config import from_dict
+        from training.models import build_model
         from training.pretrained import scoring_state
-        from training.train_loop import build_model
 
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.models = []
         for path in checkpoints:
             state = scoring_state(path, arch)
-            model = build_model(from_dict(state["config"]), warm_start=False)
+            model = build_model(from_dict(state["config"]))
             model.load_state_dict(inference_weights(state))
             self.models.append(model.to(self.device).eval())
         self.protocol, self.scales, self.batch_size, self.clips = protocol, scales, batch_size, clips

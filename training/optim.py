@@ -7,7 +7,7 @@ import math
 import torch
 
 from training.config import OptimConfig
-from training.freezing import new_layer_parameters
+from training.models.freezing import new_layer_parameters
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.SGD:

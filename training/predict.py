@@ -33,9 +33,9 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
-from pipelines.arguments import positive_int
-from pipelines.console import report_failure
-from pipelines.storage import Location, check_out_outside
+from common.arguments import positive_int
+from common.console import report_failure
+from common.storage import Location, check_out_outside
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -68,16 +68,16 @@ class Model:
 
     def __init__(self, checkpoint: str, arch: str | None = None, categories: str | None = None):
         from pipelines.online.transforms import EvalTransform
-        from training.checkpointing import inference_weights
-        from training.config import from_dict
-        from training.checkpoint_lookup import CheckpointError, resolve_checkpoint
+        from training.checkpoint.contents import inference_weights
+        from training.checkpoint.lookup import CheckpointError, resolve_checkpoint
         from training.class_names import class_names, read_class_names
-        from training.train_loop import build_model
+        from training.config import from_dict
+        from training.models import build_model
 
         self.path, state, self.note = resolve_checkpoint(checkpoint, arch, read_class_names(categories))
         self.summary = state.get("summary")
         cfg = from_dict(state["config"])
-        model = build_model(cfg, warm_start=False)
+        model = build_model(cfg)
         if hasattr(model.backbone, "clip_offsets"):
             raise CheckpointError(f"--checkpoint {checkpoint}: {cfg.model.name} is a video network; predict.py "
                                   f"scores images (videos: training/evaluate.py on video shards)")
@@ -153,7 +153,7 @@ def overlay_png(view: torch.Tensor, cam: np.ndarray, ranked: list[tuple[str, flo
     return buf.getvalue()
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--checkpoint", required=True, help="state.pt, a checkpoint folder, a run folder, or a published "
@@ -165,8 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=positive_int, default=5, help="classes per image")
     p.add_argument("--method", choices=["auto", "cam", "gradcam"], default="auto",
                    help="auto: CAM for global-average-pooled heads, Grad-CAM otherwise")
-    a = p.parse_args(argv)
-    from training.checkpoint_lookup import CheckpointError
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    from training.checkpoint.lookup import CheckpointError
     from training.models.heads import PoolLinearHead
 
     try:
@@ -190,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     for line in (model.note, model.summary):
         if line:
             print(line)
+    return score_files(model, files, out, a.top, a.method)
+
+
+def score_files(model: Model, files: list[str], out: Location, top: int, method: str) -> int:
+    """Each image's top classes, attributes and map (written to `out`, with predictions.jsonl); 1 if an
+    image could not be read (the others are scored)."""
     lines, failed, taken = [], 0, set()
     for path in files:
         try:
@@ -197,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("not_a_file: not a regular file")
             with open(path, "rb") as f:
                 view = model.view(f.read())
-            ranked, attributes, cam = model.predict(view, a.top, a.method)
+            ranked, attributes, cam = model.predict(view, top, method)
         except Exception as exc:  # this image only: a bad file must not stop the others
             failed += 1
             print(f"{path}: error: {type(exc).__name__}: {exc}", file=sys.stderr)

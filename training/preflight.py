@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from pipelines.cluster_shape import ClusterShape, RequestDoesNotFit
+from common.cluster_shape import ClusterShape, RequestDoesNotFit
+from common.shared_paths import SharedPathError, check_local_paths
 from pipelines.online.catalog import Catalog, first_different_class
-from pipelines.shared_paths import SharedPathError, check_local_paths
 from training.config import ConfigError, TrainConfig
 
 PREFLIGHT_KEYS = ("model.", "data.train_shards", "data.val_shards", "optim.trainable_from")  # prefixes it reads
@@ -76,22 +76,22 @@ def classes_without_samples(catalog: Catalog) -> str | None:
 
 def check_color_pca(shards: str) -> None:
     """`data.color_pca` reads TRAIN_SHARDS/color_pca.json in every Train worker: there, and readable."""
-    from pipelines import color_pca
+    from pipelines.online import pca_noise
 
     try:
-        color_pca.load(shards)
+        pca_noise.load(shards)
     except FileNotFoundError as exc:
         raise ConfigError(f"config key 'data.color_pca': {exc} (or set data.color_pca: false)") from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"config key 'data.color_pca': {shards}/{color_pca.PCA_FILE} is not what "
+        raise ConfigError(f"config key 'data.color_pca': {shards}/{pca_noise.PCA_FILE} is not what "
                           f"pipelines/color_pca.py writes ({type(exc).__name__}: {exc}): run it again") from None
 
 
 def check_model_start(cfg: TrainConfig, video: bool = False) -> str | None:
     import torch
 
-    from training.freezing import stage_choices
     from training.models import create_model
+    from training.models.freezing import stage_choices
     from training.pretrained import match
     from training.published import ModelFileError
 
@@ -148,13 +148,13 @@ def check_init_from(model, uri: str) -> None:
     """VGG's trick, tried on the meta device: the shallower checkpoint loads and its layers fit `model`."""
     import torch
 
-    from training.checkpointing import load_checkpoint_file
+    from training.checkpoint import contents
     from training.config import from_dict
     from training.models import init_from_shallower
-    from training.train_loop import build_model
+    from training.models import build_model
 
     try:
-        state = load_checkpoint_file(uri)
+        state = contents.load(uri)
         shallow_cfg = from_dict(state["config"])
     except OSError as exc:
         raise ConfigError(f"config key 'model.init_from': cannot read {uri} ({exc})") from None
@@ -163,7 +163,7 @@ def check_init_from(model, uri: str) -> None:
                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     try:
         with torch.device("meta"):
-            shallow = build_model(shallow_cfg, warm_start=False)
+            shallow = build_model(shallow_cfg)
         init_from_shallower(model.backbone, shallow.backbone)
     except (TypeError, ValueError, KeyError) as exc:
         raise ConfigError(f"config key 'model.init_from': {uri} does not fit {type(model.backbone).__name__}: "
@@ -259,7 +259,7 @@ def check_ingest_room(cfg: TrainConfig) -> None:
     Checked on a Ray this process started; a cluster may still be scaling up to what the run asks for."""
     import ray
 
-    from pipelines.console import started_ray_here
+    from common.console import started_ray_here
 
     d, r = cfg.data, cfg.run
     if d.ingest != "ray_data" or not started_ray_here():

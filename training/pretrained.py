@@ -1,6 +1,7 @@
-"""Saved weights read into one of our networks: to start training from (`model.pretrained`), or to
-score as they are (`evaluate.py` and `predict.py --checkpoint` of a file training did not write).
-Never downloads: where there is network access, make a torchvision file with
+"""Saved weights read into one of our networks: to start training from (`warm_start`: `model.pretrained`,
+and `model.init_from`'s shallower VGG), or to score as they are (`evaluate.py` and `predict.py
+--checkpoint` of a file training did not write).  Never downloads: where there is network access,
+make a torchvision file with
 
     python -c "import torch, torchvision; torch.save(torchvision.models.resnet50(
         weights='IMAGENET1K_V2').state_dict(), 'resnet50-imagenet.pt')"
@@ -20,16 +21,18 @@ fits, but a file of which no tensor but the classifier fits is an error: it woul
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from training.checkpointing import CHECKPOINT_FILE, inference_weights
+from common.storage import Location
+from training.checkpoint import contents
+from training.config import from_dict, load, to_dict
+from training.models import build_model, create_model, init_from_shallower
 from training.published import (TORCHVISION_TWINS, ModelFileError, backbone_tensors, is_batch_counter,
-                                is_our_checkpoint, load_file, our_architecture, unwrap)
+                                our_architecture, unwrap)
 
 log = logging.getLogger(__name__)
 
@@ -44,32 +47,15 @@ class Weights:
     uri: str
 
 
-def find_weights_file(uri: str):
-    """The `Location` of the weights file `uri` names: a file, a checkpoint folder, or a finished run."""
-    from pipelines.storage import Location
-
-    loc = Location.parse(uri)
-    if loc.is_dir() and loc.is_file("report.json"):  # a finished run's folder: its best checkpoint
-        best = json.loads(loc.read_bytes("report.json")).get("best_checkpoint")
-        if not best:
-            raise ModelFileError(f"model.pretrained: the run at {loc.uri()} kept no checkpoint")
-        loc = Location.parse(best)
-    if loc.is_dir():
-        loc = loc.child(CHECKPOINT_FILE)
-    if not loc.is_file():
-        raise ModelFileError(f"model.pretrained: no file at {loc.uri()}")
-    return loc
-
-
 def read_weights(uri: str) -> Weights:
     """The file's backbone tensors: a checkpoint of ours gives its inference weights."""
-    loc = find_weights_file(uri)
+    loc = contents.locate(uri)
     try:
-        state = load_file(loc)
+        state = contents.read_file(loc)
     except ModelFileError as exc:
         raise ModelFileError(f"model.pretrained: {exc}") from None
-    if is_our_checkpoint(state):
-        weights = inference_weights(state)
+    if contents.is_ours(state):
+        weights = contents.inference_weights(state)
         return Weights({k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")},
                        state["config"].get("model", {}).get("name"), loc.uri())
     try:
@@ -154,14 +140,25 @@ def load_pretrained(model: nn.Module, name: str, uri: str, options: dict | None 
     return found.fresh
 
 
+def warm_start(model: nn.Module, cfg) -> None:
+    """Start `model`, just built from `cfg` (a `TrainConfig`), from saved weights: `model.init_from` (a
+    trained shallower VGG: VGG's trick) and `model.pretrained`."""
+    m = cfg.model
+    if m.init_from:
+        state = contents.load(m.init_from)
+        shallow = build_model(from_dict(state["config"]))
+        shallow.load_state_dict(contents.inference_weights(state))
+        init_from_shallower(model.backbone, shallow.backbone)
+    if m.pretrained:
+        load_pretrained(model, m.name, m.pretrained, m.options, strict=m.pretrained_strict)
+
+
 def scoring_state(uri: str, arch: str | None = None, class_names: list[str] | None = None) -> dict:
     """The file at `uri` (a file, not a folder) as inference scores it: a checkpoint of training/run.py
     as it is, else a published file as one (`published_as_checkpoint`).  ModelFileError if neither."""
-    from pipelines.storage import Location
-
     loc = Location.parse(uri)
-    state = load_file(loc)
-    return state if is_our_checkpoint(state) else published_as_checkpoint(state, loc.uri(), arch, class_names)
+    state = contents.read_file(loc)
+    return state if contents.is_ours(state) else published_as_checkpoint(state, loc.uri(), arch, class_names)
 
 
 def published_as_checkpoint(state: object, uri: str, arch: str | None = None,
@@ -171,9 +168,6 @@ def published_as_checkpoint(state: object, uri: str, arch: str | None = None,
     score it as their own: the network its `arch` names (else `arch`), the class count of its
     classifier, and the release's preprocessing (a 224 centre crop of a 256 shorter side, ImageNet
     mean and std: the config's defaults)."""
-    from training.config import load, to_dict
-    from training.models import create_model
-
     tensors, their_arch = unwrap(state, uri)
     named = their_arch and our_architecture(their_arch, uri)
     given = arch and our_architecture(arch, "--arch")

@@ -23,7 +23,6 @@ each pair checked for name suffix and shape, so it is exact by construction and 
 
 from __future__ import annotations
 
-import io
 import re
 
 import torch
@@ -48,23 +47,6 @@ OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12]
 
 class ModelFileError(ValueError):
     """A model file that cannot be read, or not as the network it is to fill."""
-
-
-def load_file(loc) -> object:
-    """What `torch.load(weights_only=True)` reads from `loc` (a `Location`), or ModelFileError naming it."""
-    try:
-        data = loc.read_bytes()
-        weights = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True) if data else None
-    except Exception as exc:  # pickle errors, a zip that is not torch's, a non-tensor object...
-        raise ModelFileError(f"{loc.uri()} is not a weights file torch.load can read safely "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
-    if not data:
-        raise ModelFileError(f"{loc.uri()} is empty (0 bytes): a download that did not finish?")
-    return weights
-
-
-def is_our_checkpoint(obj: object) -> bool:
-    return isinstance(obj, dict) and "model" in obj and "config" in obj
 
 
 def unwrap(obj: object, where: str) -> tuple[dict[str, torch.Tensor], str | None]:

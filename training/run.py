@@ -19,26 +19,27 @@ import uuid
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipelines import cluster_shape
-from pipelines.cluster_shape import joins_a_cluster, this_machine
-from pipelines.console import ConsoleRelay, add_verbose_flag, report_failure, start_ray
-from training.checkpoint_lookup import best_checkpoint
+from common import cluster_shape
+from common.cluster_shape import joins_a_cluster, this_machine
+from common.console import ConsoleRelay, add_verbose_flag, report_failure, start_ray
+from training import stopped_run
+from training.checkpoint import contents
+from training.checkpoint.lookup import best_checkpoint
 from training.config import (ConfigError, TrainConfig, differing_keys, load, resolve_paths, run_folder,
                              save_run_config, saved_run_config, to_dict, with_overrides)
 from training.demo_data import prepare_data
-from training import stopped_run
-from training.trainer import make_trainer, tensorboard_dir
-from training.worker_failures import RestartLines
 from training.metrics_sink import scores_text
 from training.preflight import (check_cluster_fits, check_ingest_room, check_paths_reach_every_node,
                                 check_training_inputs)
+from training.trainer import make_trainer, tensorboard_dir
+from training.worker_failures import RestartLines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(ROOT, "configs", "demo.yaml")
 
 
 def run_exists(storage_path: str, name: str) -> bool:
-    from pipelines.storage import Location
+    from common.storage import Location
 
     return Location.parse(run_folder(storage_path, name)).is_dir()
 
@@ -91,7 +92,7 @@ def check_storage(storage_path: str) -> None:
     """Runs are written under run.storage_path: a file, /proc or a read-only folder fails now, not in an actor."""
     import shutil
 
-    from pipelines.storage import Location
+    from common.storage import Location
 
     created = None  # the first folder the probe makes: removed again, a refusal later must leave nothing
     if "://" not in storage_path:
@@ -173,11 +174,11 @@ def train(cfg: TrainConfig, name: str, resuming: bool, verbose: bool) -> int:
         return 130
     best = best_checkpoint(result, cfg.run.storage_path)
     metrics = result.metrics
-    report = {"run": name, "path": run_path, "config": to_dict(cfg),
-              "final": metrics, "best_checkpoint": best[0] if best else None, "history": _history(result)}
-    from pipelines.storage import Location
+    report = {"run": name, "path": run_path, "config": to_dict(cfg), "final": metrics,
+              "best_checkpoint": best[0] if best else None, "history": contents.history(result.checkpoint)}
+    from common.storage import Location
 
-    report_path = Location.write_file(f"{run_path}/report.json",
+    report_path = Location.write_atomic_uri(f"{run_path}/report.json",
                                       (json.dumps(report, indent=1, default=str) + "\n").encode())
     print(f"{scores_text(metrics)} after {metrics['epoch'] + 1} epochs")
     print(f"report: {report_path}")
@@ -192,21 +193,11 @@ def train(cfg: TrainConfig, name: str, resuming: bool, verbose: bool) -> int:
 def shared_marker(cfg: TrainConfig, shape):
     """On a cluster that can grow, local paths on a shared filesystem are checked again by each Train
     worker where it starts: nodes the autoscaler adds after the driver's check see this marker too."""
-    from pipelines.shared_paths import SharedMarker
+    from common.shared_paths import SharedMarker
 
     if not (cfg.run.shared_filesystem and shape.max_nodes > 1 and "://" not in cfg.run.storage_path):
         return None
     return SharedMarker.write(cfg.run.storage_path)
-
-
-def _history(result) -> list[dict]:
-    """Every epoch's metrics: each checkpoint carries the history up to its epoch."""
-    import torch
-
-    from training.checkpointing import CHECKPOINT_FILE
-
-    with result.checkpoint.as_directory() as folder:
-        return torch.load(f"{folder}/{CHECKPOINT_FILE}", map_location="cpu", weights_only=True)["history"]
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from pipelines.storage import Location
+from common.storage import Location
 
 STOPPED_FILE = "stopped.json"
 
@@ -34,7 +34,7 @@ def diverged_reason(epoch: int, epochs: int, step: int, lr: float) -> str:
 
 
 def write(run_path: str, reason: str) -> None:
-    Location.write_file(f"{run_path.rstrip('/')}/{STOPPED_FILE}", (json.dumps({"reason": reason}) + "\n").encode())
+    Location.write_atomic_uri(f"{run_path.rstrip('/')}/{STOPPED_FILE}", (json.dumps({"reason": reason}) + "\n").encode())
 
 
 def reason(run_path: str) -> str | None:

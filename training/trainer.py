@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from pipelines.console import train_log_level
+from common.console import train_log_level
 from training import stopped_run
 from training.config import TrainConfig, run_folder, to_dict
 from training.preflight import worker_resources
@@ -21,7 +21,7 @@ def storage(path: str):
     filesystem as the shards (s3fs, endpoint from AWS_ENDPOINT_URL), so MinIO-style servers work."""
     if "://" not in path:
         return path, None
-    from pipelines.storage import Location
+    from common.storage import Location
 
     loc = Location.parse(path)
     return loc.root, loc.pyarrow_fs()
@@ -57,12 +57,13 @@ def make_trainer(cfg: TrainConfig, name: str, callbacks: list | None = None, rep
     stopped_run.clear(loop_config["run_path"])  # an earlier attempt's stop (a resumed run, a restored trial)
     data = {}
     if cfg.data.ingest == "ray_data":
-        from pipelines.online.ray_ingest import EpochPlan, EpochSplit, build_dataset
-        from training.train_loop import clip_offsets, clip_transform, ingest_spec
+        from pipelines.online.ingest_pipeline import EpochPlan, EpochSplit, build_dataset
+        from training.models import clip_offsets_for
+        from training.train_input import clip_transform, ingest_spec
 
         plan = EpochPlan.remote()  # the handle travels in the loop config: the actor lives as long as the run
         d = cfg.data
-        dataset = build_dataset(ingest_spec(cfg, clip_transform(cfg, clip_offsets(cfg))), plan, d.ingest_cpus,
+        dataset = build_dataset(ingest_spec(cfg, clip_transform(cfg, clip_offsets_for(cfg))), plan, d.ingest_cpus,
                                 {d.ingest_resource: d.ingest_cpus} if d.ingest_resource else None, verbose)
         loop_config["ingest_plan"] = plan
         data = {"datasets": {"train": dataset}, "dataset_config": EpochSplit(equal=d.sampling == "class-aware")}

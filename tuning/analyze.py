@@ -26,7 +26,7 @@ if __package__ in (None, ""):
 
 import yaml
 
-from pipelines.storage import Location
+from common.storage import Location
 from training.config import absolute, from_dict, to_yaml
 from training.trainer import storage
 from tuning.experiment import METRIC, SETUP_FILE, TRIAL_CONFIGS, trial_config
@@ -102,21 +102,30 @@ def annotate_epochs(ax, points) -> None:
 
 
 def plot(setup: dict, trials: list[dict], rows: list[dict], out: Location) -> list[str]:
+    """The experiment's figures (every trial's curve; error against learning rate and depth where the
+    space searches them), written to `out`; returns their names."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
     space = space_from_dict(setup["space"])
-    written = []
-
-    def save(fig, name):
+    scored = [r for r in rows if r[f"best_{METRIC}"] is not None]
+    figures = {"curves.png": plot_curves(plt, setup, trials, rows)}
+    if "optim.lr" in space.params and scored:
+        figures["error_vs_lr.png"] = plot_error_vs_lr(plt, scored)
+    if space.depth and scored:
+        figures["error_vs_depth.png"] = plot_error_vs_depth(plt, space, scored)
+    for name, fig in figures.items():
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
         plt.close(fig)
         out.write_atomic(name, buf.getvalue())
-        written.append(name)
+    return list(figures)
+
+
+def plot_curves(plt, setup: dict, trials: list[dict], rows: list[dict]):
+    import matplotlib.ticker
 
     best_id = rows[0]["trial_id"] if rows else None
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -133,37 +142,37 @@ def plot(setup: dict, trials: list[dict], rows: list[dict], out: Location) -> li
     ax.grid(alpha=0.3)
     if best_id:
         ax.legend(fontsize=8)
-    save(fig, "curves.png")
+    return fig
 
-    scored = [r for r in rows if r[f"best_{METRIC}"] is not None]
-    if "optim.lr" in space.params and scored:
-        fig, ax = plt.subplots(figsize=(7, 5))
-        kinds = sorted({str(r.get("optim.schedule", "")) for r in scored})
-        for kind in kinds:
-            pts = [r for r in scored if str(r.get("optim.schedule", "")) == kind]
-            ax.scatter([r["optim.lr"] for r in pts], [r[f"best_{METRIC}"] for r in pts], s=40,
-                       label=f"schedule: {kind}" if kind else None)
-            annotate_epochs(ax, [(r["optim.lr"], r[f"best_{METRIC}"], r["epochs"]) for r in pts])
-        ax.set_xscale("log")
-        ax.set(xlabel="initial learning rate", ylabel="best validation top-1 error",
-               title="error vs learning rate (labels: epochs run)")
-        ax.grid(alpha=0.3)
-        if kinds != [""]:
-            ax.legend()
-        save(fig, "error_vs_lr.png")
 
-    if space.depth and scored:
-        order = space.depth_order
-        fig, ax = plt.subplots(figsize=(7, 5))
-        xs = [order.index(str(r[space.depth])) for r in scored]
-        ax.scatter(xs, [r[f"best_{METRIC}"] for r in scored], s=40)
-        annotate_epochs(ax, [(x, r[f"best_{METRIC}"], r["epochs"]) for x, r in zip(xs, scored)])
-        ax.set_xticks(range(len(order)), order, rotation=20)
-        ax.set(xlabel=f"depth ({space.depth}, shallow -> deep)", ylabel="best validation top-1 error",
-               title="error vs depth (labels: epochs run)")
-        ax.grid(alpha=0.3)
-        save(fig, "error_vs_depth.png")
-    return written
+def plot_error_vs_lr(plt, scored: list[dict]):
+    fig, ax = plt.subplots(figsize=(7, 5))
+    kinds = sorted({str(r.get("optim.schedule", "")) for r in scored})
+    for kind in kinds:
+        pts = [r for r in scored if str(r.get("optim.schedule", "")) == kind]
+        ax.scatter([r["optim.lr"] for r in pts], [r[f"best_{METRIC}"] for r in pts], s=40,
+                   label=f"schedule: {kind}" if kind else None)
+        annotate_epochs(ax, [(r["optim.lr"], r[f"best_{METRIC}"], r["epochs"]) for r in pts])
+    ax.set_xscale("log")
+    ax.set(xlabel="initial learning rate", ylabel="best validation top-1 error",
+           title="error vs learning rate (labels: epochs run)")
+    ax.grid(alpha=0.3)
+    if kinds != [""]:
+        ax.legend()
+    return fig
+
+
+def plot_error_vs_depth(plt, space, scored: list[dict]):
+    order = space.depth_order
+    fig, ax = plt.subplots(figsize=(7, 5))
+    xs = [order.index(str(r[space.depth])) for r in scored]
+    ax.scatter(xs, [r[f"best_{METRIC}"] for r in scored], s=40)
+    annotate_epochs(ax, [(x, r[f"best_{METRIC}"], r["epochs"]) for x, r in zip(xs, scored)])
+    ax.set_xticks(range(len(order)), order, rotation=20)
+    ax.set(xlabel=f"depth ({space.depth}, shallow -> deep)", ylabel="best validation top-1 error",
+           title="error vs depth (labels: epochs run)")
+    ax.grid(alpha=0.3)
+    return fig
 
 
 def main(argv: list[str] | None = None) -> int:

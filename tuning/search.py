@@ -29,18 +29,18 @@ import yaml
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipelines import cluster_shape
-from pipelines.arguments import positive_int
-from pipelines.cluster_shape import ClusterShape
-from pipelines.console import add_verbose_flag, report_failure, start_ray
-from pipelines.storage import Location
+from common import cluster_shape
+from common.arguments import positive_int
+from common.cluster_shape import ClusterShape
+from common.console import add_verbose_flag, report_failure, start_ray
+from common.storage import Location
+from training import stopped_run
+from training.checkpoint.lookup import best_checkpoint
 from training.config import (ConfigError, TrainConfig, absolute, load, resolve_paths, run_folder, to_dict, to_yaml,
                              with_overrides)
+from training.demo_data import prepare_data
 from training.preflight import (PREFLIGHT_KEYS, check_cluster_fits, check_ingest_room, check_paths_reach_every_node,
                                 check_training_inputs, worker_resources)
-from training import stopped_run
-from training.checkpoint_lookup import best_checkpoint
-from training.demo_data import prepare_data
 from training.trainer import make_trainer, storage
 from tuning.experiment import FINISHED, METRIC, MODE, SETUP_FILE, TRIAL_CONFIGS, trial_config
 from tuning.space import Space, load_space, space_from_dict, space_to_dict

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.settings_file import SettingsFileError, read_mapping
+from common.settings_file import SettingsFileError, read_mapping
 from training.config import ConfigError, load
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.storage import Location
 from pipelines.offline import list_file
 from pipelines.offline.corpus import CorpusError, is_comment
-from pipelines.storage import Location
 
 MISSING = -1  # a sample kept without attributes: ignored by the loss and the metrics
 

@@ -18,7 +18,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.storage import Location
+from common.storage import Location
 
 TABLE_FILE = "classes.parquet"
 MEMBER = pa.struct([("name", pa.string()), ("offset", pa.int64()), ("size", pa.int64())])

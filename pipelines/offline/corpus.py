@@ -25,12 +25,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from pipelines.hashing import stable_hash
-from pipelines.storage import Location
+from common.hashing import stable_hash
+from common.storage import GZIP_MAGIC, Location
 
 UNLABELED = -1
 AMBIGUOUS = -3  # Categories.lookup: a short name several classes end with
-GZIP_MAGIC = b"\x1f\x8b"
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import codecs
 from typing import Iterator
 
-from pipelines.offline.corpus import GZIP_MAGIC, CorpusError, is_comment
-from pipelines.storage import Location
+from common.storage import GZIP_MAGIC, Location
+from pipelines.offline.corpus import CorpusError, is_comment
 
 RANGE_BYTES = 16 << 20  # ~300k Places365 lines per Ray task
 

@@ -18,10 +18,10 @@ from collections import Counter, defaultdict
 from importlib import metadata
 from typing import Iterator
 
+from common.storage import Location
 from pipelines.offline import class_table
 from pipelines.offline.corpus import UNLABELED, Categories
 from pipelines.offline.shard_tasks import STATE_DIR
-from pipelines.storage import Location
 
 INDEX_FILE, CLASSES_FILE, MANIFEST_FILE, QUARANTINE_FILE = (
     "index.json", "classes.json", "manifest.json", "quarantine.jsonl")

@@ -23,7 +23,8 @@ from typing import Iterator
 
 import numpy as np
 
-from pipelines.hashing import stable_hash
+from common.hashing import stable_hash
+from common.storage import Location
 from pipelines.media.images import ImageRejected, ImageSettings, prepare_image
 from pipelines.media.video import VideoRejected, VideoSettings, prepare_video
 from pipelines.offline.attributes import AttributeFile, join, parse_row
@@ -31,7 +32,6 @@ from pipelines.offline.corpus import (UNLABELED, Categories, encode_labels, is_c
                                       relative_image_path, sample_key)
 from pipelines.offline.list_file import lines_in_range
 from pipelines.offline.tar_shard import build_shard
-from pipelines.storage import Location
 
 STATE_DIR = ".state"  # per-shard sidecars and per-bucket reject lists: what makes a rerun resumable
 MEMBERS_DIR = f"{STATE_DIR}/members"  # each shard's member list, from collect_group to write_group; removed after

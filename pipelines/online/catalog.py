@@ -16,8 +16,8 @@ import tarfile
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
+from common.storage import Location
 from pipelines.online.tar_stream import RawSample, ShardReader
-from pipelines.storage import Location
 
 log = logging.getLogger(__name__)
 READ_ERRORS = (tarfile.TarError, OSError, EOFError, ValueError)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 
-from pipelines.hashing import stable_hash
+from common.hashing import stable_hash
 from pipelines.online.wm_sequence import permute
 
 

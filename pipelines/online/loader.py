@@ -31,13 +31,14 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipelines.hashing import stable_hash
+from common.hashing import stable_hash
 from pipelines.offline.attributes import decode as decode_attributes
 from pipelines.offline.corpus import decode_labels
 from pipelines.online.catalog import Catalog
 from pipelines.online.clips import ClipTransform
 from pipelines.online.device_decode import BatchParts, DecodeShare, RankBatch, assemble
-from pipelines.online.streams import ClassAwareStream, SequentialStream, UniformStream, split_range
+from pipelines.online.streams import (ClassAwareStream, SequentialStream, UniformStream, class_aware_epoch_steps,
+                                      split_range)
 from pipelines.online.transforms import EvalTransform, TrainTransform
 from pipelines.online.wm_sequence import job_draw, stream_index
 
@@ -221,7 +222,7 @@ class ShardLoader:
     def steps_per_epoch(self) -> int:
         """Uniform: this rank's batches.  Class-aware: the same on every rank (DDP steps in lockstep)."""
         if self.cfg.mode == "class-aware":
-            return UniformStream.class_aware_steps(self.catalog, self.world_size, self.cfg.batch_size)
+            return class_aware_epoch_steps(self.catalog, self.world_size, self.cfg.batch_size)
         return self._uniform_steps(self.rank)
 
     @property

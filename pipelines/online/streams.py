@@ -23,7 +23,7 @@ import logging
 import random
 from dataclasses import dataclass
 
-from pipelines.hashing import stable_hash
+from common.hashing import stable_hash
 from pipelines.online.catalog import READ_ERRORS, Catalog, Cursor, RangeReader, ReaderPool
 from pipelines.online.class_offsets import ClassOffsets, Row
 from pipelines.online.epoch_order import EpochOrder, ShuffleBuffer
@@ -117,13 +117,6 @@ class UniformStream:
         """Samples rank `rank` sees per epoch: known before reading anything, so DDP ranks plan their steps."""
         start, stop = split_range(catalog.total, world_size, rank)
         return stop - start
-
-    @staticmethod
-    def class_aware_steps(catalog: Catalog, world_size: int, batch_size: int) -> int:
-        """Batches per class-aware epoch, the same on every rank (DDP steps in lockstep): as many as the
-        shortest rank's uniform share fills."""
-        shortest = min(UniformStream.rank_length(catalog, r, world_size) for r in range(world_size))
-        return max(1, shortest // batch_size)
 
     def __len__(self) -> int:
         return self.hi - self.lo
@@ -296,3 +289,10 @@ class ClassAwareStream:
                              f"this is stream {self.stream} of {self.streams} (batch {self.batch})")
         self.start, self.taken = state["start"], state["taken"]
         self.yielded, self.skips.count = state["yielded"], state["skipped"]
+
+
+def class_aware_epoch_steps(catalog: Catalog, world_size: int, batch_size: int) -> int:
+    """Batches per class-aware epoch, the same on every rank (DDP steps in lockstep): as many as the
+    shortest rank's uniform share fills."""
+    shortest = min(UniformStream.rank_length(catalog, r, world_size) for r in range(world_size))
+    return max(1, shortest // batch_size)

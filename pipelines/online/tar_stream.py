@@ -11,7 +11,7 @@ import io
 import tarfile
 from dataclasses import dataclass
 
-from pipelines.storage import Location
+from common.storage import Location
 
 
 @dataclass

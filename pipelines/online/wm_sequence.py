@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from pipelines.hashing import stable_hash
+from common.hashing import stable_hash
 
 ROUNDS = 4
 

@@ -152,18 +152,24 @@ def feature_size(stream_size: int, last_pool: bool) -> int:
     return math.ceil(s / 2) if last_pool else s
 
 
+def fusion_offsets(fusion: str, frames: int | None = None) -> tuple[int, ...]:
+    """The frames a fusion takes, as offsets from the clip's first frame (`frames`: early fusion's extent)."""
+    offsets = FUSIONS[fusion]
+    if frames is not None and frames != len(offsets):
+        if fusion != "early":
+            raise ValueError(f"{fusion} fusion takes {len(offsets)} frames, not {frames}: only early "
+                             f"fusion's temporal extent is an option")
+        offsets = tuple(range(frames))
+    return offsets
+
+
 class VideoNet(StagedNet):
     def __init__(self, num_classes: int = 487, fusion: str = "single", streams: str = "full",
                  input_size: int = 178, width: float = 1.0, fc: int = 4096, dropout: float = 0.5,
                  frames: int | None = None, init: str = "he"):
         if fusion not in FUSIONS or streams not in STREAMS:
             raise ValueError(f"fusion must be one of {list(FUSIONS)} and streams one of {list(STREAMS)}")
-        offsets = FUSIONS[fusion]
-        if frames is not None and frames != len(offsets):
-            if fusion != "early":
-                raise ValueError(f"{fusion} fusion takes {len(offsets)} frames, not {frames}: only early "
-                                 f"fusion's temporal extent is an option")
-            offsets = tuple(range(frames))
+        offsets = fusion_offsets(fusion, frames)
         self.clip_offsets = offsets  # which frames of a clip the input stream must hand over
         names = STREAMS[streams]
         multires = names != ("full",)
@@ -186,7 +192,8 @@ class VideoNet(StagedNet):
 
 
 def _register(name: str, fusion: str, streams: str) -> None:
-    register_model(name)(lambda num_classes=487, **options: VideoNet(num_classes, fusion, streams, **options))
+    register_model(name, clip_offsets=lambda frames=None, **_: fusion_offsets(fusion, frames))(
+        lambda num_classes=487, **options: VideoNet(num_classes, fusion, streams, **options))
 
 
 for _fusion in FUSIONS:

@@ -1,4 +1,4 @@
-"""A Train worker's side of `data.ingest: ray_data` (`ray_ingest`): batches from the worker's dataset shard,
+"""A Train worker's side of `data.ingest: ray_data` (`ingest_pipeline`): batches from the worker's dataset shard,
 with `ShardLoader`'s interface (`epoch(e)`, steps, skipped samples, state for checkpoints), so the
 training loop does not care which ingest feeds it.
 
@@ -17,8 +17,8 @@ import ray.train
 import torch.distributed as dist
 
 from pipelines.online.catalog import Catalog
-from pipelines.online.ray_ingest import DATASET, IngestSpec
-from pipelines.online.streams import UniformStream
+from pipelines.online.ingest_pipeline import DATASET, IngestSpec
+from pipelines.online.streams import UniformStream, class_aware_epoch_steps
 
 
 def merge(intervals: list) -> list[list[int]]:
@@ -82,7 +82,7 @@ class RayDataInput:
     def steps_per_epoch(self) -> int:
         """Class-aware: every rank the same (the split is equal).  Uniform: this rank's expected share."""
         if self.spec.mode == "class-aware":  # the loader's, so an epoch draws the same samples
-            return UniformStream.class_aware_steps(self.catalog, self.world_size, self.batch_size)
+            return class_aware_epoch_steps(self.catalog, self.world_size, self.batch_size)
         return math.ceil(self.samples_per_epoch / self.batch_size)
 
     @property

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 
-from pipelines.storage import Location
-from training.checkpointing import CHECKPOINT_FILE, inference_weights, non_finite_tensors
+from common.storage import Location
+from training.checkpoint.contents import CHECKPOINT_FILE, inference_weights, non_finite_tensors
 from training.pretrained import scoring_state
 from training.published import ModelFileError
 

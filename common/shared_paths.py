@@ -14,7 +14,7 @@ import os
 import uuid
 from dataclasses import dataclass
 
-from pipelines.cluster_shape import ClusterShape
+from common.cluster_shape import ClusterShape
 
 MARKER_PREFIX = ".shared-filesystem-check-"
 

@@ -1,4 +1,4 @@
-"""When a training run checkpoints, how the checkpoint reaches storage, and how it is read back.
+"""When a training run checkpoints, and how the checkpoint reaches storage.
 
 Every epoch ends with a checkpoint (validated, scored by top-1 error).  A Places2 epoch is hours on one
 node, so `run.checkpoint_every_steps` and `run.checkpoint_every_s` add checkpoints inside an epoch:
@@ -18,7 +18,6 @@ and the next checkpoint written on the node removes those whose process has died
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import shutil
@@ -30,9 +29,8 @@ import torch
 import torch.distributed as dist
 from ray.train import CheckpointUploadMode
 
-from pipelines.storage import Location
+from training.checkpoint import contents
 
-CHECKPOINT_FILE = "state.pt"
 FOLDER_PREFIX = "places-checkpoint-"
 PROBE_STEPS = 20  # how often the ranks agree whether checkpoint_every_s has passed (one tiny all-reduce)
 
@@ -75,7 +73,7 @@ def report_checkpoint(payload: dict | None, metrics: dict, upload_async: bool = 
     if payload is not None:
         remove_orphaned_folders()
         folder = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
-        torch.save(payload, os.path.join(folder, CHECKPOINT_FILE))
+        contents.save(folder, payload)
         checkpoint = ray.train.Checkpoint.from_directory(folder)
     if upload_async:
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=CheckpointUploadMode.ASYNC)
@@ -114,24 +112,3 @@ def mid_epoch_metrics(epoch: int, step: int, done: int, steps: int, lr: float) -
     """What a mid-epoch checkpoint is reported with: where it is, and no validation score."""
     return {"epoch": epoch, "step": step, "epoch_step": done, "epoch_steps": steps, "top1_error": math.inf,
             "top5_error": math.inf, "mid_epoch": True, "lr": lr}
-
-
-def load_checkpoint_file(uri: str) -> dict:
-    """A `state.pt` written by training (or the checkpoint folder holding it), local or any fsspec URI."""
-    loc = Location.parse(uri)
-    if loc.is_dir():
-        loc = loc.child(CHECKPOINT_FILE)
-    return torch.load(io.BytesIO(loc.read_bytes()), map_location="cpu", weights_only=True)
-
-
-def inference_weights(state: dict) -> dict:
-    """The weights a checkpoint is validated and exported with: the moving average when EMA was on."""
-    if state.get("ema"):
-        return {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
-    return state["model"]
-
-
-def non_finite_tensors(weights: dict) -> list[str]:
-    """The names of floating-point tensors holding NaN or infinity: a diverged run's."""
-    return [name for name, t in weights.items()
-            if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]

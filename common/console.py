@@ -145,7 +145,7 @@ def _address_to_pin() -> tuple[str, int | None]:
 
     from ray.util import get_node_ip_address
 
-    from pipelines.cluster_shape import cluster_address
+    from common.cluster_shape import cluster_address
 
     joined = cluster_address()
     if joined:

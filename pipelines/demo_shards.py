@@ -1,6 +1,6 @@
 """The built-in demo data: generate the corpus and shard its train/val/test lists, each only if absent.
 
-    python pipelines/demo.py [--data data/demo] [--seed 0]
+    python pipelines/demo_shards.py [--data data/demo] [--seed 0]
 
 Shards land in DATA/shards/{train,val,test}; each has a manifest.json once complete, which is what
 "present" means here, so an interrupted demo simply resumes.
@@ -16,9 +16,9 @@ import sys
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipelines import shard
-from pipelines.console import add_verbose_flag
+from common.console import add_verbose_flag
 from pipelines.demo_corpus import make_demo_corpus
+from pipelines.offline.sharding import ShardConfig, run_and_report
 
 SPLITS = {"train": ("train.txt", "data_256"), "val": ("val.txt", "val_256"), "test": ("test.txt", "test_256")}
 ATTRIBUTE_FILES = {"train": "attributes_train.csv", "val": "attributes_val.csv"}  # the test split has none
@@ -40,14 +40,11 @@ def prepare_demo(data: str = "data/demo", seed: int = 0, shard_samples: int = 20
         out = os.path.join(data, "shards", split)
         manifest_path = os.path.join(out, "manifest.json")
         if not _complete(out, with_attributes=split in ATTRIBUTE_FILES):
-            argv = ["--list", os.path.join(data, listing), "--images-root", os.path.join(data, images),
-                    "--out", out, "--shard-samples", str(shard_samples), "--name", f"demo-{split}"]
-            if split != "test":
-                argv += ["--categories", os.path.join(data, "categories.txt"),
-                         "--attributes", os.path.join(data, ATTRIBUTE_FILES[split])]
-            if verbose:
-                argv.append("--verbose")
-            if shard.main(argv) != 0:
+            labels = {} if split == "test" else {"categories": os.path.join(data, "categories.txt"),
+                                                 "attributes": os.path.join(data, ATTRIBUTE_FILES[split])}
+            cfg = ShardConfig(list=os.path.join(data, listing), images_root=os.path.join(data, images), out=out,
+                              shard_samples=shard_samples, name=f"demo-{split}", **labels)
+            if run_and_report(cfg, verbose) != 0:
                 raise RuntimeError(f"sharding the demo's {split} split failed")
         with open(manifest_path) as f:
             manifests[split] = json.load(f)

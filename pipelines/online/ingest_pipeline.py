@@ -36,8 +36,8 @@ from ray.data import DataContext, Datasource, ExecutionOptions, ReadTask
 from ray.data.block import BlockMetadata
 from ray.train import DataConfig
 
-from pipelines.console import quiet_console_handlers
-from pipelines.hashing import stable_hash
+from common.console import quiet_console_handlers
+from common.hashing import stable_hash
 from pipelines.offline.attributes import decode as decode_attributes
 from pipelines.online.catalog import READ_ERRORS, Catalog, RangeReader
 from pipelines.online.class_offsets import ClassOffsets

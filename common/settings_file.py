@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import yaml
 
-from pipelines.offline.corpus import GZIP_MAGIC
+from common.storage import GZIP_MAGIC
 
 
 class SettingsFileError(ValueError):

@@ -20,6 +20,8 @@ from typing import BinaryIO, Iterator
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+GZIP_MAGIC = b"\x1f\x8b"  # the first bytes of a gzip file: a list or settings file still compressed
+
 
 @dataclass(frozen=True)
 class Location:
@@ -29,7 +31,7 @@ class Location:
     root: str
 
     @classmethod
-    def write_file(cls, uri: str, data: bytes) -> str:
+    def write_atomic_uri(cls, uri: str, data: bytes) -> str:
         """Atomically write one file given by its own path or URI (parent folders made); returns its URI."""
         parent, name = posixpath.split(uri.rstrip("/"))
         folder = cls.parse(parent or ".")
