@@ -17,7 +17,7 @@ from pipelines import shard
 from pipelines.offline import sharding
 from pipelines.offline.corpus import LISTED, Categories, parse_line
 from refusals import check_refused, files_under
-from training import evaluate
+from training import evaluation
 from training.config import load, to_dict
 from training.models import build_model
 from training.train_loop import check_epoch_input
@@ -328,7 +328,7 @@ def test_rejection_reasons_carry_no_object_addresses():
 
 
 def test_prediction_ids_stay_unique_for_class_folder_corpora():
-    assert [evaluate.image_id(s, k) for s, k in [("beach/0.jpg", "beach_0"), ("/forest/0.jpg", "forest_0"),
+    assert [evaluation.image_id(s, k) for s, k in [("beach/0.jpg", "beach_0"), ("/forest/0.jpg", "forest_0"),
                                                   ("Places365_val_00000001.jpg", "x"), ("my photo.jpg", "my_photo")]] \
         == ["beach/0.jpg", "forest/0.jpg", "Places365_val_00000001.jpg", "my_photo"]
 

@@ -121,7 +121,7 @@ def resume(storage, name: str, *overrides: str, config: str | None = None, force
 
 def test_resume_continues_under_the_runs_saved_config(tmp_path, capsys):
     from training.config import ConfigError, load, save_run_config
-    from training.run import resume_config
+    from training.runs import resume_config
 
     saved = load(f"{ROOT}/configs/demo.yaml", ["optim.lr=0.03", "run.epochs=5", f"run.storage_path={tmp_path}"])
     save_run_config(f"{tmp_path}/r1", saved)

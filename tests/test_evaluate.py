@@ -12,7 +12,7 @@ from conftest import write_shards
 from pipelines.online.catalog import Catalog
 from pipelines.online.streams import SequentialStream
 from pipelines.online.transforms import EvalTransform
-from training import evaluate
+from training import evaluate, evaluation
 from training.checkpoint.lookup import CheckpointError, resolve_checkpoint
 from training.config import load, to_dict
 from training.models import build_model
@@ -92,9 +92,9 @@ def test_fusions_and_learned_weights_are_fit_only_on_the_heldout_slice(setup):
 
 def test_fuse_functions():
     probs = np.array([[[0.7, 0.3], [0.2, 0.8]], [[0.6, 0.4], [0.5, 0.5]]])  # (images, models, classes)
-    avg, _ = evaluate.fuse(np.log(probs), "average", np.zeros(2, bool), np.array([0, 1]))
+    avg, _ = evaluation.fuse(np.log(probs), "average", np.zeros(2, bool), np.array([0, 1]))
     assert np.allclose(np.exp(avg), [[0.45, 0.55], [0.55, 0.45]])  # the posteriors' mean, in log space
-    prod, _ = evaluate.fuse(np.log(probs), "product", np.zeros(2, bool), np.array([0, 1]))
+    prod, _ = evaluation.fuse(np.log(probs), "product", np.zeros(2, bool), np.array([0, 1]))
     assert prod.argmax(1).tolist() == [1, 0]
 
 
@@ -155,12 +155,12 @@ def test_a_run_folder_gives_its_best_checkpoint(setup, tmp_path):
 
 def test_views_default_to_what_the_checkpoint_was_trained_at():
     demo = load(None, ["data.size=64", "data.eval_resize=73"])
-    assert evaluate.view_geometry([demo], "center", None, None) == (64, (73,))
-    assert evaluate.view_geometry([demo], "dense", None, None) == (64, (73, 110, 146))
-    assert evaluate.view_geometry([load(None)], "multi_view", None, None) == (224, (256, 320))
-    assert evaluate.view_geometry([demo], "center", 56, [64]) == (56, (64,))
+    assert evaluation.view_geometry([demo], "center", None, None) == (64, (73,))
+    assert evaluation.view_geometry([demo], "dense", None, None) == (64, (73, 110, 146))
+    assert evaluation.view_geometry([load(None)], "multi_view", None, None) == (224, (256, 320))
+    assert evaluation.view_geometry([demo], "center", 56, [64]) == (56, (64,))
     with pytest.raises(CheckpointError, match="trained at different sizes"):
-        evaluate.view_geometry([demo, load(None)], "center", None, None)
+        evaluation.view_geometry([demo, load(None)], "center", None, None)
 
 
 def test_a_damaged_shard_is_skipped_and_counted_not_fatal(setup, tmp_path, capsys):
@@ -245,7 +245,7 @@ def test_trainer_evaluate_and_predict_rank_alike_at_extreme_logits(setup, tmp_pa
     trainer's validation, evaluate.py and predict.py give the same top-1 and top-5 for every image (and
     evaluate.py's predictions.csv the same five classes as predict.py)."""
     from conftest import write_shards
-    from training import predict
+    from training import prediction
     from training.validation import evaluate_rank
 
     classes = 8
@@ -276,7 +276,7 @@ def test_trainer_evaluate_and_predict_rank_alike_at_extreme_logits(setup, tmp_pa
                                                       pytest.approx(metrics["top5_error"]))
     assert "model, center: top-1 error " in capsys.readouterr().out  # one model: not "fused"
     rows = dict(line.split(" ", 1) for line in (out / "predictions.csv").read_text().splitlines())
-    scorer = predict.Model(str(path))
+    scorer = prediction.Model(str(path))
     for draw in SequentialStream(Catalog.load(str(tmp_path / "val"))):
         ranked, _, _ = scorer.predict(scorer.transform.views(draw.members["jpg"])[0], 5, "auto")
         assert [names.index(c) for c, _ in ranked] == [int(c) for c in rows[draw.key].split()], draw.key

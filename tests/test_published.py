@@ -112,7 +112,7 @@ def test_run_py_names_what_it_loaded_before_ray_starts(tmp_path, capsys):
 
 
 def test_predict_labels_images_with_a_published_model_and_its_categories(tmp_path, capsys):
-    from training import predict
+    from training import predict, prediction
 
     theirs, path = csail_file(tmp_path, "resnet18", classes=6)
     categories = tmp_path / "categories_places365.txt"
@@ -129,7 +129,7 @@ def test_predict_labels_images_with_a_published_model_and_its_categories(tmp_pat
     assert f"loaded 102/102 tensors from {path} (arch resnet18)" in console
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(lines) == 3
-    model = predict.Model(path, categories=str(categories))
+    model = prediction.Model(path, categories=str(categories))
     for line in lines:  # the release's preprocessing, torchvision's network: the same top-5
         with open(line["image"], "rb") as f:
             view = model.view(f.read())

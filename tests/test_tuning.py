@@ -10,7 +10,7 @@ import yaml
 
 from training.config import ConfigError, with_overrides
 from tuning.experiment import FINISHED
-from tuning.search import max_concurrent, warm_start_checkpoint
+from tuning.experiment_driver import max_concurrent, warm_start_checkpoint
 from tuning.space import load_space, space_to_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
