@@ -24,12 +24,16 @@ from pipelines.online.catalog import Catalog
 from pipelines.online.pca_noise import PCA_FILE, compute
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", required=True)
     p.add_argument("--samples", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     catalog = Catalog.load(a.shards)
     result = compute(catalog, a.samples, a.seed)
     catalog.loc.write_atomic(PCA_FILE, (json.dumps(result, indent=1) + "\n").encode())

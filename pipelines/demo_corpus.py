@@ -266,11 +266,15 @@ def make_demo_corpus(out: str, seed: int = 0, workers: int | None = None) -> dic
     return {"out": out, "classes": len(CLASSES), "train": len(train), "val": len(val), "test": len(test)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     summary = make_demo_corpus(a.out, a.seed)
     print(f"demo corpus: {summary['classes']} classes, {summary['train']} train entries "
           f"(counts {train_counts()[0]}..{train_counts()[-1]}), {summary['val']} val, {summary['test']} test "

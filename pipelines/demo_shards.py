@@ -60,12 +60,16 @@ def _complete(out: str, with_attributes: bool) -> bool:
         return not with_attributes or "attribute_names" in json.load(f)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/demo")
     p.add_argument("--seed", type=int, default=0)
     add_verbose_flag(p)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     for split, m in prepare_demo(a.data, a.seed, verbose=a.verbose).items():
         print(f"{split}: read {m['entries_read']} = written {m['written']} + quarantined {m['quarantined']} "
               f"{m['quarantine_reasons']} -> {os.path.join(os.path.abspath(a.data), 'shards', split)}")

@@ -179,13 +179,17 @@ def prepare_video_demo(data: str = "data/video_demo", seed: int = 0, verbose: bo
     return manifests
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--train-per-class", type=int, default=40)
     p.add_argument("--val-per-class", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     counts = write(a.out, a.train_per_class, a.val_per_class, a.seed)
     print(f"wrote {counts['train']} training videos (+ {counts['train_bad']} files to quarantine) and "
           f"{counts['val']} validation videos of {len(CLASSES)} classes in {a.out}/train and {a.out}/val")

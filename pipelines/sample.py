@@ -78,7 +78,7 @@ def job_draws(catalog: Catalog, mode: str, seed: int, ranks: list[int], world_si
                 yield {"key": d.key, "cls": d.cls, "rank": r, "worker": worker}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", required=True, help="folder or URI written by pipelines/shard.py")
     p.add_argument("--mode", choices=["uniform", "class-aware"], required=True)
@@ -93,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block", type=int, default=1, help="uniform: samples per range read")
     p.add_argument("--buffer", type=int, default=1000, help="uniform: shuffle buffer, in samples")
     p.add_argument("--out", required=True, help="draws.jsonl (local path or URI)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     a = p.parse_args(argv)
     if not 0 <= a.rank < a.world_size:
         p.error(f"--rank must be in [0, --world-size), got {a.rank} of {a.world_size}")

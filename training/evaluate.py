@@ -36,7 +36,7 @@ from training.class_names import read_class_names
 from training.evaluation import DEFAULT_SCALES, check_inputs, check_room_to_read, clip_transforms, score, view_geometry
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", action="append", required=True,
                    help="a state.pt written by training, its checkpoint folder, a run folder (its best "
@@ -63,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="fail (exit 1) when more of the listed samples cannot be read (default 0.01)")
     p.add_argument("--out", required=True)
     add_verbose_flag(p)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     from training.models import clip_offsets_for  # (torch's import: once the arguments parse)
 
     try:  # before Ray starts: a wrong path is a one-line error, not a traceback from an actor

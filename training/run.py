@@ -26,7 +26,7 @@ from training.preflight import check_cluster_fits, check_training_inputs
 from training.runs import DEMO_CONFIG, check_storage, resume_config, run_exists, train
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML recipe (configs/*.yaml); default: the demo, or with --resume the "
                                     "run's own saved config")
@@ -37,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force-config", action="store_true",
                    help="with --resume: continue under --config even where it differs from the run's saved config")
     add_verbose_flag(p)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     try:
         cfg = resume_config(a) if a.resume else resolve_paths(load(a.config or DEMO_CONFIG, a.set))
         name = a.resume or cfg.run.name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"

@@ -29,11 +29,15 @@ from tuning.analysis import best_config, format_table, load_trials, plot, summar
 from tuning.experiment import METRIC
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", help="the experiment folder (run.storage_path/NAME), local or s3://")
     p.add_argument("--out", help="where to write the analysis (default: EXPERIMENT/analysis, or ./analysis-NAME)")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     experiment = absolute(a.experiment.rstrip("/"))
     try:
         setup, trials = load_trials(experiment)

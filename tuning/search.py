@@ -39,7 +39,7 @@ from tuning.experiment_driver import check_sampled_inputs, max_concurrent, new_s
 from tuning.space import load_space
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="base training recipe (configs/*.yaml)")
     p.add_argument("--space", help="search space (tuning/spaces/*.yaml)")
@@ -53,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-concurrent", type=positive_int, metavar="N",
                    help="trials at a time (default: as many as the cluster can hold at its largest)")
     add_verbose_flag(p)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     try:
         cluster_shape.cluster_address()  # one that no longer runs: refused before any work
         if a.resume:
