@@ -2,7 +2,7 @@
 evaluation loop (ImageFolder + DataLoader + the model in batches), same images, model and protocol.
 
     python benchmarks/eval_throughput.py [--images 1000] [--arch resnet18] [--protocols center ten_crop]
-        [--size 224] [--batch 32] [--workers N]
+        [--size 224] [--batch-size 32] [--loader-workers N]
 
 Prints JSON: images/s of each, per protocol.  Ours reads the shards made from the same JPEG tree
 (256x256, passed through byte for byte) and runs `predict()` with one model actor (on the GPU when
@@ -21,7 +21,6 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
 
 import torch
 import torchvision.transforms as T
@@ -29,6 +28,7 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 from loader_throughput import make_tree
+from common.tool_settings import add_old_spelling
 from pipelines.online.transforms import IMAGENET_MEAN, IMAGENET_STD
 from training.checkpoint import contents
 from training.config import load, to_dict
@@ -62,8 +62,11 @@ def main() -> None:
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--protocols", nargs="+", default=["center", "ten_crop"], choices=["center", "ten_crop"])
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="peer's decode workers")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--loader-workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                   help="peer's decode workers")
+    add_old_spelling(p, "--batch", "--batch-size")
+    add_old_spelling(p, "--workers", "--loader-workers")
     a = p.parse_args()
     import ray
 
@@ -71,7 +74,8 @@ def main() -> None:
 
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
-    result = {"images": a.images, "arch": a.arch, "size": a.size, "batch": a.batch, "peer_workers": a.workers,
+    result = {"images": a.images, "arch": a.arch, "size": a.size, "batch": a.batch_size,
+              "peer_workers": a.loader_workers,
               "device": torch.cuda.get_device_name() if gpu else f"cpu ({os.cpu_count()} cores)", "protocols": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tree, shards = os.path.join(tmp, "tree"), os.path.join(tmp, "shards")
@@ -87,10 +91,10 @@ def main() -> None:
         exported = model.export().to(device).eval()
         for protocol in a.protocols:
             start = time.perf_counter()
-            out = predict([checkpoint], shards, protocol, (256,), a.size, 1, gpu, a.batch)
+            out = predict([checkpoint], shards, protocol, (256,), a.size, 1, gpu, a.batch_size)
             ours = len(out["key"]) / (time.perf_counter() - start)
             assert len(out["key"]) == a.images
-            peer = peer_rate(tree, exported, protocol, a.size, a.batch, a.workers, device)
+            peer = peer_rate(tree, exported, protocol, a.size, a.batch_size, a.loader_workers, device)
             result["protocols"][protocol] = {"ours_img_s": round(ours, 1), "torchvision_img_s": round(peer, 1),
                                              "ours_over_torchvision": round(ours / peer, 3)}
             print(json.dumps({protocol: result["protocols"][protocol]}), file=sys.stderr)

@@ -37,7 +37,7 @@ run_stage() {
     wm) python3 benchmarks/model_step.py --archs wm_model_b --rounds 1 > "$out/model_step_wm.json" ;;
     rest) "${train[@]}" --archs alexnet googlenet wm_model_b --out "$out/train_throughput_rest.json" &&
           "${train[@]}" --archs resnet50 vgg_d --columns c --out "$out/train_throughput_goals_c.json" ;;
-    loaders) python3 benchmarks/loader_throughput.py --images 12000 --workers 12 --batch 64 \
+    loaders) python3 benchmarks/loader_throughput.py --images 12000 --loader-workers 12 --batch-size 64 \
                > "$out/loader_throughput.json" &&
              python3 benchmarks/eval_throughput.py > "$out/eval_throughput.json" ;;
     compiled) python3 benchmarks/train_throughput.py --compile on --columns a b \

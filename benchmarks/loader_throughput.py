@@ -1,6 +1,6 @@
 """Training-input throughput: our uniform and class-aware streams vs torchvision ImageFolder + DataLoader.
 
-    python benchmarks/loader_throughput.py [--images 3000] [--workers 2] [--batch 64] [--crop rrc]
+    python benchmarks/loader_throughput.py [--images 3000] [--loader-workers 2] [--batch-size 64] [--crop rrc]
 
 Prints JSON.  The same 256x256 JPEGs are written once as an ImageFolder tree and sharded from it by
 pipelines/shard.py (which passes them through byte for byte).  Every contender does decode + the
@@ -23,11 +23,8 @@ import itertools
 import json
 import os
 import random
-import sys
 import tempfile
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 import torch
@@ -36,6 +33,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
+from common.tool_settings import add_old_spelling
 from pipelines.online.catalog import Catalog
 from pipelines.online.device_decode import decode_planned
 from pipelines.online.loader import LoaderConfig, ShardLoader
@@ -158,14 +156,17 @@ def gpu_decode_rate(shards: str, ours: TrainTransform, batch: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=3000)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--loader-workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=64)
+    add_old_spelling(p, "--batch", "--batch-size")
+    add_old_spelling(p, "--workers", "--loader-workers")
     a = p.parse_args()
     import ray
 
     from pipelines.offline.sharding import ShardConfig, run
 
-    result = {"images": a.images, "workers": a.workers, "batch": a.batch, "transform": "rrc224+flip+normalize",
+    result = {"images": a.images, "workers": a.loader_workers, "batch": a.batch_size,
+              "transform": "rrc224+flip+normalize",
               "cpu_count": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         tree, shards = os.path.join(tmp, "tree"), os.path.join(tmp, "shards")
@@ -174,25 +175,25 @@ def main() -> None:
         run(ShardConfig(out=shards, image_folder=tree, shard_samples=500))
         ray.shutdown()
         torch.set_num_threads(1)
-        warmup = max(2, a.workers)  # every worker has delivered its first batch: steady state
+        warmup = max(2, a.loader_workers)  # every worker has delivered its first batch: steady state
 
         tv = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
                         T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         result["delivered_to"] = device.type
-        folder = DataLoader(ImageFolder(tree, transform=tv), batch_size=a.batch, shuffle=True,
-                            num_workers=a.workers, persistent_workers=False, pin_memory=device.type == "cuda")
+        folder = DataLoader(ImageFolder(tree, transform=tv), batch_size=a.batch_size, shuffle=True,
+                            num_workers=a.loader_workers, persistent_workers=False, pin_memory=device.type == "cuda")
         ours = TrainTransform(crop="rrc", size=224)
         figures = {}
         for _ in range(2):  # alternate, keep each one's best
             figures["imagefolder"] = max(figures.get("imagefolder", 0), rate(folder, warmup, device))
             for mode in ("uniform", "class-aware"):
-                loader = ShardLoader(LoaderConfig(shards=shards, mode=mode, batch_size=a.batch,
-                                                  num_workers=a.workers), ours, device=device)
+                loader = ShardLoader(LoaderConfig(shards=shards, mode=mode, batch_size=a.batch_size,
+                                                  num_workers=a.loader_workers), ours, device=device)
                 figures[mode] = max(figures.get(mode, 0), rate(loader.epoch(0), warmup, device))
         for name, value in figures.items():
             result[f"{name}_img_s"] = round(value, 1)
-            result[f"{name}_img_s_per_core"] = round(value / a.workers, 1)
+            result[f"{name}_img_s_per_core"] = round(value / a.loader_workers, 1)
         result["uniform_over_imagefolder"] = round(figures["uniform"] / figures["imagefolder"], 3)
         result["class_aware_over_imagefolder"] = round(figures["class-aware"] / figures["imagefolder"], 3)
         result["class_aware_over_uniform"] = round(figures["class-aware"] / figures["uniform"], 3)
@@ -201,7 +202,7 @@ def main() -> None:
         result["class_aware_365_classes"] = bounded_at_365_classes(tmp)
 
         if torch.cuda.is_available():
-            result.update(gpu_decode_rate(shards, ours, a.batch))
+            result.update(gpu_decode_rate(shards, ours, a.batch_size))
     print(json.dumps(result, indent=1))
 
 

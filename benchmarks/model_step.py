@@ -1,6 +1,6 @@
 """Training-step throughput: our models vs torchvision's equivalents, and relay vs bp for WM A and B.
 
-    python benchmarks/model_step.py [--archs resnet18 vgg_d ...] [--batch N] [--size S] [--steps N]
+    python benchmarks/model_step.py [--archs resnet18 vgg_d ...] [--batch-size N] [--size S] [--steps N]
 
 Prints JSON.  On a GPU: bf16 autocast, channels_last, cuDNN autotuning, 224x224, with torch.compile off
 and on.  On the CPU (this machine): fp32 at a small input (default 64x64), compile off.  Each figure is
@@ -20,13 +20,12 @@ import platform
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from common.tool_settings import add_old_spelling
 from training.models import create_model
 
 # ours -> (torchvision builder, note on what differs, if anything)
@@ -94,17 +93,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--archs", nargs="+", default=[*PEERS, *WM])
     gpu = torch.cuda.is_available()
-    p.add_argument("--batch", type=int, default=128 if gpu else 16)
+    p.add_argument("--batch-size", type=int, default=128 if gpu else 16)
     p.add_argument("--size", type=int, default=224 if gpu else 64)
     p.add_argument("--steps", type=int, default=20 if gpu else 4)
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; each side's best is kept")
+    add_old_spelling(p, "--batch", "--batch-size")
     a = p.parse_args()
     device = "cuda" if gpu else "cpu"
     torch.backends.cudnn.benchmark = gpu
     compile_modes = [False, True] if gpu else [False]
     result = {"device": torch.cuda.get_device_name() if gpu else f"cpu ({os.cpu_count()} cores, "
               f"{platform.processor() or platform.machine()})", "torch": torch.__version__,
-              "torchvision": torchvision.__version__, "batch": a.batch, "size": a.size,
+              "torchvision": torchvision.__version__, "batch": a.batch_size, "size": a.size,
               "bf16_channels_last": gpu, "models": {}, "relay_over_bp": {}}
     for name in a.archs:
         entry = {}
@@ -125,7 +125,7 @@ def main() -> None:
                 for key, build in contenders.items():
                     torch.manual_seed(0)
                     model, ours = build()
-                    best[key] = max(best[key], step_rate(model, a.batch, a.size, a.steps, device, ours, compiled))
+                    best[key] = max(best[key], step_rate(model, a.batch_size, a.size, a.steps, device, ours, compiled))
                     del model
             for key, rate in best.items():
                 entry[f"{key}_{tag}_img_s"] = round(rate, 1)

@@ -3,7 +3,7 @@ in-memory reference, the WM procedure with `random.shuffle` over full per-class 
 (how mixed a batch's classes are: our epoch order against a random permutation of every sample, and
 WebDataset's usual recipe, shard shuffle + a 1,000-sample buffer, one shard at a time per worker).
 
-    python benchmarks/sampling_quality.py [--world 8 --workers 8 --batch 32] [--classes 365]
+    python benchmarks/sampling_quality.py [--world 8 --loader-workers 8 --batch-size 32] [--classes 365]
 
 The corpus is Places-like: 365 classes of 4,000 to 40,000 images (geometric spacing, ~5.7M images),
 written one class at a time in shards of 1,000.  Ours is computed exactly as the W x K streams
@@ -26,20 +26,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import sys
 import time
 
 import numpy as np
 from scipy.stats import chisquare, spearmanr
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from common.hashing import stable_hash  # noqa: E402
-from pipelines.online.epoch_order import EpochOrder, ShuffleBuffer  # noqa: E402
-from pipelines.online.streams import consumer_range  # noqa: E402
-from pipelines.online.wm_sequence import WMSequence, job_draw  # noqa: E402
+from common.hashing import stable_hash
+from common.tool_settings import add_old_spelling
+from pipelines.online.epoch_order import EpochOrder, ShuffleBuffer
+from pipelines.online.streams import consumer_range
+from pipelines.online.wm_sequence import WMSequence, job_draw
 
 UNIFORM_BATCH, UNIFORM_BATCHES = 256, 40
 
@@ -168,17 +165,21 @@ def uniform_mixing(counts: dict[int, int], streams: int, seed: int, shard_sample
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--world", type=int, default=8)
-    p.add_argument("--workers", type=int, default=8)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--loader-workers", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--classes", type=int, default=365)
     p.add_argument("--seed", type=int, default=0)
+    add_old_spelling(p, "--batch", "--batch-size")
+    add_old_spelling(p, "--workers", "--loader-workers")
     a = p.parse_args()
     counts = places_like(a.classes)
-    print(json.dumps({"classes": a.classes, "images": sum(counts.values()), "streams": a.world * a.workers,
-                      "world": a.world, "workers": a.workers, "batch": a.batch,
-                      "streams_draw_the_job_sequence_exactly": streams_partition(a.world, a.workers, a.batch),
-                      "ours": ours(counts, a.seed, a.world * a.workers, a.batch), "reference_in_memory": reference(counts, a.seed),
-                      "uniform_batch_classes": uniform_mixing(counts, a.world * a.workers, a.seed)}, indent=1))
+    print(json.dumps({"classes": a.classes, "images": sum(counts.values()), "streams": a.world * a.loader_workers,
+                      "world": a.world, "workers": a.loader_workers, "batch": a.batch_size,
+                      "streams_draw_the_job_sequence_exactly":
+                          streams_partition(a.world, a.loader_workers, a.batch_size),
+                      "ours": ours(counts, a.seed, a.world * a.loader_workers, a.batch_size),
+                      "reference_in_memory": reference(counts, a.seed),
+                      "uniform_batch_classes": uniform_mixing(counts, a.world * a.loader_workers, a.seed)}, indent=1))
 
 
 if __name__ == "__main__":

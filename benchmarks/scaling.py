@@ -21,15 +21,13 @@ import argparse
 import json
 import math
 import os
-import sys
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from pipelines.offline.tar_shard import build_shard  # noqa: E402
-from training.models import create_model  # noqa: E402
+from pipelines.offline.tar_shard import build_shard
+from training.models import create_model
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "h100")
 PLACES365_CHALLENGE = 8_026_628

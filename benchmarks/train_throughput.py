@@ -10,7 +10,7 @@
 (e) the same trainer with `data.ingest: ray_data`: the worker takes 1 CPU, Ray Data tasks decode on the
     others (on a cluster: on any node).
 
-    python benchmarks/train_throughput.py [--archs resnet50 ...] [--batch N] [--size S] [--steps N]
+    python benchmarks/train_throughput.py [--archs resnet50 ...] [--batch-size N] [--size S] [--steps N]
         [--pipeline-steps N] [--trainer-epochs N] [--compile both|off|on] [--columns a b c d e]
         [--data DIR] [--out FILE]
 
@@ -31,13 +31,13 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import torch
 
 from model_step import PEERS, peer, step_rate
 from common.storage import Location
+from common.tool_settings import add_old_spelling
 from pipelines.online.loader import LoaderConfig, ShardLoader
 from pipelines.online.transforms import TrainTransform
 from training.models import create_model
@@ -121,9 +121,9 @@ def trainer_rate(name: str, shards: str, val_shards: str, a: argparse.Namespace,
     options = {"input_size": a.size} if name in ("vgg_d", "alexnet") else {}
     cfg = load(None, [f"model.name={name}", "model.num_classes=10", "model.mode=bp",
                       f"model.options={json.dumps(options)}", f"data.train_shards={shards}",
-                      f"data.val_shards={val_shards}", f"data.batch_size={a.batch}", f"data.size={a.size}",
+                      f"data.val_shards={val_shards}", f"data.batch_size={a.batch_size}", f"data.size={a.size}",
                       f"data.eval_resize={round(a.size * 8 / 7)}", f"data.loader_workers={a.loader_workers}",
-                      f"run.epochs={a.trainer_epochs}", "run.workers=1", f"run.use_gpu={str(gpu).lower()}",
+                      f"run.epochs={a.trainer_epochs}", "run.workers=1", f"run.gpu={str(gpu).lower()}",
                       f"run.cpus_per_worker={cpus}", f"data.ingest={ingest}", f"data.decode={decode}",
                       f"run.storage_path={storage}", "run.num_to_keep=1"])
     result = make_trainer(cfg, f"{name}-{ingest}-{decode}-{time.strftime('%H%M%S')}").fit()
@@ -140,11 +140,11 @@ def synthetic(name: str, a: argparse.Namespace, device: str) -> dict:
         tag = "compiled" if compiled else "eager"
         if "a" in a.columns and name in PEERS:
             entry[f"a_torchvision_{tag}_img_s"] = round(
-                step_rate(peer(name, 10, a.size)[0], a.batch, a.size, a.steps, device, False, compiled), 1)
+                step_rate(peer(name, 10, a.size)[0], a.batch_size, a.size, a.steps, device, False, compiled), 1)
         if "b" in a.columns:
             model = create_model(name, 10, mode="bp", **options)
             entry[f"b_ours_synthetic_{tag}_img_s"] = round(
-                step_rate(model, a.batch, a.size, a.steps, device, True, compiled), 1)
+                step_rate(model, a.batch_size, a.size, a.steps, device, True, compiled), 1)
     return entry
 
 
@@ -155,7 +155,7 @@ def from_shards(name: str, a: argparse.Namespace, device: str, shards: str | Non
     entry = {}
     decodes = ["workers", "device", "hybrid"] if gpu else ["workers"]
     for decode in decodes if "c" in a.columns else []:
-        rate, share = pipeline_rate(name, shards, a.batch, a.size, a.pipeline_steps, device, decode,
+        rate, share = pipeline_rate(name, shards, a.batch_size, a.size, a.pipeline_steps, device, decode,
                                     a.loader_workers)
         entry[f"c_ours_from_shards_{DECODE_TAGS[decode]}_decode_img_s"] = round(rate, 1)
         if share is not None:
@@ -190,7 +190,7 @@ def main() -> None:
     p.add_argument("--archs", nargs="+", default=ARCHS)
     p.add_argument("--columns", nargs="+", choices=list("abcde"), default=list("abcde"),
                    help="which of (a)-(e) to measure (default: all)")
-    p.add_argument("--batch", type=int, default=256 if gpu else 16)
+    p.add_argument("--batch-size", type=int, default=256 if gpu else 16)
     p.add_argument("--size", type=int, default=224 if gpu else 64)
     p.add_argument("--steps", type=int, default=30 if gpu else 4, help="timed steps of (a) and (b)")
     p.add_argument("--pipeline-steps", type=int, default=100 if gpu else 4, help="timed steps of (c)")
@@ -203,18 +203,19 @@ def main() -> None:
                                   "same --images (default: a temporary folder)")
     p.add_argument("--out", help="also write the JSON here, rewritten after each architecture, so that a run "
                                  "cut short keeps the architectures it finished")
+    add_old_spelling(p, "--batch", "--batch-size")
     a = p.parse_args()
     if a.trainer_epochs < 1:
         p.error("--trainer-epochs must be at least 1 (leave d and e out of --columns instead)")
     device = "cuda" if gpu else "cpu"
     torch.backends.cudnn.benchmark = gpu
     result = {"device": torch.cuda.get_device_name() if gpu else f"cpu ({os.cpu_count()} cores)",
-              "torch": torch.__version__, "batch": a.batch, "size": a.size, "models": {}}
+              "torch": torch.__version__, "batch": a.batch_size, "size": a.size, "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         data = a.data or tmp
         shards = make_shards(data, a.images, f"shards-{a.images}") if set(a.columns) & set("cde") else None
         trainer = bool(set(a.columns) & set("de"))
-        val_shards = make_shards(data, 4 * a.batch, f"val-{4 * a.batch}") if trainer else None
+        val_shards = make_shards(data, 4 * a.batch_size, f"val-{4 * a.batch_size}") if trainer else None
 
         def save(name: str, entry: dict) -> None:
             result["models"][name] = with_ratios(entry)

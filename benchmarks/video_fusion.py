@@ -3,7 +3,7 @@
     python benchmarks/video_fusion.py [--networks video_single_frame video_early_fusion ...] [--epochs 16]
                                       [--data data/video_demo] [--out benchmarks/results/cpu/video_fusion.json]
 
-Trains every network with `training/run.py --config configs/video_demo.yaml` (2 CPU workers under Ray
+Trains every network with `training/run.py --config configs/video/demo.yaml` (2 CPU workers under Ray
 Train; the corpus and its shards are made on first use) and only the network changed, then scores each
 best checkpoint, and their "CNN Average", with `training/evaluate.py` (20 clips per video).  Prints JSON:
 per network its Clip Hit@1, Video Hit@1/@5, the Video Hit@1 of the motion-only classes (8 of the demo's
@@ -19,7 +19,6 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 NETWORKS = ("video_single_frame", "video_early_fusion", "video_late_fusion", "video_slow_fusion")
 STILL = ("red_discs", "blue_squares")  # the classes one frame tells apart
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     shards = os.path.abspath(os.path.join(a.data, "shards"))
     results, best = {}, {}
     for name in a.networks:
-        report, seconds = train("video_demo.yaml", storage, name, [
+        report, seconds = train("demo.yaml", storage, name, [
             f"data.train_shards={shards}/train", f"data.val_shards={shards}/val", f"model.name={name}",
             f"run.epochs={a.epochs}"])
         best[name] = report["best_checkpoint"]
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         hits = video["CNN Average"]
         results["CNN Average"] = {**{k: hits[k] for k in ("clip_hit@1", "video_hit@1", "video_hit@5")},
                                   **class_groups(hits)}
-    summary = {"recipe": "configs/video_demo.yaml", "test_clips": a.clips, "videos": of[a.networks[0]]["videos"],
+    summary = {"recipe": "configs/video/demo.yaml", "test_clips": a.clips, "videos": of[a.networks[0]]["videos"],
                "networks": results}
     text = json.dumps(summary, indent=1)
     print(text)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import random
 import sys
 import time
@@ -28,9 +27,7 @@ import time
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pipelines.media.video import decode_clip, encode_video  # noqa: E402
+from pipelines.media.video import decode_clip, encode_video
 
 
 def synthetic_video(rng: np.random.Generator, frames: int, w: int, h: int) -> np.ndarray:

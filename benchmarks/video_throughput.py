@@ -1,6 +1,6 @@
 """Video training-input throughput: our clip stream from video shards vs the PyAV DataLoader users write.
 
-    python benchmarks/video_throughput.py [--videos 200] [--workers 1] [--batch 16] [--frames 10]
+    python benchmarks/video_throughput.py [--videos 200] [--loader-workers 1] [--batch-size 16] [--frames 10]
 
 Prints JSON.  A folder of `--videos` H.264 .mp4 files at 320x240, 25 fps, 40 frames (the demo's moving
 shapes, drawn larger) is written once and sharded by `pipelines/shard.py --video` at the paper's frame
@@ -28,14 +28,13 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import av
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from common.tool_settings import add_old_spelling
 from pipelines.online.clips import ClipTransform
 from pipelines.online.loader import LoaderConfig, ShardLoader
 from pipelines.online.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -107,10 +106,12 @@ def timed(batches, warmup: int = 1) -> tuple[int, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--videos", type=int, default=200)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--loader-workers", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--frames", type=int, default=10, help="clip length: 10 (early/slow fusion), 1 (single frame)")
     p.add_argument("--keep", help="a folder to build the corpus and shards in (kept; reused when present)")
+    add_old_spelling(p, "--batch", "--batch-size")
+    add_old_spelling(p, "--workers", "--loader-workers")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     work = a.keep or tempfile.mkdtemp(prefix="video-throughput-")
@@ -124,17 +125,19 @@ def main(argv: list[str] | None = None) -> int:
     files = sorted(os.path.join(d, f) for d, _, fs in os.walk(videos) for f in fs)
 
     clips = ClipTransform(offsets=tuple(range(a.frames)), fps=FPS, size=CROP)
-    ours = ShardLoader(LoaderConfig(shards=shards, mode="uniform", batch_size=a.batch, num_workers=a.workers), clips)
+    ours = ShardLoader(LoaderConfig(shards=shards, mode="uniform", batch_size=a.batch_size,
+                                    num_workers=a.loader_workers), clips)
     n_ours, s_ours = timed(ours.epoch(0))
-    peer = DataLoader(PyAVClips(files, a.frames), batch_size=a.batch, shuffle=True, num_workers=a.workers,
+    peer = DataLoader(PyAVClips(files, a.frames), batch_size=a.batch_size, shuffle=True, num_workers=a.loader_workers,
                       persistent_workers=False)
     n_peer, s_peer = timed(peer)
     stored = sum(os.path.getsize(os.path.join(shards, f)) for f in os.listdir(shards) if f.endswith(".tar"))
     result = {
-        "videos": len(files), "workers": a.workers, "batch": a.batch, "clip_frames": a.frames, "crop": CROP,
+        "videos": len(files), "workers": a.loader_workers, "batch": a.batch_size, "clip_frames": a.frames, "crop": CROP,
         "stored_frame_size": SIZE, "source": "320x240 H.264 mp4, 25 fps, 40 frames",
-        "ours_clips_per_s": n_ours / s_ours, "ours_clips_per_s_per_core": n_ours / s_ours / max(1, a.workers),
-        "peer_pyav_clips_per_s": n_peer / s_peer, "peer_pyav_clips_per_s_per_core": n_peer / s_peer / max(1, a.workers),
+        "ours_clips_per_s": n_ours / s_ours, "ours_clips_per_s_per_core": n_ours / s_ours / max(1, a.loader_workers),
+        "peer_pyav_clips_per_s": n_peer / s_peer,
+        "peer_pyav_clips_per_s_per_core": n_peer / s_peer / max(1, a.loader_workers),
         "speedup": (n_ours / s_ours) / (n_peer / s_peer),
         "bytes_per_video_sources": sum(map(os.path.getsize, files)) / len(files),
         "bytes_per_video_shards": stored / len(files),

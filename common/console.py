@@ -37,9 +37,11 @@ GCS_PORT_VARIABLE = "RAY_GCS_SERVER_PORT"  # the port a local Ray's GCS takes (r
 RAY_OWN_WARNINGS = ("ignore:`ExecutionOptions.exclude_resources` is deprecated",)  # PYTHONWARNINGS entries
 
 
-def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--verbose", action="store_true",
-                        help="also show Ray's own INFO output (Ray Data's progress log, Train's reports, ...)")
+def add_verbose_flag(parser: argparse.ArgumentParser, ray: bool = True) -> None:
+    """`ray`: the tool starts Ray, whose own output --verbose brings back; every tool's --verbose also puts
+    a failure's whole traceback on the console (it always goes to the log the error line names)."""
+    shown = "Ray's own INFO output (Ray Data's progress log, Train's reports, ...) and " if ray else ""
+    parser.add_argument("--verbose", action="store_true", help=f"also show {shown}a failure's whole traceback")
 
 
 class _NotForTheConsole(logging.Filter):
@@ -197,7 +199,7 @@ def what_failed(exc: BaseException) -> str:
 _ERROR_LINE = re.compile(r"(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Interrupt|Exit)(?:\(\w+\))?: ")
 
 
-def report_failure(tool: str, exc: BaseException) -> int:
+def report_failure(tool: str, exc: BaseException, verbose: bool = False) -> int:
     """A failure during the work: one line saying what failed, the whole traceback in a log file (in Ray's
     session logs when this process started Ray) whose path the line gives.  Returns the exit code, 1."""
     import ray
@@ -208,6 +210,8 @@ def report_failure(tool: str, exc: BaseException) -> int:
     path = os.path.join(folder, f"{tool.removesuffix('.py')}-failed-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
     with open(path, "w") as f:
         f.write("".join(traceback.format_exception(exc)))
+    if verbose:
+        traceback.print_exception(exc, file=sys.stderr)
     print(f"{tool}: failed: {what_failed(exc)} (traceback: {path})", file=sys.stderr, flush=True)
     return 1
 

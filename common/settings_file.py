@@ -37,3 +37,14 @@ def read_mapping(path: str, expected: str = "a mapping of settings") -> dict:
     if not isinstance(raw, dict):
         raise SettingsFileError(f"{path}: expected {expected}, got a {type(raw).__name__}")
     return raw
+
+
+def parse_assignment(item: str) -> tuple[str, object]:
+    """`key=value` (a `--set` argument) as (key, the value read as YAML: 3 an int, true a bool, [1, 2] a list)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set takes key=value, got {item!r}")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise ValueError(f"--set {item}: the value is not valid YAML") from None

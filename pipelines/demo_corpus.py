@@ -1,6 +1,7 @@
 """A small Places365-layout corpus of procedurally drawn scenes, for demos and tests.
 
     python pipelines/demo_corpus.py --out data/demo [--seed 0]
+    places-demo-corpus ...                (the same, installed with the package)
 
 Writes ``categories.txt``, ``train.txt`` (imbalanced 10:1, as Places2), ``val.txt`` (balanced, bare
 file names as Places365's val list), ``test.txt`` (file names only) and the images under
@@ -22,10 +23,9 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from PIL import Image
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+from common.console import report_failure
 from common.storage import Location
+from common.tool_settings import new_parser, parse
 
 CLASSES = ["/b/beach", "/c/city_night", "/d/desert", "/f/field", "/f/forest", "/l/lake",
            "/m/mountain", "/o/ocean", "/s/skyscraper", "/s/snowfield"]
@@ -267,15 +267,18 @@ def make_demo_corpus(out: str, seed: int = 0, workers: int | None = None) -> dic
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p = new_parser(__doc__, ray=False)
+    p.add_argument("--out", required=True, help="folder for the images, the lists and the categories file")
+    p.add_argument("--seed", type=int, default=0, help="seeds the generated images")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    summary = make_demo_corpus(a.out, a.seed)
+    a = parse(build_parser(), argv)
+    try:
+        summary = make_demo_corpus(a.out, a.seed)
+    except Exception as exc:  # one line on the console; the traceback in the log it names
+        return report_failure("demo_corpus.py", exc, a.verbose)
     print(f"demo corpus: {summary['classes']} classes, {summary['train']} train entries "
           f"(counts {train_counts()[0]}..{train_counts()[-1]}), {summary['val']} val, {summary['test']} test "
           f"in {summary['out']}")

@@ -1,6 +1,7 @@
 """The built-in demo data: generate the corpus and shard its train/val/test lists, each only if absent.
 
     python pipelines/demo_shards.py [--data data/demo] [--seed 0]
+    places-demo ...                       (the same, installed with the package)
 
 Shards land in DATA/shards/{train,val,test}; each has a manifest.json once complete, which is what
 "present" means here, so an interrupted demo simply resumes.
@@ -13,10 +14,7 @@ import json
 import os
 import sys
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from common.console import add_verbose_flag
+from common.tool_settings import new_parser, parse
 from pipelines.demo_corpus import make_demo_corpus
 from pipelines.offline.sharding import ShardConfig, run_and_report
 
@@ -61,15 +59,14 @@ def _complete(out: str, with_attributes: bool) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="data/demo")
-    p.add_argument("--seed", type=int, default=0)
-    add_verbose_flag(p)
+    p = new_parser(__doc__)
+    p.add_argument("--data", default="data/demo", help="the demo's folder: its corpus, then DATA/shards/SPLIT")
+    p.add_argument("--seed", type=int, default=0, help="seeds the generated images and the shards' order")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+    a = parse(build_parser(), argv)
     for split, m in prepare_demo(a.data, a.seed, verbose=a.verbose).items():
         print(f"{split}: read {m['entries_read']} = written {m['written']} + quarantined {m['quarantined']} "
               f"{m['quarantine_reasons']} -> {os.path.join(os.path.abspath(a.data), 'shards', split)}")

@@ -1,6 +1,7 @@
 """A small synthetic video corpus whose classes need motion to tell apart, for demos and tests.
 
     python pipelines/demo_video.py --out data/video_demo [--train-per-class 40] [--val-per-class 10] [--seed 0]
+    places-demo-video ...                 (the same, installed with the package)
 
 Writes class-per-folder trees ``train/`` and ``val/`` (the UCF-101 layout) of short videos, in the
 containers and codecs users have (.mp4 H.264, .avi MPEG-4, .mkv VP9, .webm VP8).  Every video shows
@@ -21,7 +22,7 @@ of 4 new classes, all told apart by motion (``moves_up``, ``moves_down``, ``grow
 quarantine has something to show: an empty file, a web page saved as .mp4, an audio-only .m4a, a
 subtitle file, and a clip too short for a network's input.  Deterministic per seed.
 
-`prepare_video_demo` (what `training/run.py --config configs/video_demo.yaml` or a transfer recipe calls
+`prepare_video_demo` (what `training/run.py --config configs/video/demo.yaml` or a transfer recipe calls
 when the shards are absent) writes the corpus and shards the splits asked for with `pipelines/shard.py
 --video`, frames stored at their drawn 96x72.
 """
@@ -38,9 +39,9 @@ import sys
 import av
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+from common.arguments import positive_int
+from common.console import report_failure
+from common.tool_settings import new_parser, parse
 from pipelines.media.video import encode_video
 
 CLASSES = ("moves_left", "moves_right", "drifts_slowly", "drifts_fast", "turns_clockwise", "turns_anticlockwise",
@@ -180,17 +181,20 @@ def prepare_video_demo(data: str = "data/video_demo", seed: int = 0, verbose: bo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True)
-    p.add_argument("--train-per-class", type=int, default=40)
-    p.add_argument("--val-per-class", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p = new_parser(__doc__, ray=False)
+    p.add_argument("--out", required=True, help="folder for OUT/train and OUT/val (videos, lists, classInd.txt)")
+    p.add_argument("--train-per-class", type=positive_int, default=40, help="training videos per class")
+    p.add_argument("--val-per-class", type=positive_int, default=10, help="validation videos per class")
+    p.add_argument("--seed", type=int, default=0, help="seeds the generated videos")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    counts = write(a.out, a.train_per_class, a.val_per_class, a.seed)
+    a = parse(build_parser(), argv)
+    try:
+        counts = write(a.out, a.train_per_class, a.val_per_class, a.seed)
+    except Exception as exc:  # one line on the console; the traceback in the log it names
+        return report_failure("demo_video.py", exc, a.verbose)
     print(f"wrote {counts['train']} training videos (+ {counts['train_bad']} files to quarantine) and "
           f"{counts['val']} validation videos of {len(CLASSES)} classes in {a.out}/train and {a.out}/val")
     return 0

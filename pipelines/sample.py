@@ -1,8 +1,9 @@
 """Print what training streams would draw, without decoding images: a tool to inspect the samplers.
 
     python pipelines/sample.py --shards OUT --mode uniform|class-aware --num N [--seed S] \
-        [--rank R --world-size W] [--workers K] [--batch B] [--all-streams] [--epoch E] \
+        [--rank R --world-size W] [--loader-workers K] [--batch-size B] [--all-streams] [--epoch E] \
         [--block N --buffer M] --out draws.jsonl
+    places-sample ...                     (the same, installed with the package)
 
 Writes one line per draw, ``{"key", "cls", "rank", "worker"}``, in the order training consumes them:
 rank R's K loader workers deliver batches of B in turn (DataLoader's round-robin); with
@@ -18,15 +19,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 from typing import Iterator
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from common.console import report_failure
 from common.storage import Location, check_out_outside
+from common.tool_settings import add_old_spelling, new_parser, parse
 from pipelines.online.catalog import Catalog
 from pipelines.online.streams import ClassAwareStream, Draw, UniformStream
 
@@ -79,30 +77,33 @@ def job_draws(catalog: Catalog, mode: str, seed: int, ranks: list[int], world_si
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(__doc__, ray=False)
     p.add_argument("--shards", required=True, help="folder or URI written by pipelines/shard.py")
-    p.add_argument("--mode", choices=["uniform", "class-aware"], required=True)
+    p.add_argument("--mode", choices=["uniform", "class-aware"], required=True, help="the stream to draw from: "
+                   "an epoch's global shuffle, or WM's class-aware sampling (data.sampling)")
     p.add_argument("--num", type=int, required=True, help="draws to write (>= 1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rank", type=int, default=0)
-    p.add_argument("--world-size", type=int, default=1)
-    p.add_argument("--workers", type=int, default=1, help="loader workers per rank (K)")
-    p.add_argument("--batch", type=int, default=1, help="samples per batch (B)")
+    p.add_argument("--seed", type=int, default=0, help="the run's seed (run.seed)")
+    p.add_argument("--rank", type=int, default=0, help="the DDP rank whose draws are written")
+    p.add_argument("--world-size", type=int, default=1, help="DDP ranks (run.workers)")
+    p.add_argument("--loader-workers", type=int, default=1, help="loader workers per rank, K (data.loader_workers)")
+    p.add_argument("--batch-size", type=int, default=1, help="samples per batch, B (data.batch_size)")
     p.add_argument("--all-streams", action="store_true", help="every rank's draws, step by step")
-    p.add_argument("--epoch", type=int, default=0)
+    p.add_argument("--epoch", type=int, default=0, help="the epoch the draws start at")
     p.add_argument("--block", type=int, default=1, help="uniform: samples per range read")
     p.add_argument("--buffer", type=int, default=1000, help="uniform: shuffle buffer, in samples")
     p.add_argument("--out", required=True, help="draws.jsonl (local path or URI)")
+    add_old_spelling(p, "--workers", "--loader-workers")
+    add_old_spelling(p, "--batch", "--batch-size")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
-    a = p.parse_args(argv)
+    a = parse(p, argv)
     if not 0 <= a.rank < a.world_size:
         p.error(f"--rank must be in [0, --world-size), got {a.rank} of {a.world_size}")
-    if min(a.num, a.workers, a.batch, a.block, a.buffer) < 1 or a.epoch < 0 or a.seed < 0:
-        p.error("--num, --workers, --batch, --block and --buffer must be >= 1, --epoch and --seed >= 0")
+    if min(a.num, a.loader_workers, a.batch_size, a.block, a.buffer) < 1 or a.epoch < 0 or a.seed < 0:
+        p.error("--num, --loader-workers, --batch-size, --block and --buffer must be >= 1, --epoch and --seed >= 0")
     try:
         if Location.parse(a.out).is_dir():
             raise ValueError(f"--out {a.out} is a folder; give the draws file's path")
@@ -112,17 +113,18 @@ def main(argv: list[str] | None = None) -> int:
         catalog.check_shards()
         ranks = list(range(a.world_size)) if a.all_streams else [a.rank]
         lines = [json.dumps(d) for d in itertools.islice(
-            job_draws(catalog, a.mode, a.seed, ranks, a.world_size, a.workers, a.batch, a.epoch, a.block, a.buffer),
+            job_draws(catalog, a.mode, a.seed, ranks, a.world_size, a.loader_workers, a.batch_size, a.epoch, a.block,
+                      a.buffer),
             a.num)]
     except (OSError, ValueError) as exc:
         print(f"sample.py: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # one line on the console; the traceback in the log it names
-        return report_failure("sample.py", exc)
+        return report_failure("sample.py", exc, a.verbose)
     Location.write_atomic_uri(a.out, ("\n".join(lines) + "\n").encode())
     who = "every rank" if a.all_streams else f"rank {a.rank}"
-    print(f"{len(lines)} draws ({a.mode}, {who} of {a.world_size} x {a.workers} workers, batch {a.batch}, seed "
-          f"{a.seed}, epoch {a.epoch}) -> {a.out}")
+    print(f"{len(lines)} draws ({a.mode}, {who} of {a.world_size} x {a.loader_workers} loader workers, batch "
+          f"{a.batch_size}, seed {a.seed}, epoch {a.epoch}) -> {a.out}")
     return 0
 
 

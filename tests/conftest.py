@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +17,22 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+# Every command-line tool: its script, and the module that holds its build_parser and main.
+TOOLS = {"pipelines/shard.py": "pipelines.shard", "pipelines/sample.py": "pipelines.sample",
+         "pipelines/color_pca.py": "pipelines.color_pca", "pipelines/demo_shards.py": "pipelines.demo_shards",
+         "pipelines/demo_corpus.py": "pipelines.demo_corpus", "pipelines/demo_video.py": "pipelines.demo_video",
+         "training/run.py": "training.run", "training/evaluate.py": "training.evaluate",
+         "training/predict.py": "training.predict", "tuning/search.py": "tuning.search",
+         "tuning/analyze.py": "tuning.analyze"}
+
+
+def installed() -> dict[str, str]:
+    """places-* name -> the script it runs, from pyproject.toml's [project.scripts]."""
+    text = open(os.path.join(ROOT, "pyproject.toml")).read().split("[project.scripts]")[1].split("\n[")[0]
+    scripts = {module: path for path, module in TOOLS.items()}
+    return {name: scripts[target.split(":")[0]]
+            for name, target in re.findall(r'^(places-[\w-]+) = "([^"]+)"', text, re.M)}
 
 
 _exit_status: list[int] = []

@@ -107,7 +107,7 @@ def shards(tmp_path_factory):
     data = tmp_path_factory.mktemp("card")  # every fake node is this machine: its disk is shared
     write_shards(data / "train", [16, 8], shard_samples=8)
     write_shards(data / "val", [4, 4], shard_samples=4)
-    assert color_pca.main(["--shards", str(data / "train"), "--samples", "8"]) == 0  # the resnet18 recipe's
+    assert color_pca.main(["--shards", str(data / "train"), "--images", "8"]) == 0  # the resnet18 recipe's
     return data
 
 
@@ -134,8 +134,8 @@ def test_what_cannot_work_on_the_cluster_is_refused_before_a_node_starts(cluster
            "autoscaler's max_workers can have 4 nodes" in line and "--set run.shared_filesystem=true" in line
     assert not (tmp_path / "runs").exists()
 
-    # configs/resnet18.yaml's 8 workers x 8 CPUs and a GPU each: no node type holds one
-    recipe = cluster.submit("training/run.py", "--config", f"{ROOT}/configs/resnet18.yaml",
+    # configs/train/resnet18.yaml's 8 workers x 8 CPUs and a GPU each: no node type holds one
+    recipe = cluster.submit("training/run.py", "--config", f"{ROOT}/configs/train/resnet18.yaml",
                             *small(shards, "run.cpus_per_worker=8", "run.shared_filesystem=true",
                                    f"run.storage_path={tmp_path}/runs"), timeout=300)
     [line] = errors(recipe, "run.py")
@@ -160,8 +160,8 @@ def test_a_run_and_a_search_submitted_to_a_head_without_cpus_finish_on_autoscale
     assert "Traceback" not in train.stdout and "(autoscaler" not in train.stdout
     assert (runs / "card" / "report.json").exists() and (runs / "card" / "config.yaml").exists()
 
-    search = cluster.submit("tuning/search.py", "--config", f"{ROOT}/configs/demo.yaml", "--space",
-                            f"{ROOT}/tuning/spaces/demo.yaml", "--scheduler", "fifo", "--samples", "2",
+    search = cluster.submit("tuning/search.py", "--config", f"{ROOT}/configs/train/demo.yaml", "--space",
+                            f"{ROOT}/tuning/spaces/demo.yaml", "--scheduler", "fifo", "--trials", "2",
                             "--name", "card",
                             "--storage-path", str(experiments), *small(shards, "run.workers=1",
                                                                         "run.shared_filesystem=true"))

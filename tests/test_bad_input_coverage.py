@@ -61,7 +61,7 @@ FIRST_PASS = {
         "test_bad_input::sample.py --num -1",
         "test_bad_input::sample.py --out a folder",
         "test_bad_input::an index.json that is []",
-        "test_bad_input::search.py --samples 0",
+        "test_bad_input::search.py --trials 0",
         "test_bad_input::evaluate.py: a JSON file as checkpoint",
         "test_bad_input::evaluate.py with a shard missing",
     ],
@@ -90,7 +90,7 @@ FIRST_PASS = {
         "test_bad_input::shard.py: a recipe value of the wrong type (a TypeError mid-run)",
         "test_bad_input::shard.py --max-pixels 0",
         "test_bad_input::shard.py --seed -1",
-        "test_bad_input::evaluate.py --workers 0",
+        "test_bad_input::evaluate.py --actors 0",
         "test_bad_input::evaluate.py --scales 0",
         "test_bad_input::evaluate.py --heldout 1.5",
         "test_bad_input::evaluate.py --max-skipped-fraction 2",
@@ -139,9 +139,9 @@ SECOND_PASS = {
     "run.name=../../escaped_run": [
         "test_bad_input_training::run.name with ../ (the run was written outside run.storage_path)",
         "test_bad_input_training::run.name .."],
-    "hangs: workers above the CPUs, use_gpu without one, color_pca without its file": [
+    "hangs: workers above the CPUs, gpu without one, color_pca without its file": [
         "test_bad_input_training::run.workers above this machine's CPUs (it waited forever)",
-        "test_bad_input_training::run.use_gpu on a machine without one (it waited forever)",
+        "test_bad_input_training::run.gpu on a machine without one (it waited forever)",
         "test_bad_input_training::data.color_pca without color_pca.json (it retried for 120 s, forever with "
         "max_failures -1)"],
     "a FIFO named .jpg": ["test_shard::test_image_folder_tree",

@@ -62,7 +62,7 @@ CASES = [
     ("run.name ..", "run", RUN + ["run.name=.."], "config key 'run.name' must be one folder name"),
     ("run.workers above this machine's CPUs (it waited forever)", "run", RUN + ["run.workers=64"],
      "64 Train worker(s) asks for 64 x {{CPU: 1}}, and this machine can hold"),
-    ("run.use_gpu on a machine without one (it waited forever)", "run", RUN + ["run.use_gpu=true"],
+    ("run.gpu on a machine without one (it waited forever)", "run", RUN + ["run.gpu=true"],
      "asks for {{CPU: 1, GPU: 1}}, and this machine can hold 0 at most"),
     ("data.color_pca without color_pca.json (it retried for 120 s, forever with max_failures -1)", "run",
      RUN + ["data.color_pca=true", "--set", "run.max_failures=-1"],
@@ -94,7 +94,7 @@ CASES = [
 
 @pytest.mark.parametrize("row,tool,argv,message", CASES, ids=[c[0] for c in CASES])
 def test_refused_in_one_line_before_any_work(world, tmp_path, capsys, row, tool, argv, message):
-    if "use_gpu" in row and torch.cuda.is_available():
+    if "run.gpu" in row and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     check_refused(tool, argv, message, world, tmp_path / "out", capsys)
     assert not (world.parent / "escaped_run").exists()

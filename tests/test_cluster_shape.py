@@ -101,15 +101,15 @@ def test_the_resnet18_recipe_on_this_machine_is_one_line_before_ray_starts(tmp_p
     monkeypatch.setenv("RAY_ADDRESS", "local")  # a laptop: no cluster to join
     write_shards(tmp_path / "train", [4, 4], shard_samples=4)
     write_shards(tmp_path / "val", [2, 2], shard_samples=2)
-    assert color_pca.main(["--shards", str(tmp_path / "train"), "--samples", "8"]) == 0  # the recipe's colour noise
+    assert color_pca.main(["--shards", str(tmp_path / "train"), "--images", "8"]) == 0  # the recipe's colour noise
     capsys.readouterr()
-    code = run.main(["--config", f"{ROOT}/configs/resnet18.yaml", "--set", f"data.train_shards={tmp_path}/train",
+    code = run.main(["--config", f"{ROOT}/configs/train/resnet18.yaml", "--set", f"data.train_shards={tmp_path}/train",
                      "--set", f"data.val_shards={tmp_path}/val", "--set", "model.num_classes=2",
                      "--set", f"run.storage_path={tmp_path}/runs"])
     out, err = capsys.readouterr()
     assert code == 2 and not ray.is_initialized() and not out
     [line] = err.splitlines()
-    assert line.startswith("run.py: error: config keys 'run.workers', 'run.cpus_per_worker', 'run.use_gpu': "
+    assert line.startswith("run.py: error: config keys 'run.workers', 'run.cpus_per_worker', 'run.gpu': "
                            "8 Train worker(s) asks for 8 x {CPU: 8, GPU: 1}, and this machine can hold 0 at most")
 
 
@@ -123,7 +123,7 @@ def test_resume_continues_under_the_runs_saved_config(tmp_path, capsys):
     from training.config import ConfigError, load, save_run_config
     from training.runs import resume_config
 
-    saved = load(f"{ROOT}/configs/demo.yaml", ["optim.lr=0.03", "run.epochs=5", f"run.storage_path={tmp_path}"])
+    saved = load(f"{ROOT}/configs/train/demo.yaml", ["optim.lr=0.03", "run.epochs=5", f"run.storage_path={tmp_path}"])
     save_run_config(f"{tmp_path}/r1", saved)
     cfg = resume_config(resume(tmp_path, "r1"))  # no --config: the run's own, not the demo's
     assert (cfg.optim.lr, cfg.run.epochs) == (0.03, 5)
@@ -135,8 +135,8 @@ def test_resume_continues_under_the_runs_saved_config(tmp_path, capsys):
 
     with pytest.raises(ConfigError, match=r"--config .*demo.yaml differs from the run's saved config in optim.lr, "
                                           r"run.epochs: leave --config out .* or pass --force-config"):
-        resume_config(resume(tmp_path, "r1", config=f"{ROOT}/configs/demo.yaml"))
-    forced = resume_config(resume(tmp_path, "r1", config=f"{ROOT}/configs/demo.yaml", force=True))
+        resume_config(resume(tmp_path, "r1", config=f"{ROOT}/configs/train/demo.yaml"))
+    forced = resume_config(resume(tmp_path, "r1", config=f"{ROOT}/configs/train/demo.yaml", force=True))
     assert forced.optim.lr != 0.03 and "--force-config" in capsys.readouterr().out
 
     with pytest.raises(ConfigError, match="--resume: no run named 'r2'"):

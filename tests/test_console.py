@@ -17,7 +17,7 @@ import torch
 from conftest import ROOT, free_port, start_head, stop_head
 
 pytestmark = pytest.mark.slow
-EPOCHS = 8  # configs/demo.yaml
+EPOCHS = 8  # configs/train/demo.yaml
 RAY_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(DEBUG|INFO|WARNING|ERROR|CRITICAL)\s")
 RAY_NOISE = ("TrainingReport(", "Reporting training result", "logging_progress", "Running Dataset",
              "Checkpoint successfully created", "Started a local Ray instance")

@@ -1,5 +1,5 @@
-"""README.md and docs/ hold: every relative link resolves, and every `python <tool>.py ...` command of
-their bash blocks parses with that tool's own argument parser."""
+"""README.md and docs/ hold: every relative link resolves, and every `python <tool>.py ...` (or installed
+`places-*`) command of their bash blocks parses with that tool's own argument parser, in today's spelling."""
 
 from __future__ import annotations
 
@@ -11,16 +11,12 @@ import shlex
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, TOOLS, installed
+
 PAGES = [os.path.join(ROOT, "README.md"), *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
-COMMAND = re.compile(r"(?:^|\s)python (\S+\.py)\b[^;&|]*")
-TOOLS = {"pipelines/shard.py": "pipelines.shard", "pipelines/sample.py": "pipelines.sample",
-         "pipelines/color_pca.py": "pipelines.color_pca", "pipelines/demo_shards.py": "pipelines.demo_shards",
-         "pipelines/demo_corpus.py": "pipelines.demo_corpus", "pipelines/demo_video.py": "pipelines.demo_video",
-         "training/run.py": "training.run", "training/evaluate.py": "training.evaluate",
-         "training/predict.py": "training.predict", "tuning/search.py": "tuning.search",
-         "tuning/analyze.py": "tuning.analyze"}
+COMMAND = re.compile(r"(?:^|\s)(?:python (\S+\.py)|(places-[a-z-]+))\b[^;&|]*")
+OLD_SPELLINGS = ("run.use_gpu=", " --samples ", " --workers ", " --batch ")  # each still works, with a note
 
 
 def name(path: str) -> str:
@@ -34,9 +30,11 @@ def bash_commands(path: str) -> list[str]:
     commands = []
     for block in blocks:
         for line in block.replace("\\\n", " ").splitlines():
-            found = COMMAND.search(line.split(" #")[0])
-            if found and found.group(1) in TOOLS:
-                commands.append(found.group(0).strip())
+            found = COMMAND.search(line.split(" #")[0].split(" > ")[0])  # (a comment, a redirection aside)
+            tool = found and (found.group(1) or installed().get(found.group(2)))
+            if tool in TOOLS:
+                words = found.group(0).split()
+                commands.append(" ".join(["python", tool, *words[1 if found.group(2) else 2:]]))
     return commands
 
 
@@ -62,7 +60,15 @@ def test_every_documented_command_parses(page):
     for command in bash_commands(page):
         words = shlex.split(command)
         parser = importlib.import_module(TOOLS[words[1]]).build_parser()
+        for action in parser._actions:  # a required flag may come from the command's --config
+            action.required = action.required and "--config" not in words
         try:
             parser.parse_args(words[2:])
         except SystemExit:
             pytest.fail(f"{name(page)}: `{command}` does not parse with {words[1]}'s arguments")
+        old = [o.strip() for o in OLD_SPELLINGS if o in f" {command} "]
+        assert not old, f"{name(page)}: `{command}` uses the old spelling {old[0]}"
+
+
+def test_every_installed_name_runs_a_documented_tool():
+    assert set(installed().values()) == set(TOOLS)

@@ -115,9 +115,9 @@ def test_bad_paths_are_refused_by_name_before_any_work(setup, tmp_path, capsys):
 def test_cpu_actors_that_would_hold_every_cpu_are_refused(setup, tmp_path, capsys):
     root, paths = setup  # the cluster has 2 CPUs: two CPU actors would leave the read tasks none
     out = tmp_path / "out"
-    argv = ["--checkpoint", paths[0][0], "--shards", str(root / "val"), "--out", str(out), "--workers", "2"]
+    argv = ["--checkpoint", paths[0][0], "--shards", str(root / "val"), "--out", str(out), "--actors", "2"]
     assert evaluate.main(argv) == 2
-    assert "--workers 2: CPU model actors would hold all 2 CPUs" in capsys.readouterr().err
+    assert "--actors 2: CPU model actors would hold all 2 CPUs" in capsys.readouterr().err
     assert not (out / "metrics.json").exists()
 
 

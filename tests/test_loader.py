@@ -163,7 +163,7 @@ def test_loader_decoding_on_the_device_covers_the_same_epoch(shards, decode):
 
 
 def test_color_pca_step(shards):
-    assert color_pca.main(["--shards", shards, "--samples", "50"]) == 0
+    assert color_pca.main(["--shards", shards, "--images", "50"]) == 0
     pca = pca_noise.load(shards)
     values = np.array(pca.eigenvalues)
     vectors = np.array(pca.eigenvectors)

@@ -158,8 +158,8 @@ def test_tune_trials_run_on_different_nodes(tmp_path, capsys):
     write_shards(tmp_path / "train", [16, 8], shard_samples=8)
     write_shards(tmp_path / "val", [4, 4], shard_samples=4)
     (tmp_path / "space.yaml").write_text(yaml.safe_dump({"params": {"optim.lr": {"loguniform": [0.01, 0.1]}}}))
-    argv = ["--config", "configs/demo.yaml", "--space", str(tmp_path / "space.yaml"), "--scheduler", "fifo",
-            "--samples", "2", "--storage-path", str(tmp_path / "exp"),
+    argv = ["--config", "configs/train/demo.yaml", "--space", str(tmp_path / "space.yaml"), "--scheduler", "fifo",
+            "--trials", "2", "--storage-path", str(tmp_path / "exp"),
             "--set", f"data.train_shards={tmp_path}/train", "--set", f"data.val_shards={tmp_path}/val",
             "--set", "model.num_classes=2", "--set", "data.batch_size=8", "--set", "data.loader_workers=0",
             "--set", "data.size=32", "--set", "data.eval_resize=36", "--set", "run.epochs=1",

@@ -24,7 +24,7 @@ CLASSES = 365
 def training_recipes(reading: str) -> list[str]:
     """The training recipes (a model section) whose training shards' path holds `reading`."""
     found = []
-    for path in sorted(glob.glob(os.path.join(CONFIGS, "*.yaml"))):
+    for path in sorted(glob.glob(os.path.join(CONFIGS, "train", "*.yaml"))):
         with open(path) as f:
             recipe = yaml.safe_load(f)
         if "model" in recipe and reading in recipe.get("data", {}).get("train_shards", ""):
@@ -67,7 +67,7 @@ def test_every_recipe_runs_as_written_on_a_miniature_release(ray_cluster, tmp_pa
     miniature_release(tmp_path / "places365")
     monkeypatch.chdir(tmp_path)  # the recipes' outputs and the training recipes' inputs: relative to here
     for split in ("standard", "val", "test"):
-        argv = ["--config", os.path.join(CONFIGS, f"shard_places365_{split}.yaml"), "--root",
+        argv = ["--config", os.path.join(CONFIGS, "shard", f"places365_{split}.yaml"), "--root",
                 str(tmp_path / "places365"), "--image-size", "32", "--shard-samples", "100"]
         assert shard.main(argv) == 0, split
     counts = {split: json.loads((tmp_path / "data/places365/shards" / split / "index.json").read_text())
@@ -84,7 +84,7 @@ def test_every_recipe_runs_as_written_on_a_miniature_release(ray_cluster, tmp_pa
     assert needs_pca  # pre-flight names the missing file and how to make it, before Ray starts
     with pytest.raises(ConfigError, match="'data.color_pca': .*color_pca.json is missing: run pipelines/color_pca.py"):
         check_training_inputs(load(needs_pca[0]))
-    assert color_pca.main(["--shards", "data/places365/shards/train", "--samples", "50"]) == 0
+    assert color_pca.main(["--shards", "data/places365/shards/train", "--images", "50"]) == 0
     for recipe in recipes:
         cfg = load(recipe, [f"model.pretrained={tmp_path / 'resnet50.pt'}"] if load(recipe).model.pretrained else [])
         check_training_inputs(cfg)  # classes, shards, model, weights, colour noise: as the recipe says

@@ -1,4 +1,4 @@
-"""pipelines/shard.py's YAML recipes (configs/shard_*.yaml): read, overridden by flags, unknown keys named."""
+"""pipelines/shard.py's YAML recipes (configs/shard/*.yaml): read, overridden by flags, unknown keys named."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ def test_yaml_recipe_with_flag_overrides(tmp_path):
 
 
 def test_shipped_recipes_parse():
-    configs = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
-    recipes = sorted(n for n in os.listdir(configs) if n.startswith("shard_"))
+    configs = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "shard")
+    recipes = sorted(n for n in os.listdir(configs) if n.endswith(".yaml"))
     assert len(recipes) >= 3
     for name in recipes:
         assert shard.parse_args(["--config", os.path.join(configs, name), "--out", "o"]).images_root

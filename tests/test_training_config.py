@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_demo_recipe_with_overrides():
-    cfg = load(os.path.join(ROOT, "configs", "demo.yaml"), ["optim.lr=0.2", "run.workers=1", "model.options={width: 0.5}",
+    cfg = load(os.path.join(ROOT, "configs", "train", "demo.yaml"), ["optim.lr=0.2", "run.workers=1", "model.options={width: 0.5}",
                                                            "data.jitter=[300, 400]"])
     assert (cfg.optim.lr, cfg.run.workers, cfg.model.options, cfg.data.jitter) == (0.2, 1, {"width": 0.5}, (300, 400))
     assert cfg.model.name == "simple_net" and cfg.data.sampling == "class-aware" and cfg.model.mode == "relay"
@@ -61,8 +61,8 @@ def test_multistep_and_no_decay_on_norms_and_biases():
     assert [p.ndim for p in opt.param_groups[1]["params"]] == [1]
 
 
-@pytest.mark.parametrize("name", sorted(n[:-5] for n in os.listdir(os.path.join(ROOT, "configs"))
-                                        if n.endswith(".yaml") and not n.startswith("shard_")))
+@pytest.mark.parametrize("name", sorted(f"{kind}/{n[:-5]}" for kind in ("train", "video", "course")
+                                        for n in os.listdir(os.path.join(ROOT, "configs", kind)) if n.endswith(".yaml")))
 def test_every_recipe_loads_and_builds_its_model(name):
     from training.models import build_model
     from training.pretrained import warm_start
@@ -72,14 +72,14 @@ def test_every_recipe_loads_and_builds_its_model(name):
     if not cfg.model.pretrained:  # (weights files are made elsewhere)
         warm_start(model, cfg)
     assert model.backbone.num_classes == cfg.model.num_classes
-    if name.startswith("finetune"):  # the linear probe trains the classifier alone, then everything trains
+    if name.startswith("train/finetune"):  # the linear probe trains the classifier alone, then everything trains
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        assert trainable == ({"backbone.head.fc.weight", "backbone.head.fc.bias"} if name == "finetune_resnet50"
+        assert trainable == ({"backbone.head.fc.weight", "backbone.head.fc.bias"} if name == "train/finetune_resnet50"
                              else {n for n, _ in model.named_parameters()})
-    if name.startswith("course_part"):  # part 1 has neither batch-norm nor dropout; 2 and 4 have both
+    if name.startswith("course/"):  # part 1 has neither batch-norm nor dropout; 2 and 4 have both
         norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-        assert (not norms) == (name == "course_part1") and (model.attribute_head is not None) == (name == "course_part4")
-    if name.startswith("wm_model"):
+        assert (not norms) == (name == "course/part1") and (model.attribute_head is not None) == (name == "course/part4")
+    if name.startswith("train/wm_model"):
         mode = {"bp": "bp", "loss12": "loss12_bp", "relay": "relay"}[name.rsplit("_", 1)[1]]
         assert model.mode == mode and cfg.data.sampling == "class-aware"
         assert (cfg.data.crop, cfg.data.jitter, cfg.data.size) == ("scale_jitter", (256, 256), 224)  # 256xN, 224
@@ -91,7 +91,7 @@ def test_the_seeds_three_wm_a_recipes_differ_in_the_gradient_routing_alone():
     from training.config import to_dict
 
     def flat(name):
-        cfg = to_dict(load(os.path.join(ROOT, "configs", f"wm_model_a_{name}.yaml")))
+        cfg = to_dict(load(os.path.join(ROOT, "configs", "train", f"wm_model_a_{name}.yaml")))
         return {f"{section}.{key}": value for section, values in cfg.items() for key, value in values.items()}
 
     bp, loss12, relay = flat("bp"), flat("loss12"), flat("relay")

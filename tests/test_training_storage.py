@@ -61,9 +61,9 @@ def test_optuna_tune_experiment_on_s3_runs_resumes_and_analyzes(cluster_with_s3,
     write_shards(tmp_path / "train", [16, 8], shard_samples=8)
     write_shards(tmp_path / "val", [4, 4], shard_samples=4)
     (tmp_path / "space.yaml").write_text(yaml.safe_dump({"params": {"optim.lr": {"loguniform": [0.01, 0.1]}}}))
-    argv = ["--config", "configs/demo.yaml", "--space", str(tmp_path / "space.yaml"), "--scheduler", "fifo",
+    argv = ["--config", "configs/train/demo.yaml", "--space", str(tmp_path / "space.yaml"), "--scheduler", "fifo",
             "--search", "optuna",  # the searcher's state is restored by --resume too
-            "--samples", "2", "--name", "on-s3", "--storage-path", "s3://tune/experiments",
+            "--trials", "2", "--name", "on-s3", "--storage-path", "s3://tune/experiments",
             "--set", f"data.train_shards={tmp_path}/train", "--set", f"data.val_shards={tmp_path}/val",
             "--set", "model.num_classes=2", "--set", "data.batch_size=8", "--set", "data.loader_workers=0",
             "--set", "data.size=32", "--set", "data.eval_resize=36", "--set", "run.epochs=2",

@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
                                           ("vgg_depth", "vgg_a"), ("resnet_depth", "resnet50"),
                                           ("wm_a_depth", "wm_model_a_relay")])
 def test_shipped_spaces_load_against_their_recipes(space, recipe):
-    s = load_space(f"{ROOT}/tuning/spaces/{space}.yaml", f"{ROOT}/configs/{recipe}.yaml")
+    s = load_space(f"{ROOT}/tuning/spaces/{space}.yaml", f"{ROOT}/configs/train/{recipe}.yaml")
     assert s.params and all(kind in ("loguniform", "uniform", "randint", "choice") for kind, _ in s.params.values())
 
 
@@ -50,16 +50,16 @@ def write(tmp_path, text: str) -> str:
 ])
 def test_bad_spaces_are_refused_by_name(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match):
-        load_space(write(tmp_path, text), f"{ROOT}/configs/demo.yaml")
+        load_space(write(tmp_path, text), f"{ROOT}/configs/train/demo.yaml")
 
 
 def test_sampled_values_reach_the_trial_as_set_overrides(tmp_path):
     space = load_space(write(tmp_path, "params:\n  optim.lr: {loguniform: [0.01, 0.1]}\n"
                                        "  model.options.convs: {choice: [[1, 1, 1], [2, 2, 2]]}\n"
                                        "  optim.milestones: {choice: [[2], [1, 2]]}\n"
-                                       "set: {run.epochs: 3, run.workers: 1}\n"), f"{ROOT}/configs/demo.yaml")
+                                       "set: {run.epochs: 3, run.workers: 1}\n"), f"{ROOT}/configs/train/demo.yaml")
     assert space.params["model.options.convs"] == ("choice", ["[1, 1, 1]", "[2, 2, 2]"])  # YAML text: any searcher
-    with open(f"{ROOT}/configs/demo.yaml") as f:
+    with open(f"{ROOT}/configs/train/demo.yaml") as f:
         base = yaml.safe_load(f)
     cfg = with_overrides(base, space.overrides({"optim.lr": 0.0625, "model.options.convs": "[2, 2, 2]",
                                                 "optim.milestones": "[1, 2]"}))
@@ -88,7 +88,7 @@ def test_concurrent_trials_follow_the_cluster_and_the_workers():
     from common.cluster_shape import ClusterShape, NodeType
     from training.config import load
 
-    demo = f"{ROOT}/configs/demo.yaml"
+    demo = f"{ROOT}/configs/train/demo.yaml"
     laptop = ClusterShape((NodeType("this machine", {"CPU": 2, "GPU": 0}, 1),), "this machine")
     assert max_concurrent(load(demo, ["run.workers=1", "run.cpus_per_worker=1"]), laptop) == 2
     assert max_concurrent(load(demo, ["run.workers=2", "run.cpus_per_worker=1"]), laptop) == 1
@@ -96,12 +96,12 @@ def test_concurrent_trials_follow_the_cluster_and_the_workers():
     with pytest.raises(ConfigError, match=r"3 x \{CPU: 1\}, and this machine can hold 2 at most"):
         max_concurrent(load(demo, ["run.workers=3"]), laptop)
     with pytest.raises(ConfigError, match=r"\{CPU: 1, GPU: 1\}, and this machine can hold 0"):
-        max_concurrent(load(demo, ["run.workers=1", "run.use_gpu=true"]), laptop)
+        max_concurrent(load(demo, ["run.workers=1", "run.gpu=true"]), laptop)
     # cluster.yaml's shape from zero workers: a CPU-only head, up to 4 nodes of 8 GPUs: 2-GPU trials, 16 at once
     autoscaling = ClusterShape((NodeType("head", {"CPU": 0}, 1), NodeType("gpu_node", {"CPU": 64, "GPU": 8}, 4),
                                 NodeType("cpu_data", {"CPU": 32, "data_node": 1}, 8)),
                                "this Ray cluster at its autoscaler's max_workers", autoscaling=True, max_worker_nodes=12)
-    assert max_concurrent(load(demo, ["run.workers=2", "run.use_gpu=true", "run.cpus_per_worker=4"]), autoscaling) == 16
+    assert max_concurrent(load(demo, ["run.workers=2", "run.gpu=true", "run.cpus_per_worker=4"]), autoscaling) == 16
     # a ray_data trial's decode CPUs count on a CPU cluster: 2 workers x 1 CPU + 2 decode CPUs per trial
     assert max_concurrent(load(demo, ["run.workers=2", "data.ingest=ray_data", "data.ingest_cpus=2"]),
                           ClusterShape((NodeType("n", {"CPU": 8}, 2),), "this Ray cluster")) == 4
@@ -111,10 +111,10 @@ def test_optuna_suggestions_are_runnable_trial_configs():
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    space = load_space(f"{ROOT}/tuning/spaces/demo.yaml", f"{ROOT}/configs/demo.yaml")
+    space = load_space(f"{ROOT}/tuning/spaces/demo.yaml", f"{ROOT}/configs/train/demo.yaml")
     searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=0))
     assert searcher.set_search_properties("top1_error", "min", space.tune_space())
-    with open(f"{ROOT}/configs/demo.yaml") as f:
+    with open(f"{ROOT}/configs/train/demo.yaml") as f:
         base = yaml.safe_load(f)
     for i in range(3):
         sampled = searcher.suggest(f"t{i}")

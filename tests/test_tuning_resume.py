@@ -44,7 +44,7 @@ def test_killed_experiment_resumes_to_completion_and_analyzes(tmp_path):
         "depth": "model.options.convs", "warm_start": True}))
     search = [sys.executable, f"{ROOT}/tuning/search.py", "--scheduler", "fifo", "--name", "exp1"]
     log = open(tmp_path / "first.log", "wb")
-    first = [*search, "--config", str(tmp_path / "base.yaml"), "--space", str(tmp_path / "space.yaml"), "--samples", "3"]
+    first = [*search, "--config", str(tmp_path / "base.yaml"), "--space", str(tmp_path / "space.yaml"), "--trials", "3"]
     driver = subprocess.Popen(first, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)  # its own process group: the driver and its Ray
     experiment = tmp_path / "exp" / "exp1"

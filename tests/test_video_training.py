@@ -38,7 +38,7 @@ def runs(demo, tmp_path_factory):
     storage = tmp_path_factory.mktemp("runs")
     reports, console = {}, io.StringIO()
     for name in NETWORKS:
-        argv = ["--config", os.path.join(ROOT, "configs", "video_demo.yaml"),
+        argv = ["--config", os.path.join(ROOT, "configs", "video", "demo.yaml"),
                 "--set", f"data.train_shards={demo}/shards/train", "--set", f"data.val_shards={demo}/shards/val",
                 "--set", f"model.name={name}", "--set", "run.epochs=1", "--set", "data.loader_workers=0",
                 "--set", "data.eval_clips=3", "--set", "data.sampling=uniform", "--set", f"run.storage_path={storage}", "--set", f"run.name={name}"]
@@ -145,14 +145,14 @@ def test_predict_refuses_a_video_checkpoint(runs, tmp_path, capsys):
 
 
 def test_transfer_recipe_trains_only_the_top_layer(runs, demo, tmp_path):
-    """configs/video_transfer_top.yaml from the demo's slow fusion run: everything below the classifier
+    """configs/video/transfer_top.yaml from the demo's slow fusion run: everything below the classifier
     stays as pretrained (here on the demo's own classes, so the classifier itself is loaded too)."""
     from training import run
     from training.checkpoint import contents
     from training.checkpoint.contents import inference_weights
 
     source = runs[0]["video_slow_fusion"]["best_checkpoint"]
-    argv = ["--config", os.path.join(ROOT, "configs", "video_transfer_top.yaml"),
+    argv = ["--config", os.path.join(ROOT, "configs", "video", "transfer_top.yaml"),
             "--set", f"data.train_shards={demo}/shards/train", "--set", f"data.val_shards={demo}/shards/val",
             "--set", "model.num_classes=10", "--set", f"model.pretrained={source}", "--set", "run.epochs=1",
             "--set", "data.loader_workers=0", "--set", f"run.storage_path={tmp_path}", "--set", "run.name=top"]
@@ -242,7 +242,7 @@ def test_multi_label_videos_train_and_score_a_hit_on_any_of_their_classes(multi_
     from training import evaluate, run
 
     shards, labels = multi_label
-    argv = ["--config", os.path.join(ROOT, "configs", "video_demo.yaml"), "--set", f"data.train_shards={shards}",
+    argv = ["--config", os.path.join(ROOT, "configs", "video", "demo.yaml"), "--set", f"data.train_shards={shards}",
             "--set", f"data.val_shards={shards}", "--set", "model.name=video_single_frame", "--set", "run.epochs=1",
             "--set", "data.loader_workers=0", "--set", "data.eval_clips=2", "--set", "data.sampling=uniform",
             "--set", f"run.storage_path={tmp_path}", "--set", "run.name=ml"]
@@ -278,7 +278,7 @@ def test_ray_data_ingest_makes_the_loaders_clips_and_trains_every_video_once(dem
     from training.models import clip_offsets_for
     from training.train_input import clip_transform
 
-    cfg = load(os.path.join(ROOT, "configs", "video_demo.yaml"), [
+    cfg = load(os.path.join(ROOT, "configs", "video", "demo.yaml"), [
         f"data.train_shards={demo}/shards/train", "model.name=video_late_fusion"])
     clips = clip_transform(cfg, clip_offsets_for(cfg))
     assert clips.offsets == (0, 15) and clips.size == cfg.data.size
@@ -293,7 +293,7 @@ def test_ray_data_ingest_makes_the_loaders_clips_and_trains_every_video_once(dem
         clip, _ = clips.sample(sample.members, random.Random(stable_hash(4, "augment", 1, position)))
         assert np.array_equal(rows["image"][j], clip.numpy()) and rows["label"][j] == row.cls
 
-    argv = ["--config", os.path.join(ROOT, "configs", "video_demo.yaml"),
+    argv = ["--config", os.path.join(ROOT, "configs", "video", "demo.yaml"),
             "--set", f"data.train_shards={demo}/shards/train", "--set", f"data.val_shards={demo}/shards/val",
             "--set", "model.name=video_late_fusion", "--set", "run.epochs=1", "--set", "run.workers=1",
             "--set", "data.ingest=ray_data", "--set", "data.sampling=uniform", "--set", "data.eval_clips=2",

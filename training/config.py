@@ -10,30 +10,31 @@ import dataclasses
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 import types
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from common.settings_file import SettingsFileError, read_mapping
+from common.settings_file import SettingsFileError, parse_assignment, read_mapping
 
 
 @dataclass
 class DataConfig:
-    train_shards: str = "data/demo/shards/train"
-    val_shards: str = "data/demo/shards/val"
-    sampling: str = "class-aware"  # or "uniform"
+    train_shards: str = "data/demo/shards/train"  # folder or URI written by pipelines/shard.py
+    val_shards: str = "data/demo/shards/val"  # the validation split's shards, scored after every epoch
+    sampling: str = "class-aware"  # class-aware (WM: a class, then one of its images) | uniform
     batch_size: int = 64  # per worker
     read_block: int = 1  # uniform: samples per range read; on object stores 4 (with shuffle_buffer 4000)
     shuffle_buffer: int = 1000  # uniform: samples each loader worker mixes (see pipelines/online/epoch_order.py)
     loader_workers: int = 1  # DataLoader processes per training worker
-    crop: str = "rrc"  # rrc | scale_jitter | random_crop
-    size: int = 224
-    jitter: tuple[int, int] = (256, 512)
+    crop: str = "rrc"  # rrc (random resized crops) | scale_jitter (a shorter side in jitter) | random_crop
+    size: int = 224  # the crop the network takes, in pixels
+    jitter: tuple[int, int] = (256, 512)  # scale_jitter: the range a training image's shorter side is drawn in
     flip: bool = True  # random horizontal flips (videos: and mirrored test clips); off when a mirror changes the class
     color_pca: bool = False  # AlexNet's colour noise from TRAIN_SHARDS/color_pca.json
-    eval_resize: int = 256
+    eval_resize: int = 256  # validation: the shorter side before the centre crop of `size`
     eval_clips: int = 20  # video shards: clips per validation video, each also mirrored (Karpathy et al.: 20)
     decode: str = "workers"  # "device": nvJPEG on the GPU; "hybrid": the workers as many as they can, the GPU the rest
     ingest: str = "loader"  # DataLoader processes in each worker, or "ray_data" (pipelines/online/ingest_pipeline.py)
@@ -46,13 +47,13 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "simple_net"
-    num_classes: int = 10
+    name: str = "simple_net"  # the architecture (training/models/registry.py)
+    num_classes: int = 10  # the shards' classes (365 for Places365)
     mode: str | None = None  # bp | loss12_bp | relay; None: the family's default
-    branch: str | None = None
-    aux_head: str | None = None
-    aux_weight: float | None = None
-    overlap: int = 1
+    branch: str | None = None  # relay / loss12_bp: the stage the auxiliary head hangs from; None: the family's
+    aux_head: str | None = None  # copy (the layers above the branch, WM A/B) | small (GoogLeNet's); None: the family's
+    aux_weight: float | None = None  # the auxiliary loss's weight; None: the family's
+    overlap: int = 1  # relay: stages below the branch that the top loss trains too
     options: dict[str, Any] = field(default_factory=dict)  # builder options: input_size, width, fc, ...
     init_from: str | None = None  # checkpoint of a shallower VGG to start from (VGG's trick)
     pretrained: str | None = None  # torchvision state_dict file or checkpoint to start from (training/pretrained.py)
@@ -64,17 +65,17 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.01
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
+    lr: float = 0.01  # the learning rate at batch_size x workers
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = False  # Nesterov momentum
+    weight_decay: float = 5e-4  # L2 penalty
     decay_norm_and_bias: bool = True  # False: no weight decay on norm weights and biases
     schedule: str = "plateau"  # plateau (divide when val accuracy stalls) | multistep | cosine
-    factor: float = 0.1
-    patience: int = 2
-    milestones: tuple[int, ...] = ()
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
+    factor: float = 0.1  # plateau / multistep: the learning rate is multiplied by this at each drop
+    patience: int = 2  # plateau: epochs without improvement before a drop
+    milestones: tuple[int, ...] = ()  # multistep: the epochs the learning rate drops at
+    warmup_epochs: int = 0  # linear warm-up of the learning rate over this many epochs
+    label_smoothing: float = 0.0  # the cross-entropy's label smoothing
     ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights; validate and export it
     trainable_from: str | None = None  # freeze the backbone stages below this one ("head": a linear probe)
     head_lr_mult: float = 1.0  # learning rate multiplier of the new layers: classifier and auxiliary heads
@@ -82,22 +83,22 @@ class OptimConfig:
 
 @dataclass
 class RunSettings:
-    epochs: int = 10
-    seed: int = 0
+    epochs: int = 10  # epochs to train
+    seed: int = 0  # seeds the weights, the input stream's order and the augmentation
     workers: int = 2  # Ray Train workers (DDP ranks)
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    gpu: bool = False  # one GPU per worker (NCCL); False: CPU workers (gloo)
+    cpus_per_worker: float = 1.0  # CPUs each Train worker reserves (leave some for Ray Data)
     worker_resource: str | None = None  # a node resource (cluster.yaml: gpu_node) that places workers on its nodes
     min_workers: int | None = None  # elastic range, when set
-    storage_path: str = "runs"
+    storage_path: str = "runs"  # where runs are written: a local folder, a shared filesystem or s3://
     name: str | None = None  # None: a fresh unique name
-    max_failures: int = 2
-    num_to_keep: int = 2
+    max_failures: int = 2  # worker-group restarts from the latest checkpoint; -1: without limit
+    num_to_keep: int = 2  # checkpoints kept (the best by validation top-1 error)
     amp: bool = True  # autocast on GPU
     amp_dtype: str = "bfloat16"  # or "float16" (GPUs without bf16), with a dynamic loss scaler
     channels_last: bool = True  # on GPU
     cudnn_benchmark: bool = True  # on GPU: cuDNN times kernels once for the fixed crop (torchvision's reference)
-    compile: bool = False
+    compile: bool = False  # torch.compile the model
     progress_every_s: float = 60.0  # rank 0's in-epoch console line; 0: after every step
     checkpoint_every_steps: int = 0  # > 0: also checkpoint inside an epoch, every this many steps
     checkpoint_every_s: float = 0.0  # > 0: also checkpoint inside an epoch, every this many seconds
@@ -127,27 +128,45 @@ def load(path: str | None = None, overrides: list[str] = ()) -> TrainConfig:
             raw = read_mapping(path, "a mapping of sections (data, model, optim, run)")
         except SettingsFileError as exc:
             raise ConfigError(str(exc)) from None
-    return with_overrides(raw, overrides)
+    return with_overrides(raw, overrides, note=True)
 
 
-def with_overrides(raw: dict, overrides: list[str] = ()) -> TrainConfig:
-    """`raw` (a config mapping, left unchanged) with `key=value` overrides applied, type-checked."""
+def with_overrides(raw: dict, overrides: list[str] = (), note: bool = False) -> TrainConfig:
+    """`raw` (a config mapping, left unchanged) with `key=value` overrides applied, type-checked; `note`:
+    an old key's note on stderr."""
     raw = copy.deepcopy(raw)
     for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set takes key=value, got {item!r}")
-        *parents, leaf = key.strip().split(".")
+        try:
+            key, value = parse_assignment(item)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        *parents, leaf = key.split(".")
         node = raw
         for depth, p in enumerate(parents):
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item}: '{'.'.join(parents[:depth + 1])}' is not a section")
-        try:
-            node[leaf] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {item}: the value is not valid YAML") from None
-    return check(_build(TrainConfig, raw, ""))
+        node[leaf] = value
+    return check(_build(TrainConfig, _renamed(raw, note), ""))
+
+
+OLD_KEYS = {("run", "use_gpu"): "gpu"}  # accepted for one release, with a note
+
+
+def _renamed(raw: dict, note: bool) -> dict:
+    """`raw` with each old key under its new name (a saved run's or checkpoint's config: silently)."""
+    for (section, old), new in OLD_KEYS.items():
+        node = raw.get(section)
+        if not isinstance(node, dict) or old not in node:
+            continue
+        if new in node:
+            raise ConfigError(f"config keys '{section}.{old}' and '{section}.{new}' are one setting: give "
+                              f"'{section}.{new}' alone")
+        node[new] = node.pop(old)
+        if note:
+            print(f"note: config key '{section}.{old}' is now '{section}.{new}'; the old spelling goes in the next "
+                  f"release", file=sys.stderr)
+    return raw
 
 
 def to_dict(cfg: TrainConfig) -> dict:
@@ -217,7 +236,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def from_dict(data: dict) -> TrainConfig:
-    return check(_build(TrainConfig, data, ""))
+    return check(_build(TrainConfig, _renamed(copy.deepcopy(data), note=False), ""))
 
 
 def _at_least(low):
@@ -238,7 +257,8 @@ RANGES = {
     "data.sampling": _one_of("class-aware", "uniform"), "data.batch_size": _at_least(1),
     "data.read_block": _at_least(1), "data.shuffle_buffer": _at_least(1),
     "data.loader_workers": _at_least(0), "data.crop": _one_of("rrc", "scale_jitter", "random_crop"),
-    "data.size": _at_least(1), "data.eval_resize": _at_least(1), "data.eval_clips": _at_least(1), "data.decode": _one_of("workers", "device", "hybrid"),
+    "data.size": _at_least(1), "data.eval_resize": _at_least(1), "data.eval_clips": _at_least(1),
+    "data.decode": _one_of("workers", "device", "hybrid"),
     "data.ingest": _one_of("loader", "ray_data"), "data.ingest_cpus": (lambda v: v > 0, "> 0"),
     "data.ingest_chunk": _at_least(1), "data.ingest_prefetch": _at_least(0),
     "data.max_skipped_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),

@@ -175,15 +175,15 @@ def clip_transforms(configs: list, shards: str, clips: int) -> list[ClipTransfor
     return out
 
 
-def check_room_to_read(workers: int, use_gpu: bool) -> None:
+def check_room_to_read(actors: int, gpu: bool) -> None:
     """CPU model actors that hold every CPU leave none for Ray Data's read tasks, which then wait
     forever (ray-project/ray#44687): refuse that up front.  GPU actors do not compete for the CPUs; a
     cluster with no CPU yet (a head with CPU: 0) can only be waiting for its autoscaler."""
     import ray
 
     cpus = ray.cluster_resources().get("CPU", 0)
-    if not use_gpu and 0 < cpus <= workers:
-        raise ValueError(f"--workers {workers}: CPU model actors would hold all {cpus:g} CPUs of the Ray cluster "
+    if not gpu and 0 < cpus <= actors:
+        raise ValueError(f"--actors {actors}: CPU model actors would hold all {cpus:g} CPUs of the Ray cluster "
                          f"and leave none to read the shards; use at most {max(cpus - 1, 0):g}, or --gpu")
 
 
@@ -196,7 +196,7 @@ def score(a: argparse.Namespace, checkpoints: list[str], size: int, scales: tupl
     else:
         print(f"scoring {len(checkpoints)} model(s) on {a.shards}: {a.protocol}, crop {size}, scales "
               f"{' '.join(map(str, scales))}{', and attributes' if attributes else ''}", flush=True)
-    result = predict(checkpoints, a.shards, a.protocol, scales, size, a.workers, a.gpu, a.batch_size,
+    result = predict(checkpoints, a.shards, a.protocol, scales, size, a.actors, a.gpu, a.batch_size,
                      len(attributes["names"]) if attributes else 0, clips, a.arch)
     catalog = Catalog.load(a.shards)
     skipped, differ = losses(catalog, result)

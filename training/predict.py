@@ -2,6 +2,7 @@
 
     python training/predict.py --checkpoint CKPT IMAGE_OR_FOLDER [...] [--out DIR] [--top 5] \
         [--method auto|cam|gradcam]
+    places-predict ...                    (the same, installed with the package)
 
 CKPT: a `state.pt`, its checkpoint folder, a run folder (its best checkpoint, as evaluate.py picks it),
 or a published model file: the CSAILVision Places365 `.pth.tar` files as released, or a torchvision
@@ -24,18 +25,16 @@ import argparse
 import os
 import sys
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from common.arguments import positive_int
 from common.console import report_failure
 from common.storage import Location, check_out_outside
+from common.tool_settings import new_parser, parse
 from training.prediction import IMAGE_EXTENSIONS, Model, image_files, score_files
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p = new_parser(__doc__, ray=False)
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched for them")
     p.add_argument("--checkpoint", required=True, help="state.pt, a checkpoint folder, a run folder, or a published "
                                                        "model file (resnet18_places365.pth.tar)")
     p.add_argument("--arch", help="the network of a published model file that does not name it (a torchvision "
@@ -49,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+    a = parse(build_parser(), argv)
     from training.checkpoint.lookup import CheckpointError
     from training.models.heads import PoolLinearHead
 
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"predict.py: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # one line on the console; the traceback in the log it names
-        return report_failure("predict.py", exc)
+        return report_failure("predict.py", exc, a.verbose)
     for line in (model.note, model.summary):
         if line:
             print(line)

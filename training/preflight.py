@@ -222,8 +222,8 @@ def check_cluster_fits(cfg: TrainConfig, shape: ClusterShape) -> None:
     run) and, with `data.ingest: ray_data`, one decode task fit the cluster at its largest; otherwise the
     run would wait for resources that never come."""
     r, d = cfg.run, cfg.data
-    bundle = {**worker_resources(cfg), **({"GPU": 1} if r.use_gpu else {})}
-    keys = "'run.workers', 'run.cpus_per_worker'" + (", 'run.use_gpu'" if r.use_gpu else "") + (
+    bundle = {**worker_resources(cfg), **({"GPU": 1} if r.gpu else {})}
+    keys = "'run.workers', 'run.cpus_per_worker'" + (", 'run.gpu'" if r.gpu else "") + (
         ", 'run.worker_resource'" if r.worker_resource else "")
     try:
         shape.check_fits(f"config keys {keys}: {r.min_workers or r.workers} Train worker(s)", bundle,

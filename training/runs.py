@@ -21,7 +21,7 @@ from training.trainer import make_trainer, tensorboard_dir
 from training.worker_failures import RestartLines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_CONFIG = os.path.join(ROOT, "configs", "demo.yaml")
+DEMO_CONFIG = os.path.join(ROOT, "configs", "train", "demo.yaml")
 
 
 def run_exists(storage_path: str, name: str) -> bool:
@@ -93,7 +93,7 @@ def train(cfg: TrainConfig, name: str, resuming: bool, verbose: bool) -> int:
         save_run_config(run_path, cfg)
     marker = shared_marker(cfg, shape)
     print(f"{'resuming' if resuming else 'training'} {cfg.model.name} as run {name} on {cfg.run.workers} "
-          f"worker(s) ({'GPU' if cfg.run.use_gpu else 'CPU'}), {cfg.run.epochs} epochs; checkpoints in {run_path}",
+          f"worker(s) ({'GPU' if cfg.run.gpu else 'CPU'}), {cfg.run.epochs} epochs; checkpoints in {run_path}",
           flush=True)
     result = None
     try:
@@ -105,7 +105,7 @@ def train(cfg: TrainConfig, name: str, resuming: bool, verbose: bool) -> int:
         if marker:
             marker.remove()
     if result is not None and result.error:
-        return report_failure("run.py", result.error)
+        return report_failure("run.py", result.error, verbose)
     stop = stopped_run.reason(run_path)
     if stop:
         print(f"run.py: stopped: {stop}; the checkpoints before it are in {run_path}", file=sys.stderr)

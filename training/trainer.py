@@ -71,7 +71,7 @@ def make_trainer(cfg: TrainConfig, name: str, callbacks: list | None = None, rep
         train_fn_per_worker,
         train_loop_config=loop_config,
         **data,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=r.use_gpu,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=r.gpu,
                                      resources_per_worker=worker_resources(cfg)),
         run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
                              callbacks=[*(callbacks or []),  # the console's line naming failed ranks

@@ -1,6 +1,7 @@
 """Read a Tune experiment written by tuning/search.py.
 
     python tuning/analyze.py EXPERIMENT_PATH [--out DIR]
+    places-analyze ...                    (the same, installed with the package)
 
 Prints the trials sorted by their best validation top-1 error and writes, to DIR (default:
 EXPERIMENT_PATH/analysis for a local experiment, ./analysis-NAME otherwise):
@@ -17,27 +18,32 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+from common.console import report_failure
 from common.storage import Location
+from common.tool_settings import new_parser, parse
 from training.config import absolute
 from tuning.analysis import best_config, format_table, load_trials, plot, summarize
 from tuning.experiment import METRIC
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(__doc__, ray=False)
     p.add_argument("experiment", help="the experiment folder (run.storage_path/NAME), local or s3://")
     p.add_argument("--out", help="where to write the analysis (default: EXPERIMENT/analysis, or ./analysis-NAME)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+    a = parse(build_parser(), argv)
+    try:
+        return analyze(a)
+    except Exception as exc:  # one line on the console; the traceback in the log it names
+        return report_failure("analyze.py", exc, a.verbose)
+
+
+def analyze(a: argparse.Namespace) -> int:
     experiment = absolute(a.experiment.rstrip("/"))
     try:
         setup, trials = load_trials(experiment)

@@ -84,8 +84,8 @@ def max_concurrent(cfg: TrainConfig, shape: ClusterShape) -> int:
     tasks' `data.ingest_cpus`, spread over its workers.  A ConfigError where not even one trial fits."""
     check_cluster_fits(cfg, shape)
     r = cfg.run
-    share = cfg.data.ingest_cpus / r.workers if cfg.data.ingest == "ray_data" and not r.use_gpu else 0
-    per_worker = {**worker_resources(cfg), **({"GPU": 1} if r.use_gpu else {})}
+    share = cfg.data.ingest_cpus / r.workers if cfg.data.ingest == "ray_data" and not r.gpu else 0
+    per_worker = {**worker_resources(cfg), **({"GPU": 1} if r.gpu else {})}
     per_worker["CPU"] += share
     return max(1, shape.capacity(per_worker) // r.workers)
 
@@ -190,10 +190,10 @@ def search(setup: dict, a: argparse.Namespace) -> int:
     except ConfigError as exc:  # what only the cluster can tell: its shape, paths that do not reach every node
         print(f"search.py: error: {exc}", file=sys.stderr)
         return 2
-    print(f"search.py: {a.samples} trials, at most {concurrent} at a time ("
+    print(f"search.py: {a.trials} trials, at most {concurrent} at a time ("
           + ("--max-concurrent" if a.max_concurrent else f"what {shape.where} can hold") +
           f", {base.run.workers} worker(s) per trial)", flush=True)
-    results = make_tuner(setup, a.scheduler, a.search, a.samples, a.resume, concurrent, a.verbose).fit()
+    results = make_tuner(setup, a.scheduler, a.search, a.trials, a.resume, concurrent, a.verbose).fit()
     errors = [r.error for r in results if r.error]
     if len(errors) < len(results):
         best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
@@ -202,5 +202,5 @@ def search(setup: dict, a: argparse.Namespace) -> int:
     print(f"experiment: {setup['experiment']}  (analyse: python tuning/analyze.py {setup['experiment']})")
     if errors:
         print(f"{len(errors)} of {len(results)} trial(s) failed; the first:", flush=True)
-        return report_failure("search.py", errors[0])
+        return report_failure("search.py", errors[0], a.verbose)
     return 0

@@ -1,8 +1,9 @@
 """Ray Tune over learning-rate and depth schedules: every trial is a whole Ray Train run.
 
-    python tuning/search.py --config configs/BASE.yaml --space tuning/spaces/X.yaml
-        [--scheduler asha|fifo] [--search random|optuna] [--samples N] [--name NAME] [--resume]
+    python tuning/search.py --config configs/train/BASE.yaml --space tuning/spaces/X.yaml
+        [--scheduler asha|fifo] [--search random|optuna] [--trials N] [--name NAME] [--resume]
         [--max-concurrent N]
+    places-search ...                     (the same, installed with the package)
 
 Each trial runs `train_driver`, which builds the same `TorchTrainer` as training/run.py (with the
 trial's sampled settings as `--set` overrides) and reports every epoch to Tune through
@@ -24,41 +25,48 @@ import os
 import sys
 import time
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from common import cluster_shape
 from common.arguments import positive_int
-from common.console import add_verbose_flag, report_failure, start_ray
+from common.console import report_failure, start_ray
 from common.storage import Location
-from training.config import ConfigError, absolute, run_folder
+from common.tool_settings import add_old_spelling, new_parser
+from training.config import ConfigError, absolute, load, run_folder, to_yaml
 from training.demo_data import prepare_data
 from training.preflight import check_ingest_room, check_paths_reach_every_node, check_training_inputs
+from training.settings_help import epilog
 from tuning.experiment import SETUP_FILE, trial_config
 from tuning.experiment_driver import check_sampled_inputs, max_concurrent, new_setup, search
 from tuning.space import load_space
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="base training recipe (configs/*.yaml)")
+    p = new_parser(__doc__, settings=False)
+    p.epilog = epilog().replace("settings (", "base recipe settings (", 1)
+    p.add_argument("--config", metavar="FILE", help="base training recipe (configs/train/*.yaml)")
     p.add_argument("--space", help="search space (tuning/spaces/*.yaml)")
-    p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha")
-    p.add_argument("--search", choices=["random", "optuna"], default="random")
-    p.add_argument("--samples", type=positive_int, default=8, help="trials to run")
+    p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha",
+                   help="asha: stop trials early on validation top-1 error; fifo: every trial runs to the end")
+    p.add_argument("--search", choices=["random", "optuna"], default="random",
+                   help="random sampling of the space, or Optuna's TPE")
+    p.add_argument("--trials", type=positive_int, default=8, help="trials to run")
     p.add_argument("--name", help="experiment name (default: SPACE-TIMESTAMP); required with --resume")
     p.add_argument("--storage-path", help="where experiments live (default: the base config's run.storage_path)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting of the base recipe, e.g. --set run.epochs=4")
     p.add_argument("--resume", action="store_true", help="continue the interrupted experiment --name")
     p.add_argument("--max-concurrent", type=positive_int, metavar="N",
                    help="trials at a time (default: as many as the cluster can hold at its largest)")
-    add_verbose_flag(p)
+    add_old_spelling(p, "--samples", "--trials")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
+        if a.print_config:  # the base recipe every trial starts from, the space's values aside
+            print(f"# search.py: space {a.space}, {a.trials} trials, {a.scheduler}, {a.search}")
+            print(to_yaml(load(a.config, a.set)), end="")
+            return 0
         cluster_shape.cluster_address()  # one that no longer runs: refused before any work
         if a.resume:
             if not a.name:
@@ -100,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return search(setup, a)
     except Exception as exc:  # one line on the console; the traceback in the log it names
-        return report_failure("search.py", exc)
+        return report_failure("search.py", exc, a.verbose)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """One sharding run: raw corpus -> WebDataset tar shards + shard index + class-indexed lists, nothing
-lost.  `ShardConfig` holds its settings (a YAML recipe gives them too: `load_config_file`); `run` checks
+lost.  `ShardConfig` holds its settings (a YAML recipe gives them too, with the same keys as the flags); `run` checks
 every input before any image is read (`preflight`), then writes the shards with Ray Data and returns the
 run's accounting; `run_and_report` is the console's one line and exit status, as `pipelines/shard.py`
 prints them.  Every input line ends either in a shard or in OUT/quarantine.jsonl with its reason, and
@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, fields
 from common import cluster_shape
 from common.cluster_shape import ClusterNotRunning, ClusterShape, RequestDoesNotFit
 from common.console import report_failure, start_ray
-from common.settings_file import SettingsFileError, read_mapping
 from common.shared_paths import SharedPathError, check_local_paths
 from common.storage import Location, LockedError, exclusive
 from pipelines.media.images import ImageSettings
@@ -93,19 +92,6 @@ class ShardConfig:
         if self.video:
             return VideoSettings(self.fps, self.frame_size, self.frame_resize, self.min_frames, self.max_frames)
         return ImageSettings(self.image_size, self.resize, self.quality, self.max_pixels)
-
-
-def load_config_file(path: str) -> dict:
-    """A YAML recipe of ShardConfig fields; unknown keys are refused by name."""
-    try:
-        data = read_mapping(path)
-    except SettingsFileError as exc:
-        raise CorpusError(str(exc)) from None
-    known = {f.name for f in fields(ShardConfig)} | {"root"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise CorpusError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    return data
 
 
 def inside_root(settings: dict) -> dict:
@@ -357,7 +343,7 @@ def run_and_report(cfg: ShardConfig, verbose: bool = False, force: bool = False)
               f"shards already written", file=sys.stderr)
         return 130
     except Exception as exc:  # one line on the console; the traceback in the log it names
-        return report_failure("shard.py", exc)
+        return report_failure("shard.py", exc, verbose)
     reasons = ", ".join(f"{reason} {n}" for reason, n in m["quarantine_reasons"].items())
     print(f"entries read {m['entries_read']} = written {m['written']} + quarantined {m['quarantined']}"
           f"{f' ({reasons})' if reasons else ''}; {m['shards']} shards ({m['shards_reused']} reused) in {cfg.out}; "
