@@ -219,17 +219,17 @@ def test_dense_evaluation_averages_the_class_score_map_before_the_softmax(tmp_pa
              "json": np.array([b"{}", b"{}"], dtype=object), "attr": np.array([b"", b""], dtype=object),
              "labels": np.array([b"", b""], dtype=object)}
     views = cut_views(batch, "dense", (64, 96), 32)
-    predictor = Predictor([str(path)], "dense", (64, 96), 32, use_gpu=False, batch_size=4)
+    predictor = Predictor([str(path)], "dense", (64, 96), use_gpu=False, batch_size=4)
     net = predictor.models[0]
     with torch.no_grad():
-        got, attributes = predictor.log_probs(net, views)
+        got, attributes = predictor.log_probs(0, views)
         got = got.exp()
         assert attributes is None  # no attribute head
         expected, softmax_first = [], []
         for row in range(2):
             per_view, other = [], []
             for i in range(2):
-                x = predictor.normalize(torch.from_numpy(views[f"views{i}"][row]))
+                x = predictor.normalizers[0](torch.from_numpy(views[f"views{i}"][row]))
                 maps = net.backbone.forward_dense(torch.cat([x, x.flip(-1)]))
                 assert maps.shape[-1] > 1  # a real map, not one position
                 per_view.append(maps.mean((2, 3)).softmax(1))

@@ -238,3 +238,21 @@ def test_eval_batches_flatten_each_images_views(shards):
     x, y = next(iter(eval_batches(shards, EvalTransform("ten_crop", size=16, resize=18), batch_size=3,
                                   num_workers=0)))
     assert x.shape == (30, 3, 16, 16) and len(y) == 3
+
+
+def test_googlenet_144_crops_of_a_square_image_are_48_views_three_times_each():
+    """A square image has one square, not three: each of its 48 distinct views (4 scales x 6 crops x 2
+    mirrors) comes three times, so the 144's average is the 48's.  The GoogLeNet recipe validates on
+    shards that keep the aspect (configs/shard/places365_val.yaml: resize shorter), where there are 144."""
+    import yaml
+
+    from conftest import ROOT
+
+    views = EvalTransform("googlenet_144", size=32, scales=(48, 56, 64, 72))(encode(scene(4, 200, 200)))
+    flat = views.reshape(144, -1)
+    distinct = torch.unique(flat, dim=0)
+    assert views.shape == (144, 3, 32, 32) and len(distinct) == 48
+    assert all(int((flat == row).all(1).sum()) == 3 for row in distinct)
+    recipe = yaml.safe_load(open(f"{ROOT}/configs/train/googlenet.yaml"))
+    shard = yaml.safe_load(open(f"{ROOT}/configs/shard/places365_val.yaml"))
+    assert recipe["data"]["val_shards"] == shard["out"].split("#")[0].strip() and shard["resize"] == "shorter"

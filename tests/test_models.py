@@ -249,3 +249,19 @@ def test_resnet_v1_bottleneck_strides_its_first_1x1():
     assert v1(torch.randn(1, 3, 64, 64)).shape == (1, 10)
     with pytest.raises(ValueError, match="shortcut_type must be A or B"):
         build_backbone("resnet18", 10, shortcut_type="C")
+
+
+def test_zfnet_pools_before_it_normalises_and_drops_out_input_pixels():
+    from training.models.lrn import LocalResponseNorm
+
+    model = build_backbone("zfnet", 5, input_dropout=0.2)
+    conv1, conv2 = (list(model.stages[name]) for name in ("conv1", "conv2"))
+    assert [type(m) for m in conv1] == [nn.Dropout, nn.Conv2d, nn.ReLU, nn.MaxPool2d, LocalResponseNorm]
+    assert [type(m) for m in conv2] == [nn.Conv2d, nn.ReLU, nn.MaxPool2d, LocalResponseNorm]
+    assert conv1[0].p == 0.2 and not any(isinstance(m, nn.Dropout) for m in build_backbone("zfnet", 5).stages["conv1"])
+    x = torch.rand(1, 3, 224, 224) + 0.5  # no zero pixel: a zero after dropout is a dropped one
+    dropped = conv1[0].train()(x)
+    assert 0.1 < (dropped == 0).float().mean() < 0.3 and torch.equal(conv1[0].eval()(x), x)
+    assert model.eval()(x).shape == (1, 5)
+    with pytest.raises(ValueError, match="input_dropout"):
+        build_backbone("zfnet", 5, input_dropout=1.0)

@@ -118,7 +118,9 @@ def test_frozen_stages_get_no_gradient_and_keep_their_batch_norm_statistics():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = make_optimizer(model, OptimConfig(lr=0.1, trainable_from="layer3"))
     train_mode(model, "layer3")
-    assert not model.backbone.stages.layer2.training and model.backbone.stages.layer3.training
+    norms = {name: [m.training for m in model.backbone.stages[name].modules() if isinstance(m, torch.nn.BatchNorm2d)]
+             for name in ("layer2", "layer3")}
+    assert not any(norms["layer2"]) and all(norms["layer3"])
     losses = model(torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))
     losses["loss"].backward()
     optimizer.step()
@@ -186,3 +188,14 @@ def test_fine_tuning_under_ray_train_from_a_published_file_then_from_the_run(ray
     assert run.main([*common, "--set", f"model.pretrained={path}", "--set", "optim.trainable_from=layer9",
                      "--set", "run.name=typo"]) == 2  # refused before Ray Train starts
     assert "'optim.trainable_from': 'layer9' is not a stage of resnet18; stages: stem, layer1" in capsys.readouterr().err
+
+
+def test_the_layers_that_retrain_keep_their_dropout():
+    """Karpathy et al.'s "top layer" transfer retrains the classifier on fc7's output: fc7 is frozen, its
+    dropout still drops (a frozen layer is one with no learning rate, as in Caffe's fine-tuning)."""
+    model = create_model("video_slow_fusion", 4, width=0.0625, fc=16)
+    freeze(model, "head")
+    train_mode(model, "head")
+    dropout = [m for m in model.backbone.stages["fc7"].modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropout and all(m.training for m in dropout)
+    assert not any(p.requires_grad for p in model.backbone.stages["fc7"].parameters())

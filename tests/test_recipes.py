@@ -24,7 +24,7 @@ CLASSES = 365
 def training_recipes(reading: str) -> list[str]:
     """The training recipes (a model section) whose training shards' path holds `reading`."""
     found = []
-    for path in sorted(glob.glob(os.path.join(CONFIGS, "train", "*.yaml"))):
+    for path in sorted(glob.glob(os.path.join(CONFIGS, "*", "*.yaml"))):
         with open(path) as f:
             recipe = yaml.safe_load(f)
         if "model" in recipe and reading in recipe.get("data", {}).get("train_shards", ""):

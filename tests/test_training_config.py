@@ -61,8 +61,11 @@ def test_multistep_and_no_decay_on_norms_and_biases():
     assert [p.ndim for p in opt.param_groups[1]["params"]] == [1]
 
 
-@pytest.mark.parametrize("name", sorted(f"{kind}/{n[:-5]}" for kind in ("train", "video", "course")
-                                        for n in os.listdir(os.path.join(ROOT, "configs", kind)) if n.endswith(".yaml")))
+RECIPES = sorted(f"{kind}/{n[:-5]}" for kind in ("train", "video", "course")
+                 for n in os.listdir(os.path.join(ROOT, "configs", kind)) if n.endswith(".yaml"))
+
+
+@pytest.mark.parametrize("name", RECIPES)
 def test_every_recipe_loads_and_builds_its_model(name):
     from training.models import build_model
     from training.pretrained import warm_start
@@ -78,7 +81,8 @@ def test_every_recipe_loads_and_builds_its_model(name):
                              else {n for n, _ in model.named_parameters()})
     if name.startswith("course/"):  # part 1 has neither batch-norm nor dropout; 2 and 4 have both
         norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-        assert (not norms) == (name == "course/part1") and (model.attribute_head is not None) == (name == "course/part4")
+        assert (not norms) == (name == "course/part1")
+        assert (model.attribute_head is not None) == (name == "course/part4")
     if name.startswith("train/wm_model"):
         mode = {"bp": "bp", "loss12": "loss12_bp", "relay": "relay"}[name.rsplit("_", 1)[1]]
         assert model.mode == mode and cfg.data.sampling == "class-aware"
@@ -165,3 +169,31 @@ def test_decoding_on_the_gpu_is_the_loaders_and_not_ray_datas():
             load(None, ["data.ingest=ray_data", f"data.decode={decode}"])
     with pytest.raises(ConfigError, match="data.decode' must be one of workers, device, hybrid"):
         load(None, ["data.decode=gpu"])
+
+
+@pytest.mark.parametrize("name, scales", [("a", (256, 256)), ("a_lrn", (256, 256)), ("b", (256, 256)),
+                                          ("c", (256, 512)), ("d", (256, 512)), ("e", (256, 512))])
+def test_vgg_recipes_train_at_the_papers_scales(name, scales):
+    """VGG's Table 3: A, A-LRN and B at a fixed S = 256 (a 224 crop of the shorter side 256), C, D and E
+    with S jittered in [256, 512]."""
+    cfg = load(os.path.join(ROOT, "configs", "train", f"vgg_{name}.yaml"))
+    assert (cfg.model.name, cfg.data.crop, cfg.data.jitter, cfg.data.size) == (f"vgg_{name}", "scale_jitter",
+                                                                                scales, 224)
+
+
+@pytest.mark.parametrize("depth", [18, 34])
+def test_the_plain_vs_residual_recipes_differ_in_the_shortcuts_alone(depth):
+    """The ResNet paper's Table 2: plain-N against ResNet-N with option A shortcuts, trained alike, with the
+    same parameters."""
+    from training.config import to_dict
+    from training.models import build_model
+
+    plain, residual = (load(os.path.join(ROOT, "configs", "train", f"{n}.yaml"))
+                       for n in (f"plain{depth}", f"resnet{depth}_option_a"))
+    a, b = to_dict(plain), to_dict(residual)
+    assert (a.pop("model"), b.pop("model")) and a == b
+    assert (plain.model.name, residual.model.name, residual.model.options) == (f"plain{depth}", f"resnet{depth}",
+                                                                               {"shortcut_type": "A"})
+    count = [sum(p.numel() for p in build_model(c).parameters()) for c in (plain, residual)]
+    assert count[0] == count[1]
+    assert to_dict(load(os.path.join(ROOT, "configs", "train", f"resnet{depth}.yaml")))["optim"] == a["optim"]

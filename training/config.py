@@ -34,6 +34,8 @@ class DataConfig:
     jitter: tuple[int, int] = (256, 512)  # scale_jitter: the range a training image's shorter side is drawn in
     flip: bool = True  # random horizontal flips (videos: and mirrored test clips); off when a mirror changes the class
     color_pca: bool = False  # AlexNet's colour noise from TRAIN_SHARDS/color_pca.json
+    normalize: str = "imagenet"  # imagenet: ImageNet's mean and std | mean_pixel: the papers' mean pixel off 0-255
+    mean_pixel: tuple[float, float, float] | None = None  # mean_pixel's RGB mean in [0, 1]; None: color_pca.json's
     eval_resize: int = 256  # validation: the shorter side before the centre crop of `size`
     eval_clips: int = 20  # video shards: clips per validation video, each also mirrored (Karpathy et al.: 20)
     decode: str = "workers"  # "device": nvJPEG on the GPU; "hybrid": the workers as many as they can, the GPU the rest
@@ -258,7 +260,7 @@ RANGES = {
     "data.read_block": _at_least(1), "data.shuffle_buffer": _at_least(1),
     "data.loader_workers": _at_least(0), "data.crop": _one_of("rrc", "scale_jitter", "random_crop"),
     "data.size": _at_least(1), "data.eval_resize": _at_least(1), "data.eval_clips": _at_least(1),
-    "data.decode": _one_of("workers", "device", "hybrid"),
+    "data.decode": _one_of("workers", "device", "hybrid"), "data.normalize": _one_of("imagenet", "mean_pixel"),
     "data.ingest": _one_of("loader", "ray_data"), "data.ingest_cpus": (lambda v: v > 0, "> 0"),
     "data.ingest_chunk": _at_least(1), "data.ingest_prefetch": _at_least(0),
     "data.max_skipped_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
@@ -286,6 +288,9 @@ def check(cfg: TrainConfig) -> TrainConfig:
     if not 1 <= low <= high:
         raise ConfigError(f"config key 'data.jitter' must be [low, high] with 1 <= low <= high, "
                           f"got {list(cfg.data.jitter)}")
+    if cfg.data.mean_pixel is not None and not all(0 <= v <= 1 for v in cfg.data.mean_pixel):
+        raise ConfigError(f"config key 'data.mean_pixel' must be three values in [0, 1] (an RGB mean of [0, 1] "
+                          f"pixels), got {list(cfg.data.mean_pixel)}")
     milestones = list(cfg.optim.milestones)
     if milestones != sorted(set(milestones)) or any(m < 1 for m in milestones):
         raise ConfigError(f"config key 'optim.milestones' must be increasing epochs >= 1, got {milestones}")

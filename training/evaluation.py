@@ -22,6 +22,7 @@ from training.attribute_metrics import attribute_report, plot_attribute_ap
 from training.checkpoint.lookup import CheckpointError, resolve_checkpoint
 from training.class_names import class_names
 from training.inference import losses, predict
+from training.normalization import mean_std
 from training.topk import log_mean_exp, multi_hot, top_classes, top_errors
 from training.video_metrics import video_hits
 
@@ -171,7 +172,7 @@ def clip_transforms(configs: list, shards: str, clips: int) -> list[ClipTransfor
             raise CheckpointError(f"{shards} holds videos and a checkpoint's model, {cfg.model.name}, is an image "
                                   f"network")
         out.append(ClipTransform(offsets=tuple(offsets), fps=fps, size=cfg.data.size, flip=cfg.data.flip,
-                                 clips=clips))
+                                 clips=clips, **mean_std(cfg.data)))
     return out
 
 

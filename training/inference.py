@@ -30,7 +30,7 @@ from pipelines.offline.attributes import decode as decode_attributes
 from pipelines.online.catalog import READ_ERRORS, Catalog
 from pipelines.online.clips import ClipTransform
 from pipelines.online.tar_stream import ShardReader
-from pipelines.online.transforms import EvalTransform
+from pipelines.online.transforms import BatchNormalize, EvalTransform
 from training.topk import log_mean_exp
 
 log = logging.getLogger(__name__)
@@ -160,61 +160,65 @@ class Predictor:
     `checkpoints`: files of training, or published model files (`arch`: the network of those that
     do not name it)."""
 
-    def __init__(self, checkpoints: list[str], protocol: str, scales: tuple[int, ...], size: int, use_gpu: bool,
+    def __init__(self, checkpoints: list[str], protocol: str, scales: tuple[int, ...], use_gpu: bool,
                  batch_size: int, clips: list[ClipTransform] | None = None, arch: str | None = None):
         from training.checkpoint.contents import inference_weights
         from training.config import from_dict
         from training.models import build_model
+        from training.normalization import mean_std
         from training.pretrained import scoring_state
 
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.models = []
-        for path in checkpoints:
+        self.models, self.normalizers = [], []  # each model's pixels as it was trained on them
+        for i, path in enumerate(checkpoints):
             state = scoring_state(path, arch)
-            model = build_model(from_dict(state["config"]))
+            cfg = from_dict(state["config"])
+            model = build_model(cfg)
             model.load_state_dict(inference_weights(state))
             self.models.append(model.to(self.device).eval())
+            self.normalizers.append(clips[i].normalizer() if clips else BatchNormalize(**mean_std(cfg.data)))
         self.protocol, self.scales, self.batch_size, self.clips = protocol, scales, batch_size, clips
-        self.normalize = clips[0].normalizer() if clips else view_transforms(protocol, scales, size)[0].normalizer()
         self.columns = unique_clips(clips)[1] if clips else []
 
     def clip_log_probs(self, i: int, batch: dict) -> torch.Tensor:
         """(B, clips, K): model i's class log posteriors per test clip, over the clip's views."""
         views = torch.from_numpy(np.asarray(batch[f"views{self.columns[i]}"]))  # (B, V, C, T, S, S)
         chunk = self.batch_size if self.device.type == "cuda" else views.shape[1]
-        outs = [self.models[i].predict(self.normalize(part.to(self.device)))[0].float().log_softmax(1)
+        outs = [self.models[i].predict(self.normalizers[i](part.to(self.device)))[0].float().log_softmax(1)
                 for part in views.flatten(0, 1).split(chunk)]
         per_view = torch.cat(outs).view(len(views), self.clips[i].clips, self.clips[i].views_per_clip, -1)
         return log_mean_exp(per_view, 2)
 
-    def log_probs(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def log_probs(self, i: int, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, K) class log posteriors and (B, A) attribute probabilities (None without an attribute head)
-        for one model; multi_crop_dense: the mean of the two protocols' posteriors (VGG)."""
+        for model i; multi_crop_dense: the mean of the two protocols' posteriors (VGG)."""
+        model, normalize = self.models[i], self.normalizers[i]
         if self.protocol == "dense":
-            return self.dense_log_probs(model, batch, first=0)
+            return self.dense_log_probs(i, batch, first=0)
         views = torch.from_numpy(np.asarray(batch["views0"]))  # (B, V, C, H, W)
         # a GPU takes up to batch_size views per forward; a CPU one image's views (larger batches fall
         # out of its caches: ten crops of 32 images at once ran at 0.6x on 2 cores)
         chunk = self.batch_size if self.device.type == "cuda" else views.shape[1]
-        outs = [model.predict(self.normalize(part.to(self.device))) for part in views.flatten(0, 1).split(chunk)]
+        outs = [model.predict(normalize(part.to(self.device))) for part in views.flatten(0, 1).split(chunk)]
         per_view = torch.cat([logits.float().log_softmax(1) for logits, _ in outs]).view(*views.shape[:2], -1)
         crops = log_mean_exp(per_view, 1)
         attributes = None if outs[0][1] is None else \
             torch.cat([a.sigmoid() for _, a in outs]).view(*views.shape[:2], -1).mean(1)
         if self.protocol == "multi_crop_dense":
-            dense, dense_attributes = self.dense_log_probs(model, batch, first=1)
+            dense, dense_attributes = self.dense_log_probs(i, batch, first=1)
             both = log_mean_exp(torch.stack([crops, dense]), 0)
             return both, None if attributes is None else (attributes + dense_attributes) / 2
         return crops, attributes
 
-    def dense_log_probs(self, model, batch: dict, first: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, K) log posteriors: every scale's whole image (columns views{first}...) and its mirror, as
-        class-score maps; attributes from the same passes."""
+    def dense_log_probs(self, i: int, batch: dict, first: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, K) log posteriors of model i: every scale's whole image (columns views{first}...) and its
+        mirror, as class-score maps; attributes from the same passes."""
+        model, normalize = self.models[i], self.normalizers[i]
         backbone, rows, attribute_rows = model.backbone, [], []
         for row in range(len(batch["key"])):
             outs, attributes = [], []
-            for i in range(first, first + len(self.scales)):
-                x = self.normalize(torch.from_numpy(np.asarray(batch[f"views{i}"][row])).to(self.device))
+            for column in range(first, first + len(self.scales)):
+                x = normalize(torch.from_numpy(np.asarray(batch[f"views{column}"][row])).to(self.device))
                 features = backbone.forward_features(torch.cat([x, x.flip(-1)]))
                 head = backbone.dense_head() if hasattr(backbone.head, "to_dense") else backbone.forward_head
                 scores = head(features)
@@ -236,7 +240,7 @@ class Predictor:
                     "clip_log_probs": per_clip.cpu().numpy().astype(np.float32),  # (B, M, clips, K)
                     "attr_probs": np.zeros((len(per_clip), 0), np.float32)}
         with torch.no_grad():
-            both = [self.log_probs(m, batch) for m in self.models]
+            both = [self.log_probs(i, batch) for i in range(len(self.models))]
         log_probs = torch.stack([p for p, _ in both], dim=1)  # (B, M, K)
         attributes = [a for _, a in both if a is not None]
         attr_probs = torch.stack(attributes).mean(0) if attributes else torch.zeros(len(log_probs), 0)
@@ -259,7 +263,7 @@ def predict(checkpoints, shards: str, protocol: str, scales, size: int, workers:
     ds = ds.map_batches(cut_views, fn_kwargs=dict(protocol=protocol, scales=scales, size=size, attributes=attributes,
                                                   clips=clips), batch_size=rows)
     ds = ds.map_batches(Predictor, fn_constructor_kwargs=dict(checkpoints=checkpoints, protocol=protocol,
-                                                              scales=scales, size=size, use_gpu=use_gpu,
+                                                              scales=scales, use_gpu=use_gpu,
                                                               batch_size=batch_size, clips=clips, arch=arch),
                         batch_size=rows, compute=ray.data.ActorPoolStrategy(size=workers),
                         num_gpus=1 if use_gpu else 0)

@@ -52,6 +52,7 @@ class Model:
         from training.class_names import class_names, read_class_names
         from training.config import from_dict
         from training.models import build_model
+        from training.normalization import mean_std
 
         self.path, state, self.note = resolve_checkpoint(checkpoint, arch, read_class_names(categories))
         self.summary = state.get("summary")
@@ -67,7 +68,7 @@ class Model:
         self.attribute_names = saved.get("names") or [f"attribute{i}" for i in range(cfg.model.num_attributes)]
         self.thresholds = saved.get("thresholds") or [0.5] * cfg.model.num_attributes
         self.size, self.resize = cfg.data.size, cfg.data.eval_resize
-        self.transform = EvalTransform("center", size=self.size, resize=self.resize)
+        self.transform = EvalTransform("center", size=self.size, resize=self.resize, **mean_std(cfg.data))
         names = state.get("class_names")
         if not names and not state.get("published"):  # a published file's: --categories, else numbers
             try:

@@ -6,7 +6,8 @@ instead of a failure inside a Train worker after every retry, or a run that trai
   size, and no url leaves the shard folder (checked when the index loads);
 - both shard sets have the classes of `model.num_classes`, with the same names in the same order
   (an image-folder val tree missing one class folder would shift every label by one);
-- `data.color_pca`'s eigen-decomposition (`color_pca.json`) is beside the training shards;
+- `data.color_pca`'s eigen-decomposition and `data.normalize: mean_pixel`'s mean (`color_pca.json`) are
+  beside the training shards;
 - the model builds from `model.*` (options, mode, branch, heads), `optim.trainable_from` names a stage
   of it, and `model.pretrained` and `model.init_from` fit it (built on the meta device: no memory, no
   time);
@@ -51,7 +52,9 @@ def check_training_inputs(cfg: TrainConfig) -> TrainingInputs:
     check_same_classes(train, val)
     check_attributes(cfg.model.num_attributes, train, val)
     if cfg.data.color_pca:
-        check_color_pca(cfg.data.train_shards)
+        check_color_pca(cfg.data.train_shards, "data.color_pca", "set data.color_pca: false")
+    if cfg.data.normalize == "mean_pixel" and cfg.data.mean_pixel is None:
+        check_color_pca(cfg.data.train_shards, "data.normalize", "give data.mean_pixel, or data.normalize: imagenet")
     if (train.video is None) != (val.video is None):
         raise ConfigError(f"data.val_shards: {val.loc.uri()} holds {'videos' if val.video else 'images'} and the "
                           f"training shards {'videos' if train.video else 'images'}")
@@ -74,16 +77,18 @@ def classes_without_samples(catalog: Catalog) -> str | None:
             f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}; the model will never see them")
 
 
-def check_color_pca(shards: str) -> None:
-    """`data.color_pca` reads TRAIN_SHARDS/color_pca.json in every Train worker: there, and readable."""
+def check_color_pca(shards: str, key: str, otherwise: str) -> None:
+    """`key` reads TRAIN_SHARDS/color_pca.json (the colour noise in every Train worker, the mean pixel when
+    the run starts): there, and readable."""
     from pipelines.online import pca_noise
 
     try:
         pca_noise.load(shards)
+        pca_noise.load_mean(shards)
     except FileNotFoundError as exc:
-        raise ConfigError(f"config key 'data.color_pca': {exc} (or set data.color_pca: false)") from None
+        raise ConfigError(f"config key '{key}': {exc} (or {otherwise})") from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"config key 'data.color_pca': {shards}/{pca_noise.PCA_FILE} is not what "
+        raise ConfigError(f"config key '{key}': {shards}/{pca_noise.PCA_FILE} is not what "
                           f"pipelines/color_pca.py writes ({type(exc).__name__}: {exc}): run it again") from None
 
 

@@ -10,6 +10,7 @@ from pipelines.online.ingest_worker import RayDataInput
 from pipelines.online.loader import LoaderConfig, ShardLoader
 from pipelines.online.transforms import TrainTransform
 from training.config import TrainConfig
+from training.normalization import mean_std
 
 
 def train_transform(cfg: TrainConfig) -> TrainTransform:
@@ -18,7 +19,7 @@ def train_transform(cfg: TrainConfig) -> TrainTransform:
     if d.color_pca:
         from pipelines.online import pca_noise
         pca = pca_noise.load(d.train_shards)
-    return TrainTransform(crop=d.crop, size=d.size, jitter=tuple(d.jitter), flip=d.flip, pca=pca)
+    return TrainTransform(crop=d.crop, size=d.size, jitter=tuple(d.jitter), flip=d.flip, pca=pca, **mean_std(d))
 
 
 def clip_transform(cfg: TrainConfig, offsets: tuple[int, ...] | None) -> ClipTransform | None:
@@ -28,7 +29,7 @@ def clip_transform(cfg: TrainConfig, offsets: tuple[int, ...] | None) -> ClipTra
         return None
     fps = Catalog.load(cfg.data.train_shards).video["fps"]
     return ClipTransform(offsets=tuple(offsets), fps=fps, size=cfg.data.size, flip=cfg.data.flip,
-                         clips=cfg.data.eval_clips)
+                         clips=cfg.data.eval_clips, **mean_std(cfg.data))
 
 
 def ingest_spec(cfg: TrainConfig, clips: ClipTransform | None = None) -> IngestSpec:

@@ -44,8 +44,10 @@ def make_trainer(cfg: TrainConfig, name: str, callbacks: list | None = None, rep
     # the run (its workers, attempts, status) on the dashboard's Train page: Ray Train records it only if asked,
     # in the process that calls fit()
     os.environ.setdefault(TRAIN_STATE_VARIABLE, "1")
+    from training.normalization import with_mean_pixel
     from training.train_loop import train_fn_per_worker
 
+    cfg = with_mean_pixel(cfg)  # in the loop config, so every checkpoint scores as it trained
     r = cfg.run
     workers = (r.min_workers, r.workers) if r.min_workers else r.workers
     storage_path, storage_filesystem = storage(r.storage_path)

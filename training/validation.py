@@ -11,6 +11,7 @@ from pipelines.online.clips import ClipTransform
 from pipelines.online.loader import eval_batches
 from pipelines.online.transforms import EvalTransform
 from training.config import TrainConfig
+from training.normalization import mean_std
 from training.topk import log_mean_exp, top_classes
 
 
@@ -28,7 +29,8 @@ def evaluate_rank(model, cfg: TrainConfig, rank: int, world: int, device,
     `clips.clips` clips (and their mirrors), class probabilities averaged per clip (Clip Hit@1) and per
     video (top-1/top-5 are Video Hit@1/5).  With attributes also (probabilities, targets) of this rank's
     share, as numpy arrays."""
-    transform = clips or EvalTransform("center", size=cfg.data.size, resize=cfg.data.eval_resize)
+    transform = clips or EvalTransform("center", size=cfg.data.size, resize=cfg.data.eval_resize,
+                                       **mean_std(cfg.data))
     batch = max(1, cfg.data.batch_size // (clips.views_per_clip * clips.clips)) if clips else cfg.data.batch_size
     normalize = transform.normalizer()
     counts = torch.zeros(5, dtype=torch.float64, device=device)

@@ -1,6 +1,7 @@
 """The eigen-decomposition AlexNet's PCA colour noise draws from: the training set's RGB covariance,
 computed from the shards (`compute`, which `pipelines/color_pca.py` runs), stored beside them as
-`color_pca.json`, and read back for the training transform (`load`)."""
+`color_pca.json`, and read back for the training transform (`load`); the same pass's mean pixel is what
+`data.normalize: mean_pixel` subtracts (`load_mean`)."""
 
 from __future__ import annotations
 
@@ -36,10 +37,20 @@ def compute(catalog: Catalog, samples: int, seed: int = 0) -> dict:
             "mean": mean.tolist(), "std": np.sqrt(np.diag(cov)).tolist(), "images": images, "pixels": pixels}
 
 
-def load(shards_uri: str, std: float = 0.1) -> ColorPCA:
+def _read(shards_uri: str) -> dict:
     catalog_loc = Catalog.load(shards_uri).loc
     if not catalog_loc.is_file(PCA_FILE):
         raise FileNotFoundError(f"{catalog_loc.uri(PCA_FILE)} is missing: run pipelines/color_pca.py --shards "
                                 f"{shards_uri}")
-    data = json.loads(catalog_loc.read_bytes(PCA_FILE))
+    return json.loads(catalog_loc.read_bytes(PCA_FILE))
+
+
+def load(shards_uri: str, std: float = 0.1) -> ColorPCA:
+    data = _read(shards_uri)
     return ColorPCA(tuple(data["eigenvalues"]), tuple(tuple(v) for v in data["eigenvectors"]), std)
+
+
+def load_mean(shards_uri: str) -> tuple[float, float, float]:
+    """The training pixels' RGB mean, in [0, 1] (the papers' "mean pixel", `data.normalize: mean_pixel`)."""
+    r, g, b = (float(v) for v in _read(shards_uri)["mean"])
+    return r, g, b

@@ -4,7 +4,8 @@ AlexNet: C(96,11,4)-LRN-P-C(256,5,1)-LRN-P-C(384,3,1)-C(384,3,1)-C(256,3,1)-P-FC
 overlapping 3x3/2 max-pooling, weights N(0, 0.01) and biases 1 in conv2/4/5 and the hidden FC layers
 (`init: gaussian`, the paper's).  The two-GPU split is kept as grouped convolutions (groups=2) in
 conv2, conv4 and conv5, where the paper's GPUs did not talk to each other.  ZFNet replaces the first
-layer by 7x7 stride 2 and conv2's stride by 2, with dense (ungrouped) convolutions.
+layer by 7x7 stride 2 and conv2's stride by 2, with dense (ungrouped) convolutions, pools before it
+normalises, and can drop out input pixels.
 
 `alexnet_owt` is the variant of Krizhevsky's "One weird trick" (2014) that torchvision ships as
 `alexnet`, and so the one the CSAILVision Places365 release trained (`alexnet_places365.pth.tar`):
@@ -53,11 +54,18 @@ class AlexNet(StagedNet):
 
 
 class ZFNet(StagedNet):
+    """ZF's order within conv1 and conv2 is conv, ReLU, max-pool, then contrast normalisation (AlexNet's
+    normalises before pooling).  `input_dropout`: the dropout ZF's ILSVRC-2013 entry "introduced in the
+    input layer", on the image before conv1; 0 leaves it out."""
+
     def __init__(self, num_classes: int = 1000, input_size: int = 224, dropout: float = 0.5,
-                 init: str = "gaussian"):
+                 input_dropout: float = 0.0, init: str = "gaussian"):
+        if not 0 <= input_dropout < 1:
+            raise ValueError(f"input_dropout must be in [0, 1), got {input_dropout}")
+        first = [nn.Dropout(input_dropout)] if input_dropout else []
         stages = [
-            ("conv1", nn.Sequential(*_conv(3, 96, 7, 2, 1), lrn(), nn.MaxPool2d(3, 2, ceil_mode=True))),
-            ("conv2", nn.Sequential(*_conv(96, 256, 5, 2, 0), lrn(), nn.MaxPool2d(3, 2, ceil_mode=True))),
+            ("conv1", nn.Sequential(*first, *_conv(3, 96, 7, 2, 1), nn.MaxPool2d(3, 2, ceil_mode=True), lrn())),
+            ("conv2", nn.Sequential(*_conv(96, 256, 5, 2, 0), nn.MaxPool2d(3, 2, ceil_mode=True), lrn())),
             ("conv3", nn.Sequential(*_conv(256, 384, 3, 1, 1), *_conv(384, 384, 3, 1, 1),
                                     *_conv(384, 256, 3, 1, 1), nn.MaxPool2d(3, 2, ceil_mode=True))),
         ]

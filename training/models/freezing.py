@@ -2,7 +2,9 @@
 
 `trainable_from: STAGE` freezes every backbone stage below STAGE (one of the model's stage names, or
 "head" for a linear probe): their parameters get no gradient and no optimiser state, and their batch-
-norm layers stay in eval mode, so their running statistics are the pretrained ones.  Auxiliary heads
+norm layers stay in eval mode, so their running statistics are the pretrained ones.  Their dropout
+keeps training, as in Caffe's fine-tuning (a frozen layer is one with a learning rate of 0): the layers
+that retrain still see dropped-out inputs (the video transfer study's "top layer" is fed by fc7's).  Auxiliary heads
 and the attribute head are new layers and always train.  `head_lr_mult` multiplies the learning rate
 of the new layers: the classifier (the backbone's last linear layer, replaced when the class count
 differs), the auxiliary heads and the attribute head.
@@ -44,10 +46,12 @@ def freeze(model: nn.Module, trainable_from: str | None) -> int:
 
 
 def train_mode(model: nn.Module, trainable_from: str | None) -> None:
-    """`model.train()`, with the frozen stages (their batch norm and dropout) in eval mode."""
+    """`model.train()`, with the frozen stages' batch norm in eval mode."""
     model.train()
     for module in frozen_modules(model, trainable_from):
-        module.eval()
+        for layer in module.modules():
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                layer.eval()
 
 
 def new_layer_parameters(model: nn.Module) -> set[int]:
