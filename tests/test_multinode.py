@@ -20,10 +20,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def writer_nodes(list_tasks) -> set[str]:
     """The nodes that ran sharding's `write_group` tasks.  Workers report task events about once a second,
-    so a run that has just ended may not be in the state API yet: ask again for up to 30 s."""
+    so a run that has just ended may not be in the state API yet: ask again for up to 30 s.  An attempt
+    whose events have not reached the API yet can be listed with no node (node_id None): not a node."""
     deadline = time.time() + 30
     while True:
-        nodes = {t["node_id"] for t in list_tasks(detail=True, limit=10_000) if "write_group" in t["name"]}
+        nodes = {t["node_id"] for t in list_tasks(detail=True, limit=10_000)
+                 if "write_group" in t["name"] and t["node_id"]}
         if len(nodes) >= 2 or time.time() > deadline:
             return nodes
         time.sleep(0.5)
