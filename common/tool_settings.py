@@ -14,6 +14,7 @@ An old spelling (`add_old_spelling`) keeps working for one release and says so i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 import yaml
@@ -89,11 +90,8 @@ def parse(p: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse
     """Flags > --set > --config > defaults; a wrong key, type or choice is the usage error naming it."""
     actions = settings_of(p)
     required = [a for a in actions.values() if a.required or (a.nargs == "+" and not a.option_strings)]
-    for a in actions.values():  # which flags were given: those the namespace then holds
-        a.shown, a.default, a.required = p._defaults.pop(a.dest, a.default), argparse.SUPPRESS, False
-        if a.nargs == "+" and not a.option_strings:
-            a.nargs = "*"
-    given = vars(p.parse_args(argv))
+    with _given_flags_only(p, actions):
+        given = vars(p.parse_args(argv))
     values = {dest: a.shown for dest, a in actions.items()}
     if given.get("config"):
         try:
@@ -118,6 +116,26 @@ def parse(p: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse
         names = ", ".join(a.option_strings[-1] if a.option_strings else a.metavar or a.dest for a in missing)
         p.error(f"the following settings are required: {names} (a flag, or a key of --config or --set)")
     return argparse.Namespace(**values, **{k: v for k, v in given.items() if k in CONVENTION})
+
+
+@contextlib.contextmanager
+def _given_flags_only(p: argparse.ArgumentParser, actions: dict):
+    """While parsing, no setting has a default or is required, so the namespace holds only the flags
+    given (the defaults move to each action's `shown`, which --help prints); the parser is left as it
+    was, so it can parse again."""
+    saved = {dest: (a.default, a.required, a.nargs) for dest, a in actions.items()}
+    defaults = dict(p._defaults)
+    for a in actions.values():
+        a.shown, a.default, a.required = p._defaults.pop(a.dest, a.default), argparse.SUPPRESS, False
+        if a.nargs == "+" and not a.option_strings:
+            a.nargs = "*"
+    try:
+        yield
+    finally:
+        for dest, (default, required, nargs) in saved.items():
+            actions[dest].default, actions[dest].required, actions[dest].nargs = default, required, nargs
+        p._defaults.clear()
+        p._defaults.update(defaults)
 
 
 def _typed(p: argparse.ArgumentParser, actions: dict, mapping: dict, where: str) -> dict:

@@ -86,6 +86,24 @@ def test_flags_beat_set_which_beats_the_file(tmp_path, capsys):
     assert settings["mode"] == "uniform" and settings["seed"] == 0
 
 
+def test_a_parser_parses_again_as_it_did_the_first_time(tmp_path):
+    from common.tool_settings import new_parser, parse
+
+    p = new_parser("a tool")
+    p.add_argument("--shards", required=True)
+    p.add_argument("--num", type=int, default=5)
+    p.add_argument("paths", nargs="+")
+    p.set_defaults(mode="uniform")
+    p.add_argument("--mode")
+    first = parse(p, ["--shards", "s", "--num", "9", "a.jpg"])
+    again = parse(p, ["--shards", "t", "b.jpg", "c.jpg"])
+    assert (first.shards, first.num, first.mode, first.paths) == ("s", 9, "uniform", ["a.jpg"])
+    assert (again.shards, again.num, again.mode, again.paths) == ("t", 5, "uniform", ["b.jpg", "c.jpg"])
+    with pytest.raises(SystemExit):  # still required, after two parses
+        parse(p, ["x.jpg"])
+    assert p.parse_args(["--shards", "s", "y.jpg"]).num == 5  # argparse's own parse: the defaults are back
+
+
 def test_a_repeated_flag_given_replaces_the_files_list(tmp_path, capsys):
     (tmp_path / "e.yaml").write_text("checkpoint: [a.pt, b.pt]\nshards: s\nout: o\n")
     code, out, _ = run_tool("training/evaluate.py", ["--config", str(tmp_path / "e.yaml"), "--print-config"], capsys)

@@ -60,6 +60,56 @@ def test_test_views_are_evenly_spaced_clips_and_their_mirrors(stored):
     assert torch.equal(views[1], views[0].flip(-1))
 
 
+def marker_at(view: torch.Tensor) -> tuple[int, int] | None:
+    """The top-left (row, column) of the white marker in a view's first frame, or None."""
+    found = (view[0, 0] > 250).nonzero()
+    return tuple(found.min(0).values.tolist()) if len(found) else None
+
+
+def test_four_test_views_are_two_opposite_corners_and_their_mirrors(stored):
+    mp4, meta = stored  # 64x48 frames, the marker at rows 20:28, columns 4:12
+    t = ClipTransform(offsets=tuple(range(10)), fps=25, size=40, test_views="four")
+    views = t.views(mp4, meta, clips=3)
+    assert t.views_per_clip == 4 and views.shape == (12, 3, 10, 40, 40)
+    assert [level(v[:, 0]) for v in views] == [0] * 4 + [25] * 4 + [50] * 4
+    for clip in views.view(3, 4, 3, 10, 40, 40):
+        assert torch.equal(clip[1], clip[0].flip(-1)) and torch.equal(clip[3], clip[2].flip(-1))
+        assert marker_at(clip[0]) == (20, 4)  # rows 0:40, columns 0:40 of the frame
+        assert marker_at(clip[2]) is None  # rows 8:48, columns 24:64: the marker is outside
+    corners = ClipTransform(offsets=tuple(range(10)), fps=25, size=40, flip=False, test_views="four")
+    views = corners.views(mp4, meta, clips=1)
+    assert views.shape == (4, 3, 10, 40, 40)  # without mirrors: the four corners
+    assert [marker_at(v) for v in views] == [(20, 4), None, (12, 4), None]
+
+
+@pytest.fixture(scope="module")
+def pillarboxed():
+    """30 gray 64x48 frames with black bars outside their centre square (columns 8:56), and an 8x8
+    white marker inside it."""
+    frames = np.full((30, 48, 64, 3), 100, np.uint8)
+    frames[:, :, :8] = frames[:, :, 56:] = 0
+    frames[:, 16:24, 28:36] = 255
+    prepared = prepare_video(encode_video(frames, 25, "matroska", "ffv1"), VideoSettings(fps=25, size=48))
+    return prepared.mp4, prepared.meta
+
+
+def test_a_region_takes_each_frames_centre_square_resized(pillarboxed):
+    mp4, meta = pillarboxed
+    sees_bars = lambda clip: bool((clip < 40).any())  # noqa: E731
+    stored = ClipTransform(offsets=(0, 1), fps=25, size=48)
+    assert any(sees_bars(stored(mp4, meta, random.Random(seed))) for seed in range(8))
+    square = ClipTransform(offsets=(0, 1), fps=25, size=40, region=48)
+    assert not any(sees_bars(square(mp4, meta, random.Random(seed))) for seed in range(8))
+    whole = ClipTransform(offsets=(0, 1), fps=25, size=96, region=96, flip=False).views(mp4, meta, clips=2)
+    assert whole.shape == (2, 3, 2, 96, 96) and not sees_bars(whole)
+    white = int((whole[0, 0, 0] > 200).sum())
+    assert 4 * 64 * 0.8 < white < 4 * 64 * 1.3  # the 48-pixel square at 96: twice as wide and as high
+    with pytest.raises(ValueError, match="region 32 is smaller than the crop size 40"):
+        ClipTransform(offsets=(0, 1), fps=25, size=40, region=32)
+    with pytest.raises(ValueError, match="test_views must be one of centre, four"):
+        ClipTransform(offsets=(0, 1), fps=25, test_views="ten")
+
+
 def test_every_video_gives_the_same_number_of_views(stored):
     mp4, meta = stored  # 51 starts for a 10-frame clip: 60 clips repeat some, so batches stay rectangular
     t = ClipTransform(offsets=tuple(range(10)), fps=25, size=40, clips=60)

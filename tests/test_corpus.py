@@ -73,6 +73,9 @@ def test_keys_have_no_dots_and_keep_the_path():
     assert sample_key("/a/art_school/00002916.jpg") == "a_art_school_00002916"
     assert sample_key("Places365_val_00020696.jpg") == "Places365_val_00020696"
     assert "." not in sample_key("/x/some.file.name v2.jpeg")
+    for url in ("https://www.youtube.com/watch?v=oHg5SJYRHA0", "http://m.youtube.com/watch?feature=x&v=oHg5SJYRHA0",
+                "https://youtu.be/oHg5SJYRHA0"):
+        assert (sample_key(url), relative_image_path(url)) == ("oHg5SJYRHA0", "oHg5SJYRHA0.*")
 
 
 def test_stable_hash_is_stable():

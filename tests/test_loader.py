@@ -102,8 +102,14 @@ def test_train_transforms():
     noisy = noisy_t.batch_normalizer()(crop[None], torch.tensor([alphas]))
     shift = ((noisy - plain)[0] * torch.tensor(flipless.std).view(3, 1, 1)).flatten(1)  # back to [0, 1] units
     assert torch.allclose(shift, shift[:, :1].expand_as(shift), atol=1e-5) and shift.abs().max() > 0
-    expected_shift = (torch.tensor(alphas) * torch.tensor(pca.eigenvalues).sqrt()) @ torch.tensor(pca.eigenvectors)
+    # the paper's sum_i p_i * alpha_i * lambda_i, lambda of [0, 1] pixels
+    expected_shift = (torch.tensor(alphas) * torch.tensor(pca.eigenvalues)) @ torch.tensor(pca.eigenvectors)
     assert torch.allclose(shift[:, 0], expected_shift, atol=1e-5)
+    spread = ColorPCA(pca.eigenvalues, pca.eigenvectors, scale="spread")  # alpha_i * sqrt(lambda_i)
+    expected_spread = (torch.tensor(alphas) * torch.tensor(pca.eigenvalues).sqrt()) @ torch.tensor(pca.eigenvectors)
+    assert torch.allclose(spread.shift(torch.tensor([alphas]))[0], expected_spread, atol=1e-6)
+    with pytest.raises(ValueError, match="scale must be eigenvalue or spread"):
+        ColorPCA(pca.eigenvalues, pca.eigenvectors, scale="sqrt")
 
 
 @pytest.mark.parametrize("protocol,views,shape", [("center", 1, (224, 224)), ("ten_crop", 10, (224, 224)),
@@ -170,6 +176,12 @@ def test_color_pca_step(shards):
     assert (np.diff(values) <= 0).all() and values[-1] >= 0
     assert np.allclose(vectors @ vectors.T, np.eye(3), atol=1e-9)
     assert json.loads((Catalog.load(shards).loc.read_bytes("color_pca.json")))["images"] == 50
+    from training.config import load
+    from training.train_input import train_transform
+
+    for scale in ("eigenvalue", "spread"):  # data.color_pca_scale reaches the training transform
+        cfg = load(None, [f"data.train_shards={shards}", "data.color_pca=true", f"data.color_pca_scale={scale}"])
+        assert train_transform(cfg).pca == pca_noise.load(shards, scale=scale) and train_transform(cfg).pca.scale == scale
 
 
 def test_decode_paths_agree():

@@ -54,6 +54,13 @@ def test_a_mean_pixel_without_its_file_or_out_of_range_is_refused(tmp_path, shar
                       "model.num_classes=3"])
     with pytest.raises(ConfigError, match="'data.normalize': .*color_pca.json is missing: run pipelines/color_pca"):
         check_training_inputs(cfg)
+    both = load(None, ["data.normalize=mean_pixel", "data.color_pca=true", f"data.train_shards={bare}",
+                       f"data.val_shards={shards}", "model.num_classes=3"])
+    with pytest.raises(ConfigError, match=r"'data.color_pca' \(and 'data.normalize'\): .*color_pca.json is missing.*"
+                                          r"\(or set data.color_pca: false; or give data.mean_pixel"):
+        check_training_inputs(both)  # one message for both settings that read the file
+    check_training_inputs(load(None, ["data.normalize=mean_pixel", "data.mean_pixel=[0.5, 0.5, 0.5]",
+                                      f"data.train_shards={bare}", f"data.val_shards={shards}", "model.num_classes=3"]))
     with pytest.raises(ConfigError, match="'data.mean_pixel' must be three values in \\[0, 1\\]"):
         load(None, ["data.normalize=mean_pixel", "data.mean_pixel=[120, 115, 100]"])
     with pytest.raises(ConfigError, match="'data.normalize' must be one of imagenet, mean_pixel"):

@@ -12,6 +12,7 @@ import pytest
 from pipelines import shard
 from pipelines.demo_video import audio_track
 from pipelines.media.video import decode_clip, encode_video
+from conftest import write_shards
 from test_video_decode import moving_square
 
 pytestmark = pytest.mark.slow  # two sharding runs on a local Ray cluster
@@ -138,6 +139,19 @@ def test_training_checks_network_and_shards_agree(sharded, tmp_path):
         check_training_inputs(load(None, [*slow, "data.size=40", "data.decode=device"]))
     check_training_inputs(load(None, [*slow, "data.size=40"]))
     check_training_inputs(load(None, [*slow, "data.size=40", "data.ingest=ray_data"]))
+    check_training_inputs(load(None, [*slow, "data.size=40", "data.clip_region=48", "data.clip_views=four"]))
+    with pytest.raises(ConfigError, match=r"'data.clip_region' \(32\) must be at least data.size \(40\)"):
+        load(None, [*slow, "data.size=40", "data.clip_region=32"])
+    with pytest.raises(ConfigError, match=r"'data.clip_views' must be one of centre, four, got 'ten'"):
+        load(None, [*slow, "data.size=40", "data.clip_views=ten"])
+    images = tmp_path / "images"
+    write_shards(images, [4, 4], shard_samples=4)
+    on_images = ["model.num_classes=2", f"data.train_shards={images}", f"data.val_shards={images}"]
+    check_training_inputs(load(None, on_images))
+    for setting in ("data.clip_region=256", "data.clip_views=four"):
+        with pytest.raises(ConfigError, match=f"'{setting.split('=')[0]}' shapes video clips and simple_net is an "
+                                              f"image network"):
+            check_training_inputs(load(None, [*on_images, setting]))
 
 
 def test_a_list_of_videos_with_a_missing_file(ray_cluster, tree, tmp_path):
@@ -149,3 +163,36 @@ def test_a_list_of_videos_with_a_missing_file(ray_cluster, tree, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["entries_read"], manifest["written"]) == (3, 2)
     assert manifest["quarantine_reasons"] == {"missing_file": 1}
+
+
+def test_sports1m_partition_lines_name_their_downloads_by_youtube_id(ray_cluster, tree, tmp_path):
+    """Sports-1M as published: `URL labels` lines (0-based ids into labels.txt, several for some videos);
+    the downloads named by video id, in whatever container each came; a video gone from YouTube is
+    accounted for as missing_file."""
+    downloads = tmp_path / "videos"
+    downloads.mkdir()
+    (downloads / "aaaaaaaaaaa.mp4").write_bytes((tree / "left" / "b.mp4").read_bytes())
+    (downloads / "bbbbbbbbb-_.webm").write_bytes((tree / "right" / "d.webm").read_bytes())
+    (tmp_path / "labels.txt").write_text("left\nright\n")
+    (tmp_path / "train_partition.txt").write_text(
+        "https://www.youtube.com/watch?v=aaaaaaaaaaa 0\n"
+        "https://www.youtube.com/watch?v=bbbbbbbbb-_ 1,0\n"
+        "https://www.youtube.com/watch?v=ccccccccccc 1\n")
+    out = tmp_path / "out"
+    assert shard.main(["--video", "--list", str(tmp_path / "train_partition.txt"), "--images-root", str(downloads),
+                       "--categories", str(tmp_path / "labels.txt"), "--out", str(out), "--frame-size", "48"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["entries_read"], manifest["written"]) == (3, 2)
+    assert manifest["quarantine_reasons"] == {"missing_file": 1}
+    assert manifest["entries_with_several_labels"] == 1
+    samples = {}
+    for entry in json.loads((out / "index.json").read_text())["shardlist"]:
+        with tarfile.open(out / entry["url"]) as tar:
+            for member in tar.getmembers():
+                key, ext = member.name.split(".", 1)
+                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    assert sorted(samples) == ["aaaaaaaaaaa", "bbbbbbbbb-_"]  # keyed by video id
+    assert samples["bbbbbbbbb-_"]["cls"] == b"1" and samples["bbbbbbbbb-_"]["labels"] == b"1,0"
+    assert json.loads(samples["aaaaaaaaaaa"]["json"])["source"] == "https://www.youtube.com/watch?v=aaaaaaaaaaa"
+    report = (out / "quarantine.jsonl").read_text()
+    assert "ccccccccccc" in report and "watch?v=ccccccccccc" in report

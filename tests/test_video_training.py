@@ -32,13 +32,17 @@ def demo(ray_cluster, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(demo, tmp_path_factory):
-    """One epoch of each network on the demo's recipe: ({network: report.json}, the console's text)."""
+    """One epoch of each network on the demo's recipe (late fusion with the paper's test views): ({network:
+    report.json}, the console's text)."""
     from training import run
 
     storage = tmp_path_factory.mktemp("runs")
     reports, console = {}, io.StringIO()
     for name in NETWORKS:
-        argv = ["--config", os.path.join(ROOT, "configs", "video", "demo.yaml"),
+        # late fusion tests as the paper does: 4 crops of each frame's centre square (the 72x72 of 96x72)
+        paper_views = ["--set", "data.clip_views=four", "--set", "data.clip_region=72"]
+        argv = [*(paper_views if name == "video_late_fusion" else []),
+                "--config", os.path.join(ROOT, "configs", "video", "demo.yaml"),
                 "--set", f"data.train_shards={demo}/shards/train", "--set", f"data.val_shards={demo}/shards/val",
                 "--set", f"model.name={name}", "--set", "run.epochs=1", "--set", "data.loader_workers=0",
                 "--set", "data.eval_clips=3", "--set", "data.sampling=uniform", "--set", f"run.storage_path={storage}", "--set", f"run.name={name}"]

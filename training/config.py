@@ -34,10 +34,13 @@ class DataConfig:
     jitter: tuple[int, int] = (256, 512)  # scale_jitter: the range a training image's shorter side is drawn in
     flip: bool = True  # random horizontal flips (videos: and mirrored test clips); off when a mirror changes the class
     color_pca: bool = False  # AlexNet's colour noise from TRAIN_SHARDS/color_pca.json
+    color_pca_scale: str = "eigenvalue"  # eigenvalue: alpha_i * lambda_i, the paper's, on [0, 1] pixels | spread: alpha_i * sqrt(lambda_i)
     normalize: str = "imagenet"  # imagenet: ImageNet's mean and std | mean_pixel: the papers' mean pixel off 0-255
     mean_pixel: tuple[float, float, float] | None = None  # mean_pixel's RGB mean in [0, 1]; None: color_pca.json's
     eval_resize: int = 256  # validation: the shorter side before the centre crop of `size`
-    eval_clips: int = 20  # video shards: clips per validation video, each also mirrored (Karpathy et al.: 20)
+    eval_clips: int = 20  # video shards: clips per validation video (Karpathy et al.: 20)
+    clip_views: str = "centre"  # video testing, per clip: centre (its centre crop and mirror) | four (Karpathy et al.'s 4 crops/flips)
+    clip_region: int | None = None  # videos: crop from each frame's centre square resized to this (Karpathy et al.: 200); None: the stored frames
     decode: str = "workers"  # "device": nvJPEG on the GPU; "hybrid": the workers as many as they can, the GPU the rest
     ingest: str = "loader"  # DataLoader processes in each worker, or "ray_data" (pipelines/online/ingest_pipeline.py)
     ingest_cpus: float = 1.0  # ray_data: CPUs per decode task
@@ -260,7 +263,9 @@ RANGES = {
     "data.read_block": _at_least(1), "data.shuffle_buffer": _at_least(1),
     "data.loader_workers": _at_least(0), "data.crop": _one_of("rrc", "scale_jitter", "random_crop"),
     "data.size": _at_least(1), "data.eval_resize": _at_least(1), "data.eval_clips": _at_least(1),
+    "data.clip_views": _one_of("centre", "four"), "data.clip_region": (lambda v: v is None or v >= 1, ">= 1"),
     "data.decode": _one_of("workers", "device", "hybrid"), "data.normalize": _one_of("imagenet", "mean_pixel"),
+    "data.color_pca_scale": _one_of("eigenvalue", "spread"),
     "data.ingest": _one_of("loader", "ray_data"), "data.ingest_cpus": (lambda v: v > 0, "> 0"),
     "data.ingest_chunk": _at_least(1), "data.ingest_prefetch": _at_least(0),
     "data.max_skipped_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
@@ -291,6 +296,9 @@ def check(cfg: TrainConfig) -> TrainConfig:
     if cfg.data.mean_pixel is not None and not all(0 <= v <= 1 for v in cfg.data.mean_pixel):
         raise ConfigError(f"config key 'data.mean_pixel' must be three values in [0, 1] (an RGB mean of [0, 1] "
                           f"pixels), got {list(cfg.data.mean_pixel)}")
+    if cfg.data.clip_region is not None and cfg.data.clip_region < cfg.data.size:
+        raise ConfigError(f"config key 'data.clip_region' ({cfg.data.clip_region}) must be at least data.size "
+                          f"({cfg.data.size}): the crops are taken from it")
     milestones = list(cfg.optim.milestones)
     if milestones != sorted(set(milestones)) or any(m < 1 for m in milestones):
         raise ConfigError(f"config key 'optim.milestones' must be increasing epochs >= 1, got {milestones}")

@@ -22,7 +22,6 @@ from training.attribute_metrics import attribute_report, plot_attribute_ap
 from training.checkpoint.lookup import CheckpointError, resolve_checkpoint
 from training.class_names import class_names
 from training.inference import losses, predict
-from training.normalization import mean_std
 from training.topk import log_mean_exp, multi_hot, top_classes, top_errors
 from training.video_metrics import video_hits
 
@@ -160,9 +159,10 @@ def check_inputs(checkpoints: list[str], shards: str, arch: str | None = None,
 
 
 def clip_transforms(configs: list, shards: str, clips: int) -> list[ClipTransform]:
-    """Each checkpoint's test clips of the video shards: the frames its network takes, at the crop size
-    and mirroring it was trained with."""
+    """Each checkpoint's test clips of the video shards: the frames its network takes, at the crop size,
+    region, test views and mirroring it was trained with."""
     from training.models import clip_offsets_for
+    from training.train_input import clips_of
 
     fps = Catalog.load(shards).video["fps"]
     out = []
@@ -171,8 +171,7 @@ def clip_transforms(configs: list, shards: str, clips: int) -> list[ClipTransfor
         if offsets is None:
             raise CheckpointError(f"{shards} holds videos and a checkpoint's model, {cfg.model.name}, is an image "
                                   f"network")
-        out.append(ClipTransform(offsets=tuple(offsets), fps=fps, size=cfg.data.size, flip=cfg.data.flip,
-                                 clips=clips, **mean_std(cfg.data)))
+        out.append(clips_of(cfg, offsets, fps, clips))
     return out
 
 

@@ -51,10 +51,12 @@ def check_training_inputs(cfg: TrainConfig) -> TrainingInputs:
                               f"{catalog.num_classes} classes ({catalog.loc.uri('index.json')})")
     check_same_classes(train, val)
     check_attributes(cfg.model.num_attributes, train, val)
-    if cfg.data.color_pca:
-        check_color_pca(cfg.data.train_shards, "data.color_pca", "set data.color_pca: false")
-    if cfg.data.normalize == "mean_pixel" and cfg.data.mean_pixel is None:
-        check_color_pca(cfg.data.train_shards, "data.normalize", "give data.mean_pixel, or data.normalize: imagenet")
+    readers = [(key, otherwise) for key, otherwise, on in (
+        ("data.color_pca", "set data.color_pca: false", cfg.data.color_pca),
+        ("data.normalize", "give data.mean_pixel, or data.normalize: imagenet",
+         cfg.data.normalize == "mean_pixel" and cfg.data.mean_pixel is None)) if on]
+    if readers:
+        check_color_pca(cfg.data.train_shards, readers)
     if (train.video is None) != (val.video is None):
         raise ConfigError(f"data.val_shards: {val.loc.uri()} holds {'videos' if val.video else 'images'} and the "
                           f"training shards {'videos' if train.video else 'images'}")
@@ -77,19 +79,19 @@ def classes_without_samples(catalog: Catalog) -> str | None:
             f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}; the model will never see them")
 
 
-def check_color_pca(shards: str, key: str, otherwise: str) -> None:
-    """`key` reads TRAIN_SHARDS/color_pca.json (the colour noise in every Train worker, the mean pixel when
-    the run starts): there, and readable."""
+def check_color_pca(shards: str, readers: list[tuple[str, str]]) -> None:
+    """The settings in `readers` ((key, what else the user can do) pairs) read TRAIN_SHARDS/color_pca.json
+    (the colour noise in every Train worker, the mean pixel when the run starts): there, and readable."""
     from pipelines.online import pca_noise
 
+    keys = f"config key '{readers[0][0]}'" + "".join(f" (and '{key}')" for key, _ in readers[1:])
     try:
-        pca_noise.load(shards)
-        pca_noise.load_mean(shards)
+        pca_noise.check(shards)
     except FileNotFoundError as exc:
-        raise ConfigError(f"config key '{key}': {exc} (or {otherwise})") from None
+        raise ConfigError(f"{keys}: {exc} (or {'; or '.join(otherwise for _, otherwise in readers)})") from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"config key '{key}': {shards}/{pca_noise.PCA_FILE} is not what "
-                          f"pipelines/color_pca.py writes ({type(exc).__name__}: {exc}): run it again") from None
+        raise ConfigError(f"{keys}: {shards}/{pca_noise.PCA_FILE} is not what pipelines/color_pca.py writes "
+                          f"({type(exc).__name__}: {exc}): run it again") from None
 
 
 def check_model_start(cfg: TrainConfig, video: bool = False) -> str | None:
@@ -136,6 +138,9 @@ def check_media(cfg: TrainConfig, model, video: bool) -> None:
             raise ConfigError(f"config key 'model.name': {m.name} is an image network and data.train_shards holds "
                               f"videos; video networks: video_single_frame, video_early_fusion, video_late_fusion, "
                               f"video_slow_fusion (and their _multires variants)")
+        if d.clip_region is not None or d.clip_views != "centre":
+            key = "data.clip_region" if d.clip_region is not None else "data.clip_views"
+            raise ConfigError(f"config key '{key}' shapes video clips and {m.name} is an image network")
         return
     if not video:
         raise ConfigError(f"config key 'model.name': {m.name} is a video network (clips of {len(offsets)} frames) "

@@ -18,7 +18,7 @@ def train_transform(cfg: TrainConfig) -> TrainTransform:
     pca = None
     if d.color_pca:
         from pipelines.online import pca_noise
-        pca = pca_noise.load(d.train_shards)
+        pca = pca_noise.load(d.train_shards, scale=d.color_pca_scale)
     return TrainTransform(crop=d.crop, size=d.size, jitter=tuple(d.jitter), flip=d.flip, pca=pca, **mean_std(d))
 
 
@@ -27,9 +27,15 @@ def clip_transform(cfg: TrainConfig, offsets: tuple[int, ...] | None) -> ClipTra
     videos at their stored rate; None for an image network."""
     if offsets is None:
         return None
-    fps = Catalog.load(cfg.data.train_shards).video["fps"]
-    return ClipTransform(offsets=tuple(offsets), fps=fps, size=cfg.data.size, flip=cfg.data.flip,
-                         clips=cfg.data.eval_clips, **mean_std(cfg.data))
+    return clips_of(cfg, offsets, Catalog.load(cfg.data.train_shards).video["fps"], cfg.data.eval_clips)
+
+
+def clips_of(cfg: TrainConfig, offsets: tuple[int, ...], fps: float, clips: int) -> ClipTransform:
+    """The clips a run of `cfg` trains and tests on: its network's frames, crop, region, views, flips
+    and normalisation, `clips` test clips per video."""
+    d = cfg.data
+    return ClipTransform(offsets=tuple(offsets), fps=fps, size=d.size, flip=d.flip, clips=clips,
+                         region=d.clip_region, test_views=d.clip_views, **mean_std(d))
 
 
 def ingest_spec(cfg: TrainConfig, clips: ClipTransform | None = None) -> IngestSpec:

@@ -6,7 +6,8 @@ Formats accepted (REFERENCE.md):
 - lists: ``/a/art_school/00002916.jpg 20`` (with or without the leading ``/``),
   ``Places365_val_00020696.jpg 156`` (bare names), ``ApplyEyeMakeup/v_x.avi 1`` (UCF-101's trainlist:
   labels counted as its classInd.txt counts them), ``VIDEO 208,209`` (several labels, Sports-1M's
-  multi-label lists), or file names only: the unlabeled test list, or, when every path sits in a
+  multi-label lists; VIDEO may be the partition files' YouTube URL, `https://www.youtube.com/watch?v=ID`,
+  which names the downloaded ``ID.mp4`` (or .webm, .mkv, ...) in the images root), or file names only: the unlabeled test list, or, when every path sits in a
   class's folder, a list whose labels are those folders (UCF-101's testlist);
 - a class-per-folder tree (ImageFolder layout): classes are the sorted subfolder names.
 
@@ -31,6 +32,11 @@ from common.storage import GZIP_MAGIC, Location
 UNLABELED = -1
 AMBIGUOUS = -3  # Categories.lookup: a short name several classes end with
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+# Sports-1M's partition files list videos by URL; downloaders (youtube-dl, yt-dlp -o '%(id)s.%(ext)s')
+# name the files by the video's 11-character id, in whichever container YouTube served.
+_YOUTUBE = re.compile(r"https?://(?:(?:www\.|m\.)?youtube\.com/watch\?(?:\S*&)?v=|youtu\.be/)([A-Za-z0-9_-]{11})\S*")
+DOWNLOAD_EXTENSIONS = ("mp4", "webm", "mkv", "flv", "3gp", "avi")
+ANY_DOWNLOAD = ".*"  # a path's suffix: the first of ID.{DOWNLOAD_EXTENSIONS} that exists
 
 
 class CorpusError(ValueError):
@@ -249,8 +255,18 @@ def decode_labels(member: bytes | None, cls: int) -> list[int]:
     return [int(x) for x in member.decode().split(",")]
 
 
+def youtube_id(source: str) -> str | None:
+    """The video id of a YouTube URL (a Sports-1M partition line's), or None."""
+    match = _YOUTUBE.fullmatch(source.strip())
+    return match.group(1) if match else None
+
+
 def relative_image_path(source: str) -> str | None:
-    """Path below the images root, or None if the listed path escapes it."""
+    """Path below the images root, or None if the listed path escapes it; a YouTube URL's is its
+    downloaded file, `ID` + ANY_DOWNLOAD."""
+    video_id = youtube_id(source)
+    if video_id:
+        return video_id + ANY_DOWNLOAD
     rel = posixpath.normpath(source.lstrip("/"))
     if rel in ("", ".") or rel.startswith("../") or rel == "..":
         return None
@@ -258,7 +274,11 @@ def relative_image_path(source: str) -> str | None:
 
 
 def sample_key(source: str) -> str:
-    """WebDataset key: the listed path without extension, flattened, no dots (e.g. a_airfield_00001)."""
+    """WebDataset key: the listed path without extension, flattened, no dots (e.g. a_airfield_00001); a
+    YouTube URL's: its video id."""
+    video_id = youtube_id(source)
+    if video_id:
+        return video_id
     rel = relative_image_path(source.strip()) or source.strip().lstrip("/")  # c//canyon/x.jpg is c/canyon/x.jpg
     stem, _ = posixpath.splitext(rel)
     key = _KEY_UNSAFE.sub("_", stem.replace("/", "_")).strip("_")

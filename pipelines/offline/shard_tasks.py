@@ -28,8 +28,8 @@ from common.storage import Location
 from pipelines.media.images import ImageRejected, ImageSettings, prepare_image
 from pipelines.media.video import VideoRejected, VideoSettings, prepare_video
 from pipelines.offline.attributes import AttributeFile, join, parse_row
-from pipelines.offline.corpus import (UNLABELED, Categories, encode_labels, is_comment, parse_line,
-                                      relative_image_path, sample_key)
+from pipelines.offline.corpus import (ANY_DOWNLOAD, DOWNLOAD_EXTENSIONS, UNLABELED, Categories, encode_labels,
+                                      is_comment, parse_line, relative_image_path, sample_key)
 from pipelines.offline.list_file import lines_in_range
 from pipelines.offline.tar_shard import build_shard
 
@@ -268,6 +268,20 @@ def _prepare(data: bytes, media: ImageSettings | VideoSettings) -> tuple[dict[st
 
 
 def _read_source(root: Location, path: str) -> bytes:
+    if path.endswith(ANY_DOWNLOAD):  # a YouTube URL's download, in whichever container it came
+        stem = path[:-len(ANY_DOWNLOAD)]
+        for ext in DOWNLOAD_EXTENSIONS:
+            try:
+                return _read_file(root, f"{stem}.{ext}")
+            except ImageRejected as exc:
+                if exc.code != "missing_file":
+                    raise
+        raise ImageRejected("missing_file", f"{root.uri(stem)}.{{{','.join(DOWNLOAD_EXTENSIONS)}}}: none exists "
+                                            f"(a listed URL's video is read from its id's download)")
+    return _read_file(root, path)
+
+
+def _read_file(root: Location, path: str) -> bytes:
     if root.is_local:  # a symlink inside the root may point anywhere: what it resolves to must stay inside
         real_root, real = os.path.realpath(root.path()), os.path.realpath(root.path(path))
         if os.path.commonpath([real_root, real]) != real_root:

@@ -3,11 +3,15 @@
 A video is a bag of clips.  A training draw of a video (uniform or class-aware over videos, by the same
 streams as images) takes one clip at a random start: the frames `offsets` after it that the network
 takes (`model.backbone.clip_offsets`: one frame, ten contiguous, or two 15 apart), then one random
-`size` x `size` crop and one horizontal flip for every frame of the clip alike (the paper: a random
-170 crop of the 178-side frames, and flips).  Testing takes `clips` clips at evenly spaced starts, each
-centre-cropped and also mirrored; the video's prediction is their average (`training.video_metrics`).
-With `flip` off (classes a mirror changes: moving left or right, turning clockwise or not) neither
-training nor testing mirrors.
+`size` x `size` crop and one horizontal flip for every frame of the clip alike.  With `region` set,
+the crops come from each frame's centre square resized to `region` x `region` (the paper's full-frame
+networks: the centre region resized to 200, random 170 crops, flips); without it, from the stored
+frames as they are.  Testing takes `clips` clips at evenly spaced starts, and of each the views
+`test_views` names: `centre` (the centre crop and its mirror) or `four` (the paper's "4 times, with
+different crops and flips": two opposite corners of the region, each with its mirror); the video's
+prediction is their average (`training.video_metrics`).  With `flip` off (classes a mirror changes:
+moving left or right, turning clockwise or not) neither training nor testing mirrors: `centre` is
+the centre crop alone and `four` the four corners.
 
 Clips leave here as uint8 (3, T, S, S) tensors; `transforms.BatchNormalize` finishes a batch of them on
 the training device, as it does images.  `sample` and `sample_views` take a stored sample's members, as
@@ -26,6 +30,8 @@ import torch
 from pipelines.media.video import decode_clip
 from pipelines.online.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchNormalize
 
+TEST_VIEWS = ("centre", "four")  # ClipTransform.test_views
+
 
 @dataclass(frozen=True)
 class ClipTransform:
@@ -34,6 +40,8 @@ class ClipTransform:
     size: int = 170
     flip: bool = True  # training flips, and testing also scores each clip's mirror
     clips: int = 20  # testing: clips per video
+    region: int | None = None  # crop from each frame's centre square resized to this side; None: the stored frames
+    test_views: str = "centre"  # testing, per clip: centre (crop and mirror) | four (two corners and their mirrors)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -42,10 +50,14 @@ class ClipTransform:
             raise ValueError(f"offsets must be ascending, distinct and start at 0, got {self.offsets}")
         if self.clips < 1:
             raise ValueError(f"clips must be >= 1, got {self.clips}")
+        if self.region is not None and self.region < self.size:
+            raise ValueError(f"region {self.region} is smaller than the crop size {self.size}")
+        if self.test_views not in TEST_VIEWS:
+            raise ValueError(f"test_views must be one of {', '.join(TEST_VIEWS)}, got {self.test_views!r}")
 
     @property
     def views_per_clip(self) -> int:
-        return 2 if self.flip else 1
+        return 4 if self.test_views == "four" else 2 if self.flip else 1
 
     @property
     def span(self) -> int:
@@ -74,7 +86,7 @@ class ClipTransform:
     def __call__(self, mp4: bytes, meta: dict, rng: random.Random) -> torch.Tensor:
         """One training clip: random start, crop and flip."""
         first = rng.randrange(self.starts_in(meta))
-        clip = decode_clip(mp4, first, self.offsets, self.fps)
+        clip = self._frames(mp4, first)
         h, w = clip.shape[1:3]
         side = min(self.size, h, w)
         y0, x0 = rng.randint(0, h - side), rng.randint(0, w - side)
@@ -84,31 +96,60 @@ class ClipTransform:
         return _to_tensor(out, self.size)
 
     def views(self, mp4: bytes, meta: dict, clips: int | None = None) -> torch.Tensor:
-        """(views_per_clip x clips, 3, T, S, S): `clips` (default `self.clips`) clips at evenly spaced
-        starts, centre crops and (with `flip`) their mirrors, in that order (clip 0, its mirror, clip 1,
-        ...).  Always that many, so that a batch of videos is a fixed number of views each: a video with
-        fewer starts repeats some."""
+        """(clips x views_per_clip, 3, T, S, S): `clips` (default `self.clips`) clips at evenly spaced
+        starts, each clip's views in `test_views`' order (clip 0's, then clip 1's, ...).  Always that
+        many, so that a batch of videos is a fixed number of views each: a video with fewer starts
+        repeats some."""
         clips = clips or self.clips
         n = self.starts_in(meta)
         starts = [round(i * (n - 1) / (clips - 1)) for i in range(clips)] if clips > 1 else [(n - 1) // 2]
-        pairs: dict[int, list[torch.Tensor]] = {}
+        per_start: dict[int, list[torch.Tensor]] = {}
         for first in starts:
-            if first not in pairs:
-                clip = decode_clip(mp4, first, self.offsets, self.fps)
-                h, w = clip.shape[1:3]
-                side = min(self.size, h, w)
-                y0, x0 = (h - side) // 2, (w - side) // 2
-                centre = clip[:, y0:y0 + side, x0:x0 + side]
-                pairs[first] = [_to_tensor(centre, self.size)]
-                if self.flip:
-                    pairs[first].append(_to_tensor(centre[:, :, ::-1], self.size))
-        return torch.stack([view for first in starts for view in pairs[first]])
+            if first not in per_start:
+                per_start[first] = self._clip_views(self._frames(mp4, first))
+        return torch.stack([view for first in starts for view in per_start[first]])
+
+    def _frames(self, mp4: bytes, first: int) -> np.ndarray:
+        """The clip's frames from `first`, (T, H, W, 3) uint8: stored, or their centre region resized."""
+        clip = decode_clip(mp4, first, self.offsets, self.fps)
+        return clip if self.region is None else _centre_region(clip, self.region)
+
+    def _clip_views(self, clip: np.ndarray) -> list[torch.Tensor]:
+        h, w = clip.shape[1:3]
+        side = min(self.size, h, w)
+        crop = lambda y0, x0: clip[:, y0:y0 + side, x0:x0 + side]  # noqa: E731
+        if self.test_views == "four":
+            far_y, far_x = h - side, w - side
+            if self.flip:
+                crops = [crop(0, 0), crop(0, 0)[:, :, ::-1], crop(far_y, far_x), crop(far_y, far_x)[:, :, ::-1]]
+            else:
+                crops = [crop(0, 0), crop(0, far_x), crop(far_y, 0), crop(far_y, far_x)]
+        else:
+            centre = crop((h - side) // 2, (w - side) // 2)
+            crops = [centre, centre[:, :, ::-1]] if self.flip else [centre]
+        return [_to_tensor(c, self.size) for c in crops]
+
+
+def _centre_region(frames: np.ndarray, side: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> the centre min(H, W) square of every frame, resized to side x side."""
+    h, w = frames.shape[1:3]
+    s = min(h, w)
+    y0, x0 = (h - s) // 2, (w - s) // 2
+    square = frames[:, y0:y0 + s, x0:x0 + s]
+    if s == side:
+        return square
+    return _resize(torch.from_numpy(np.ascontiguousarray(square)).permute(0, 3, 1, 2), side).permute(0, 2, 3, 1).numpy()
+
+
+def _resize(x: torch.Tensor, side: int) -> torch.Tensor:
+    """(N, 3, h, w) uint8 -> (N, 3, side, side) uint8, antialiased bilinear."""
+    return torch.nn.functional.interpolate(x.float(), size=(side, side), mode="bilinear", antialias=True,
+                                           align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _to_tensor(frames: np.ndarray, size: int) -> torch.Tensor:
     """(T, s, s, 3) uint8 -> (3, T, size, size) uint8, resized when the stored frames were smaller."""
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)
     if x.shape[-1] != size:
-        x = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True,
-                                            align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+        x = _resize(x, size)
     return x.contiguous()

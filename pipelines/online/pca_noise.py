@@ -45,12 +45,22 @@ def _read(shards_uri: str) -> dict:
     return json.loads(catalog_loc.read_bytes(PCA_FILE))
 
 
-def load(shards_uri: str, std: float = 0.1) -> ColorPCA:
-    data = _read(shards_uri)
-    return ColorPCA(tuple(data["eigenvalues"]), tuple(tuple(v) for v in data["eigenvectors"]), std)
+def load(shards_uri: str, std: float = 0.1, scale: str = "eigenvalue") -> ColorPCA:
+    return parse(_read(shards_uri), std, scale)[0]
 
 
 def load_mean(shards_uri: str) -> tuple[float, float, float]:
     """The training pixels' RGB mean, in [0, 1] (the papers' "mean pixel", `data.normalize: mean_pixel`)."""
-    r, g, b = (float(v) for v in _read(shards_uri)["mean"])
-    return r, g, b
+    return parse(_read(shards_uri))[1]
+
+
+def check(shards_uri: str) -> None:
+    """TRAIN_SHARDS/color_pca.json is there and holds what `load` and `load_mean` read (one read)."""
+    parse(_read(shards_uri))
+
+
+def parse(data: dict, std: float = 0.1, scale: str = "eigenvalue") -> tuple[ColorPCA, tuple[float, float, float]]:
+    """color_pca.json's colour noise and mean pixel; KeyError, TypeError or ValueError when malformed."""
+    pca = ColorPCA(tuple(data["eigenvalues"]), tuple(tuple(v) for v in data["eigenvectors"]), std, scale)
+    r, g, b = (float(v) for v in data["mean"])
+    return pca, (r, g, b)

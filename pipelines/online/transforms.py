@@ -112,17 +112,24 @@ def resize_shorter(img: Image.Image, side: int) -> Image.Image:
 
 @dataclass(frozen=True)
 class ColorPCA:
-    """AlexNet's colour noise: add sum_i alpha_i * sqrt(lambda_i) * v_i to every pixel, alpha_i ~ N(0, std).
+    """AlexNet's colour noise: add sum_i alpha_i * s_i * v_i to every pixel, alpha_i ~ N(0, std).
 
     lambda_i, v_i: eigenvalues/eigenvectors of the RGB covariance of training pixels in [0, 1]
-    (`pipelines/color_pca.py`).  The paper scales by lambda_i without saying in which pixel units;
-    scaling by its square root, as fb.resnet.torch's ImageNet constants do, makes the noise a
-    fraction of each component's spread whatever the units.
+    (`pipelines/color_pca.py`).  `scale` "eigenvalue" takes s_i = lambda_i, the paper's formula, on [0, 1]
+    pixels as fb.resnet.torch applies it (the paper does not say in which units, and lambda grows with
+    the square of the unit: of 0-255 pixels the same formula shifts by hundreds of grey levels);
+    "spread" takes s_i = sqrt(lambda_i), the component's standard deviation, a tenth of which is the
+    same shift in any units.
     """
 
     eigenvalues: tuple[float, float, float]
     eigenvectors: tuple[tuple[float, float, float], ...]  # rows: eigenvectors
     std: float = 0.1
+    scale: str = "eigenvalue"  # eigenvalue | spread
+
+    def __post_init__(self):
+        if self.scale not in ("eigenvalue", "spread"):
+            raise ValueError(f"scale must be eigenvalue or spread, got {self.scale!r}")
 
     def draw(self, rng: random.Random) -> list[float]:
         return [rng.gauss(0.0, self.std) for _ in range(3)]
@@ -130,8 +137,8 @@ class ColorPCA:
     def shift(self, alphas: torch.Tensor) -> torch.Tensor:
         """(N, 3) alphas -> (N, 3) RGB shifts in [0, 1] units."""
         vecs = torch.tensor(self.eigenvectors, device=alphas.device)  # (3 vectors, 3 channels)
-        scale = torch.tensor(self.eigenvalues, device=alphas.device).clamp(min=0).sqrt()
-        return (alphas * scale) @ vecs
+        scale = torch.tensor(self.eigenvalues, device=alphas.device).clamp(min=0)
+        return (alphas * (scale if self.scale == "eigenvalue" else scale.sqrt())) @ vecs
 
 
 @dataclass(frozen=True)
