@@ -99,9 +99,10 @@ def prepare_image(data: bytes, settings: ImageSettings) -> PreparedImage:
                                                f"{out_size[1]}: over the limit of {settings.max_pixels} pixels or "
                                                f"{JPEG_MAX_SIDE} a side")
 
-    _check_jpeg_data(data, img)
+    clean = _check_jpeg_data(data, img)
     if _is_passthrough_candidate(img, orientation, oriented, out_size):
-        _decode(img)  # validates every scan; raises on truncation
+        if not clean:
+            _decode(img)  # validates every scan; raises on truncation
         return PreparedImage(data, oriented, passthrough=True)
 
     if img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
@@ -185,19 +186,23 @@ def _is_passthrough_candidate(img, orientation, oriented, out_size) -> bool:
     )
 
 
-def _check_jpeg_data(data: bytes, img: Image.Image) -> None:
-    """A JPEG whose data ends before its last row, an EOI marker closing it or not (a cut download, a
-    header claiming 9000x9000 over a few kB), decodes in libjpeg with grey rows and only a warning that
-    Pillow drops.  libjpeg-turbo's strict decode (at 1/8 scale: every coefficient is still read) raises
-    on it.  Its other warnings (extraneous bytes before a marker) leave whole images: kept."""
+def _check_jpeg_data(data: bytes, img: Image.Image) -> bool:
+    """Whether libjpeg-turbo's strict decode (at 1/8 scale: every coefficient is still read) took the
+    whole JPEG without an error or a warning: then a full decode can only succeed, and a passthrough
+    JPEG needs none.  A JPEG whose data ends before its last row, an EOI marker closing it or not (a cut
+    download, a header claiming 9000x9000 over a few kB), decodes in libjpeg with grey rows and only a
+    warning that Pillow drops: refused here.  The other warnings (extraneous bytes before a marker)
+    leave whole images, which Pillow's decode then judges (False)."""
     if img.format != "JPEG" or img.mode not in ("RGB", "L"):  # CMYK: Pillow's decode alone
-        return
+        return False
     try:
         simplejpeg.decode_jpeg(data, colorspace="GRAY" if img.mode == "L" else "RGB", fastdct=True,
                                min_height=1, min_width=1, strict=True)
     except ValueError as exc:
         if "premature end" in str(exc).lower():
             raise ImageRejected("truncated_image", f"{img.size[0]}x{img.size[1]} JPEG: {exc}") from exc
+        return False
+    return True
 
 
 def _decode(img: Image.Image) -> None:
