@@ -16,10 +16,10 @@ Per contender, geometry and number of DataLoader workers, over one epoch with th
 median of RUNS passes: img/s, and CPU-ms per image: the whole machine's busy CPU time (/proc/stat: every
 process and thread, the workers' and the peers' helper threads included) over the images delivered.
 Conversion, ms per image: `pipelines/shard.py` (Ray Data on the running local cluster, decoding every
-image to validate it: the marginal cost per image past its fixed start-up, which a 20-image run
-after a warm-up one measures, stated separately), `litdata.optimize` (in a process
-of its own: it switches the process to the "spawn" start method) and Streaming's `MDSWriter` (both copy
-the bytes, validating nothing).  Batch class mix: the rarest class's share of an epoch's samples over
+image to validate it) and `litdata.optimize` (every CPU, in a process of its own: it switches the
+process to the "spawn" start method; it copies the bytes, validating nothing), each the marginal cost
+past its fixed start-up (a 20-image conversion after a warm-up one), the start-ups and the
+whole runs stated beside; Streaming's `MDSWriter` (one process copying the bytes), whole.  Batch class mix: the rarest class's share of an epoch's samples over
 an even share (1.0: every class equally often, what class-aware sampling is for).  Resume: a loader
 restored from the state saved after 3 batches against an uninterrupted one, the next 2 batches: the
 same samples (labels and keys), the same pixels.
@@ -47,7 +47,7 @@ GEOMETRIES = {"256": (256, 256), "683": (683, 512)}
 CLASSES = 20
 CROP = 224
 RESUME_AFTER, RESUME_CHECK = 3, 2
-STARTUP_IMAGES = 20  # shard.py's fixed start-up: a run this small (after a warm-up run)
+STARTUP_IMAGES = 20  # a conversion's fixed start-up: a run this small (shard.py's after a warm-up run)
 
 
 def class_sizes(images: int) -> list[int]:
@@ -323,8 +323,9 @@ def resume_rows(data: dict, batch: int) -> dict:
 
 # -- the run ----------------------------------------------------------------------------------------------
 
-def convert_all(tmp: str, geometry: str, images: int, fixed_s: float) -> tuple[dict, dict]:
-    """Every contender's copy of one geometry's corpus, and the conversion figures."""
+def convert_all(tmp: str, geometry: str, images: int, fixed: dict) -> tuple[dict, dict]:
+    """Every contender's copy of one geometry's corpus, and the conversion figures: whole runs, and
+    shard.py's and litdata.optimize's marginal cost per image past their fixed start-up (`fixed`)."""
     root = os.path.join(tmp, geometry)
     data = {"tree": os.path.join(root, "tree"), "ours": os.path.join(root, "shards"),
             "streaming": os.path.join(root, "mds"), "litdata": os.path.join(root, "litdata")}
@@ -333,12 +334,25 @@ def convert_all(tmp: str, geometry: str, images: int, fixed_s: float) -> tuple[d
     streaming_s = convert_streaming(entries, data["streaming"])
     litdata_s = convert_litdata(entries, data["litdata"], os.cpu_count() or 1)
     n = len(entries)
-    ours_per_image = (ours_s - fixed_s) / (n - STARTUP_IMAGES)  # the marginal cost past the fixed run's
-    return data, {"ours_shard_py_ms_per_image": round(ours_per_image * 1000, 3),
-                  "ours_shard_py_whole_run_s": round(ours_s, 2),
-                  "litdata_optimize_ms_per_image": round(litdata_s / n * 1000, 3),
+    ours_ms = (ours_s - fixed["ours"]) / (n - STARTUP_IMAGES) * 1000
+    litdata_ms = (litdata_s - fixed["litdata"]) / (n - STARTUP_IMAGES) * 1000
+    return data, {"ours_shard_py_ms_per_image": round(ours_ms, 3), "ours_shard_py_whole_run_s": round(ours_s, 2),
+                  "litdata_optimize_ms_per_image": round(litdata_ms, 3),
+                  "litdata_optimize_whole_call_s": round(litdata_s, 2),
                   "streaming_mdswriter_ms_per_image": round(streaming_s / n * 1000, 3),
-                  "ours_over_litdata": round(ours_per_image * n / litdata_s, 3)}
+                  "ours_over_litdata": round(ours_ms / litdata_ms, 3),
+                  "ours_over_litdata_whole_runs": round(ours_s / litdata_s, 3)}
+
+
+def fixed_startup(tmp: str) -> dict:
+    """Seconds of a STARTUP_IMAGES-image conversion of each, after a warm-up one (Ray up, its workers
+    started; litdata's modules in the page cache)."""
+    root = os.path.join(tmp, "startup")
+    entries = make_tree(os.path.join(root, "tree"), "256", STARTUP_IMAGES)
+    convert_ours(os.path.join(root, "tree"), os.path.join(root, "warm-up"))
+    convert_litdata(entries, os.path.join(root, "litdata-warm-up"), os.cpu_count() or 1)
+    return {"ours": convert_ours(os.path.join(root, "tree"), os.path.join(root, "shards")),
+            "litdata": convert_litdata(entries, os.path.join(root, "litdata"), os.cpu_count() or 1)}
 
 
 def versions() -> dict:
@@ -370,13 +384,12 @@ def main(argv: list[str] | None = None) -> None:
               "work": "decode + random 224 crop + flip, uint8 batches, the same normalisation", **versions()}
     with tempfile.TemporaryDirectory() as tmp:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-        make_tree(os.path.join(tmp, "startup"), "256", STARTUP_IMAGES)
-        convert_ours(os.path.join(tmp, "startup"), os.path.join(tmp, "warm-up"))  # Ray's workers started
-        fixed_s = convert_ours(os.path.join(tmp, "startup"), os.path.join(tmp, "startup_shards"))
-        result["ours_shard_py_fixed_startup_s"] = round(fixed_s, 2)
+        fixed = fixed_startup(tmp)
+        result["ours_shard_py_fixed_startup_s"] = round(fixed["ours"], 2)
+        result["litdata_optimize_fixed_startup_s"] = round(fixed["litdata"], 2)
         corpora = {}
         for geometry in a.geometries:
-            corpora[geometry], result[f"conversion_{geometry}"] = convert_all(tmp, geometry, a.images, fixed_s)
+            corpora[geometry], result[f"conversion_{geometry}"] = convert_all(tmp, geometry, a.images, fixed)
         ray.shutdown()
         torch.set_num_threads(1)  # the main process only normalises; the workers do the per-image work
         for geometry in a.geometries:
