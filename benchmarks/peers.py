@@ -18,9 +18,10 @@ process and thread, the workers' and the peers' helper threads included) over th
 Conversion, ms per image: `pipelines/shard.py` (Ray Data on the running local cluster, decoding every
 image to validate it) and `litdata.optimize` (every CPU, in a process of its own: it switches the
 process to the "spawn" start method; it copies the bytes, validating nothing), each the marginal cost
-past its fixed start-up (a 20-image conversion after a warm-up one), the start-ups and the
-whole runs stated beside; Streaming's `MDSWriter` (one process copying the bytes), whole.  Batch class mix: the rarest class's share of an epoch's samples over
-an even share (1.0: every class equally often, what class-aware sampling is for).  Resume: a loader
+past its fixed start-up (a 20-image conversion after a warm-up one), the start-ups and the whole runs
+stated beside; Streaming's `MDSWriter` (one process copying the bytes), whole.  Batch class mix: the
+rarest class's share of an epoch's samples over an even share (1.0: every class equally often, what
+class-aware sampling is for).  Resume: a loader
 restored from the state saved after 3 batches against an uninterrupted one, the next 2 batches: the
 same samples (labels and keys), the same pixels.
 """

@@ -181,7 +181,8 @@ def test_color_pca_step(shards):
 
     for scale in ("eigenvalue", "spread"):  # data.color_pca_scale reaches the training transform
         cfg = load(None, [f"data.train_shards={shards}", "data.color_pca=true", f"data.color_pca_scale={scale}"])
-        assert train_transform(cfg).pca == pca_noise.load(shards, scale=scale) and train_transform(cfg).pca.scale == scale
+        pca = train_transform(cfg).pca
+        assert pca == pca_noise.load(shards, scale=scale) and pca.scale == scale
 
 
 def test_decode_paths_agree():

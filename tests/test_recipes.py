@@ -82,7 +82,8 @@ def test_every_recipe_runs_as_written_on_a_miniature_release(ray_cluster, tmp_pa
     torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "resnet50.pt")
     needs_pca = [r for r in recipes if load(r).data.color_pca]
     assert needs_pca  # pre-flight names the missing file and how to make it, before Ray starts
-    with pytest.raises(ConfigError, match=r"'data.color_pca'( \(and 'data.normalize'\))?: .*color_pca.json is missing: run pipelines/color_pca.py"):
+    missing = r"'data.color_pca'( \(and 'data.normalize'\))?: .*color_pca.json is missing: run pipelines/color_pca.py"
+    with pytest.raises(ConfigError, match=missing):
         check_training_inputs(load(needs_pca[0]))
     assert color_pca.main(["--shards", "data/places365/shards/train", "--images", "50"]) == 0
     for recipe in recipes:

@@ -34,13 +34,13 @@ class DataConfig:
     jitter: tuple[int, int] = (256, 512)  # scale_jitter: the range a training image's shorter side is drawn in
     flip: bool = True  # random horizontal flips (videos: and mirrored test clips); off when a mirror changes the class
     color_pca: bool = False  # AlexNet's colour noise from TRAIN_SHARDS/color_pca.json
-    color_pca_scale: str = "eigenvalue"  # eigenvalue: alpha_i * lambda_i, the paper's, on [0, 1] pixels | spread: alpha_i * sqrt(lambda_i)
+    color_pca_scale: str = "eigenvalue"  # eigenvalue: the paper's alpha*lambda on [0, 1] pixels | spread: sqrt(lambda)
     normalize: str = "imagenet"  # imagenet: ImageNet's mean and std | mean_pixel: the papers' mean pixel off 0-255
     mean_pixel: tuple[float, float, float] | None = None  # mean_pixel's RGB mean in [0, 1]; None: color_pca.json's
     eval_resize: int = 256  # validation: the shorter side before the centre crop of `size`
     eval_clips: int = 20  # video shards: clips per validation video (Karpathy et al.: 20)
-    clip_views: str = "centre"  # video testing, per clip: centre (its centre crop and mirror) | four (Karpathy et al.'s 4 crops/flips)
-    clip_region: int | None = None  # videos: crop from each frame's centre square resized to this (Karpathy et al.: 200); None: the stored frames
+    clip_views: str = "centre"  # video tests per clip: centre (crop and mirror) | four (Karpathy et al.'s 4 views)
+    clip_region: int | None = None  # videos: crop from the frames' centre square resized to this (200); None: as stored
     decode: str = "workers"  # "device": nvJPEG on the GPU; "hybrid": the workers as many as they can, the GPU the rest
     ingest: str = "loader"  # DataLoader processes in each worker, or "ray_data" (pipelines/online/ingest_pipeline.py)
     ingest_cpus: float = 1.0  # ray_data: CPUs per decode task

@@ -7,8 +7,9 @@ Formats accepted (REFERENCE.md):
   ``Places365_val_00020696.jpg 156`` (bare names), ``ApplyEyeMakeup/v_x.avi 1`` (UCF-101's trainlist:
   labels counted as its classInd.txt counts them), ``VIDEO 208,209`` (several labels, Sports-1M's
   multi-label lists; VIDEO may be the partition files' YouTube URL, `https://www.youtube.com/watch?v=ID`,
-  which names the downloaded ``ID.mp4`` (or .webm, .mkv, ...) in the images root), or file names only: the unlabeled test list, or, when every path sits in a
-  class's folder, a list whose labels are those folders (UCF-101's testlist);
+  which names the downloaded ``ID.mp4`` (or .webm, .mkv, ...) in the images root), or file names
+  only: the unlabeled test list, or, when every path sits in a class's folder, a list whose labels
+  are those folders (UCF-101's testlist);
 - a class-per-folder tree (ImageFolder layout): classes are the sorted subfolder names.
 
 Lines starting with `#` are comments in every categories, list and attribute file; a categories file's
